@@ -1,0 +1,304 @@
+// Command avflow runs streaming-media AI pipelines written as YAML files.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/codecs"
+	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/envelope"
+	_ "github.com/avflow/avflow/stages/all"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+)
+
+// Exit codes.
+const (
+	exitRun     = 1 // the run failed
+	exitInvalid = 2 // the pipeline file or the command line is wrong
+)
+
+func main() {
+	os.Exit(run(os.Args))
+}
+
+func run(args []string) int {
+	app := &cli.App{
+		Name:                 "avflow",
+		Usage:                "run streaming-media AI pipelines: stages on CPU, GPU and NPU, connected by NATS",
+		EnableBashCompletion: true,
+		HideHelpCommand:      true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		},
+		Before: func(c *cli.Context) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+				return cli.Exit("avflow: --log-level: "+err.Error(), exitInvalid)
+			}
+			opts := &slog.HandlerOptions{Level: lvl}
+			var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+			if c.String("log-format") == "json" {
+				h = slog.NewJSONHandler(os.Stderr, opts)
+			}
+			slog.SetDefault(slog.New(h))
+			ff := astiav.LogLevelWarning
+			if lvl <= slog.LevelDebug {
+				ff = astiav.LogLevelVerbose
+			}
+			codecs.RouteLogs(slog.Default(), ff)
+			return nil
+		},
+		Commands: []*cli.Command{runCmd(), validateCmd(), stagesCmd(), versionCmd()},
+		ExitErrHandler: func(c *cli.Context, err error) {
+			if err == nil {
+				return
+			}
+			var ec cli.ExitCoder
+			if errors.As(err, &ec) {
+				if msg := err.Error(); msg != "" {
+					fmt.Fprintln(os.Stderr, msg)
+				}
+				return
+			}
+			fmt.Fprintln(os.Stderr, "avflow:", err)
+		},
+	}
+	if err := app.Run(args); err != nil {
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			return ec.ExitCode()
+		}
+		return exitInvalid
+	}
+	return 0
+}
+
+// load parses, applies --set and validates a pipeline file.
+func load(path string, sets []string) (*pipeline.Config, error) {
+	cfg, err := pipeline.Load(path)
+	if err != nil {
+		return nil, cli.Exit(err.Error(), exitInvalid)
+	}
+	for _, s := range sets {
+		if err := cfg.Set(s); err != nil {
+			return nil, cli.Exit(err.Error(), exitInvalid)
+		}
+	}
+	if err := pipeline.Default.Validate(cfg); err != nil {
+		return nil, cli.Exit(err.Error(), exitInvalid)
+	}
+	return cfg, nil
+}
+
+func runCmd() *cli.Command {
+	return &cli.Command{
+		Name:      "run",
+		Usage:     "run a pipeline until its sources end (Ctrl-C: finish cleanly; twice: abort)",
+		ArgsUsage: "pipeline.yaml",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "nats", Usage: "use the NATS server at this URL instead of the embedded one", EnvVars: []string{"AVFLOW_NATS_URL"}},
+			&cli.StringFlag{Name: "transport", Usage: "override the pipeline's transport: nats or local (in-process, zero-copy)"},
+			&cli.StringSliceFlag{Name: "set", Usage: "override a param: stage.param=value (repeatable)"},
+			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
+			&cli.DurationFlag{Name: "progress-interval", Value: 5 * time.Second, Usage: "how often to log progress when stderr is not a terminal"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return cli.Exit("avflow run: want one pipeline file", exitInvalid)
+			}
+			cfg, err := load(c.Args().First(), c.StringSlice("set"))
+			if err != nil {
+				return err
+			}
+			for _, w := range cfg.Warnings() {
+				slog.Warn(w)
+			}
+			r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{NATSURL: c.String("nats"), Transport: c.String("transport")})
+			if err != nil {
+				return cli.Exit("avflow: "+err.Error(), exitInvalid)
+			}
+			ctx, cancel := context.WithCancel(c.Context)
+			defer cancel()
+			sigs := make(chan os.Signal, 2)
+			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			go func() {
+				n := 0
+				for range sigs {
+					n++
+					if n == 1 {
+						slog.Info("stopping: finishing the frames in flight (press Ctrl-C again to abort)")
+						r.Drain()
+					} else {
+						slog.Warn("aborting")
+						cancel()
+						return
+					}
+				}
+			}()
+			if addr := c.String("metrics-addr"); addr != "" {
+				stop, err := serveMetrics(addr, r, cfg.Name)
+				if err != nil {
+					return cli.Exit("avflow: "+err.Error(), exitInvalid)
+				}
+				defer stop()
+			}
+			done := make(chan struct{})
+			progressDone := make(chan struct{})
+			go func() {
+				defer close(progressDone)
+				showProgress(r, done, c.Duration("progress-interval"))
+			}()
+			start := time.Now()
+			err = r.Run(ctx)
+			close(done)
+			<-progressDone
+			fmt.Fprintf(os.Stderr, "\n%s: %s in %s\n", cfg.Name, status(err), time.Since(start).Round(time.Millisecond))
+			r.Metrics().WriteTable(os.Stderr)
+			if err != nil {
+				return cli.Exit("avflow: "+err.Error(), exitRun)
+			}
+			return nil
+		},
+	}
+}
+
+func status(err error) string {
+	if err != nil {
+		return "failed"
+	}
+	return "done"
+}
+
+func serveMetrics(addr string, r *pipeline.Runner, name string) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: listening on %s failed: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		r.Metrics().WritePrometheus(w, name)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	slog.Info("metrics endpoint", "url", "http://"+ln.Addr().String()+"/metrics")
+	return func() { _ = srv.Close() }, nil
+}
+
+func validateCmd() *cli.Command {
+	return &cli.Command{
+		Name:      "validate",
+		Usage:     "check pipeline files; every problem is reported with file:line:column",
+		ArgsUsage: "pipeline.yaml...",
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return cli.Exit("avflow validate: want at least one pipeline file", exitInvalid)
+			}
+			var failed []string
+			for _, path := range c.Args().Slice() {
+				cfg, err := load(path, nil)
+				if err != nil {
+					failed = append(failed, err.Error())
+					continue
+				}
+				for _, w := range cfg.Warnings() {
+					fmt.Fprintln(os.Stderr, "warning:", w)
+				}
+				fmt.Printf("%s: ok (%d stages)\n", path, len(cfg.Stages))
+			}
+			if len(failed) > 0 {
+				return cli.Exit(strings.Join(failed, "\n"), exitInvalid)
+			}
+			return nil
+		},
+	}
+}
+
+func stagesCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "stages",
+		Usage: "list every stage kind with its params, defaults and docs",
+		Action: func(c *cli.Context) error {
+			pipeline.Default.WriteDocs(os.Stdout)
+			return nil
+		},
+	}
+}
+
+func versionCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "version",
+		Usage: "print version information",
+		Action: func(c *cli.Context) error {
+			v := "(devel)"
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				v = bi.Main.Version
+				for _, s := range bi.Settings {
+					if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+						v += " " + s.Value[:12]
+					}
+				}
+			}
+			fmt.Printf("avflow %s\nenvelope v%d\n", v, envelope.Version)
+			return nil
+		},
+	}
+}
+
+// showProgress draws a progress bar on a terminal, or logs progress lines.
+func showProgress(r *pipeline.Runner, done <-chan struct{}, every time.Duration) {
+	select {
+	case <-r.Ready():
+	case <-done:
+		return
+	}
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		progressBar(r, done)
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			logProgress(r)
+		}
+	}
+}
+
+func logProgress(r *pipeline.Runner) {
+	m := r.Metrics()
+	frames, total := m.Progress(), m.ExpectedFrames()
+	el := m.Elapsed().Seconds()
+	fps := float64(frames) / el
+	attrs := []any{"frames", frames, "fps", fmt.Sprintf("%.1f", fps)}
+	if total > 0 {
+		attrs = append(attrs, "total", total, "percent", fmt.Sprintf("%.1f", 100*float64(frames)/float64(total)))
+		if fps > 0 && frames < total {
+			attrs = append(attrs, "eta", (time.Duration(float64(total-frames)/fps) * time.Second).Round(time.Second).String())
+		}
+	}
+	var drops int64
+	for _, s := range m.Snapshot() {
+		drops += s.Drops
+	}
+	attrs = append(attrs, "drops", drops)
+	slog.Info("progress", attrs...)
+}

@@ -1,0 +1,135 @@
+package codecs
+
+/*
+#include "bridge.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/pipeline/envelope"
+)
+
+// Frame is an FFmpeg frame travelling with an envelope inside one process.
+type Frame struct{ F *astiav.Frame }
+
+// Fill copies the frame's planes into e.Payload, tightly packed.
+func (f *Frame) Fill(e *envelope.Envelope) error {
+	video := 0
+	if e.Media == envelope.MediaVideo {
+		video = 1
+	}
+	cf := cframe(f.F)
+	size := C.avf_frame_size(cf, C.int(video))
+	if size < 0 {
+		return fmt.Errorf("%w: %v", ErrFormat, astiav.Error(size))
+	}
+	buf := make([]byte, int(size))
+	if len(buf) > 0 {
+		if n := C.avf_frame_to_buffer(cf, C.int(video), (*C.uint8_t)(unsafe.Pointer(&buf[0])), size); n < 0 {
+			return fmt.Errorf("%w: copying frame failed: %v", ErrFormat, astiav.Error(n))
+		}
+	}
+	e.Payload = buf
+	return nil
+}
+
+// Clone returns a new reference to the same buffers.
+func (f *Frame) Clone() (envelope.Local, error) {
+	c := f.F.Clone()
+	if c == nil {
+		return nil, fmt.Errorf("codecs: cloning frame failed")
+	}
+	return &Frame{F: c}, nil
+}
+
+// Free releases the reference.
+func (f *Frame) Free() { f.F.Free() }
+
+// FrameEnvelope wraps a frame in an envelope, taking ownership of f.
+// tb is the frame's time base; frameRate may be zero for audio.
+func FrameEnvelope(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) *envelope.Envelope {
+	e := &envelope.Envelope{
+		Kind: envelope.KindFrame, Media: media, PTS: f.Pts(), DTS: f.Pts(),
+		TimeBase: Rat(tb), Key: f.KeyFrame(), Local: &Frame{F: f},
+	}
+	if media == envelope.MediaVideo {
+		var ls [4]C.int
+		C.avf_linesizes(C.int(f.PixelFormat()), C.int(f.Width()), &ls[0])
+		strides := []int32{}
+		for _, l := range ls {
+			if l > 0 {
+				strides = append(strides, int32(l))
+			}
+		}
+		e.Video = &envelope.VideoFormat{PixFmt: f.PixelFormat().Name(), Width: int32(f.Width()), Height: int32(f.Height()),
+			Strides: strides, SAR: Rat(f.SampleAspectRatio()), FrameRate: Rat(frameRate)}
+	} else {
+		l := f.ChannelLayout()
+		e.Audio = &envelope.AudioFormat{SampleFmt: f.SampleFormat().Name(), SampleRate: int32(f.SampleRate()),
+			Channels: int32(l.NbChannels()), ChannelMask: channelMask(l), Samples: int32(f.NbSamples())}
+		if f.SampleRate() > 0 {
+			e.Duration = astiav.RescaleQ(int64(f.NbSamples()), astiav.NewRational(1, f.SampleRate()), tb)
+		}
+	}
+	return e
+}
+
+// FrameOf returns the envelope's frame: the in-process one, or one rebuilt
+// from the payload (then kept as e.Local, so releasing e frees it).
+// The frame belongs to the envelope.
+func FrameOf(e *envelope.Envelope) (*astiav.Frame, error) {
+	if l, ok := e.Local.(*Frame); ok {
+		return l.F, nil
+	}
+	if e.Kind != envelope.KindFrame {
+		return nil, fmt.Errorf("%w: got a %s, want a frame", ErrNoMedia, e.Kind)
+	}
+	f := astiav.AllocFrame()
+	video := 0
+	switch {
+	case e.Video != nil:
+		video = 1
+		pf, err := PixelFormat(e.Video.PixFmt)
+		if err != nil {
+			f.Free()
+			return nil, err
+		}
+		f.SetPixelFormat(pf)
+		f.SetWidth(int(e.Video.Width))
+		f.SetHeight(int(e.Video.Height))
+		f.SetSampleAspectRatio(AVRat(e.Video.SAR))
+	case e.Audio != nil:
+		sf, err := SampleFormat(e.Audio.SampleFmt)
+		if err != nil {
+			f.Free()
+			return nil, err
+		}
+		f.SetSampleFormat(sf)
+		f.SetSampleRate(int(e.Audio.SampleRate))
+		f.SetNbSamples(int(e.Audio.Samples))
+		if err := setLayout(f, e.Audio.ChannelMask, int(e.Audio.Channels)); err != nil {
+			f.Free()
+			return nil, err
+		}
+	default:
+		f.Free()
+		return nil, ErrNoMedia
+	}
+	var src *C.uint8_t
+	if len(e.Payload) > 0 {
+		src = (*C.uint8_t)(unsafe.Pointer(&e.Payload[0]))
+	}
+	if ret := C.avf_frame_from_buffer(cframe(f), C.int(video), src, C.int(len(e.Payload))); ret < 0 {
+		f.Free()
+		return nil, fmt.Errorf("%w: %d bytes: %v", ErrPayload, len(e.Payload), astiav.Error(ret))
+	}
+	f.SetPts(e.PTS)
+	f.SetKeyFrame(e.Key)
+	e.Payload = nil
+	e.Local = &Frame{F: f}
+	return f, nil
+}

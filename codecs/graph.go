@@ -1,0 +1,141 @@
+package codecs
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/pipeline/envelope"
+)
+
+// ErrFilter reports a filter graph that cannot be built or run.
+var ErrFilter = errors.New("filter graph failed")
+
+// Graph is a one-input, one-output FFmpeg filter graph, configured from the
+// format of the first frame it sees.
+type Graph struct {
+	spec    string
+	threads int
+	media   envelope.Media
+	g       *astiav.FilterGraph
+	src     *astiav.FilterContext
+	sink    *astiav.FilterContext
+	frame   *astiav.Frame
+	outTB   astiav.Rational
+	rate    astiav.Rational
+}
+
+// NewGraph returns a graph for spec (e.g. "scale=1280:720"), built lazily.
+func NewGraph(spec string, threads int) *Graph {
+	return &Graph{spec: spec, threads: threads, frame: astiav.AllocFrame()}
+}
+
+// TimeBase is the time base of the frames the graph emits (after the first frame).
+func (g *Graph) TimeBase() astiav.Rational { return g.outTB }
+
+func (g *Graph) build(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) (err error) {
+	g.g = astiav.AllocFilterGraph()
+	if g.g == nil {
+		return fmt.Errorf("%w: allocating graph", ErrFilter)
+	}
+	g.g.SetThreadCount(g.threads)
+	outputs := astiav.AllocFilterInOut()
+	defer outputs.Free()
+	inputs := astiav.AllocFilterInOut()
+	defer inputs.Free()
+	var srcName, sinkName string
+	var args astiav.FilterArgs
+	switch media {
+	case envelope.MediaVideo:
+		srcName, sinkName = "buffer", "buffersink"
+		args = astiav.FilterArgs{
+			"pix_fmt":      strconv.Itoa(int(f.PixelFormat())),
+			"pixel_aspect": sar(f.SampleAspectRatio()).String(),
+			"time_base":    tb.String(),
+			"video_size":   strconv.Itoa(f.Width()) + "x" + strconv.Itoa(f.Height()),
+		}
+		if frameRate.Num() > 0 {
+			args["frame_rate"] = frameRate.String()
+		}
+	case envelope.MediaAudio:
+		srcName, sinkName = "abuffer", "abuffersink"
+		args = astiav.FilterArgs{
+			"channel_layout": f.ChannelLayout().String(),
+			"sample_fmt":     f.SampleFormat().Name(),
+			"sample_rate":    strconv.Itoa(f.SampleRate()),
+			"time_base":      tb.String(),
+		}
+	default:
+		return fmt.Errorf("%w: unknown media", ErrFilter)
+	}
+	if g.src, err = g.g.NewFilterContext(astiav.FindFilterByName(srcName), "in", args); err != nil {
+		return fmt.Errorf("%w: creating %s: %w", ErrFilter, srcName, err)
+	}
+	if g.sink, err = g.g.NewFilterContext(astiav.FindFilterByName(sinkName), "out", nil); err != nil {
+		return fmt.Errorf("%w: creating %s: %w", ErrFilter, sinkName, err)
+	}
+	outputs.SetName("in")
+	outputs.SetFilterContext(g.src)
+	outputs.SetPadIdx(0)
+	outputs.SetNext(nil)
+	inputs.SetName("out")
+	inputs.SetFilterContext(g.sink)
+	inputs.SetPadIdx(0)
+	inputs.SetNext(nil)
+	if err := g.g.Parse(g.spec, inputs, outputs); err != nil {
+		return fmt.Errorf("%w: parsing %q: %w", ErrFilter, g.spec, err)
+	}
+	if err := g.g.Configure(); err != nil {
+		return fmt.Errorf("%w: configuring %q: %w", ErrFilter, g.spec, err)
+	}
+	g.outTB = g.sink.Inputs()[0].TimeBase()
+	g.media, g.rate = media, frameRate
+	return nil
+}
+
+func sar(r astiav.Rational) astiav.Rational {
+	if r.Num() == 0 || r.Den() == 0 {
+		return astiav.NewRational(1, 1)
+	}
+	return r
+}
+
+// Push sends a frame (nil: end of stream) and returns the frames that are ready.
+func (g *Graph) Push(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) ([]*envelope.Envelope, error) {
+	if g.g == nil {
+		if f == nil {
+			return nil, nil
+		}
+		if err := g.build(f, media, tb, frameRate); err != nil {
+			return nil, err
+		}
+	}
+	if err := g.src.BuffersrcAddFrame(f, astiav.NewBuffersrcFlags(astiav.BuffersrcFlagKeepRef)); err != nil {
+		return nil, fmt.Errorf("%w: feeding %q: %w", ErrFilter, g.spec, err)
+	}
+	var out []*envelope.Envelope
+	for {
+		if err := g.sink.BuffersinkGetFrame(g.frame, astiav.NewBuffersinkFlags()); err != nil {
+			if errors.Is(err, astiav.ErrEagain) || errors.Is(err, astiav.ErrEof) {
+				return out, nil
+			}
+			return out, fmt.Errorf("%w: %q: %w", ErrFilter, g.spec, err)
+		}
+		o := astiav.AllocFrame()
+		o.MoveRef(g.frame)
+		out = append(out, FrameEnvelope(o, g.media, g.outTB, g.rate))
+	}
+}
+
+// Close frees the graph.
+func (g *Graph) Close() {
+	if g.g != nil {
+		g.g.Free()
+		g.g = nil
+	}
+	if g.frame != nil {
+		g.frame.Free()
+		g.frame = nil
+	}
+}

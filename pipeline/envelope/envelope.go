@@ -1,0 +1,225 @@
+// Package envelope defines the versioned msgpack message that carries media
+// between avflow stages over NATS subjects.
+//
+// Wire format (version 1): one msgpack map per message with the short keys
+// listed on the struct fields below. Unknown keys are ignored, so later minor
+// additions stay readable by older consumers; a message whose "v" is higher
+// than [Version] is refused with [ErrVersion].
+//
+// A message larger than the server's max payload is split into chunks; see
+// [Chunker] and [Reassembler].
+package envelope
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Version is the envelope version this build writes and the highest it reads.
+const Version = 1
+
+// Exported sentinels, checked with errors.Is.
+var (
+	ErrVersion   = errors.New("envelope: unsupported version")
+	ErrMalformed = errors.New("envelope: malformed message")
+)
+
+// Kind tells what an envelope carries.
+type Kind uint8
+
+const (
+	KindPacket Kind = 1 // compressed packet (Codec is set)
+	KindFrame  Kind = 2 // raw decoded frame (Video or Audio is set)
+	KindEOS    Kind = 3 // end of stream on this edge; carries no media
+	KindData   Kind = 4 // application data (Payload, Meta)
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindPacket:
+		return "packet"
+	case KindFrame:
+		return "frame"
+	case KindEOS:
+		return "eos"
+	case KindData:
+		return "data"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Media is the media type of the stream.
+type Media uint8
+
+const (
+	MediaUnknown Media = 0
+	MediaVideo   Media = 1
+	MediaAudio   Media = 2
+)
+
+func (m Media) String() string {
+	switch m {
+	case MediaVideo:
+		return "video"
+	case MediaAudio:
+		return "audio"
+	}
+	return "unknown"
+}
+
+// Rational is a fraction such as a time base (1/90000) or a frame rate (30000/1001).
+type Rational struct {
+	Num int32 `msgpack:"n"`
+	Den int32 `msgpack:"d"`
+}
+
+// Float returns the value as a float64 (0 when Den is 0).
+func (r Rational) Float() float64 {
+	if r.Den == 0 {
+		return 0
+	}
+	return float64(r.Num) / float64(r.Den)
+}
+
+// CodecParams describes a compressed stream, enough to open a decoder or a muxer.
+type CodecParams struct {
+	Codec       string   `msgpack:"codec"`           // FFmpeg codec name, e.g. "h264", "aac"
+	Tag         uint32   `msgpack:"tag,omitempty"`   // container codec tag
+	ExtraData   []byte   `msgpack:"extra,omitempty"` // e.g. H.264 avcC, AAC AudioSpecificConfig
+	Format      string   `msgpack:"fmt,omitempty"`   // pixel or sample format name
+	BitRate     int64    `msgpack:"br,omitempty"`
+	Width       int32    `msgpack:"w,omitempty"`
+	Height      int32    `msgpack:"h,omitempty"`
+	SAR         Rational `msgpack:"sar,omitempty"`
+	FrameRate   Rational `msgpack:"fr,omitempty"`
+	SampleRate  int32    `msgpack:"sr,omitempty"`
+	Channels    int32    `msgpack:"ch,omitempty"`
+	ChannelMask uint64   `msgpack:"chm,omitempty"`
+	FrameSize   int32    `msgpack:"fs,omitempty"`
+	Profile     int32    `msgpack:"prof,omitempty"`
+	Level       int32    `msgpack:"lvl,omitempty"`
+}
+
+// VideoFormat describes a raw video frame. The payload holds the planes
+// back to back, each row Strides[i] bytes long (no padding between planes).
+type VideoFormat struct {
+	PixFmt    string   `msgpack:"pix"`
+	Width     int32    `msgpack:"w"`
+	Height    int32    `msgpack:"h"`
+	Strides   []int32  `msgpack:"str,omitempty"`
+	SAR       Rational `msgpack:"sar,omitempty"`
+	FrameRate Rational `msgpack:"fr,omitempty"`
+}
+
+// AudioFormat describes a raw audio frame. The payload holds the planes back
+// to back (one plane for packed formats, one per channel for planar ones).
+type AudioFormat struct {
+	SampleFmt   string `msgpack:"fmt"`
+	SampleRate  int32  `msgpack:"sr"`
+	Channels    int32  `msgpack:"ch"`
+	ChannelMask uint64 `msgpack:"chm,omitempty"`
+	Samples     int32  `msgpack:"ns"`
+}
+
+// Stamp records when a stage emitted the message (Unix nanoseconds), for latency.
+type Stamp struct {
+	Stage string `msgpack:"s"`
+	At    int64  `msgpack:"t"`
+}
+
+// Local is an in-process object (an FFmpeg frame or packet) that travels with
+// an envelope between stages of one process without being serialised.
+// The transport turns it into Payload before a message leaves the process.
+type Local interface {
+	// Fill writes the object into e.Payload (and format fields) for the wire.
+	Fill(e *Envelope) error
+	// Clone returns a new reference to the same data (for fan-out).
+	Clone() (Local, error)
+	// Free releases this reference.
+	Free()
+}
+
+// Envelope is one message on an edge.
+type Envelope struct {
+	V        uint8             `msgpack:"v"`
+	Kind     Kind              `msgpack:"k"`
+	Media    Media             `msgpack:"m,omitempty"`
+	Stream   string            `msgpack:"sid,omitempty"` // producer stream id, e.g. "src.video"
+	Seq      uint64            `msgpack:"seq"`
+	PTS      int64             `msgpack:"pts"`
+	DTS      int64             `msgpack:"dts"`
+	Duration int64             `msgpack:"dur,omitempty"`
+	TimeBase Rational          `msgpack:"tb"`
+	Key      bool              `msgpack:"key,omitempty"`
+	Codec    *CodecParams      `msgpack:"cp,omitempty"`
+	Video    *VideoFormat      `msgpack:"vf,omitempty"`
+	Audio    *AudioFormat      `msgpack:"af,omitempty"`
+	Payload  []byte            `msgpack:"p,omitempty"`
+	Meta     map[string]string `msgpack:"meta,omitempty"`
+	Stamps   []Stamp           `msgpack:"ts,omitempty"`
+
+	// Local, when set, holds the media in process memory; Payload may then be empty.
+	Local Local `msgpack:"-"`
+	// Port names the producing stage's output port ("" is its first port). Set by stages.
+	Port string `msgpack:"-"`
+	// Input is the index of the consuming stage's input edge it arrived on. Set by the runner.
+	Input int `msgpack:"-"`
+}
+
+// Release frees the in-process object, if any.
+func (e *Envelope) Release() {
+	if e != nil && e.Local != nil {
+		e.Local.Free()
+		e.Local = nil
+	}
+}
+
+// Materialize moves an in-process object into Payload so the envelope can be marshalled.
+func (e *Envelope) Materialize() error {
+	if e.Local == nil {
+		return nil
+	}
+	if err := e.Local.Fill(e); err != nil {
+		return fmt.Errorf("envelope: materializing payload failed: %w", err)
+	}
+	e.Release()
+	return nil
+}
+
+// Marshal encodes the envelope. An in-process object must have been materialized.
+func Marshal(e *Envelope) ([]byte, error) {
+	if e.Local != nil {
+		if err := e.Materialize(); err != nil {
+			return nil, err
+		}
+	}
+	if e.V == 0 {
+		e.V = Version
+	}
+	return msgpack.Marshal(e)
+}
+
+// Unmarshal decodes and checks an envelope.
+func Unmarshal(b []byte) (*Envelope, error) {
+	e := new(Envelope)
+	if err := msgpack.Unmarshal(b, e); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if e.V == 0 {
+		return nil, fmt.Errorf("%w: missing version", ErrMalformed)
+	}
+	if e.V > Version {
+		return nil, fmt.Errorf("%w: got v%d, this build reads up to v%d", ErrVersion, e.V, Version)
+	}
+	switch e.Kind {
+	case KindPacket, KindFrame, KindEOS, KindData:
+	default:
+		return nil, fmt.Errorf("%w: unknown kind %d", ErrMalformed, e.Kind)
+	}
+	if e.Kind == KindFrame && e.Video == nil && e.Audio == nil {
+		return nil, fmt.Errorf("%w: frame without video or audio format", ErrMalformed)
+	}
+	return e, nil
+}

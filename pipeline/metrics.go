@@ -1,0 +1,152 @@
+package pipeline
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/avflow/avflow/pipeline/envelope"
+)
+
+// stageMetrics are one stage's live counters.
+type stageMetrics struct {
+	name, kind string
+	in, out    atomic.Int64
+	videoIn    atomic.Int64
+	busyNS     atomic.Int64
+	latSumNS   atomic.Int64
+	latCount   atomic.Int64
+	latMaxNS   atomic.Int64
+	q          *queue
+	terminal   bool
+}
+
+func (m *stageMetrics) observeLatency(e *envelope.Envelope, now int64) {
+	if len(e.Stamps) == 0 {
+		return
+	}
+	d := now - e.Stamps[0].At
+	if d < 0 {
+		return
+	}
+	m.latSumNS.Add(d)
+	m.latCount.Add(1)
+	for {
+		cur := m.latMaxNS.Load()
+		if d <= cur || m.latMaxNS.CompareAndSwap(cur, d) {
+			return
+		}
+	}
+}
+
+// StageStats is a snapshot of one stage.
+type StageStats struct {
+	Name, Kind string
+	In, Out    int64   // messages taken and emitted
+	VideoIn    int64   // video messages taken
+	FPS        float64 // messages emitted per second of run time
+	BusyMs     float64 // mean processing time per input message
+	LatencyMs  float64 // mean time from the source's stamp to this stage's output
+	MaxLatMs   float64
+	Depth      int   // messages waiting in the input queue
+	Drops      int64 // messages dropped by drop-oldest flow control
+	Terminal   bool  // the stage has no outputs (a sink)
+}
+
+// Metrics are the live counters of a run.
+type Metrics struct {
+	start  time.Time
+	stages []*stageMetrics
+	total  atomic.Int64 // expected frames, 0 if unknown
+}
+
+// Elapsed returns the run time so far.
+func (m *Metrics) Elapsed() time.Duration { return time.Since(m.start) }
+
+// ExpectedFrames is the number of video frames the sources announced (0: unknown/live).
+func (m *Metrics) ExpectedFrames() int64 { return m.total.Load() }
+
+// Snapshot returns every stage's numbers.
+func (m *Metrics) Snapshot() []StageStats {
+	el := time.Since(m.start).Seconds()
+	out := make([]StageStats, 0, len(m.stages))
+	for _, s := range m.stages {
+		st := StageStats{Name: s.name, Kind: s.kind, In: s.in.Load(), Out: s.out.Load(), VideoIn: s.videoIn.Load(), Terminal: s.terminal}
+		if el > 0 {
+			st.FPS = float64(st.Out) / el
+			if st.Terminal {
+				st.FPS = float64(st.In) / el
+			}
+		}
+		if st.In > 0 {
+			st.BusyMs = float64(s.busyNS.Load()) / float64(st.In) / 1e6
+		}
+		if n := s.latCount.Load(); n > 0 {
+			st.LatencyMs = float64(s.latSumNS.Load()) / float64(n) / 1e6
+		}
+		st.MaxLatMs = float64(s.latMaxNS.Load()) / 1e6
+		if s.q != nil {
+			st.Depth = s.q.Len()
+			st.Drops = s.q.drops.Load()
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// Progress returns the video frames that reached the sinks (the least of them).
+func (m *Metrics) Progress() int64 {
+	var p int64 = -1
+	for _, s := range m.stages {
+		if s.terminal {
+			if v := s.videoIn.Load(); p < 0 || v < p {
+				p = v
+			}
+		}
+	}
+	return max(p, 0)
+}
+
+// WriteTable prints the per-stage summary.
+func (m *Metrics) WriteTable(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "stage\tkind\tin\tout\tfps\tbusy ms\tlatency ms\tmax ms\tqueue\tdrops\t")
+	for _, s := range m.Snapshot() {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%.2f\t%.1f\t%.1f\t%d\t%d\t\n", s.Name, s.Kind, s.In, s.Out, s.FPS, s.BusyMs, s.LatencyMs, s.MaxLatMs, s.Depth, s.Drops)
+	}
+	tw.Flush()
+}
+
+// WritePrometheus writes the metrics in the Prometheus text format (0.0.4).
+// Hand-written: the format is a few lines and client_golang would pull in a
+// dozen modules for it.
+func (m *Metrics) WritePrometheus(w io.Writer, pipeline string) {
+	snap := m.Snapshot()
+	sort.Slice(snap, func(i, j int) bool { return snap[i].Name < snap[j].Name })
+	type series struct {
+		name, help, typ string
+		val             func(StageStats) float64
+	}
+	all := []series{
+		{"avflow_stage_messages_in_total", "Messages taken by the stage.", "counter", func(s StageStats) float64 { return float64(s.In) }},
+		{"avflow_stage_messages_out_total", "Messages emitted by the stage.", "counter", func(s StageStats) float64 { return float64(s.Out) }},
+		{"avflow_stage_drops_total", "Messages dropped by drop-oldest flow control.", "counter", func(s StageStats) float64 { return float64(s.Drops) }},
+		{"avflow_stage_queue_depth", "Messages waiting in the stage's input queue.", "gauge", func(s StageStats) float64 { return float64(s.Depth) }},
+		{"avflow_stage_busy_seconds", "Mean processing time per input message.", "gauge", func(s StageStats) float64 { return s.BusyMs / 1e3 }},
+		{"avflow_stage_latency_seconds", "Mean time from the source to this stage's output.", "gauge", func(s StageStats) float64 { return s.LatencyMs / 1e3 }},
+	}
+	lbl := func(s StageStats) string {
+		esc := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+		return fmt.Sprintf(`{pipeline="%s",stage="%s",kind="%s"}`, esc.Replace(pipeline), esc.Replace(s.Name), esc.Replace(s.Kind))
+	}
+	for _, se := range all {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", se.name, se.help, se.name, se.typ)
+		for _, s := range snap {
+			fmt.Fprintf(w, "%s%s %g\n", se.name, lbl(s), se.val(s))
+		}
+	}
+}

@@ -1,0 +1,131 @@
+package pipeline
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"github.com/avflow/avflow/pipeline/envelope"
+)
+
+// queue is a stage's bounded input queue. In block mode Push waits for room;
+// in drop-oldest mode Push drops (and releases) the oldest message.
+// One consumer pops; any number of producers push.
+type queue struct {
+	mu      sync.Mutex
+	items   []*envelope.Envelope
+	head    int
+	cap     int
+	drop    bool
+	drops   atomic.Int64
+	hasData chan struct{}
+	hasRoom chan struct{}
+}
+
+func newQueue(capacity int, mode FlowMode) *queue {
+	return &queue{
+		cap:     capacity,
+		drop:    mode == FlowDropOldest,
+		hasData: make(chan struct{}, 1),
+		hasRoom: make(chan struct{}, 1),
+	}
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func (q *queue) lenLocked() int { return len(q.items) - q.head }
+
+// Len returns the number of queued messages.
+func (q *queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.lenLocked()
+}
+
+// Push adds e. EOS messages are never dropped and never wait.
+func (q *queue) Push(ctx context.Context, e *envelope.Envelope) error {
+	for {
+		q.mu.Lock()
+		n := q.lenLocked()
+		if n < q.cap || e.Kind == envelope.KindEOS {
+			q.items = append(q.items, e)
+			room := n+1 < q.cap
+			q.mu.Unlock()
+			signal(q.hasData)
+			if room {
+				signal(q.hasRoom)
+			}
+			return nil
+		}
+		if q.drop {
+			// Drop the oldest media message (keep EOS markers).
+			for i := q.head; i < len(q.items); i++ {
+				if q.items[i].Kind != envelope.KindEOS {
+					old := q.items[i]
+					copy(q.items[q.head+1:i+1], q.items[q.head:i])
+					q.items[q.head] = nil
+					q.head++
+					old.Release()
+					q.drops.Add(1)
+					break
+				}
+			}
+			q.items = append(q.items, e)
+			q.mu.Unlock()
+			signal(q.hasData)
+			return nil
+		}
+		q.mu.Unlock()
+		select {
+		case <-q.hasRoom:
+		case <-ctx.Done():
+			e.Release()
+			return ctx.Err()
+		}
+	}
+}
+
+// Pop takes the oldest message, waiting for one.
+func (q *queue) Pop(ctx context.Context) (*envelope.Envelope, error) {
+	for {
+		q.mu.Lock()
+		if q.lenLocked() > 0 {
+			e := q.items[q.head]
+			q.items[q.head] = nil
+			q.head++
+			if q.head > 64 && q.head*2 > len(q.items) {
+				q.items = append(q.items[:0], q.items[q.head:]...)
+				q.head = 0
+			}
+			more := q.lenLocked() > 0
+			q.mu.Unlock()
+			signal(q.hasRoom)
+			if more {
+				signal(q.hasData)
+			}
+			return e, nil
+		}
+		q.mu.Unlock()
+		select {
+		case <-q.hasData:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// drain releases whatever is left.
+func (q *queue) drain() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i := q.head; i < len(q.items); i++ {
+		q.items[i].Release()
+		q.items[i] = nil
+	}
+	q.items, q.head = nil, 0
+}

@@ -1,0 +1,444 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// Sentinel errors of a run.
+var (
+	ErrStage    = errors.New("stage failed")
+	ErrCanceled = errors.New("run cancelled")
+)
+
+// TotalFramer is implemented by sources that know how many video frames they
+// will produce (files); the CLI shows progress and an ETA from it.
+type TotalFramer interface {
+	TotalFrames() int64
+}
+
+// Options tune a run.
+type Options struct {
+	// NATSURL selects an external NATS server; empty starts an embedded one.
+	NATSURL string
+	// Transport overrides the pipeline's transport ("nats" or "local").
+	Transport string
+	// Log receives structured logs; nil uses slog.Default().
+	Log *slog.Logger
+}
+
+// Runner runs one validated pipeline once.
+type Runner struct {
+	env  *Environment
+	cfg  *Config
+	opts Options
+	log  *slog.Logger
+
+	metrics *Metrics
+	drainMu sync.Mutex
+	drained bool
+	drain   chan struct{}
+
+	failOnce sync.Once
+	firstErr error
+	cancel   context.CancelFunc
+
+	embedded *server.Server
+	ready    chan struct{}
+}
+
+// NewRunner validates cfg (if needed) and prepares a run.
+func NewRunner(env *Environment, cfg *Config, opts Options) (*Runner, error) {
+	if env == nil {
+		env = Default
+	}
+	if !cfg.validated {
+		if err := env.Validate(cfg); err != nil {
+			return nil, err
+		}
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	if opts.Transport == "" {
+		opts.Transport = cfg.Transport
+	}
+	if opts.Transport != TransportNATS && opts.Transport != TransportLocal {
+		return nil, fmt.Errorf("pipeline: transport %q: want nats or local", opts.Transport)
+	}
+	return &Runner{env: env, cfg: cfg, opts: opts, log: log.With("pipeline", cfg.Name),
+		metrics: &Metrics{start: time.Now()}, drain: make(chan struct{}), ready: make(chan struct{})}, nil
+}
+
+// Run validates and runs a pipeline in the Default environment until its
+// sources end, ctx is cancelled, or a stage fails.
+func Run(ctx context.Context, cfg *Config, opts Options) error {
+	r, err := NewRunner(Default, cfg, opts)
+	if err != nil {
+		return err
+	}
+	return r.Run(ctx)
+}
+
+// Metrics returns the run's live counters.
+func (r *Runner) Metrics() *Metrics { return r.metrics }
+
+// Ready is closed once every stage is started and subscribed.
+func (r *Runner) Ready() <-chan struct{} { return r.ready }
+
+// NATSURL returns the client URL of the embedded server, once Ready ("" otherwise).
+func (r *Runner) NATSURL() string {
+	if r.embedded != nil {
+		return r.embedded.ClientURL()
+	}
+	return r.opts.NATSURL
+}
+
+// Drain stops the sources; every stage then finishes the frames in flight,
+// flushes and finalises its output (an MP4 stays playable). Safe to call twice.
+func (r *Runner) Drain() {
+	r.drainMu.Lock()
+	defer r.drainMu.Unlock()
+	if !r.drained {
+		r.drained = true
+		close(r.drain)
+	}
+}
+
+func (r *Runner) fail(err error) {
+	r.failOnce.Do(func() {
+		r.firstErr = err
+		if r.cancel != nil {
+			r.cancel()
+		}
+	})
+}
+
+type node struct {
+	cfg     *StageConfig
+	stage   Stage
+	q       *queue
+	pubs    map[string]publisher
+	ports   []Port
+	subs    []*natsSubscriber
+	nc      *nats.Conn
+	m       *stageMetrics
+	seq     map[string]uint64
+	log     *slog.Logger
+	nInputs int
+}
+
+// Run executes the pipeline. It returns nil when every source ended (or Drain
+// was called) and every stage flushed; otherwise the first stage error,
+// naming the stage, or ErrCanceled.
+func (r *Runner) Run(ctx context.Context) (err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r.cancel = cancel
+	r.metrics.start = time.Now()
+
+	useNATS := r.opts.Transport == TransportNATS
+	if useNATS && r.opts.NATSURL == "" {
+		srv, err := StartEmbeddedNATS()
+		if err != nil {
+			return err
+		}
+		r.embedded = srv
+		defer srv.Shutdown()
+		r.log.Info("embedded NATS server started", "url", srv.ClientURL())
+	}
+
+	nodes := make([]*node, 0, len(r.cfg.order))
+	byName := map[string]*node{}
+	defer func() {
+		for _, n := range nodes {
+			for _, s := range n.subs {
+				s.Close()
+			}
+			for _, p := range n.pubs {
+				p.Close()
+			}
+			if n.q != nil {
+				n.q.drain()
+			}
+			if n.nc != nil {
+				n.nc.Close()
+			}
+		}
+	}()
+
+	// Queues and connections first, so every consumer exists before anything is published.
+	for _, sc := range r.cfg.order {
+		n := &node{cfg: sc, pubs: map[string]publisher{}, ports: sc.outputs, seq: map[string]uint64{}, nInputs: len(sc.Inputs),
+			log: r.log.With("stage", sc.Name, "kind", sc.Kind)}
+		n.m = &stageMetrics{name: sc.Name, kind: sc.Kind, terminal: len(sc.outputs) == 0}
+		if n.nInputs > 0 {
+			n.q = newQueue(r.cfg.Queue*n.nInputs, r.cfg.Flow)
+			n.m.q = n.q
+		}
+		if useNATS {
+			nc, err := connect(r.embedded, r.opts.NATSURL, "avflow "+r.cfg.Name+" "+sc.Name, func(err error) {
+				if r.cfg.Flow == FlowBlock || !errors.Is(err, nats.ErrSlowConsumer) {
+					r.fail(fmt.Errorf("stage %q: %w", sc.Name, err))
+				}
+			})
+			if err != nil {
+				return err
+			}
+			n.nc = nc
+		}
+		nodes = append(nodes, n)
+		byName[sc.Name] = n
+		r.metrics.stages = append(r.metrics.stages, n.m)
+	}
+	// Subscriptions and publishers.
+	consumers := map[string][]consumerRef{} // "stage.port" -> consumers
+	for _, n := range nodes {
+		for i, in := range n.cfg.Inputs {
+			src := byName[in.Stage]
+			port, _ := findPort(src.ports, in.Port)
+			ref := consumerRef{stage: n.cfg.Name, input: i, q: n.q}
+			consumers[in.Stage+"."+port.Name] = append(consumers[in.Stage+"."+port.Name], ref)
+			if useNATS {
+				s, err := newNATSSubscriber(ctx, n.nc, Subject(r.cfg.Name, in.Stage, port.Name), ref, r.cfg.Flow, r.cfg.Queue, r.fail)
+				if err != nil {
+					return err
+				}
+				n.subs = append(n.subs, s)
+			}
+		}
+	}
+	for _, n := range nodes {
+		for _, p := range n.ports {
+			cs := consumers[n.cfg.Name+"."+p.Name]
+			if !useNATS {
+				n.pubs[p.Name] = &localPublisher{consumers: cs}
+				continue
+			}
+			pub, err := newNATSPublisher(n.nc, Subject(r.cfg.Name, n.cfg.Name, p.Name), cs, r.cfg.Flow, r.cfg.Queue)
+			if err != nil {
+				return err
+			}
+			n.pubs[p.Name] = pub
+		}
+		if n.nc != nil {
+			if err := n.nc.Flush(); err != nil {
+				return fmt.Errorf("%w: flushing subscriptions of stage %q failed: %v", ErrTransport, n.cfg.Name, err)
+			}
+		}
+	}
+
+	// Build the stages.
+	for _, n := range nodes {
+		st, err := n.cfg.spec.New(ctx, Init{
+			Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
+			Outputs: n.ports, Dir: r.cfg.Dir, Accelerator: n.cfg.Accelerator, Log: n.log,
+			Live: r.cfg.Flow == FlowDropOldest,
+		})
+		if err != nil {
+			for _, m := range nodes {
+				if m.stage != nil {
+					_ = m.stage.Close()
+				}
+			}
+			return fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err)
+		}
+		n.stage = st
+		if tf, ok := st.(TotalFramer); ok {
+			r.metrics.total.Add(tf.TotalFrames())
+		}
+		n.log.Info("stage ready", "accelerator", n.cfg.Accelerator, "transport", r.opts.Transport)
+	}
+	close(r.ready)
+
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Add(1)
+		go func(n *node) {
+			defer wg.Done()
+			if err := r.runNode(ctx, n); err != nil && !errors.Is(err, context.Canceled) {
+				r.fail(fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err))
+			}
+		}(n)
+	}
+	wg.Wait()
+	if r.firstErr != nil {
+		return r.firstErr
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: %v", ErrCanceled, context.Cause(ctx))
+	}
+	return nil
+}
+
+func (r *Runner) runNode(ctx context.Context, n *node) (err error) {
+	defer func() {
+		if cerr := n.stage.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("closing failed: %w", cerr)
+		}
+	}()
+	if n.nInputs == 0 {
+		if err := r.runSource(ctx, n); err != nil {
+			return err
+		}
+	} else {
+		eos := 0
+		subByInput := map[int]*natsSubscriber{}
+		for _, s := range n.subs {
+			subByInput[s.ref.input] = s
+		}
+		for eos < n.nInputs {
+			e, err := n.q.Pop(ctx)
+			if err != nil {
+				return err
+			}
+			if s := subByInput[e.Input]; s != nil && e.Kind != envelope.KindEOS {
+				s.took()
+			}
+			if e.Kind == envelope.KindEOS {
+				eos++
+				if ie, ok := n.stage.(InputEnder); ok {
+					out, err := ie.EndInput(ctx, e.Input)
+					if err != nil {
+						releaseAll(out)
+						return err
+					}
+					if err := r.publish(ctx, n, out); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			n.m.in.Add(1)
+			if e.Media == envelope.MediaVideo {
+				n.m.videoIn.Add(1)
+			}
+			if n.m.terminal {
+				n.m.observeLatency(e, time.Now().UnixNano())
+			}
+			t0 := time.Now()
+			out, err := n.stage.Process(ctx, Batch{e})
+			n.m.busyNS.Add(int64(time.Since(t0)))
+			e.Release()
+			if err != nil {
+				releaseAll(out)
+				return err
+			}
+			inheritStamps(out, e)
+			if err := r.publish(ctx, n, out); err != nil {
+				return err
+			}
+		}
+	}
+	if f, ok := n.stage.(Flusher); ok {
+		out, err := f.Flush(ctx)
+		if err != nil {
+			releaseAll(out)
+			return fmt.Errorf("flushing failed: %w", err)
+		}
+		if err := r.publish(ctx, n, out); err != nil {
+			return err
+		}
+	}
+	for _, p := range n.ports {
+		if err := n.pubs[p.Name].Publish(ctx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Stream: n.cfg.Name + "." + p.Name}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Runner) runSource(ctx context.Context, n *node) error {
+	srcCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-r.drain:
+			cancel()
+		case <-srcCtx.Done():
+		}
+	}()
+	for {
+		select {
+		case <-r.drain:
+			n.log.Info("draining: source stopped")
+			return nil
+		default:
+		}
+		t0 := time.Now()
+		out, err := n.stage.Process(srcCtx, nil)
+		n.m.busyNS.Add(int64(time.Since(t0)))
+		if err != nil {
+			releaseAll(out)
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if srcCtx.Err() != nil && ctx.Err() == nil {
+				return nil // drained while reading
+			}
+			return err
+		}
+		n.m.in.Add(int64(len(out)))
+		if err := r.publish(ctx, n, out); err != nil {
+			return err
+		}
+	}
+}
+
+func releaseAll(b Batch) {
+	for _, e := range b {
+		e.Release()
+	}
+}
+
+func (r *Runner) publish(ctx context.Context, n *node, out Batch) error {
+	now := time.Now().UnixNano()
+	for i, e := range out {
+		port := e.Port
+		if port == "" && len(n.ports) > 0 {
+			port = n.ports[0].Name
+		}
+		pub, ok := n.pubs[port]
+		if !ok {
+			releaseAll(out[i:])
+			return fmt.Errorf("emitted a message on unknown port %q", e.Port)
+		}
+		e.V = envelope.Version
+		if e.Stream == "" {
+			e.Stream = n.cfg.Name + "." + port
+		}
+		e.Seq = n.seq[port]
+		n.seq[port]++
+		e.Stamps = append(e.Stamps, envelope.Stamp{Stage: n.cfg.Name, At: now})
+		if !n.m.terminal {
+			n.m.observeLatency(e, now)
+		}
+		if err := pub.Publish(ctx, e); err != nil {
+			releaseAll(out[i+1:])
+			return err
+		}
+		n.m.out.Add(1)
+	}
+	return nil
+}
+
+// inheritStamps gives outputs that a stage built from scratch (a decoder's
+// frames, an encoder's packets) the stamps of the input they came from, so
+// latency is measured from the source.
+func inheritStamps(out Batch, in *envelope.Envelope) {
+	for _, o := range out {
+		if len(o.Stamps) == 0 && len(in.Stamps) > 0 {
+			o.Stamps = append(make([]envelope.Stamp, 0, len(in.Stamps)+1), in.Stamps...)
+		}
+	}
+}

@@ -1,0 +1,187 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/avflow/avflow/pipeline/envelope"
+)
+
+// Sentinel errors of the registry.
+var (
+	ErrDuplicateKind = errors.New("stage kind already registered")
+	ErrUnknownKind   = errors.New("unknown stage kind")
+	ErrBadSpec       = errors.New("bad stage spec")
+)
+
+// ParamType is the type of a stage param.
+type ParamType string
+
+const (
+	TypeString   ParamType = "string"
+	TypeInt      ParamType = "int"
+	TypeFloat    ParamType = "float"
+	TypeBool     ParamType = "bool"
+	TypeDuration ParamType = "duration" // "500ms", "6s"
+	TypeMap      ParamType = "map"      // string -> string, e.g. FFmpeg options
+)
+
+// Param documents one param of a stage kind.
+type Param struct {
+	Name     string
+	Type     ParamType
+	Default  any // nil: no default
+	Required bool
+	Enum     []string // allowed values of a string param, if set
+	Doc      string
+}
+
+// PortType is what flows on an edge: compressed packets or raw frames of a media type.
+type PortType struct {
+	Kind  envelope.Kind  // KindPacket or KindFrame
+	Media envelope.Media // MediaUnknown means "decided at run time"
+}
+
+func (t PortType) String() string {
+	m := t.Media.String()
+	if t.Media == envelope.MediaUnknown {
+		m = "any"
+	}
+	return m + " " + t.Kind.String() + "s"
+}
+
+// Port is a named, typed output of a stage.
+type Port struct {
+	Name string
+	Type PortType
+}
+
+// Spec describes a stage kind: its docs, params, typing and constructor.
+type Spec struct {
+	Kind    string
+	Summary string
+	Params  []Param
+	// MinInputs and MaxInputs bound the number of input edges (MaxInputs -1: any).
+	MinInputs, MaxInputs int
+	// Ports checks the input edge types and returns the output ports. It runs
+	// at validation time; an error names the problem without position.
+	Ports func(p Params, in []PortType) ([]Port, error)
+	// Check validates params beyond their types (files exist, values fit). Optional.
+	Check func(p Params, dir string) error
+	// New builds a running stage.
+	New func(ctx context.Context, in Init) (Stage, error)
+}
+
+func (s *Spec) param(name string) *Param {
+	for i := range s.Params {
+		if s.Params[i].Name == name {
+			return &s.Params[i]
+		}
+	}
+	return nil
+}
+
+// Environment holds registered stage kinds. Most programs use [Default].
+type Environment struct {
+	mu    sync.RWMutex
+	specs map[string]*Spec
+}
+
+// NewEnvironment returns an empty environment.
+func NewEnvironment() *Environment { return &Environment{specs: map[string]*Spec{}} }
+
+// Default is the environment the built-in stages register in.
+var Default = NewEnvironment()
+
+// Register adds a stage kind. A second kind of the same name is an error.
+func (e *Environment) Register(s Spec) error {
+	if s.Kind == "" || s.New == nil || s.Ports == nil {
+		return fmt.Errorf("%w: %q needs Kind, Ports and New", ErrBadSpec, s.Kind)
+	}
+	seen := map[string]bool{}
+	for _, p := range s.Params {
+		if seen[p.Name] {
+			return fmt.Errorf("%w: %q declares param %q twice", ErrBadSpec, s.Kind, p.Name)
+		}
+		seen[p.Name] = true
+		if p.Default != nil {
+			if _, err := convertParam(p, p.Default); err != nil {
+				return fmt.Errorf("%w: %q param %q default: %v", ErrBadSpec, s.Kind, p.Name, err)
+			}
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.specs[s.Kind]; ok {
+		return fmt.Errorf("%w: %q", ErrDuplicateKind, s.Kind)
+	}
+	e.specs[s.Kind] = &s
+	return nil
+}
+
+// Lookup returns the spec of a kind.
+func (e *Environment) Lookup(kind string) (*Spec, error) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	s, ok := e.specs[kind]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownKind, kind)
+	}
+	return s, nil
+}
+
+// Specs returns every registered spec, sorted by kind.
+func (e *Environment) Specs() []*Spec {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	out := make([]*Spec, 0, len(e.specs))
+	for _, s := range e.specs {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Kind < out[j].Kind })
+	return out
+}
+
+// Clone returns a copy, so a program can add kinds without touching Default.
+func (e *Environment) Clone() *Environment {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	c := NewEnvironment()
+	for k, s := range e.specs {
+		c.specs[k] = s
+	}
+	return c
+}
+
+// Register adds a kind to Default.
+func Register(s Spec) error { return Default.Register(s) }
+
+// MustRegister adds a kind to Default and panics on error; for init().
+func MustRegister(s Spec) {
+	if err := Register(s); err != nil {
+		panic(err)
+	}
+}
+
+// Params holds a stage's validated params.
+type Params map[string]any
+
+func (p Params) String(k string) string { v, _ := p[k].(string); return v }
+func (p Params) Int(k string) int       { v, _ := p[k].(int); return v }
+func (p Params) Float(k string) float64 { v, _ := p[k].(float64); return v }
+func (p Params) Bool(k string) bool     { v, _ := p[k].(bool); return v }
+func (p Params) Duration(k string) time.Duration {
+	v, _ := p[k].(time.Duration)
+	return v
+}
+func (p Params) Map(k string) map[string]string {
+	v, _ := p[k].(map[string]string)
+	return v
+}
+
+// Has reports whether the param was set or has a default.
+func (p Params) Has(k string) bool { _, ok := p[k]; return ok }

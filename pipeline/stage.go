@@ -1,0 +1,60 @@
+// Package pipeline loads, validates and runs avflow pipelines: graphs of
+// stages connected by NATS subjects.
+package pipeline
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/avflow/avflow/pipeline/envelope"
+)
+
+// Batch is the unit a stage processes: one or more envelopes.
+type Batch []*envelope.Envelope
+
+// Stage is a running pipeline stage.
+//
+// The runner calls Process with the envelopes that arrived on the stage's
+// inputs and publishes what it returns on the stage's outputs (routed by
+// each envelope's Port). A source is a stage without inputs: the runner
+// calls its Process with an empty batch until it returns io.EOF.
+//
+// The runner owns the input envelopes: it releases their in-process media
+// after Process returns, so a stage that keeps a frame must take its own
+// reference. Close is called exactly once, after the last Process or Flush.
+type Stage interface {
+	Process(ctx context.Context, in Batch) (Batch, error)
+	Close() error
+}
+
+// Flusher is implemented by stages that hold data back (decoders, encoders,
+// muxers). Flush is called once, after every input has ended, and returns
+// the remaining output. A stage finalises its output in Flush: an error or
+// a cancelled run skips Flush and goes straight to Close.
+type Flusher interface {
+	Flush(ctx context.Context) (Batch, error)
+}
+
+// Init is what a stage constructor gets.
+type Init struct {
+	Name        string     // the stage's name in the pipeline
+	Pipeline    string     // the pipeline's name
+	Params      Params     // validated params, defaults applied
+	Inputs      []PortType // types of the input edges, in order
+	Outputs     []Port     // the stage's output ports
+	Dir         string     // folder of the pipeline file; relative paths resolve against it
+	Accelerator string     // the device the stage is bound to ("cpu")
+	Log         *slog.Logger
+	// Live is true when the pipeline's flow mode is drop-oldest (live input).
+	Live bool
+}
+
+// Path resolves a path param against the pipeline file's folder.
+func (in Init) Path(p string) string { return ResolvePath(in.Dir, p) }
+
+// InputEnder is implemented by stages that want to know when one of several
+// inputs has ended (a muxer that must stop waiting for a stream that never
+// comes). EndInput is called once per input, with the input's index.
+type InputEnder interface {
+	EndInput(ctx context.Context, input int) (Batch, error)
+}

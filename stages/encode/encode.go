@@ -1,0 +1,356 @@
+// Package encode is the encode stage: raw frames in, compressed packets out
+// (libx264, libx265, libvpx-vp9, libsvtav1, aac or any FFmpeg encoder), or
+// "copy" to pass packets through untouched.
+package encode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/codecs"
+	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/envelope"
+)
+
+// Sentinel errors.
+var (
+	ErrUnknownEncoder = errors.New("encode: unknown encoder")
+	ErrOpen           = errors.New("encode: opening encoder failed")
+	ErrEncode         = errors.New("encode: encoding failed")
+)
+
+func init() {
+	pipeline.MustRegister(pipeline.Spec{
+		Kind:    "encode",
+		Summary: "Encode raw frames with an FFmpeg encoder, or pass packets through with codec: copy.",
+		Params: []pipeline.Param{
+			{Name: "codec", Type: pipeline.TypeString, Required: true, Doc: "encoder: libx264, libx265, libvpx-vp9, libsvtav1, aac, ... or copy"},
+			{Name: "preset", Type: pipeline.TypeString, Doc: "encoder preset (x264/x265: ultrafast..veryslow; svt-av1: 0-13)"},
+			{Name: "tune", Type: pipeline.TypeString, Doc: "encoder tune (x264: film, zerolatency, ...)"},
+			{Name: "crf", Type: pipeline.TypeInt, Doc: "constant quality (x264/x265 0-51, vp9/av1 0-63); unset: encoder default"},
+			{Name: "bitrate", Type: pipeline.TypeString, Doc: `target bitrate, e.g. "3M" or "128k"`},
+			{Name: "gop", Type: pipeline.TypeInt, Default: 0, Doc: "keyframe interval in frames (0: encoder default)"},
+			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "encoder threads (0: encoder default)"},
+			{Name: "pixel_format", Type: pipeline.TypeString, Doc: "convert frames to this pixel format first (default: keep, or the encoder's first)"},
+			{Name: "sample_rate", Type: pipeline.TypeInt, Default: 0, Doc: "audio: resample to this rate (0: keep)"},
+			{Name: "global_header", Type: pipeline.TypeBool, Default: true, Doc: "put codec headers in extradata (MP4, MKV, FLV need it; MPEG-TS/HLS work either way)"},
+			{Name: "options", Type: pipeline.TypeMap, Doc: "encoder private options, e.g. {x264-params: keyint=60, sc_threshold: 0}"},
+		},
+		MinInputs: 1, MaxInputs: 1,
+		Ports: ports,
+		New:   New,
+	})
+}
+
+func ports(p pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
+	name := p.String("codec")
+	if name == "copy" {
+		if in[0].Kind != envelope.KindPacket {
+			return nil, fmt.Errorf("codec copy takes packets, got %s", in[0])
+		}
+		return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
+	}
+	c := astiav.FindEncoderByName(name)
+	if c == nil {
+		return nil, fmt.Errorf("%w %q: this FFmpeg build has no such encoder (try: %s)", ErrUnknownEncoder, name, strings.Join(encoders(in[0].Media), ", "))
+	}
+	if in[0].Kind != envelope.KindFrame {
+		return nil, fmt.Errorf("encoder %s takes raw frames, got %s: put a decode stage before it, or use codec: copy", name, in[0])
+	}
+	media := codecs.MediaOf(c.ID().MediaType())
+	if in[0].Media != envelope.MediaUnknown && media != in[0].Media {
+		return nil, fmt.Errorf("encoder %s is for %s, but its input gives %s", name, media, in[0])
+	}
+	if _, err := parseBitrate(p.String("bitrate")); err != nil {
+		return nil, err
+	}
+	return []pipeline.Port{{Name: "out", Type: pipeline.PortType{Kind: envelope.KindPacket, Media: media}}}, nil
+}
+
+// encoders lists well-known encoders this FFmpeg has, for error messages.
+func encoders(m envelope.Media) []string {
+	known := []string{"libx264", "libx265", "libvpx-vp9", "libsvtav1", "libaom-av1", "mpeg4", "aac", "libopus", "libmp3lame", "flac"}
+	var out []string
+	for _, n := range known {
+		if c := astiav.FindEncoderByName(n); c != nil && (m == envelope.MediaUnknown || codecs.MediaOf(c.ID().MediaType()) == m) {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func parseBitrate(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	mult := 1.0
+	switch strings.ToLower(s[len(s)-1:]) {
+	case "k":
+		mult, s = 1e3, s[:len(s)-1]
+	case "m":
+		mult, s = 1e6, s[:len(s)-1]
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 {
+		return 0, fmt.Errorf("bitrate %q: want a number such as 3M, 800k or 128000", s)
+	}
+	return int64(f * mult), nil
+}
+
+// Encoder encodes one stream.
+type Encoder struct {
+	in     pipeline.Init
+	copy   bool
+	codec  *astiav.Codec
+	cc     *astiav.CodecContext
+	conv   *codecs.Graph // format/rate/frame-size adaptation, if needed
+	pkt    *astiav.Packet
+	media  envelope.Media
+	tb     astiav.Rational
+	params *envelope.CodecParams
+	frames int64
+}
+
+// New prepares the encoder; it opens on the first frame, from its format.
+func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+	name := in.Params.String("codec")
+	if name == "copy" {
+		return &Encoder{in: in, copy: true}, nil
+	}
+	c := astiav.FindEncoderByName(name)
+	if c == nil {
+		return nil, fmt.Errorf("%w %q", ErrUnknownEncoder, name)
+	}
+	return &Encoder{in: in, codec: c, pkt: astiav.AllocPacket(), media: codecs.MediaOf(c.ID().MediaType())}, nil
+}
+
+func contains[T comparable](list []T, v T) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) error {
+	p := enc.in.Params
+	cc := astiav.AllocCodecContext(enc.codec)
+	if cc == nil {
+		return fmt.Errorf("%w: allocating %s", ErrOpen, enc.codec.Name())
+	}
+	enc.cc = cc
+	var convSpec string
+	switch enc.media {
+	case envelope.MediaVideo:
+		pf := f.PixelFormat()
+		if want := p.String("pixel_format"); want != "" {
+			x, err := codecs.PixelFormat(want)
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrOpen, err)
+			}
+			pf = x
+		}
+		if fmts := enc.codec.PixelFormats(); len(fmts) > 0 && !contains(fmts, pf) {
+			pf = fmts[0]
+		}
+		if pf != f.PixelFormat() {
+			convSpec = "format=" + pf.Name()
+		}
+		cc.SetPixelFormat(pf)
+		cc.SetWidth(f.Width())
+		cc.SetHeight(f.Height())
+		cc.SetSampleAspectRatio(f.SampleAspectRatio())
+		enc.tb = codecs.AVRat(e.TimeBase)
+		if e.Video != nil && e.Video.FrameRate.Num > 0 {
+			cc.SetFramerate(codecs.AVRat(e.Video.FrameRate))
+		}
+		if g := p.Int("gop"); g > 0 {
+			cc.SetGopSize(g)
+		}
+	case envelope.MediaAudio:
+		sf := f.SampleFormat()
+		if fmts := enc.codec.SampleFormats(); len(fmts) > 0 && !contains(fmts, sf) {
+			sf = fmts[0]
+		}
+		rate := f.SampleRate()
+		if r := p.Int("sample_rate"); r > 0 {
+			rate = r
+		}
+		cc.SetSampleFormat(sf)
+		cc.SetSampleRate(rate)
+		cc.SetChannelLayout(f.ChannelLayout())
+		enc.tb = astiav.NewRational(1, rate)
+		convSpec = fmt.Sprintf("aresample=%d,aformat=sample_fmts=%s", rate, sf.Name())
+	}
+	cc.SetTimeBase(enc.tb)
+	if br, _ := parseBitrate(p.String("bitrate")); br > 0 {
+		cc.SetBitRate(br)
+	}
+	if t := p.Int("threads"); t > 0 {
+		cc.SetThreadCount(t)
+	}
+	if p.Bool("global_header") {
+		cc.SetFlags(cc.Flags().Add(astiav.CodecContextFlagGlobalHeader))
+	}
+	d := astiav.NewDictionary()
+	defer d.Free()
+	opts := map[string]string{}
+	for k, v := range p.Map("options") {
+		opts[k] = v
+	}
+	if v := p.String("preset"); v != "" {
+		opts["preset"] = v
+	}
+	if v := p.String("tune"); v != "" {
+		opts["tune"] = v
+	}
+	if p.Has("crf") {
+		opts["crf"] = strconv.Itoa(p.Int("crf"))
+		if enc.codec.Name() == "libvpx-vp9" && p.String("bitrate") == "" {
+			cc.SetBitRate(0) // constant quality mode
+		}
+	}
+	for k, v := range opts {
+		if err := d.Set(k, v, 0); err != nil {
+			return fmt.Errorf("%w: option %s=%s: %w", ErrOpen, k, v, err)
+		}
+	}
+	if err := cc.Open(enc.codec, d); err != nil {
+		return fmt.Errorf("%w: %s (%dx%d %s): %w", ErrOpen, enc.codec.Name(), f.Width(), f.Height(), cc.PixelFormat().Name(), err)
+	}
+	if left := d.Get("", nil, astiav.NewDictionaryFlags(astiav.DictionaryFlagIgnoreSuffix)); left != nil {
+		return fmt.Errorf("%w: %s does not know option %q", ErrOpen, enc.codec.Name(), left.Key())
+	}
+	if enc.media == envelope.MediaAudio && cc.FrameSize() > 0 {
+		convSpec += fmt.Sprintf(",asetnsamples=n=%d:p=0", cc.FrameSize())
+	}
+	if convSpec != "" {
+		enc.conv = codecs.NewGraph(convSpec, 1)
+	}
+	cp := astiav.AllocCodecParameters()
+	defer cp.Free()
+	if err := cp.FromCodecContext(cc); err != nil {
+		return fmt.Errorf("%w: %w", ErrOpen, err)
+	}
+	var rate astiav.Rational
+	if e.Video != nil {
+		rate = codecs.AVRat(e.Video.FrameRate)
+	}
+	enc.params = codecs.Params(cp, rate)
+	enc.in.Log.Info("encoder opened", "codec", enc.codec.Name(), "width", cc.Width(), "height", cc.Height(),
+		"pixel_format", cc.PixelFormat().Name(), "sample_rate", cc.SampleRate(), "convert", convSpec)
+	return nil
+}
+
+// Process encodes frames (or passes packets through with codec: copy).
+func (enc *Encoder) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	var out pipeline.Batch
+	for _, e := range in {
+		if enc.copy {
+			cp := *e
+			e.Local = nil // ownership moves to the copy
+			cp.Port, cp.Stream = "", ""
+			cp.Stamps = append([]envelope.Stamp(nil), e.Stamps...)
+			out = append(out, &cp)
+			continue
+		}
+		f, err := codecs.FrameOf(e)
+		if err != nil {
+			return out, err
+		}
+		if enc.cc == nil {
+			if err := enc.open(f, e); err != nil {
+				return out, err
+			}
+		}
+		if out, err = enc.send(out, f, e); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// send encodes f (nil: flush), through the conversion graph if there is one.
+func (enc *Encoder) send(out pipeline.Batch, f *astiav.Frame, e *envelope.Envelope) (pipeline.Batch, error) {
+	if enc.conv != nil {
+		var tb, rate astiav.Rational
+		if e != nil {
+			tb = codecs.AVRat(e.TimeBase)
+			if e.Video != nil {
+				rate = codecs.AVRat(e.Video.FrameRate)
+			}
+		}
+		conv, err := enc.conv.Push(f, enc.media, tb, rate)
+		if err != nil {
+			return out, err
+		}
+		for _, c := range conv {
+			cf, _ := codecs.FrameOf(c)
+			cf.SetPts(astiav.RescaleQ(cf.Pts(), codecs.AVRat(c.TimeBase), enc.tb))
+			out, err = enc.encode(out, cf)
+			c.Release()
+			if err != nil {
+				return out, err
+			}
+		}
+		if f != nil {
+			return out, nil
+		}
+		return enc.encode(out, nil)
+	}
+	if f != nil && e != nil && codecs.AVRat(e.TimeBase) != enc.tb {
+		f.SetPts(astiav.RescaleQ(f.Pts(), codecs.AVRat(e.TimeBase), enc.tb))
+	}
+	return enc.encode(out, f)
+}
+
+func (enc *Encoder) encode(out pipeline.Batch, f *astiav.Frame) (pipeline.Batch, error) {
+	if f != nil {
+		f.SetPictureType(astiav.PictureTypeNone)
+	}
+	if err := enc.cc.SendFrame(f); err != nil && !errors.Is(err, astiav.ErrEof) {
+		return out, fmt.Errorf("%w: %s: %w", ErrEncode, enc.codec.Name(), err)
+	}
+	for {
+		if err := enc.cc.ReceivePacket(enc.pkt); err != nil {
+			if errors.Is(err, astiav.ErrEagain) || errors.Is(err, astiav.ErrEof) {
+				return out, nil
+			}
+			return out, fmt.Errorf("%w: %s: %w", ErrEncode, enc.codec.Name(), err)
+		}
+		p := astiav.AllocPacket()
+		p.MoveRef(enc.pkt)
+		out = append(out, codecs.PacketEnvelope(p, enc.media, enc.params, enc.tb))
+	}
+}
+
+// Flush drains the encoder.
+func (enc *Encoder) Flush(context.Context) (pipeline.Batch, error) {
+	if enc.copy || enc.cc == nil {
+		return nil, nil
+	}
+	return enc.send(nil, nil, nil)
+}
+
+// Close frees the encoder.
+func (enc *Encoder) Close() error {
+	if enc.conv != nil {
+		enc.conv.Close()
+	}
+	if enc.cc != nil {
+		enc.cc.Free()
+		enc.cc = nil
+	}
+	if enc.pkt != nil {
+		enc.pkt.Free()
+		enc.pkt = nil
+	}
+	return nil
+}
