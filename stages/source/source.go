@@ -22,6 +22,7 @@ var (
 	ErrOpen     = errors.New("source: opening input failed")
 	ErrNoInput  = errors.New("source: input file not found")
 	ErrNoStream = errors.New("source: input has no usable stream")
+	ErrCorrupt  = errors.New("source: input is truncated or corrupt")
 )
 
 func init() {
@@ -88,6 +89,7 @@ type Source struct {
 	max      int
 	vcount   int
 	total    int64
+	declared int64 // video packets the container's index announces (0: unknown)
 	start    time.Time
 	stopIntr func() bool
 	eof      bool
@@ -143,7 +145,7 @@ func New(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
 			}
 			s.streams[st.Index()] = &stream{index: st.Index(), media: media, port: "video", tb: st.TimeBase(), params: codecs.Params(cp, fr)}
 			if n := st.NbFrames(); n > 0 {
-				s.total = n
+				s.total, s.declared = n, n
 			} else if d := s.fc.Duration(); d > 0 && fr.Num() > 0 {
 				s.total = int64(float64(d) / 1e6 * fr.Float64())
 			}
@@ -200,6 +202,10 @@ func (s *Source) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch,
 					continue
 				}
 				s.eof = true
+				// A container whose index announces more frames than it holds was cut short.
+				if s.max == 0 && s.declared > 0 && float64(s.vcount) < 0.99*float64(s.declared) {
+					return nil, fmt.Errorf("%w: %s ended after %d of the %d video frames its index announces", ErrCorrupt, s.url, s.vcount, s.declared)
+				}
 				return nil, io.EOF
 			}
 			if ctx.Err() != nil {
@@ -211,6 +217,10 @@ func (s *Source) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch,
 		if !ok {
 			s.pkt.Unref()
 			continue
+		}
+		if s.pkt.Flags().Has(astiav.PacketFlagCorrupt) && !s.in.Live {
+			s.pkt.Unref()
+			return nil, fmt.Errorf("%w: %s: %s packet %d is damaged (the file may be cut short)", ErrCorrupt, s.url, st.port, s.vcount)
 		}
 		p := astiav.AllocPacket()
 		p.MoveRef(s.pkt)

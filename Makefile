@@ -1,0 +1,55 @@
+# avflow — see README.md. Every target that needs the system packages runs
+# `setup` first; `setup` is idempotent and quick once done.
+SHELL := /bin/bash
+GO    ?= go
+BIN   := bin
+export CGO_ENABLED := 1
+
+.PHONY: all setup build demo test test-short bench fuzz lint clean
+
+all: build
+
+# Debian 12 packages: pkg-config and the FFmpeg 5.1 -dev libraries that
+# go-astiav v0.16.0 builds against, plus the ffmpeg/ffprobe CLIs for tests
+# and benchmarks. Only missing packages are installed.
+APT_PACKAGES := pkg-config ffmpeg libavcodec-dev libavformat-dev libavfilter-dev \
+	libavdevice-dev libavutil-dev libswscale-dev libswresample-dev libpostproc-dev
+
+setup:
+	@scripts/setup.sh $(APT_PACKAGES)
+	@$(MAKE) --no-print-directory $(BIN)/nats-server
+
+$(BIN)/nats-server: go.mod go.sum
+	@mkdir -p $(BIN)
+	@$(GO) build -o $@ github.com/nats-io/nats-server/v2
+
+build: setup
+	@$(GO) build -o $(BIN)/avflow ./cmd/avflow
+	@echo "built $(BIN)/avflow"
+
+# The main job: transcode the sample street clip to 720p H.264 + AAC.
+demo: build
+	$(BIN)/avflow run examples/transcode/pipeline.yaml
+	ffprobe -v error -show_entries stream=codec_name,width,height,nb_frames -of compact examples/transcode/out/transcode.mp4
+
+test: build
+	$(GO) vet ./...
+	AVFLOW_BIN=$(CURDIR)/$(BIN)/avflow NATS_SERVER_BIN=$(CURDIR)/$(BIN)/nats-server \
+		$(GO) test -count=1 -timeout 20m ./...
+
+test-short: build
+	$(GO) test -short -count=1 ./...
+
+# Run each fuzz target for a short while (corpus in testdata/fuzz).
+FUZZTIME ?= 20s
+fuzz: setup
+	$(GO) test ./pipeline/envelope -run '^$$' -fuzz FuzzUnmarshal -fuzztime $(FUZZTIME)
+	$(GO) test ./pipeline/envelope -run '^$$' -fuzz FuzzChunks -fuzztime $(FUZZTIME)
+	$(GO) test ./pipeline -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+
+# Benchmarks against their peers in the same run; writes BENCHMARKS.md.
+bench: build
+	$(GO) run ./cmd/avflow-bench -avflow $(BIN)/avflow -out BENCHMARKS.md
+
+clean:
+	rm -rf $(BIN) examples/*/out bench-out

@@ -1,0 +1,390 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var avflowBin string
+
+func TestMain(m *testing.M) {
+	avflowBin = os.Getenv("AVFLOW_BIN")
+	if avflowBin == "" {
+		dir, err := os.MkdirTemp("", "avflow-bin")
+		if err != nil {
+			panic(err)
+		}
+		avflowBin = filepath.Join(dir, "avflow")
+		out, err := exec.Command("go", "build", "-o", avflowBin, ".").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "building avflow failed: %v\n%s", err, out)
+			os.Exit(1)
+		}
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+func mediaDir(t testing.TB) string {
+	dir := os.Getenv("AVFLOW_MEDIA")
+	if dir == "" {
+		dir, _ = filepath.Abs("../../../shared/media")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "car-detection.mp4")); err != nil {
+		t.Fatalf("test media not found in %s (set AVFLOW_MEDIA): %v", dir, err)
+	}
+	return dir
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// avflow runs the CLI with the given environment additions.
+func avflow(t testing.TB, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, avflowBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("running avflow: %v", err)
+	}
+	return result{code, so.String(), se.String()}
+}
+
+type probeStream struct {
+	CodecName    string `json:"codec_name"`
+	CodecType    string `json:"codec_type"`
+	Width        int    `json:"width"`
+	Height       int    `json:"height"`
+	NbReadFrames string `json:"nb_read_frames"`
+	Duration     string `json:"duration"`
+}
+
+func (s probeStream) frames() int { n, _ := strconv.Atoi(s.NbReadFrames); return n }
+func (s probeStream) seconds() float64 {
+	f, _ := strconv.ParseFloat(s.Duration, 64)
+	return f
+}
+
+// probe runs ffprobe with frame counting and returns the streams by type.
+func probe(t testing.TB, path string) map[string]probeStream {
+	t.Helper()
+	out, err := exec.Command("ffprobe", "-v", "error", "-count_frames", "-show_entries",
+		"stream=codec_name,codec_type,width,height,nb_read_frames,duration", "-of", "json", path).Output()
+	if err != nil {
+		t.Fatalf("ffprobe %s: %v", path, err)
+	}
+	var v struct{ Streams []probeStream }
+	if err := json.Unmarshal(out, &v); err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]probeStream{}
+	for _, s := range v.Streams {
+		m[s.CodecType] = s
+	}
+	return m
+}
+
+func assertNoOutput(t *testing.T, dir string) {
+	t.Helper()
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if !e.IsDir() {
+			t.Errorf("output left behind after a failed run: %s", e.Name())
+		}
+	}
+}
+
+// TestTranscodeFile runs the transcode example on the real clip over both
+// transports and checks the MP4 with ffprobe.
+func TestTranscodeFile(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	media := mediaDir(t)
+	in := probe(t, filepath.Join(media, "car-detection.mp4"))
+	for _, transport := range []string{"nats", "local"} {
+		t.Run(transport, func(t *testing.T) {
+			out := t.TempDir()
+			r := avflow(t, []string{"AVFLOW_MEDIA=" + media, "AVFLOW_OUT=" + out}, "run", "--transport", transport, "../../examples/transcode/pipeline.yaml")
+			if r.code != 0 {
+				t.Fatalf("exit %d:\n%s", r.code, r.stderr)
+			}
+			checkTranscode(t, filepath.Join(out, "transcode.mp4"), in)
+		})
+	}
+}
+
+func checkTranscode(t *testing.T, path string, in map[string]probeStream) {
+	t.Helper()
+	got := probe(t, path)
+	v, a := got["video"], got["audio"]
+	if v.CodecName != "h264" || v.Width != 1280 || v.Height != 720 {
+		t.Errorf("video stream: %+v, want h264 1280x720", v)
+	}
+	if v.frames() != in["video"].frames() {
+		t.Errorf("video frames: got %d, want %d (block mode never drops)", v.frames(), in["video"].frames())
+	}
+	if d, want := v.seconds(), in["video"].seconds(); math.Abs(d-want) > want*0.01 {
+		t.Errorf("duration %.3fs, want %.3fs within 1%%", d, want)
+	}
+	if a.CodecName != "aac" || a.frames() != in["audio"].frames() {
+		t.Errorf("audio stream: %+v, want aac with %d frames", a, in["audio"].frames())
+	}
+	if _, err := os.Stat(path + ".partial"); err == nil {
+		t.Errorf("partial file left next to the output")
+	}
+}
+
+// TestExternalNATS runs the same pipeline through a separately started nats-server process.
+func TestExternalNATS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	bin := os.Getenv("NATS_SERVER_BIN")
+	if bin == "" {
+		dir := t.TempDir()
+		bin = filepath.Join(dir, "nats-server")
+		if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
+			t.Fatalf("building nats-server: %v\n%s", err, out)
+		}
+	}
+	port := freePort(t)
+	srv := exec.Command(bin, "-a", "127.0.0.1", "-p", strconv.Itoa(port))
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Process.Kill(); _, _ = srv.Process.Wait() })
+	waitPort(t, port)
+
+	media := mediaDir(t)
+	in := probe(t, filepath.Join(media, "car-detection.mp4"))
+	out := t.TempDir()
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	r := avflow(t, []string{"AVFLOW_MEDIA=" + media, "AVFLOW_OUT=" + out}, "run", "--nats", url, "../../examples/transcode/pipeline.yaml")
+	if r.code != 0 {
+		t.Fatalf("exit %d:\n%s", r.code, r.stderr)
+	}
+	if strings.Contains(r.stderr, "embedded NATS server started") {
+		t.Errorf("--nats still started the embedded server")
+	}
+	checkTranscode(t, filepath.Join(out, "transcode.mp4"), in)
+}
+
+// TestLavfiSource encodes a generated test pattern with a tone to MKV.
+func TestLavfiSource(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dir := t.TempDir()
+	p := writePipeline(t, dir, `
+name: lavfi
+stages:
+  - name: src
+    kind: source
+    params:
+      url: "lavfi:testsrc2=size=640x360:rate=25[out0];sine=frequency=1000:sample_rate=44100[out1]"
+      max_frames: 50
+  - {name: vdec, kind: decode, inputs: [src.video]}
+  - {name: venc, kind: encode, inputs: [vdec], params: {codec: libx264, preset: ultrafast}}
+  - {name: adec, kind: decode, inputs: [src.audio]}
+  - {name: aenc, kind: encode, inputs: [adec], params: {codec: aac, sample_rate: 48000}}
+  - {name: out, kind: sink, inputs: [venc, aenc], params: {path: out.mkv}}
+`)
+	r := avflow(t, nil, "run", p)
+	if r.code != 0 {
+		t.Fatalf("exit %d:\n%s", r.code, r.stderr)
+	}
+	got := probe(t, filepath.Join(dir, "out.mkv"))
+	if v := got["video"]; v.CodecName != "h264" || v.Width != 640 || v.frames() != 50 {
+		t.Errorf("video: %+v, want 50 h264 640x360 frames", v)
+	}
+	if a := got["audio"]; a.CodecName != "aac" || a.frames() < 40 {
+		t.Errorf("audio: %+v, want AAC", a)
+	}
+}
+
+// TestInterruptFinalizes stops a live run with SIGINT: the MP4 must be complete and playable.
+func TestInterruptFinalizes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dir := t.TempDir()
+	p := writePipeline(t, dir, liveToMP4)
+	cmd := exec.Command(avflowBin, "run", p)
+	var se bytes.Buffer
+	cmd.Stderr = &se
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return strings.Contains(se.String(), "output opened") }, 20*time.Second, &se)
+	time.Sleep(1500 * time.Millisecond)
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("interrupted run failed: %v\n%s", err, se.String())
+	}
+	got := probe(t, filepath.Join(dir, "live.mp4"))
+	if n := got["video"].frames(); n < 10 {
+		t.Fatalf("interrupted MP4 has %d frames, want a playable file with frames", n)
+	}
+}
+
+const liveToMP4 = `
+name: live
+flow: drop-oldest
+stages:
+  - name: src
+    kind: source
+    params: {url: "lavfi:testsrc2=size=320x240:rate=30", realtime: true}
+  - {name: vdec, kind: decode, inputs: [src.video]}
+  - {name: venc, kind: encode, inputs: [vdec], params: {codec: libx264, preset: ultrafast}}
+  - {name: out, kind: sink, inputs: [venc], params: {path: live.mp4}}
+`
+
+// TestBadInput: each mistake gives one clear error, a non-zero exit and no output.
+func TestBadInput(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	media := mediaDir(t)
+	dir := t.TempDir()
+	truncated := filepath.Join(dir, "truncated.mp4")
+	data, err := os.ReadFile(filepath.Join(media, "car-detection.mp4"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(truncated, data[:len(data)/3], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	random := filepath.Join(dir, "random.mp4")
+	noise := make([]byte, 64<<10)
+	for i := range noise {
+		noise[i] = byte(i*7919 + i/13)
+	}
+	if err := os.WriteFile(random, noise, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	transcode := func(url string) string {
+		return `name: bad
+stages:
+  - {name: src, kind: source, params: {url: "` + url + `"}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: enc, kind: encode, inputs: [dec], params: {codec: libx264, preset: ultrafast}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: out/out.mp4}}
+`
+	}
+	tests := []struct {
+		name  string
+		yaml  string
+		args  []string
+		code  int
+		wants []string
+	}{
+		{"malformed yaml", "name: bad\nstages:\n  - {name: a, kind: source\n", nil, 2, []string{"p.yaml:2:1: malformed YAML"}},
+		{"unknown stage kind", "name: bad\nstages:\n  - {name: a, kind: decoder}\n", nil, 2, []string{"p.yaml:3:5:", `unknown kind "decoder"`}},
+		{"unknown param", "name: bad\nstages:\n  - {name: a, kind: source, params: {uri: x}}\n", nil, 2, []string{"p.yaml:3:43:", `unknown param "uri"`}},
+		{"missing input file", transcode("missing.mp4"), nil, 2, []string{"p.yaml:3:5:", "input file not found", "missing.mp4"}},
+		{"truncated mp4", transcode(truncated), nil, 1, []string{`stage "src"`, "source: input is truncated or corrupt", "truncated.mp4", "partial output removed"}},
+		{"random bytes", transcode(random), nil, 1, []string{`stage "src"`, "source: opening input failed", "random.mp4"}},
+		{"unsupported codec", strings.Replace(transcode(filepath.Join(media, "car-detection.mp4")), "libx264", "libfoo", 1), nil, 2, []string{`unknown encoder "libfoo"`}},
+		{"unreachable nats", transcode(filepath.Join(media, "car-detection.mp4")), []string{"--nats", fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))}, 1, []string{"connecting to NATS at nats://127.0.0.1:", "failed"}},
+		{"bad encoder option", strings.Replace(transcode(filepath.Join(media, "car-detection.mp4")), "preset: ultrafast", "preset: ultrafast, options: {nosuch: 1}", 1), nil, 1, []string{`stage "enc"`, `does not know option "nosuch"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := t.TempDir()
+			p := writePipeline(t, d, tt.yaml)
+			args := append([]string{"run"}, tt.args...)
+			r := avflow(t, nil, append(args, p)...)
+			if r.code != tt.code {
+				t.Errorf("exit code %d, want %d\n%s", r.code, tt.code, r.stderr)
+			}
+			for _, w := range tt.wants {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, r.stderr)
+				}
+			}
+			assertNoOutput(t, filepath.Join(d, "out"))
+		})
+	}
+}
+
+func TestValidateAndStagesCommands(t *testing.T) {
+	r := avflow(t, []string{"AVFLOW_MEDIA=" + mediaDir(t)}, "validate", "../../examples/transcode/pipeline.yaml", "../../examples/live-hls/pipeline.yaml")
+	if r.code != 0 || strings.Count(r.stdout, ": ok") != 2 {
+		t.Fatalf("validate: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = avflow(t, nil, "stages")
+	for _, kind := range []string{"source", "decode", "filter", "encode", "sink"} {
+		if !strings.Contains(r.stdout, "\n"+kind+"\n") && !strings.HasPrefix(r.stdout, kind+"\n") {
+			t.Errorf("avflow stages does not list %s", kind)
+		}
+	}
+	if !strings.Contains(r.stdout, "default") || !strings.Contains(r.stdout, "required") {
+		t.Errorf("avflow stages shows no defaults or required params:\n%s", r.stdout)
+	}
+}
+
+func writePipeline(t *testing.T, dir, yaml string) string {
+	t.Helper()
+	p := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func waitPort(t testing.TB, port int) {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("nothing listening on port %d", port)
+}
+
+func waitFor(t testing.TB, cond func() bool, d time.Duration, log *bytes.Buffer) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("condition not met within %s:\n%s", d, log.String())
+}

@@ -1,0 +1,232 @@
+package pipeline_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/avflow/avflow/pipeline"
+	_ "github.com/avflow/avflow/stages/all"
+)
+
+const header = "name: t\nstages:\n"
+
+func TestValidate(t *testing.T) {
+	media := filepath.Join(sharedMedia(t), "car-detection.mp4")
+	tests := []struct {
+		name string
+		yaml string
+		want []string // substrings, each must appear; empty: valid
+	}{
+		{"valid transcode", header + `
+  - {name: src, kind: source, params: {url: ` + media + `}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: enc, kind: encode, inputs: [dec], params: {codec: libx264, crf: 23}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: out.mp4}}
+`, nil},
+		{"malformed yaml", "name: t\nstages: [\n", []string{":2:1: malformed YAML"}},
+		{"not a mapping", "- a\n- b\n", []string{":1:1: a pipeline file is a mapping"}},
+		{"empty file", "", []string{"empty pipeline file"}},
+		{"missing name and stages", "flow: block\n", []string{"missing name", "missing stages"}},
+		{"unknown top key", "name: t\nstagez: []\nstages:\n  - {name: a, kind: source, params: {url: lavfi:testsrc2}}\n", []string{":2:1: unknown key \"stagez\""}},
+		{"bad flow", "name: t\nflow: fast\nstages: []\n", []string{":2:7: flow \"fast\""}},
+		{"unknown kind", header + "  - {name: a, kind: sourse}\n", []string{":3:5: stage \"a\": unknown kind \"sourse\""}},
+		{"unknown param", header + "  - name: a\n    kind: source\n    params:\n      url: lavfi:testsrc2\n      urll: x\n", []string{":7:13: stage \"a\": unknown param \"urll\""}},
+		{"wrong type", header + `
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2", realtime: maybe}}
+`, []string{":4:73: stage \"src\": param realtime (bool)"}},
+		{"wrong int", header + `
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2", max_frames: ten}}
+`, []string{"param max_frames (int): want a whole number"}},
+		{"enum", header + `
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}
+  - {name: dec, kind: decode, inputs: [src.video], params: {thread_type: fibre}}
+`, []string{"\"fibre\" is not one of auto, frame, slice"}},
+		{"missing required", header + "  - {name: a, kind: source}\n", []string{"missing required param \"url\""}},
+		{"missing file", header + "  - {name: a, kind: source, params: {url: no/such/file.mp4}}\n", []string{":3:5: stage \"a\": source: input file not found", "no/such/file.mp4"}},
+		{"dangling edge", header + `
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}
+  - {name: dec, kind: decode, inputs: [srcc.video]}
+`, []string{":5:40: stage \"dec\": input \"srcc.video\" names no stage"}},
+		{"unknown port", header + `
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}
+  - {name: dec, kind: decode, inputs: [src.vidoe]}
+`, []string{"stage \"src\" has no port \"vidoe\" (ports: video, audio)"}},
+		{"packets into filter", header + `
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}
+  - {name: f, kind: filter, inputs: [src.video], params: {graph: scale=2:2}}
+`, []string{"filter takes raw frames, got video packets"}},
+		{"frames into sink", header + `
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: out, kind: sink, inputs: [dec], params: {path: x.mp4}}
+`, []string{"a sink takes packets"}},
+		{"audio encoder on video", header + `
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: enc, kind: encode, inputs: [dec], params: {codec: aac}}
+`, []string{"encoder aac is for audio, but its input gives video frames"}},
+		{"unsupported codec", header + `
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: enc, kind: encode, inputs: [dec], params: {codec: libx999}}
+`, []string{"unknown encoder \"libx999\""}},
+		{"cycle", header + `
+  - {name: a, kind: filter, inputs: [b], params: {graph: null}}
+  - {name: b, kind: filter, inputs: [a], params: {graph: null}}
+`, []string{"cycle: "}},
+		{"duplicate stage", header + `
+  - {name: a, kind: source, params: {url: "lavfi:testsrc2"}}
+  - {name: a, kind: source, params: {url: "lavfi:testsrc2"}}
+`, []string{":5:5: stage name \"a\" already used at line 4"}},
+		{"inputs on a source", header + `
+  - {name: a, kind: source, params: {url: "lavfi:testsrc2"}}
+  - {name: b, kind: source, inputs: [a], params: {url: "lavfi:testsrc2"}}
+`, []string{"kind source takes no inputs"}},
+		{"gpu not yet", header + "  - {name: a, kind: source, accelerator: gpu, params: {url: lavfi:testsrc2}}\n", []string{"accelerator \"gpu\" is not supported yet"}},
+		{"several problems at once", header + `
+  - {name: a, kind: nope}
+  - {name: b, kind: source, params: {url: "lavfi:x", bogus: 1}}
+`, []string{"unknown kind \"nope\"", "unknown param \"bogus\""}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "p.yaml")
+			cfg, err := pipeline.Parse([]byte(tt.yaml), file)
+			if err == nil {
+				err = pipeline.Default.Validate(cfg)
+			}
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("want valid, got:\n%v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("want an error containing %q, got none", tt.want)
+			}
+			if !errors.Is(err, pipeline.ErrInvalid) {
+				t.Errorf("error is not ErrInvalid: %v", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+			if !strings.Contains(err.Error(), file) {
+				t.Errorf("error does not name the file %s:\n%v", file, err)
+			}
+		})
+	}
+}
+
+func TestSetOverridesParam(t *testing.T) {
+	cfg, err := pipeline.Parse([]byte(header+"  - {name: src, kind: source, params: {url: \"lavfi:testsrc2\"}}\n"), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Set("src.max_frames=12"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pipeline.Default.Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Stage("src").Params.Int("max_frames"); got != 12 {
+		t.Fatalf("max_frames = %d, want 12", got)
+	}
+	for _, bad := range []string{"src", "nosuch.x=1", "src.=1"} {
+		if err := cfg.Set(bad); err == nil {
+			t.Errorf("Set(%q) accepted", bad)
+		}
+	}
+}
+
+func TestEnvExpansion(t *testing.T) {
+	t.Setenv("AVFLOW_TEST_RATE", "25")
+	cfg, err := pipeline.Parse([]byte(header+"  - {name: src, kind: source, params: {url: \"lavfi:testsrc2=rate=${AVFLOW_TEST_RATE}\", max_frames: \"${AVFLOW_TEST_N:-7}\"}}\n"), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pipeline.Default.Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.Stage("src").Params
+	if p.String("url") != "lavfi:testsrc2=rate=25" || p.Int("max_frames") != 7 {
+		t.Fatalf("expansion gave url=%q max_frames=%d", p.String("url"), p.Int("max_frames"))
+	}
+}
+
+func TestRegisterDuplicate(t *testing.T) {
+	env := pipeline.Default.Clone()
+	spec, err := env.Lookup("decode")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Register(*spec); !errors.Is(err, pipeline.ErrDuplicateKind) {
+		t.Fatalf("duplicate registration: got %v, want ErrDuplicateKind", err)
+	}
+	if err := env.Register(pipeline.Spec{Kind: "x"}); !errors.Is(err, pipeline.ErrBadSpec) {
+		t.Fatalf("incomplete spec: got %v, want ErrBadSpec", err)
+	}
+}
+
+// Every example pipeline in the repository parses and validates.
+func TestExamplesValidate(t *testing.T) {
+	t.Setenv("AVFLOW_MEDIA", sharedMedia(t))
+	files, _ := filepath.Glob("../examples/*/*.yaml")
+	if len(files) < 2 {
+		t.Fatalf("found %d example pipelines, want at least 2", len(files))
+	}
+	for _, f := range files {
+		t.Run(f, func(t *testing.T) {
+			cfg, err := pipeline.Load(f)
+			if err == nil {
+				err = pipeline.Default.Validate(cfg)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	seeds, _ := filepath.Glob("../examples/*/*.yaml")
+	for _, s := range seeds {
+		if b, err := os.ReadFile(s); err == nil {
+			f.Add(b)
+		}
+	}
+	f.Add([]byte(header + "  - {name: a, kind: source, params: {url: x}}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := pipeline.Parse(data, "fuzz.yaml")
+		if err != nil {
+			var ps pipeline.Problems
+			if !errors.As(err, &ps) || len(ps) == 0 {
+				t.Fatalf("parse error is not a list of problems: %v", err)
+			}
+			return
+		}
+		// Validation must not panic, and report problems, not other errors.
+		if err := pipeline.Default.Validate(cfg); err != nil && !errors.Is(err, pipeline.ErrInvalid) {
+			t.Fatalf("validate returned a non-validation error: %v", err)
+		}
+	})
+}
+
+// sharedMedia is the folder of test media beside the checkout.
+func sharedMedia(t testing.TB) string {
+	dir, err := filepath.Abs("../../shared/media")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := os.Getenv("AVFLOW_MEDIA"); v != "" {
+		dir = v
+	}
+	if _, err := os.Stat(filepath.Join(dir, "car-detection.mp4")); err != nil {
+		t.Fatalf("test media not found in %s (set AVFLOW_MEDIA): %v", dir, err)
+	}
+	return dir
+}
