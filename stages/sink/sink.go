@@ -66,18 +66,18 @@ type stream struct {
 
 // Sink muxes its inputs into one output.
 type Sink struct {
-	in       pipeline.Init
-	path     string // final path or URL
-	tmp      string // file being written ("" when not a plain file)
-	format   string
-	fc       *astiav.FormatContext
-	pb       *astiav.IOContext
-	streams  []*stream
-	pending  []*envelope.Envelope
-	header   bool
-	done     bool
-	written  int64
-	started  time.Time
+	in      pipeline.Init
+	path    string // final path or URL
+	tmp     string // file being written ("" when not a plain file)
+	format  string
+	fc      *astiav.FormatContext
+	pb      *astiav.IOContext
+	streams []*stream
+	pending []*envelope.Envelope
+	header  bool
+	done    bool
+	written int64
+	started time.Time
 }
 
 // New prepares the output; it is opened once every input has sent its first packet.
