@@ -133,3 +133,16 @@ func FrameOf(e *envelope.Envelope) (*astiav.Frame, error) {
 	e.Local = &Frame{F: f}
 	return f, nil
 }
+
+// Plane returns plane i of a software frame in place (no copy): rows lines
+// of stride bytes. It is valid until the frame is freed or unreferenced.
+// rows is the plane's height (the frame's height for luma, less for
+// subsampled chroma).
+func Plane(f *astiav.Frame, i, rows int) (data []byte, stride int) {
+	cf := cframe(f)
+	if i < 0 || i >= 4 || cf.data[i] == nil || cf.linesize[i] <= 0 || rows <= 0 {
+		return nil, 0
+	}
+	stride = int(cf.linesize[i])
+	return unsafe.Slice((*byte)(unsafe.Pointer(cf.data[i])), stride*rows), stride
+}

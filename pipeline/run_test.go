@@ -1,0 +1,388 @@
+package pipeline_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/nats-io/nats-server/v2/server"
+	"go.uber.org/goleak"
+)
+
+// Test stages, registered in a private environment: "gen" emits numbered
+// data messages, "relay" passes them on (optionally slowly or failing),
+// "collect" records what arrives.
+
+var dataPort = pipeline.PortType{Kind: envelope.KindData}
+
+type gen struct {
+	n, size, sent int
+	forever      bool
+}
+
+func (g *gen) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch, error) {
+	if !g.forever && g.sent >= g.n {
+		return nil, io.EOF
+	}
+	if g.forever {
+		select {
+		case <-time.After(time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	p := make([]byte, g.size)
+	binary.BigEndian.PutUint64(p, uint64(g.sent))
+	for i := 8; i < len(p); i++ {
+		p[i] = byte(g.sent + i)
+	}
+	g.sent++
+	return pipeline.Batch{{Kind: envelope.KindData, Payload: p, Meta: map[string]string{"sum": fmt.Sprintf("%x", sha256.Sum256(p))}}}, nil
+}
+func (g *gen) Close() error { return nil }
+
+type relay struct {
+	delay  time.Duration
+	failAt int
+	seen   int
+}
+
+var errBoom = errors.New("boom")
+
+func (r *relay) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	r.seen++
+	if r.failAt > 0 && r.seen == r.failAt {
+		return nil, errBoom
+	}
+	time.Sleep(r.delay)
+	out := make(pipeline.Batch, len(in))
+	for i, e := range in {
+		cp := *e
+		cp.Port = ""
+		out[i] = &cp
+	}
+	return out, nil
+}
+func (r *relay) Close() error { return nil }
+
+type collector struct {
+	mu      sync.Mutex
+	got     []*envelope.Envelope
+	flushed bool
+	closed  bool
+}
+
+func (c *collector) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range in {
+		if e.Local != nil {
+			return nil, errors.New("unexpected in-process object")
+		}
+		cp := *e
+		c.got = append(c.got, &cp)
+	}
+	return nil, nil
+}
+func (c *collector) Flush(context.Context) (pipeline.Batch, error) { c.flushed = true; return nil, nil }
+func (c *collector) Close() error                                   { c.closed = true; return nil }
+
+func testEnv(t *testing.T, col *collector) *pipeline.Environment {
+	env := pipeline.NewEnvironment()
+	must := func(err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(env.Register(pipeline.Spec{
+		Kind: "gen", MaxInputs: 0,
+		Params: []pipeline.Param{
+			{Name: "n", Type: pipeline.TypeInt, Default: 100},
+			{Name: "size", Type: pipeline.TypeInt, Default: 64},
+			{Name: "forever", Type: pipeline.TypeBool, Default: false},
+		},
+		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
+			return []pipeline.Port{{Name: "out", Type: dataPort}}, nil
+		},
+		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+			return &gen{n: in.Params.Int("n"), size: in.Params.Int("size"), forever: in.Params.Bool("forever")}, nil
+		},
+	}))
+	must(env.Register(pipeline.Spec{
+		Kind: "relay", MinInputs: 1, MaxInputs: 1,
+		Params: []pipeline.Param{
+			{Name: "delay", Type: pipeline.TypeDuration, Default: "0s"},
+			{Name: "fail_at", Type: pipeline.TypeInt, Default: 0},
+		},
+		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
+			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
+		},
+		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+			return &relay{delay: in.Params.Duration("delay"), failAt: in.Params.Int("fail_at")}, nil
+		},
+	}))
+	must(env.Register(pipeline.Spec{
+		Kind: "collect", MinInputs: 1, MaxInputs: -1,
+		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
+		New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return col, nil },
+	}))
+	return env
+}
+
+func runYAML(t *testing.T, env *pipeline.Environment, yaml string, opts pipeline.Options, during func(*pipeline.Runner)) (*pipeline.Runner, error) {
+	t.Helper()
+	cfg, err := pipeline.Parse([]byte(yaml), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	r, err := pipeline.NewRunner(env, cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	if during != nil {
+		select {
+		case <-r.Ready():
+			during(r)
+		case err := <-done:
+			return r, err
+		}
+	}
+	return r, <-done
+}
+
+// smallPayloadServer starts a NATS server with a 64 KiB max payload, so
+// that every test message larger than that is chunked.
+func smallPayloadServer(t *testing.T) string {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true, MaxPayload: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s.ClientURL()
+}
+
+func TestRunDeliversEverythingInOrder(t *testing.T) {
+	tests := []struct {
+		name      string
+		transport string
+		external  bool
+		size      int
+	}{
+		{"embedded nats small", "nats", false, 1 << 10},
+		{"embedded nats 3MB (1080p frame size)", "nats", false, 3 << 20},
+		{"external nats chunked", "nats", true, 300 << 10},
+		{"local", "local", false, 300 << 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			noLeaks(t)
+			opts := pipeline.Options{Transport: tt.transport}
+			if tt.external {
+				opts.NATSURL = smallPayloadServer(t)
+			}
+			col := &collector{}
+			const n = 60
+			yaml := fmt.Sprintf(`name: order
+queue: 4
+stages:
+  - {name: g, kind: gen, params: {n: %d, size: %d}}
+  - {name: r, kind: relay, inputs: [g]}
+  - {name: c, kind: collect, inputs: [r]}
+`, n, tt.size)
+			r, err := runYAML(t, testEnv(t, col), yaml, opts, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(col.got) != n || !col.flushed || !col.closed {
+				t.Fatalf("got %d messages (flushed %v, closed %v), want %d", len(col.got), col.flushed, col.closed, n)
+			}
+			for i, e := range col.got {
+				if got := binary.BigEndian.Uint64(e.Payload); got != uint64(i) {
+					t.Fatalf("message %d carries number %d: out of order", i, got)
+				}
+				if sum := fmt.Sprintf("%x", sha256.Sum256(e.Payload)); sum != e.Meta["sum"] {
+					t.Fatalf("message %d: payload damaged in transit", i)
+				}
+				if len(e.Stamps) != 2 || e.Stamps[0].Stage != "g" || e.Stamps[1].Stage != "r" {
+					t.Fatalf("message %d stamps %+v, want g then r", i, e.Stamps)
+				}
+			}
+			for _, s := range r.Metrics().Snapshot() {
+				if s.Drops != 0 {
+					t.Errorf("stage %s dropped %d in block mode", s.Name, s.Drops)
+				}
+			}
+		})
+	}
+}
+
+func TestDropOldestCountsDrops(t *testing.T) {
+	for _, transport := range []string{"nats", "local"} {
+		t.Run(transport, func(t *testing.T) {
+			col := &collector{}
+			const n = 300
+			r, err := runYAML(t, testEnv(t, col), fmt.Sprintf(`name: drop
+flow: drop-oldest
+queue: 2
+stages:
+  - {name: g, kind: gen, params: {n: %d}}
+  - {name: r, kind: relay, inputs: [g], params: {delay: 2ms}}
+  - {name: c, kind: collect, inputs: [r]}
+`, n), pipeline.Options{Transport: transport}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var drops int64
+			for _, s := range r.Metrics().Snapshot() {
+				drops += s.Drops
+			}
+			if drops == 0 {
+				t.Fatalf("a slow stage behind a fast source dropped nothing")
+			}
+			if int64(len(col.got))+drops != n {
+				t.Fatalf("delivered %d + dropped %d != sent %d", len(col.got), drops, n)
+			}
+			last := -1
+			for _, e := range col.got {
+				v := int(binary.BigEndian.Uint64(e.Payload))
+				if v <= last {
+					t.Fatalf("order broken: %d after %d", v, last)
+				}
+				last = v
+			}
+			if last != n-1 {
+				t.Fatalf("newest message %d was not delivered (last %d): drop-oldest must keep the newest", n-1, last)
+			}
+		})
+	}
+}
+
+func TestBlockWaitsForSlowStage(t *testing.T) {
+	col := &collector{}
+	r, err := runYAML(t, testEnv(t, col), `name: block
+queue: 3
+stages:
+  - {name: g, kind: gen, params: {n: 80}}
+  - {name: r, kind: relay, inputs: [g], params: {delay: 1ms}}
+  - {name: c, kind: collect, inputs: [r]}
+`, pipeline.Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(col.got) != 80 {
+		t.Fatalf("got %d of 80", len(col.got))
+	}
+	_ = r
+}
+
+func TestStageErrorStopsRun(t *testing.T) {
+	noLeaks(t)
+	for _, transport := range []string{"nats", "local"} {
+		col := &collector{}
+		_, err := runYAML(t, testEnv(t, col), `name: fail
+stages:
+  - {name: g, kind: gen, params: {n: 1000}}
+  - {name: bad, kind: relay, inputs: [g], params: {fail_at: 10}}
+  - {name: c, kind: collect, inputs: [bad]}
+`, pipeline.Options{Transport: transport}, nil)
+		if !errors.Is(err, errBoom) {
+			t.Fatalf("%s: got %v, want the stage's error", transport, err)
+		}
+		if !strings.Contains(err.Error(), `stage "bad" (relay)`) {
+			t.Errorf("%s: error does not name the stage: %v", transport, err)
+		}
+		if col.flushed {
+			t.Errorf("%s: the sink was flushed (finalised) after a failure", transport)
+		}
+		if !col.closed {
+			t.Errorf("%s: the sink was not closed", transport)
+		}
+	}
+}
+
+func TestDrainFinishesCleanly(t *testing.T) {
+	noLeaks(t)
+	col := &collector{}
+	_, err := runYAML(t, testEnv(t, col), `name: live
+flow: drop-oldest
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: c, kind: collect, inputs: [g]}
+`, pipeline.Options{}, func(r *pipeline.Runner) {
+		time.Sleep(100 * time.Millisecond)
+		r.Drain()
+		r.Drain() // twice is fine
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !col.flushed || len(col.got) == 0 {
+		t.Fatalf("drain: flushed %v with %d messages", col.flushed, len(col.got))
+	}
+}
+
+func TestCancelAborts(t *testing.T) {
+	noLeaks(t)
+	col := &collector{}
+	env := testEnv(t, col)
+	cfg, _ := pipeline.Parse([]byte(`name: cancel
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: c, kind: collect, inputs: [g]}
+`), "t.yaml")
+	r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-r.Ready(); time.Sleep(50 * time.Millisecond); cancel() }()
+	if err := r.Run(ctx); !errors.Is(err, pipeline.ErrCanceled) {
+		t.Fatalf("got %v, want ErrCanceled", err)
+	}
+	if col.flushed {
+		t.Fatal("a cancelled run finalised its sink")
+	}
+}
+
+func TestUnreachableNATS(t *testing.T) {
+	col := &collector{}
+	_, err := runYAML(t, testEnv(t, col), `name: dead
+stages:
+  - {name: g, kind: gen}
+  - {name: c, kind: collect, inputs: [g]}
+`, pipeline.Options{NATSURL: "nats://127.0.0.1:1"}, nil)
+	if !errors.Is(err, pipeline.ErrTransport) || !strings.Contains(err.Error(), "nats://127.0.0.1:1") {
+		t.Fatalf("got %v, want a transport error naming the URL", err)
+	}
+}
+
+// noLeaks checks, after the test and its cleanups, that no goroutine it
+// started is left running (runner, NATS server and connections included).
+func noLeaks(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
