@@ -18,20 +18,13 @@ type Frame struct{ F *astiav.Frame }
 
 // Fill copies the frame's planes into e.Payload, tightly packed.
 func (f *Frame) Fill(e *envelope.Envelope) error {
-	video := 0
-	if e.Media == envelope.MediaVideo {
-		video = 1
+	n, err := f.PayloadSize()
+	if err != nil {
+		return err
 	}
-	cf := cframe(f.F)
-	size := C.avf_frame_size(cf, C.int(video))
-	if size < 0 {
-		return fmt.Errorf("%w: %v", ErrFormat, astiav.Error(size))
-	}
-	buf := make([]byte, int(size))
-	if len(buf) > 0 {
-		if n := C.avf_frame_to_buffer(cf, C.int(video), (*C.uint8_t)(unsafe.Pointer(&buf[0])), size); n < 0 {
-			return fmt.Errorf("%w: copying frame failed: %v", ErrFormat, astiav.Error(n))
-		}
+	buf := make([]byte, n)
+	if err := f.WritePayload(buf); err != nil {
+		return err
 	}
 	e.Payload = buf
 	return nil
@@ -145,4 +138,31 @@ func Plane(f *astiav.Frame, i, rows int) (data []byte, stride int) {
 	}
 	stride = int(cf.linesize[i])
 	return unsafe.Slice((*byte)(unsafe.Pointer(cf.data[i])), stride*rows), stride
+}
+
+func (f *Frame) video() C.int {
+	if f.F.Width() > 0 && f.F.Height() > 0 {
+		return 1
+	}
+	return 0
+}
+
+// PayloadSize is the size of the tightly packed planes.
+func (f *Frame) PayloadSize() (int, error) {
+	size := C.avf_frame_size(cframe(f.F), f.video())
+	if size < 0 {
+		return 0, fmt.Errorf("%w: %v", ErrFormat, astiav.Error(size))
+	}
+	return int(size), nil
+}
+
+// WritePayload copies the planes into dst.
+func (f *Frame) WritePayload(dst []byte) error {
+	if len(dst) == 0 {
+		return nil
+	}
+	if n := C.avf_frame_to_buffer(cframe(f.F), f.video(), (*C.uint8_t)(unsafe.Pointer(&dst[0])), C.int(len(dst))); n < 0 {
+		return fmt.Errorf("%w: copying frame failed: %v", ErrFormat, astiav.Error(n))
+	}
+	return nil
 }

@@ -16,6 +16,15 @@ func (p *Packet) Fill(e *envelope.Envelope) error {
 	return nil
 }
 
+// PayloadSize is the packet's size.
+func (p *Packet) PayloadSize() (int, error) { return p.P.Size(), nil }
+
+// WritePayload copies the packet data into dst.
+func (p *Packet) WritePayload(dst []byte) error {
+	copy(dst, p.P.Data())
+	return nil
+}
+
 // Clone returns a new reference to the same data.
 func (p *Packet) Clone() (envelope.Local, error) {
 	c := p.P.Clone()

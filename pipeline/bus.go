@@ -87,12 +87,12 @@ type natsPublisher struct {
 	maxPart int
 	chunkID uint64
 
-	mu      sync.Mutex
-	sent    uint64
-	acked   map[string]uint64
-	credit  chan struct{}
-	ackSub  *nats.Subscription
-	scratch *nats.Msg
+	mu     sync.Mutex
+	sent   uint64
+	acked  map[string]uint64
+	credit chan struct{}
+	ackSub *nats.Subscription
+	buf    []byte
 }
 
 func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mode FlowMode, window int) (*natsPublisher, error) {
@@ -145,10 +145,13 @@ func (p *natsPublisher) minAcked() uint64 {
 }
 
 func (p *natsPublisher) Publish(ctx context.Context, e *envelope.Envelope) error {
-	data, err := envelope.Marshal(e)
+	// nats.go copies the data into its write buffer before Publish returns,
+	// so one buffer serves every message of this port.
+	data, err := envelope.AppendMarshal(p.buf[:0], e)
 	if err != nil {
 		return err
 	}
+	p.buf = data
 	if p.block && e.Kind != envelope.KindEOS && len(p.acked) > 0 {
 		for {
 			p.mu.Lock()

@@ -149,7 +149,7 @@ func Parse(data []byte, file string) (*Config, error) {
 		file = "<pipeline>"
 	}
 	dir, _ := filepath.Abs(filepath.Dir(file))
-	c := &Config{File: file, Dir: dir, Flow: FlowBlock, Queue: 16, Transport: TransportNATS}
+	c := &Config{File: file, Dir: dir, Flow: FlowBlock, Queue: 4, Transport: TransportNATS}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		msg := err.Error()

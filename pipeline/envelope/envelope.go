@@ -1,8 +1,14 @@
 // Package envelope defines the versioned msgpack message that carries media
 // between avflow stages over NATS subjects.
 //
-// Wire format (version 1): one msgpack map per message with the short keys
-// listed on the struct fields below. Unknown keys are ignored, so later minor
+// Wire format (version 1): a msgpack array of two elements,
+//
+//	[ header, payload ]
+//
+// where header is a msgpack map with the short keys listed on the struct
+// fields below, and payload is msgpack bin (or nil). Any msgpack library
+// decodes it; avflow itself decodes the header and takes the payload in
+// place, without copying it. Unknown header keys are ignored, so later minor
 // additions stay readable by older consumers; a message whose "v" is higher
 // than [Version] is refused with [ErrVersion].
 //
@@ -11,8 +17,11 @@
 package envelope
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -135,6 +144,11 @@ type Stamp struct {
 type Local interface {
 	// Fill writes the object into e.Payload (and format fields) for the wire.
 	Fill(e *Envelope) error
+	// PayloadSize is the number of bytes Fill would write.
+	PayloadSize() (int, error)
+	// WritePayload writes the payload into dst (PayloadSize bytes), so the
+	// transport can copy media straight into an outgoing message.
+	WritePayload(dst []byte) error
 	// Clone returns a new reference to the same data (for fan-out).
 	Clone() (Local, error)
 	// Free releases this reference.
@@ -156,7 +170,7 @@ type Envelope struct {
 	Codec    *CodecParams      `msgpack:"cp,omitempty"`
 	Video    *VideoFormat      `msgpack:"vf,omitempty"`
 	Audio    *AudioFormat      `msgpack:"af,omitempty"`
-	Payload  []byte            `msgpack:"p,omitempty"`
+	Payload  []byte            `msgpack:"-"` // second array element on the wire
 	Meta     map[string]string `msgpack:"meta,omitempty"`
 	Stamps   []Stamp           `msgpack:"ts,omitempty"`
 
@@ -188,24 +202,83 @@ func (e *Envelope) Materialize() error {
 	return nil
 }
 
-// Marshal encodes the envelope. An in-process object must have been materialized.
-func Marshal(e *Envelope) ([]byte, error) {
-	if e.Local != nil {
-		if err := e.Materialize(); err != nil {
-			return nil, err
-		}
-	}
+// Marshal encodes the envelope. An in-process object is written straight
+// into the message (one copy) and released.
+func Marshal(e *Envelope) ([]byte, error) { return AppendMarshal(nil, e) }
+
+// AppendMarshal is Marshal appending to dst, so a publisher can reuse one
+// buffer for every message instead of allocating (and zeroing) a new one.
+func AppendMarshal(dst []byte, e *Envelope) ([]byte, error) {
 	if e.V == 0 {
 		e.V = Version
 	}
-	return msgpack.Marshal(e)
+	hdr, err := msgpack.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: encoding header failed: %w", err)
+	}
+	n := len(e.Payload)
+	if e.Local != nil {
+		if n, err = e.Local.PayloadSize(); err != nil {
+			return nil, fmt.Errorf("envelope: sizing payload failed: %w", err)
+		}
+	}
+	buf := slices.Grow(dst, 1+len(hdr)+5+n)
+	buf = append(buf, 0x92) // fixarray of 2
+	buf = append(buf, hdr...)
+	switch {
+	case n == 0 && e.Local == nil && e.Payload == nil:
+		return append(buf, 0xc0), nil // nil
+	case n <= 0xff:
+		buf = append(buf, 0xc4, byte(n))
+	case n <= 0xffff:
+		buf = append(buf, 0xc5, byte(n>>8), byte(n))
+	default:
+		buf = append(buf, 0xc6, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	if e.Local != nil {
+		start := len(buf)
+		buf = buf[:start+n]
+		if err := e.Local.WritePayload(buf[start:]); err != nil {
+			return nil, fmt.Errorf("envelope: writing payload failed: %w", err)
+		}
+		e.Release()
+		return buf, nil
+	}
+	return append(buf, e.Payload...), nil
 }
 
 // Unmarshal decodes and checks an envelope.
+// The payload aliases b: the caller must not reuse b while the envelope lives.
 func Unmarshal(b []byte) (*Envelope, error) {
+	if len(b) < 2 || b[0] != 0x92 {
+		return nil, fmt.Errorf("%w: not a [header, payload] array", ErrMalformed)
+	}
 	e := new(Envelope)
-	if err := msgpack.Unmarshal(b, e); err != nil {
+	r := bytes.NewReader(b[1:])
+	if err := msgpack.NewDecoder(r).Decode(e); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	rest := b[len(b)-r.Len():]
+	var n, h int
+	switch {
+	case len(rest) == 1 && rest[0] == 0xc0:
+		h, n = 1, -1
+	case len(rest) >= 2 && rest[0] == 0xc4:
+		h, n = 2, int(rest[1])
+	case len(rest) >= 3 && rest[0] == 0xc5:
+		h, n = 3, int(binary.BigEndian.Uint16(rest[1:]))
+	case len(rest) >= 5 && rest[0] == 0xc6:
+		h, n = 5, int(binary.BigEndian.Uint32(rest[1:]))
+	default:
+		return nil, fmt.Errorf("%w: payload is not msgpack bin", ErrMalformed)
+	}
+	if n >= 0 {
+		if h+n != len(rest) {
+			return nil, fmt.Errorf("%w: payload declares %d bytes, message holds %d", ErrMalformed, n, len(rest)-h)
+		}
+		e.Payload = rest[h : h+n : h+n]
+	} else if len(rest) != 1 {
+		return nil, fmt.Errorf("%w: trailing bytes", ErrMalformed)
 	}
 	if e.V == 0 {
 		return nil, fmt.Errorf("%w: missing version", ErrMalformed)

@@ -48,10 +48,20 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestUnmarshalRejects(t *testing.T) {
-	future, _ := msgpack.Marshal(map[string]any{"v": Version + 1, "k": 1})
-	noVersion, _ := msgpack.Marshal(map[string]any{"k": 1})
-	badKind, _ := msgpack.Marshal(map[string]any{"v": 1, "k": 99})
-	frameNoFmt, _ := msgpack.Marshal(map[string]any{"v": 1, "k": 2})
+	wire := func(h map[string]any, payload any) []byte {
+		b, err := msgpack.Marshal([]any{h, payload})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	future := wire(map[string]any{"v": Version + 1, "k": 1}, nil)
+	noVersion := wire(map[string]any{"k": 1}, nil)
+	badKind := wire(map[string]any{"v": 1, "k": 99}, nil)
+	frameNoFmt := wire(map[string]any{"v": 1, "k": 2}, nil)
+	good := wire(map[string]any{"v": 1, "k": 4}, []byte("abc"))
+	lying := append([]byte(nil), good...)
+	lying[len(lying)-4] = 9 // bin length 9, 3 bytes present
 	tests := []struct {
 		name string
 		in   []byte
@@ -63,6 +73,9 @@ func TestUnmarshalRejects(t *testing.T) {
 		{"no version", noVersion, ErrMalformed},
 		{"unknown kind", badKind, ErrMalformed},
 		{"frame without format", frameNoFmt, ErrMalformed},
+		{"payload length lies", lying, ErrMalformed},
+		{"trailing bytes", append(append([]byte(nil), good...), 0), ErrMalformed},
+		{"plain map (no array)", wire(map[string]any{"v": 1}, nil)[1:], ErrMalformed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -70,6 +83,25 @@ func TestUnmarshalRejects(t *testing.T) {
 				t.Fatalf("got %v, want %v", err, tt.want)
 			}
 		})
+	}
+}
+
+// Other msgpack libraries read the envelope as a plain [map, bin] array.
+func TestWireIsPlainMsgpack(t *testing.T) {
+	b, err := Marshal(sample())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v []any
+	if err := msgpack.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	h, ok := v[0].(map[string]any)
+	if len(v) != 2 || !ok || h["sid"] != "src.video" || !bytes.Equal(v[1].([]byte), sample().Payload) {
+		t.Fatalf("decoded as %#v", v)
+	}
+	if _, err := Unmarshal([]byte{0x92}); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("short message: %v", err)
 	}
 }
 
