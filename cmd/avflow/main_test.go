@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -164,14 +167,7 @@ func TestExternalNATS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	bin := os.Getenv("NATS_SERVER_BIN")
-	if bin == "" {
-		dir := t.TempDir()
-		bin = filepath.Join(dir, "nats-server")
-		if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
-			t.Fatalf("building nats-server: %v\n%s", err, out)
-		}
-	}
+	bin := natsServerBin(t)
 	port := freePort(t)
 	srv := exec.Command(bin, "-a", "127.0.0.1", "-p", strconv.Itoa(port))
 	if err := srv.Start(); err != nil {
@@ -387,4 +383,151 @@ func waitFor(t testing.TB, cond func() bool, d time.Duration, log *bytes.Buffer)
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("condition not met within %s:\n%s", d, log.String())
+}
+
+// TestLiveHLS runs the live HLS example for a few seconds with a metrics
+// endpoint, stops it with SIGINT and checks the playlist and segments.
+func TestLiveHLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	out := t.TempDir()
+	port := freePort(t)
+	cmd := exec.Command(avflowBin, "run", "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", port), "../../examples/live-hls/pipeline.yaml")
+	cmd.Env = append(os.Environ(), "AVFLOW_OUT="+out)
+	var se bytes.Buffer
+	cmd.Stderr = &se
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitFor(t, func() bool {
+		_, err := os.Stat(filepath.Join(out, "live1.ts"))
+		return err == nil
+	}, 30*time.Second, &se)
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `avflow_stage_messages_in_total{pipeline="live-hls",stage="venc",kind="encode"}`) {
+		t.Errorf("metrics endpoint lacks the encoder's counter:\n%s", body)
+	}
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("live run did not stop cleanly: %v\n%s", err, se.String())
+	}
+	pl, err := os.ReadFile(filepath.Join(out, "live.m3u8"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(pl), "#EXT-X-ENDLIST") || !strings.Contains(string(pl), "live1.ts") {
+		t.Errorf("playlist not finalised:\n%s", pl)
+	}
+	got := probe(t, filepath.Join(out, "live.m3u8"))
+	if v := got["video"]; v.CodecName != "h264" || v.Width != 1280 || v.Height != 720 || v.frames() < 60 {
+		t.Errorf("HLS video: %+v, want h264 1280x720 with at least 2 s of frames", v)
+	}
+	if got["audio"].CodecName != "aac" {
+		t.Errorf("HLS has no AAC audio: %+v", got)
+	}
+	if strings.Contains(se.String(), "level=ERROR") {
+		t.Errorf("errors logged:\n%s", se.String())
+	}
+}
+
+// TestLoopAndHTTPSource reads a facecam clip over HTTP with loop and
+// realtime pacing: the output holds more frames than one pass, with time
+// running on (the muxer refuses timestamps that go back).
+func TestLoopAndHTTPSource(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	media := mediaDir(t)
+	clip := filepath.Join(media, "facecam", "hungry.mkv")
+	srv := httptest.NewServer(http.FileServer(http.Dir(filepath.Dir(clip))))
+	defer srv.Close()
+	one := probe(t, clip)["video"].frames()
+	if one == 0 {
+		t.Fatal("clip has no frames")
+	}
+	dir := t.TempDir()
+	p := writePipeline(t, dir, fmt.Sprintf(`
+name: loop
+stages:
+  - {name: src, kind: source, params: {url: "%s/hungry.mkv", loop: true, realtime: true, max_frames: %d}}
+  - {name: copy, kind: encode, inputs: [src.video], params: {codec: copy}}
+  - {name: out, kind: sink, inputs: [copy], params: {path: looped.mkv}}
+`, srv.URL, one+15))
+	t0 := time.Now()
+	r := avflow(t, nil, "run", p)
+	if r.code != 0 {
+		t.Fatalf("exit %d:\n%s", r.code, r.stderr)
+	}
+	got := probe(t, filepath.Join(dir, "looped.mkv"))["video"]
+	if got.frames() != one+15 {
+		t.Errorf("looped output has %d frames, want %d", got.frames(), one+15)
+	}
+	// Real-time pacing: one pass plus half a second of a 30 fps clip takes about that long.
+	if min := time.Duration(float64(one+15) / 30 * 0.8 * float64(time.Second)); time.Since(t0) < min {
+		t.Errorf("realtime run took %s, want at least %s", time.Since(t0), min)
+	}
+}
+
+// TestNATSServerDies kills the external NATS server mid-run: avflow must
+// stop with an error that says so, exit non-zero and leave no output.
+func TestNATSServerDies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	bin := natsServerBin(t)
+	port := freePort(t)
+	srv := exec.Command(bin, "-a", "127.0.0.1", "-p", strconv.Itoa(port))
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = srv.Process.Kill(); _, _ = srv.Process.Wait() }()
+	waitPort(t, port)
+	dir := t.TempDir()
+	p := writePipeline(t, dir, liveToMP4)
+	cmd := exec.Command(avflowBin, "run", "--nats", fmt.Sprintf("nats://127.0.0.1:%d", port), p)
+	var se bytes.Buffer
+	cmd.Stderr = &se
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitFor(t, func() bool { return strings.Contains(se.String(), "output opened") }, 20*time.Second, &se)
+	_ = srv.Process.Kill()
+	_, _ = srv.Process.Wait()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatalf("run went on as if nothing happened:\n%s", se.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("avflow did not stop after its NATS server died:\n%s", se.String())
+	}
+	if !strings.Contains(se.String(), "lost the connection to the NATS server") {
+		t.Errorf("error does not say the NATS server was lost:\n%s", se.String())
+	}
+	for _, f := range []string{"live.mp4", "live.mp4.partial"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			t.Errorf("%s left behind", f)
+		}
+	}
+}
+
+func natsServerBin(t *testing.T) string {
+	if bin := os.Getenv("NATS_SERVER_BIN"); bin != "" {
+		return bin
+	}
+	bin := filepath.Join(t.TempDir(), "nats-server")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
+		t.Fatalf("building nats-server: %v\n%s", err, out)
+	}
+	return bin
 }

@@ -62,6 +62,34 @@ type stream struct {
 	st     *astiav.Stream
 	seen   bool
 	ended  bool
+	last   int64 // last dts written (NoPtsValue before the first)
+}
+
+// fixTimestamps keeps dts strictly increasing, as muxers require, for
+// inputs whose demuxer leaves the first dts unset (Matroska with B-frames)
+// or repeats one; pts is never let fall below dts. It mirrors what the
+// ffmpeg CLI does when it muxes such streams.
+func (st *stream) fixTimestamps(pkt *astiav.Packet) {
+	dts, pts := pkt.Dts(), pkt.Pts()
+	if dts == astiav.NoPtsValue {
+		switch {
+		case st.last != astiav.NoPtsValue:
+			dts = st.last + 1
+		case pts != astiav.NoPtsValue:
+			dts = pts
+		default:
+			dts = 0
+		}
+	}
+	if st.last != astiav.NoPtsValue && dts <= st.last {
+		dts = st.last + 1
+	}
+	if pts == astiav.NoPtsValue || pts < dts {
+		pts = dts
+	}
+	pkt.SetDts(dts)
+	pkt.SetPts(pts)
+	st.last = dts
 }
 
 // Sink muxes its inputs into one output.
@@ -84,7 +112,7 @@ type Sink struct {
 func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 	s := &Sink{in: in, format: in.Params.String("format"), started: time.Now()}
 	for range in.Inputs {
-		s.streams = append(s.streams, &stream{})
+		s.streams = append(s.streams, &stream{last: astiav.NoPtsValue})
 	}
 	path := in.Params.String("path")
 	switch {
@@ -268,6 +296,7 @@ func (s *Sink) write(e *envelope.Envelope) error {
 		return err
 	}
 	pkt.RescaleTs(codecs.AVRat(e.TimeBase), st.st.TimeBase())
+	st.fixTimestamps(pkt)
 	pkt.SetStreamIndex(st.st.Index())
 	pkt.SetPos(-1)
 	if err := s.fc.WriteInterleavedFrame(pkt); err != nil {

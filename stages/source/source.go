@@ -72,9 +72,11 @@ type stream struct {
 	tb       astiav.Rational
 	params   *envelope.CodecParams
 	offset   int64 // added to timestamps after a loop
-	lastEnd  int64 // dts+duration of the last packet, for the loop offset
-	firstDTS int64
+	maxEnd   int64 // latest pts+duration seen (offset included), for the loop offset
+	firstPTS int64 // earliest pts of the first pass
+	firstDTS int64 // first known dts, for real-time pacing
 	started  bool
+	seenPTS  bool
 }
 
 type Source struct {
@@ -232,11 +234,17 @@ func (s *Source) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch,
 				p.SetDts(p.Dts() + st.offset)
 			}
 		}
+		if ts := p.Pts(); ts != astiav.NoPtsValue {
+			if st.offset == 0 && (!st.seenPTS || ts < st.firstPTS) {
+				st.firstPTS, st.seenPTS = ts, true
+			}
+			st.maxEnd = max(st.maxEnd, ts+p.Duration())
+		}
 		if p.Dts() != astiav.NoPtsValue {
 			if !st.started {
 				st.firstDTS, st.started = p.Dts(), true
 			}
-			st.lastEnd = p.Dts() + p.Duration()
+			st.maxEnd = max(st.maxEnd, p.Dts()+p.Duration())
 			if s.realtime {
 				if err := s.pace(ctx, st, p.Dts()); err != nil {
 					p.Free()
@@ -273,8 +281,9 @@ func (s *Source) rewind() error {
 		s.in.Log.Warn("loop: seeking to the start failed; ending", "error", err)
 		return err
 	}
+	// The next pass starts where the last one's presentation ended.
 	for _, st := range s.streams {
-		st.offset = st.lastEnd - st.firstDTS
+		st.offset = st.maxEnd - st.firstPTS
 	}
 	return nil
 }
