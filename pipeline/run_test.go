@@ -27,7 +27,7 @@ var dataPort = pipeline.PortType{Kind: envelope.KindData}
 
 type gen struct {
 	n, size, sent int
-	forever      bool
+	forever       bool
 }
 
 func (g *gen) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch, error) {
@@ -95,7 +95,7 @@ func (c *collector) Process(_ context.Context, in pipeline.Batch) (pipeline.Batc
 	return nil, nil
 }
 func (c *collector) Flush(context.Context) (pipeline.Batch, error) { c.flushed = true; return nil, nil }
-func (c *collector) Close() error                                   { c.closed = true; return nil }
+func (c *collector) Close() error                                  { c.closed = true; return nil }
 
 func testEnv(t *testing.T, col *collector) *pipeline.Environment {
 	env := pipeline.NewEnvironment()
