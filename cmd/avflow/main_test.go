@@ -167,14 +167,7 @@ func TestExternalNATS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	bin := natsServerBin(t)
-	port := freePort(t)
-	srv := exec.Command(bin, "-a", "127.0.0.1", "-p", strconv.Itoa(port))
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Process.Kill(); _, _ = srv.Process.Wait() })
-	waitPort(t, port)
+	port, _ := startNATSServer(t)
 
 	media := mediaDir(t)
 	in := probe(t, filepath.Join(media, "car-detection.mp4"))
@@ -481,14 +474,7 @@ func TestNATSServerDies(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	bin := natsServerBin(t)
-	port := freePort(t)
-	srv := exec.Command(bin, "-a", "127.0.0.1", "-p", strconv.Itoa(port))
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = srv.Process.Kill(); _, _ = srv.Process.Wait() }()
-	waitPort(t, port)
+	port, srv := startNATSServer(t)
 	dir := t.TempDir()
 	p := writePipeline(t, dir, liveToMP4)
 	cmd := exec.Command(avflowBin, "run", "--nats", fmt.Sprintf("nats://127.0.0.1:%d", port), p)
@@ -519,6 +505,19 @@ func TestNATSServerDies(t *testing.T) {
 			t.Errorf("%s left behind", f)
 		}
 	}
+}
+
+// startNATSServer starts a real nats-server process on a free loopback port;
+// it is killed when the test ends.
+func startNATSServer(t *testing.T) (int, *exec.Cmd) {
+	port := freePort(t)
+	srv := exec.Command(natsServerBin(t), "-a", "127.0.0.1", "-p", strconv.Itoa(port))
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Process.Kill(); _, _ = srv.Process.Wait() })
+	waitPort(t, port)
+	return port, srv
 }
 
 func natsServerBin(t *testing.T) string {
