@@ -15,9 +15,9 @@ all: build
 APT_PACKAGES := pkg-config ffmpeg libavcodec-dev libavformat-dev libavfilter-dev \
 	libavdevice-dev libavutil-dev libswscale-dev libswresample-dev libpostproc-dev
 
-setup:
+setup: $(BIN)/nats-server
 	@scripts/setup.sh $(APT_PACKAGES)
-	@$(MAKE) --no-print-directory $(BIN)/nats-server
+	@scripts/fetch-onnxruntime.sh
 
 $(BIN)/nats-server: go.mod go.sum
 	@mkdir -p $(BIN)

@@ -1,0 +1,256 @@
+// Package onnx runs ONNX models through ONNX Runtime (yalue/onnxruntime_go).
+// The C library is loaded at run time: see LibraryPath for where it is looked for.
+package onnx
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+
+	ort "github.com/yalue/onnxruntime_go"
+)
+
+// WantVersion is the ONNX Runtime version onnxruntime_go v1.27.0 is written against.
+const WantVersion = "1.24.1"
+
+// Sentinel errors.
+var (
+	ErrLibrary = errors.New("onnx: ONNX Runtime library unavailable")
+	ErrVersion = errors.New("onnx: wrong ONNX Runtime version")
+	ErrModel   = errors.New("onnx: model cannot be used")
+)
+
+// EnvLibrary names the environment variable that points at libonnxruntime.so.
+const EnvLibrary = "AVFLOW_ORT_LIB"
+
+var (
+	initOnce sync.Once
+	initErr  error
+	libPath  string
+	override string
+)
+
+// SetLibraryPath chooses the library file before the first Init (a CLI flag).
+func SetLibraryPath(p string) { override = p }
+
+// LibraryPath is where the library is looked for: SetLibraryPath, then
+// $AVFLOW_ORT_LIB, then third_party/onnxruntime/libonnxruntime.so.1 next to
+// the executable, one folder up from it (bin/avflow), or in the working
+// folder and its parents (tests), then the system's libonnxruntime.so.
+func LibraryPath() string {
+	if override != "" {
+		return override
+	}
+	if p := os.Getenv(EnvLibrary); p != "" {
+		return p
+	}
+	rel := filepath.Join("third_party", "onnxruntime", "libonnxruntime.so.1")
+	var dirs []string
+	if exe, err := os.Executable(); err == nil {
+		d := filepath.Dir(exe)
+		dirs = append(dirs, d, filepath.Dir(d))
+	}
+	if wd, err := os.Getwd(); err == nil {
+		for d := wd; ; d = filepath.Dir(d) {
+			dirs = append(dirs, d)
+			if filepath.Dir(d) == d {
+				break
+			}
+		}
+	}
+	for _, d := range dirs {
+		if p := filepath.Join(d, rel); fileExists(p) {
+			return p
+		}
+	}
+	return "libonnxruntime.so"
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}
+
+// Init loads the library once and checks its version.
+func Init() error {
+	initOnce.Do(func() {
+		libPath = LibraryPath()
+		if filepath.IsAbs(libPath) && !fileExists(libPath) {
+			initErr = fmt.Errorf("%w: %s does not exist (run make setup, or set %s)", ErrLibrary, libPath, EnvLibrary)
+			return
+		}
+		ort.SetSharedLibraryPath(libPath)
+		if err := ort.InitializeEnvironment(ort.WithLogLevelError()); err != nil {
+			initErr = fmt.Errorf("%w: loading %s failed: %v (run make setup, or set %s)", ErrLibrary, libPath, err, EnvLibrary)
+			return
+		}
+		if v := ort.GetVersion(); v != WantVersion {
+			_ = ort.DestroyEnvironment()
+			initErr = fmt.Errorf("%w: %s is ONNX Runtime %s, avflow needs %s", ErrVersion, libPath, v, WantVersion)
+		}
+	})
+	return initErr
+}
+
+// Version returns the loaded library's version and path.
+func Version() (string, string, error) {
+	if err := Init(); err != nil {
+		return "", "", err
+	}
+	return ort.GetVersion(), libPath, nil
+}
+
+// Options tune a session.
+type Options struct {
+	IntraOpThreads int // 0: ONNX Runtime's default
+	InterOpThreads int
+	// OptLevel: "disable", "basic", "extended" or "all" (default).
+	OptLevel string
+}
+
+// TensorInfo is a model input or output.
+type TensorInfo struct {
+	Name  string
+	Shape []int64 // -1 for dynamic dimensions
+	Type  string
+}
+
+// Session is a loaded model. Run is safe for concurrent use (ONNX Runtime
+// sessions are), so the workers of a stage can share one.
+type Session struct {
+	Path    string
+	Inputs  []TensorInfo
+	Outputs []TensorInfo
+	s       *ort.DynamicAdvancedSession
+}
+
+// Open loads a model.
+func Open(path string, o Options) (*Session, error) {
+	if err := Init(); err != nil {
+		return nil, err
+	}
+	ins, outs, err := ort.GetInputOutputInfo(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrModel, path, err)
+	}
+	so, err := ort.NewSessionOptions()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrModel, err)
+	}
+	defer so.Destroy()
+	threads := o.IntraOpThreads
+	if threads <= 0 {
+		threads = runtime.NumCPU()
+	}
+	if err := so.SetIntraOpNumThreads(threads); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrModel, err)
+	}
+	if o.InterOpThreads > 0 {
+		if err := so.SetInterOpNumThreads(o.InterOpThreads); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrModel, err)
+		}
+	}
+	var lvl ort.GraphOptimizationLevel = ort.GraphOptimizationLevelEnableAll
+	switch o.OptLevel {
+	case "disable":
+		lvl = ort.GraphOptimizationLevelDisableAll
+	case "basic":
+		lvl = ort.GraphOptimizationLevelEnableBasic
+	case "extended":
+		lvl = ort.GraphOptimizationLevelEnableExtended
+	}
+	if err := so.SetGraphOptimizationLevel(lvl); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrModel, err)
+	}
+	s := &Session{Path: path}
+	var inNames, outNames []string
+	for _, i := range ins {
+		s.Inputs = append(s.Inputs, TensorInfo{Name: i.Name, Shape: []int64(i.Dimensions), Type: i.DataType.String()})
+		inNames = append(inNames, i.Name)
+	}
+	for _, i := range outs {
+		s.Outputs = append(s.Outputs, TensorInfo{Name: i.Name, Shape: []int64(i.Dimensions), Type: i.DataType.String()})
+		outNames = append(outNames, i.Name)
+	}
+	ds, err := ort.NewDynamicAdvancedSession(path, inNames, outNames, so)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrModel, path, err)
+	}
+	s.s = ds
+	return s, nil
+}
+
+// Tensor is a float32 input or output.
+type Tensor struct {
+	Shape []int64
+	Data  []float32
+}
+
+// Run runs the model on float32 inputs (in the model's input order) and
+// returns float32 outputs (in its output order). Non-float inputs (such as
+// a VAD's int64 sample rate) are given as Int64 inputs.
+func (s *Session) Run(inputs []Tensor, int64s map[string][]int64) ([]Tensor, error) {
+	vals := make([]ort.Value, 0, len(s.Inputs))
+	defer func() {
+		for _, v := range vals {
+			_ = v.Destroy()
+		}
+	}()
+	fi := 0
+	for _, in := range s.Inputs {
+		if v, ok := int64s[in.Name]; ok {
+			shape := ort.NewShape(int64(len(v)))
+			if len(v) == 1 && len(in.Shape) == 0 {
+				sc, err := ort.NewScalar(v[0])
+				if err != nil {
+					return nil, err
+				}
+				vals = append(vals, sc)
+				continue
+			}
+			t, err := ort.NewTensor(shape, v)
+			if err != nil {
+				return nil, err
+			}
+			vals = append(vals, t)
+			continue
+		}
+		if fi >= len(inputs) {
+			return nil, fmt.Errorf("%w: %s: no data for input %q", ErrModel, s.Path, in.Name)
+		}
+		t, err := ort.NewTensor(ort.NewShape(inputs[fi].Shape...), inputs[fi].Data)
+		if err != nil {
+			return nil, fmt.Errorf("%w: input %q: %v", ErrModel, in.Name, err)
+		}
+		vals = append(vals, t)
+		fi++
+	}
+	outs := make([]ort.Value, len(s.Outputs))
+	if err := s.s.Run(vals, outs); err != nil {
+		return nil, fmt.Errorf("onnx: running %s failed: %w", filepath.Base(s.Path), err)
+	}
+	res := make([]Tensor, len(outs))
+	for i, o := range outs {
+		t, ok := o.(*ort.Tensor[float32])
+		if !ok {
+			_ = o.Destroy()
+			return nil, fmt.Errorf("%w: output %q is %s, not float32", ErrModel, s.Outputs[i].Name, s.Outputs[i].Type)
+		}
+		res[i] = Tensor{Shape: t.GetShape(), Data: append([]float32(nil), t.GetData()...)}
+		_ = o.Destroy()
+	}
+	return res, nil
+}
+
+// Close frees the session.
+func (s *Session) Close() error {
+	if s.s != nil {
+		err := s.s.Destroy()
+		s.s = nil
+		return err
+	}
+	return nil
+}
