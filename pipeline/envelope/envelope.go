@@ -138,6 +138,30 @@ type Stamp struct {
 	At    int64  `msgpack:"t"`
 }
 
+// Detection is one result of a model on a frame. Coordinates are
+// normalised to the frame: 0,0 top left, 1,1 bottom right.
+type Detection struct {
+	X1    float32 `msgpack:"x1"`
+	Y1    float32 `msgpack:"y1"`
+	X2    float32 `msgpack:"x2"`
+	Y2    float32 `msgpack:"y2"`
+	Score float32 `msgpack:"s"`
+	Class int32   `msgpack:"c"`
+	Label string  `msgpack:"l,omitempty"`
+	Text  string  `msgpack:"txt,omitempty"`  // recognised text (OCR)
+	Track int64   `msgpack:"tid,omitempty"`  // stable id from a tracker (0: none)
+	Model string  `msgpack:"mdl,omitempty"`  // model card that produced it
+	Kept  bool    `msgpack:"kept,omitempty"` // carried by a tracker, not detected on this frame
+}
+
+// Segment is a time range of a stream, such as detected speech.
+type Segment struct {
+	Start float64 `msgpack:"b"`
+	End   float64 `msgpack:"e"`
+	Label string  `msgpack:"l,omitempty"`
+	Score float32 `msgpack:"s,omitempty"`
+}
+
 // Local is an in-process object (an FFmpeg frame or packet) that travels with
 // an envelope between stages of one process without being serialised.
 // The transport turns it into Payload before a message leaves the process.
@@ -172,7 +196,11 @@ type Envelope struct {
 	Audio    *AudioFormat      `msgpack:"af,omitempty"`
 	Payload  []byte            `msgpack:"-"` // second array element on the wire
 	Meta     map[string]string `msgpack:"meta,omitempty"`
-	Stamps   []Stamp           `msgpack:"ts,omitempty"`
+	// Detections are inference results attached to a frame (boxes normalised to the frame).
+	Detections []Detection `msgpack:"det,omitempty"`
+	// Segments are time ranges found in audio (speech), in seconds of media time.
+	Segments []Segment `msgpack:"seg,omitempty"`
+	Stamps   []Stamp   `msgpack:"ts,omitempty"`
 
 	// Local, when set, holds the media in process memory; Payload may then be empty.
 	Local Local `msgpack:"-"`
