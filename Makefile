@@ -4,6 +4,9 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
 export CGO_ENABLED := 1
+# Model files: ../shared/models is the offline mirror beside the checkout
+# (UltraFace); the PP-OCR and Silero models come from their npm packages.
+export AVFLOW_MODEL_MIRROR ?= $(abspath ../shared/models)
 
 .PHONY: all setup build demo test test-short bench fuzz lint clean
 

@@ -76,3 +76,5 @@ int avf_pix_fmt_hw(int fmt) {
 	const AVPixFmtDescriptor *d = av_pix_fmt_desc_get(fmt);
 	return d && (d->flags & AV_PIX_FMT_FLAG_HWACCEL);
 }
+
+int avf_make_writable(AVFrame *f) { return av_frame_make_writable(f); }

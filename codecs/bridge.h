@@ -13,4 +13,5 @@ int avf_codec_id(const char *name);
 int avf_pix_fmt(const char *name);
 int avf_sample_fmt(const char *name);
 int avf_pix_fmt_hw(int fmt);
+int avf_make_writable(AVFrame *f);
 #endif

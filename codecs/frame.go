@@ -166,3 +166,28 @@ func (f *Frame) WritePayload(dst []byte) error {
 	}
 	return nil
 }
+
+// MakeWritable makes sure f's buffers are its own (copying them if another
+// reference shares them), so a stage may draw on it.
+func MakeWritable(f *astiav.Frame) error {
+	if ret := C.avf_make_writable(cframe(f)); ret < 0 {
+		return fmt.Errorf("codecs: making frame writable failed: %v", astiav.Error(ret))
+	}
+	return nil
+}
+
+// YUVPlanes returns the three planes of a planar YUV 4:2:0 frame (yuv420p,
+// yuvj420p) with their strides and the chroma subsampling shift, or
+// ErrFormat for other formats.
+func YUVPlanes(f *astiav.Frame) (planes [3][]byte, strides [3]int, err error) {
+	switch f.PixelFormat() {
+	case astiav.PixelFormatYuv420P, astiav.PixelFormatYuvj420P:
+	default:
+		return planes, strides, fmt.Errorf("%w: %s (want yuv420p: add a filter stage with format=yuv420p)", ErrFormat, f.PixelFormat().Name())
+	}
+	h := f.Height()
+	planes[0], strides[0] = Plane(f, 0, h)
+	planes[1], strides[1] = Plane(f, 1, (h+1)/2)
+	planes[2], strides[2] = Plane(f, 2, (h+1)/2)
+	return planes, strides, nil
+}

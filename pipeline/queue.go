@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/avflow/avflow/pipeline/envelope"
 )
@@ -92,6 +93,12 @@ func (q *queue) Push(ctx context.Context, e *envelope.Envelope) error {
 
 // Pop takes the oldest message, waiting for one.
 func (q *queue) Pop(ctx context.Context) (*envelope.Envelope, error) {
+	return q.PopUntil(ctx, nil)
+}
+
+// PopUntil is Pop that gives up (nil, nil) when timeout fires; a nil
+// timeout waits for ever.
+func (q *queue) PopUntil(ctx context.Context, timeout <-chan time.Time) (*envelope.Envelope, error) {
 	for {
 		q.mu.Lock()
 		if q.lenLocked() > 0 {
@@ -113,10 +120,24 @@ func (q *queue) Pop(ctx context.Context) (*envelope.Envelope, error) {
 		q.mu.Unlock()
 		select {
 		case <-q.hasData:
+		case <-timeout:
+			return nil, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// TryPop takes the oldest message if there is one.
+func (q *queue) TryPop() *envelope.Envelope {
+	q.mu.Lock()
+	if q.lenLocked() == 0 {
+		q.mu.Unlock()
+		return nil
+	}
+	q.mu.Unlock()
+	e, _ := q.PopUntil(context.Background(), nil)
+	return e
 }
 
 // drain releases whatever is left.

@@ -292,52 +292,8 @@ func (r *Runner) runNode(ctx context.Context, n *node) (err error) {
 			return err
 		}
 	} else {
-		eos := 0
-		subByInput := map[int]*natsSubscriber{}
-		for _, s := range n.subs {
-			subByInput[s.ref.input] = s
-		}
-		for eos < n.nInputs {
-			e, err := n.q.Pop(ctx)
-			if err != nil {
-				return err
-			}
-			if s := subByInput[e.Input]; s != nil && e.Kind != envelope.KindEOS {
-				s.took()
-			}
-			if e.Kind == envelope.KindEOS {
-				eos++
-				if ie, ok := n.stage.(InputEnder); ok {
-					out, err := ie.EndInput(ctx, e.Input)
-					if err != nil {
-						releaseAll(out)
-						return err
-					}
-					if err := r.publish(ctx, n, out); err != nil {
-						return err
-					}
-				}
-				continue
-			}
-			n.m.in.Add(1)
-			if e.Media == envelope.MediaVideo {
-				n.m.videoIn.Add(1)
-			}
-			if n.m.terminal {
-				n.m.observeLatency(e, time.Now().UnixNano())
-			}
-			t0 := time.Now()
-			out, err := n.stage.Process(ctx, Batch{e})
-			n.m.busyNS.Add(int64(time.Since(t0)))
-			e.Release()
-			if err != nil {
-				releaseAll(out)
-				return err
-			}
-			inheritStamps(out, e)
-			if err := r.publish(ctx, n, out); err != nil {
-				return err
-			}
+		if err := r.consume(ctx, n); err != nil {
+			return err
 		}
 	}
 	if f, ok := n.stage.(Flusher); ok {
@@ -441,4 +397,109 @@ func inheritStamps(out Batch, in *envelope.Envelope) {
 			o.Stamps = append(make([]envelope.Stamp, 0, len(in.Stamps)+1), in.Stamps...)
 		}
 	}
+}
+
+// consume feeds the stage from its queue until every input has ended.
+func (r *Runner) consume(ctx context.Context, n *node) error {
+	subByInput := map[int]*natsSubscriber{}
+	for _, s := range n.subs {
+		subByInput[s.ref.input] = s
+	}
+	maxBatch, wait := 1, time.Duration(0)
+	if b, ok := n.stage.(Batcher); ok {
+		maxBatch, wait = b.BatchLimits()
+		maxBatch = max(1, maxBatch)
+	}
+	eos := 0
+	var held *envelope.Envelope // an EOS that arrived while a batch was filling
+	for eos < n.nInputs {
+		var e *envelope.Envelope
+		if held != nil {
+			e, held = held, nil
+		} else {
+			var err error
+			if e, err = n.q.Pop(ctx); err != nil {
+				return err
+			}
+			if s := subByInput[e.Input]; s != nil && e.Kind != envelope.KindEOS {
+				s.took()
+			}
+		}
+		if e.Kind == envelope.KindEOS {
+			eos++
+			if ie, ok := n.stage.(InputEnder); ok {
+				out, err := ie.EndInput(ctx, e.Input)
+				if err != nil {
+					releaseAll(out)
+					return err
+				}
+				if err := r.publish(ctx, n, out); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		batch := Batch{e}
+		if maxBatch > 1 {
+			var timeout <-chan time.Time
+			var timer *time.Timer
+			if wait > 0 {
+				timer = time.NewTimer(wait)
+				timeout = timer.C
+			}
+			for len(batch) < maxBatch {
+				var next *envelope.Envelope
+				if timeout == nil {
+					next = n.q.TryPop()
+				} else {
+					var err error
+					if next, err = n.q.PopUntil(ctx, timeout); err != nil {
+						releaseAll(batch)
+						if timer != nil {
+							timer.Stop()
+						}
+						return err
+					}
+				}
+				if next == nil {
+					break
+				}
+				if s := subByInput[next.Input]; s != nil && next.Kind != envelope.KindEOS {
+					s.took()
+				}
+				if next.Kind == envelope.KindEOS {
+					held = next
+					break
+				}
+				batch = append(batch, next)
+			}
+			if timer != nil {
+				timer.Stop()
+			}
+		}
+		now := time.Now().UnixNano()
+		for _, m := range batch {
+			n.m.in.Add(1)
+			if m.Media == envelope.MediaVideo {
+				n.m.videoIn.Add(1)
+			}
+			if n.m.terminal {
+				n.m.observeLatency(m, now)
+			}
+		}
+		t0 := time.Now()
+		out, err := n.stage.Process(ctx, batch)
+		n.m.busyNS.Add(int64(time.Since(t0)))
+		last := batch[len(batch)-1]
+		inheritStamps(out, last)
+		releaseAll(batch)
+		if err != nil {
+			releaseAll(out)
+			return err
+		}
+		if err := r.publish(ctx, n, out); err != nil {
+			return err
+		}
+	}
+	return nil
 }

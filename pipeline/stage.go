@@ -5,6 +5,7 @@ package pipeline
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/avflow/avflow/pipeline/envelope"
 )
@@ -57,4 +58,11 @@ func (in Init) Path(p string) string { return ResolvePath(in.Dir, p) }
 // comes). EndInput is called once per input, with the input's index.
 type InputEnder interface {
 	EndInput(ctx context.Context, input int) (Batch, error)
+}
+
+// Batcher is implemented by stages that want several messages per Process
+// call (dynamic batching for inference): the runner passes up to max
+// queued messages at once, waiting at most wait for the batch to fill.
+type Batcher interface {
+	BatchLimits() (max int, wait time.Duration)
 }

@@ -7,6 +7,9 @@ import (
 	_ "github.com/avflow/avflow/stages/decode"
 	_ "github.com/avflow/avflow/stages/encode"
 	_ "github.com/avflow/avflow/stages/filter"
+	_ "github.com/avflow/avflow/stages/infer"
+	_ "github.com/avflow/avflow/stages/redact"
 	_ "github.com/avflow/avflow/stages/sink"
 	_ "github.com/avflow/avflow/stages/source"
+	_ "github.com/avflow/avflow/stages/track"
 )

@@ -99,9 +99,9 @@ var Decoders = []string{"ultraface", "yolo", "dbnet", "ctc-text", "classifier", 
 
 // Card describes one model.
 type Card struct {
-	Name        string     `yaml:"name"`
-	Description string     `yaml:"description,omitempty"`
-	License     string     `yaml:"license,omitempty"`
+	Name        string `yaml:"name"`
+	Description string `yaml:"description,omitempty"`
+	License     string `yaml:"license,omitempty"`
 	Artifact    `yaml:",inline"`
 	Extras      []Artifact `yaml:"extras,omitempty"`
 	Inputs      []Input    `yaml:"inputs"`

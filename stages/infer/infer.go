@@ -1,0 +1,229 @@
+package infer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/avflow/avflow/codecs"
+	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/stages/infer/model"
+	"github.com/avflow/avflow/stages/infer/onnx"
+)
+
+// ErrInfer wraps failures of the infer stage.
+var ErrInfer = errors.New("infer")
+
+func init() {
+	pipeline.MustRegister(pipeline.Spec{
+		Kind:    "infer",
+		Summary: "Run an ONNX model (a model card) on video frames or audio; attach boxes, classes, text or speech segments.",
+		Params: []pipeline.Param{
+			{Name: "model", Type: pipeline.TypeString, Required: true, Doc: "model card: a built-in name (avflow models list) or a card file path"},
+			{Name: "recognizer", Type: pipeline.TypeString, Doc: "second model run on each detected box (OCR: ppocr-v4-rec reads the text ppocr-v4-det finds)"},
+			{Name: "threshold", Type: pipeline.TypeFloat, Default: 0.0, Doc: "minimum score (0: the card's)"},
+			{Name: "interval", Type: pipeline.TypeInt, Default: 1, Doc: "run the model on every Nth video frame of each stream (a track stage carries boxes between)"},
+			{Name: "max_batch", Type: pipeline.TypeInt, Default: 1, Doc: "frames (from any stream) taken together per call"},
+			{Name: "max_wait", Type: pipeline.TypeDuration, Default: "0s", Doc: "how long a batch may wait to fill (0: take what is queued)"},
+			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "ONNX Runtime intra-op threads (0: one per core)"},
+			{Name: "optimization", Type: pipeline.TypeString, Default: "all", Enum: []string{"disable", "basic", "extended", "all"}, Doc: "ONNX Runtime graph optimisation level"},
+		},
+		MinInputs: 1, MaxInputs: 1,
+		Ports: func(p pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
+			if in[0].Kind != envelope.KindFrame {
+				return nil, fmt.Errorf("infer takes raw frames, got %s: put a decode stage before it", in[0])
+			}
+			return []pipeline.Port{
+				{Name: "out", Type: in[0]},
+				{Name: "meta", Type: pipeline.PortType{Kind: envelope.KindData, Media: in[0].Media}},
+			}, nil
+		},
+		Check: func(p pipeline.Params, dir string) error {
+			for _, k := range []string{"model", "recognizer"} {
+				if v := p.String(k); v != "" {
+					if _, err := lookup(v, dir); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		},
+		New: New,
+	})
+}
+
+func lookup(name, dir string) (*model.Card, error) {
+	if strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml") {
+		name = pipeline.ResolvePath(dir, name)
+	}
+	return model.Lookup(name)
+}
+
+// loaded is a card with its session and files.
+type loaded struct {
+	card  *model.Card
+	sess  *onnx.Session
+	files model.Files
+}
+
+func load(ctx context.Context, in pipeline.Init, name string) (*loaded, error) {
+	card, err := lookup(name, in.Dir)
+	if err != nil {
+		return nil, err
+	}
+	files, err := model.Pull(card, in.Log)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(files.Model); err != nil {
+		return nil, fmt.Errorf("%w: model %s: %v", ErrInfer, card.Name, err)
+	}
+	sess, err := onnx.Open(files.Model, onnx.Options{IntraOpThreads: in.Params.Int("threads"), OptLevel: in.Params.String("optimization")})
+	if err != nil {
+		return nil, fmt.Errorf("model %s: %w", card.Name, err)
+	}
+	ins, outs := map[string][]int64{}, map[string][]int64{}
+	for _, t := range sess.Inputs {
+		ins[t.Name] = t.Shape
+	}
+	for _, t := range sess.Outputs {
+		outs[t.Name] = t.Shape
+	}
+	if err := card.CheckShapes(ins, outs); err != nil {
+		sess.Close()
+		return nil, err
+	}
+	v, lib, _ := onnx.Version()
+	in.Log.Info("model loaded", "model", card.Name, "file", files.Model, "decoder", card.Decoder.Type, "onnxruntime", v, "library", lib)
+	return &loaded{card: card, sess: sess, files: files}, nil
+}
+
+// New loads the model (and recognizer), checking the card against it.
+func New(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
+	m, err := load(ctx, in, in.Params.String("model"))
+	if err != nil {
+		return nil, err
+	}
+	if m.card.Decoder.Type == "silero-vad" {
+		if in.Inputs[0].Media == envelope.MediaVideo {
+			m.sess.Close()
+			return nil, fmt.Errorf("%w: model %s is an audio model; its input gives video frames", ErrInfer, m.card.Name)
+		}
+		return newVAD(in, m)
+	}
+	if in.Inputs[0].Media == envelope.MediaAudio {
+		m.sess.Close()
+		return nil, fmt.Errorf("%w: model %s takes images; its input gives audio frames", ErrInfer, m.card.Name)
+	}
+	d, err := newDetector(ctx, in, m, float32(in.Params.Float("threshold")), in.Params.String("recognizer"))
+	if err != nil {
+		return nil, err
+	}
+	return &Video{in: in, Detector: d, interval: max(1, in.Params.Int("interval")), counts: map[string]int{}}, nil
+}
+
+// Detector runs an image model (and an optional text recognizer) on frames.
+// Other stages use it too (redact verifies its own output with one).
+type Detector struct {
+	m    *loaded
+	prep *preprocessor
+	rec  *recognizer
+	thr  float32
+	buf  []float32
+}
+
+// NewDetector loads a model card for use on video frames; threshold 0
+// means the card's. in supplies the folder, log and threads params.
+func NewDetector(ctx context.Context, in pipeline.Init, modelName string, threshold float32) (*Detector, error) {
+	m, err := load(ctx, in, modelName)
+	if err != nil {
+		return nil, err
+	}
+	return newDetector(ctx, in, m, threshold, "")
+}
+
+func newDetector(ctx context.Context, in pipeline.Init, m *loaded, threshold float32, recognizer string) (*Detector, error) {
+	switch m.card.Decoder.Type {
+	case "ultraface", "yolo", "dbnet", "classifier":
+	default:
+		m.sess.Close()
+		return nil, fmt.Errorf("%w: model %s (decoder %s) does not take video frames", ErrInfer, m.card.Name, m.card.Decoder.Type)
+	}
+	d := &Detector{m: m, prep: newPreprocessor(m.card.Inputs[0]), thr: threshold}
+	if d.thr == 0 {
+		d.thr = m.card.Decoder.Threshold
+	}
+	if recognizer != "" {
+		rm, err := load(ctx, in, recognizer)
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		if d.rec, err = newRecognizer(rm); err != nil {
+			rm.sess.Close()
+			d.Close()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// Model is the card name.
+func (d *Detector) Model() string { return d.m.card.Name }
+
+// Video runs an image model on frames.
+type Video struct {
+	*Detector
+	in       pipeline.Init
+	interval int
+	counts   map[string]int
+	Inferred int64
+}
+
+// BatchLimits lets the runner hand over several frames at once.
+func (s *Video) BatchLimits() (int, time.Duration) {
+	return s.in.Params.Int("max_batch"), s.in.Params.Duration("max_wait")
+}
+
+// Process runs the model on the frames due for it and passes every frame on.
+func (s *Video) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	out := make(pipeline.Batch, 0, 2*len(in))
+	for _, e := range in {
+		n := s.counts[e.Stream]
+		s.counts[e.Stream] = n + 1
+		inferred := false
+		if n%s.interval == 0 {
+			f, err := codecs.FrameOf(e)
+			if err != nil {
+				return out, err
+			}
+			dets, err := s.Detect(f)
+			if err != nil {
+				return out, err
+			}
+			e.Detections = append(e.Detections, dets...)
+			inferred = true
+			s.Inferred++
+		}
+		cp := *e
+		e.Local = nil
+		cp.Port = "out"
+		if cp.Meta == nil {
+			cp.Meta = map[string]string{}
+		}
+		if inferred {
+			cp.Meta["infer."+s.Model()] = "1"
+		}
+		out = append(out, &cp)
+		if inferred {
+			out = append(out, &envelope.Envelope{Kind: envelope.KindData, Media: e.Media, Port: "meta", PTS: e.PTS, DTS: e.DTS,
+				TimeBase: e.TimeBase, Detections: append([]envelope.Detection(nil), cp.Detections...),
+				Meta: map[string]string{"stream": e.Stream, "model": s.Model()}, Stamps: append([]envelope.Stamp(nil), e.Stamps...)})
+		}
+	}
+	return out, nil
+}

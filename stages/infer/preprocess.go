@@ -1,0 +1,176 @@
+package infer
+
+import (
+	"fmt"
+
+	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/codecs"
+	"github.com/avflow/avflow/stages/infer/model"
+)
+
+// geometry maps boxes from model-input coordinates back to the frame.
+type geometry struct {
+	inW, inH   int     // tensor width and height
+	sx, sy     float32 // fraction of the input the picture covers (letterbox < 1)
+	offX, offY float32 // where the picture starts in the input, as a fraction
+}
+
+func (g geometry) toFrame(b box) box {
+	if g.sx == 0 || g.sy == 0 {
+		return b
+	}
+	b.X1 = clamp01((b.X1 - g.offX) / g.sx)
+	b.X2 = clamp01((b.X2 - g.offX) / g.sx)
+	b.Y1 = clamp01((b.Y1 - g.offY) / g.sy)
+	b.Y2 = clamp01((b.Y2 - g.offY) / g.sy)
+	return b
+}
+
+// preprocessor turns decoded frames into a model's float input with
+// swscale (scaling and colour conversion in one pass) and one loop for the
+// normalisation; its buffers are reused from frame to frame.
+type preprocessor struct {
+	in     model.Input
+	sws    *astiav.SoftwareScaleContext
+	dst    *astiav.Frame
+	key    [5]int // source w, h, format, target w, h
+	planes int
+}
+
+func newPreprocessor(in model.Input) *preprocessor {
+	return &preprocessor{in: in, dst: astiav.AllocFrame()}
+}
+
+// size returns the tensor size and the picture size inside it for a frame.
+func (p *preprocessor) size(fw, fh int) (tw, th, pw, ph int, err error) {
+	shape := p.in.Shape
+	if len(shape) != 4 {
+		return 0, 0, 0, 0, fmt.Errorf("input %s: want a 4-d image input, card says %v", p.in.Name, shape)
+	}
+	h, w := int(shape[2]), int(shape[3])
+	if p.in.Layout == "NHWC" {
+		h, w = int(shape[1]), int(shape[2])
+	}
+	switch p.in.Resize {
+	case "fit32":
+		maxSide := p.in.MaxSide
+		if maxSide <= 0 {
+			maxSide = 960
+		}
+		r := min(1, float64(maxSide)/float64(max(fw, fh)))
+		round := func(v float64) int { return max(32, int(v/32+0.5)*32) }
+		w, h = round(float64(fw)*r), round(float64(fh)*r)
+		return w, h, w, h, nil
+	case "letterbox":
+		if w <= 0 || h <= 0 {
+			return 0, 0, 0, 0, fmt.Errorf("input %s: letterbox needs a fixed size", p.in.Name)
+		}
+		r := min(float64(w)/float64(fw), float64(h)/float64(fh))
+		return w, h, max(1, int(float64(fw)*r+0.5)), max(1, int(float64(fh)*r+0.5)), nil
+	}
+	if w <= 0 || h <= 0 {
+		return 0, 0, 0, 0, fmt.Errorf("input %s: stretch needs a fixed size, card says %v", p.in.Name, shape)
+	}
+	return w, h, w, h, nil
+}
+
+// fill writes frame f into dst (which must hold 3*tw*th floats, or tw*th
+// for GRAY) and returns the tensor shape and geometry.
+func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, error) {
+	tw, th, pw, ph, err := p.size(f.Width(), f.Height())
+	if err != nil {
+		return nil, geometry{}, err
+	}
+	pf := astiav.PixelFormatRgb24
+	ch := 3
+	switch p.in.Color {
+	case "BGR":
+		pf = astiav.PixelFormatBgr24
+	case "GRAY":
+		pf, ch = astiav.PixelFormatGray8, 1
+	}
+	key := [5]int{f.Width(), f.Height(), int(f.PixelFormat()), pw, ph}
+	if p.sws == nil || key != p.key {
+		if p.sws != nil {
+			p.sws.Free()
+		}
+		p.sws, err = astiav.CreateSoftwareScaleContext(f.Width(), f.Height(), f.PixelFormat(), pw, ph, pf,
+			astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagBilinear))
+		if err != nil {
+			return nil, geometry{}, fmt.Errorf("infer: creating scaler %dx%d %s -> %dx%d failed: %w", f.Width(), f.Height(), f.PixelFormat(), pw, ph, err)
+		}
+		p.key = key
+	}
+	p.dst.Unref()
+	p.dst.SetWidth(pw)
+	p.dst.SetHeight(ph)
+	p.dst.SetPixelFormat(pf)
+	if err := p.dst.AllocBuffer(1); err != nil {
+		return nil, geometry{}, fmt.Errorf("infer: allocating scaled frame: %w", err)
+	}
+	if err := p.sws.ScaleFrame(f, p.dst); err != nil {
+		return nil, geometry{}, fmt.Errorf("infer: scaling frame: %w", err)
+	}
+	need := ch * tw * th
+	if len(dst) < need {
+		return nil, geometry{}, fmt.Errorf("infer: tensor buffer %d < %d", len(dst), need)
+	}
+	mean, inv := [3]float32{}, [3]float32{1, 1, 1}
+	for c := 0; c < ch; c++ {
+		if c < len(p.in.Mean) {
+			mean[c] = p.in.Mean[c]
+		}
+		if c < len(p.in.Std) && p.in.Std[c] != 0 {
+			inv[c] = 1 / p.in.Std[c]
+		}
+	}
+	offX, offY := (tw-pw)/2, (th-ph)/2
+	if pw != tw || ph != th {
+		// Letterbox padding: grey 114, normalised like the picture.
+		for c := 0; c < ch; c++ {
+			v := (114 - mean[c]) * inv[c]
+			for i := 0; i < tw*th; i++ {
+				if p.in.Layout == "NHWC" {
+					dst[i*ch+c] = v
+				} else {
+					dst[c*tw*th+i] = v
+				}
+			}
+		}
+	}
+	pix, stride := codecs.Plane(p.dst, 0, ph)
+	nhwc := p.in.Layout == "NHWC"
+	for y := 0; y < ph; y++ {
+		row := pix[y*stride : y*stride+pw*ch]
+		ty := y + offY
+		for x := 0; x < pw; x++ {
+			tx := x + offX
+			for c := 0; c < ch; c++ {
+				v := (float32(row[x*ch+c]) - mean[c]) * inv[c]
+				if nhwc {
+					dst[(ty*tw+tx)*ch+c] = v
+				} else {
+					dst[c*tw*th+ty*tw+tx] = v
+				}
+			}
+		}
+	}
+	shape := []int64{1, int64(ch), int64(th), int64(tw)}
+	if nhwc {
+		shape = []int64{1, int64(th), int64(tw), int64(ch)}
+	}
+	g := geometry{inW: tw, inH: th, sx: float32(pw) / float32(tw), sy: float32(ph) / float32(th),
+		offX: float32(offX) / float32(tw), offY: float32(offY) / float32(th)}
+	return shape, g, nil
+}
+
+func (p *preprocessor) close() {
+	if p.sws != nil {
+		p.sws.Free()
+		p.sws = nil
+	}
+	if p.dst != nil {
+		p.dst.Free()
+		p.dst = nil
+	}
+}

@@ -1,0 +1,159 @@
+package infer_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/envelope"
+	_ "github.com/avflow/avflow/stages/all"
+)
+
+func sharedDir(t *testing.T, sub string) string {
+	d, _ := filepath.Abs(filepath.Join("../../../shared", sub))
+	if _, err := os.Stat(d); err != nil {
+		t.Fatalf("%s not found: %v", d, err)
+	}
+	return d
+}
+
+// collector gathers the detections of every frame that reaches it.
+type collector struct {
+	mu     sync.Mutex
+	frames int
+	dets   [][]envelope.Detection
+}
+
+func (c *collector) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range in {
+		if e.Kind == envelope.KindFrame {
+			c.frames++
+			c.dets = append(c.dets, e.Detections)
+		}
+	}
+	return nil, nil
+}
+func (c *collector) Close() error { return nil }
+
+func envWithCollector(t *testing.T, c *collector) *pipeline.Environment {
+	env := pipeline.Default.Clone()
+	err := env.Register(pipeline.Spec{Kind: "collect", MinInputs: 1, MaxInputs: -1,
+		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
+		New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return c, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+func run(t *testing.T, env *pipeline.Environment, cfg *pipeline.Config) {
+	t.Helper()
+	if err := env.Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// faces runs UltraFace RFB-320 on every frame of a video and returns the
+// detections above 0.5 per frame.
+func faces(t *testing.T, video string) (int, [][]envelope.Detection) {
+	c := &collector{}
+	cfg, err := pipeline.Parse([]byte(fmt.Sprintf(`name: check
+stages:
+  - {name: src, kind: source, params: {url: %q}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: faces, kind: infer, inputs: [dec], params: {model: ultraface-rfb-320, threshold: 0.5}}
+  - {name: c, kind: collect, inputs: [faces]}
+`, video)), "check.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, envWithCollector(t, c), cfg)
+	return c.frames, c.dets
+}
+
+var ssimRe = regexp.MustCompile(`All:([0-9.]+)`)
+
+func ssim(t *testing.T, a, b string) float64 {
+	out, err := exec.Command("ffmpeg", "-v", "info", "-nostats", "-i", a, "-i", b, "-lavfi", "ssim", "-f", "null", "-").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ffmpeg ssim: %v\n%s", err, out)
+	}
+	m := ssimRe.FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no SSIM in ffmpeg output:\n%s", out)
+	}
+	v, _ := strconv.ParseFloat(string(m[1]), 64)
+	return v
+}
+
+// TestPrivacyExample: on every facecam clip, the privacy pipeline leaves no
+// face that UltraFace RFB-320 itself finds above 0.5 on any frame, and keeps
+// the rest of the picture (SSIM against the input at least 0.90).
+func TestPrivacyExample(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	media := sharedDir(t, "media")
+	t.Setenv("AVFLOW_MEDIA", media)
+	t.Setenv("AVFLOW_MODEL_MIRROR", sharedDir(t, "models"))
+	t.Setenv("AVFLOW_MODELS", t.TempDir())
+	clips, _ := filepath.Glob(filepath.Join(media, "facecam", "*.mkv"))
+	if len(clips) == 0 {
+		t.Fatal("no facecam clips")
+	}
+	for _, clip := range clips {
+		name := filepath.Base(clip[:len(clip)-len(filepath.Ext(clip))])
+		t.Run(name, func(t *testing.T) {
+			out := t.TempDir()
+			t.Setenv("AVFLOW_OUT", out)
+			t.Setenv("AVFLOW_CLIP", name)
+			inFrames, inFaces := faces(t, clip)
+			withFace := 0
+			for _, d := range inFaces {
+				if len(d) > 0 {
+					withFace++
+				}
+			}
+			if withFace == 0 {
+				t.Fatalf("UltraFace finds no face in the input %s: the test would prove nothing", name)
+			}
+			cfg, err := pipeline.Load("../../examples/irl-privacy/pipeline.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			run(t, pipeline.Default, cfg)
+			result := filepath.Join(out, name+"-private.mp4")
+			outFrames, outFaces := faces(t, result)
+			if outFrames != inFrames {
+				t.Fatalf("output has %d frames, input %d", outFrames, inFrames)
+			}
+			for i, d := range outFaces {
+				if len(d) > 0 {
+					t.Errorf("frame %d: a face is still detectable after redaction: %+v", i, d[0])
+				}
+			}
+			s := ssim(t, result, clip)
+			t.Logf("%s: faces on %d/%d input frames, 0 after; SSIM %.4f", name, withFace, inFrames, s)
+			if s < 0.90 {
+				t.Errorf("SSIM %.4f < 0.90: too much of the picture changed", s)
+			}
+		})
+	}
+}

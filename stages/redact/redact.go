@@ -1,0 +1,269 @@
+// Package redact is the redact stage: it blurs or pixelates the regions
+// that detections mark (faces, plates, text), with a margin around them.
+package redact
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/avflow/avflow/codecs"
+	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/stages/infer"
+)
+
+func init() {
+	pipeline.MustRegister(pipeline.Spec{
+		Kind:    "redact",
+		Summary: "Blur or pixelate the regions detections mark, with a margin (privacy).",
+		Params: []pipeline.Param{
+			{Name: "mode", Type: pipeline.TypeString, Default: "blur", Enum: []string{"blur", "pixelate", "fill"}, Doc: "how regions are hidden"},
+			{Name: "margin", Type: pipeline.TypeFloat, Default: 0.25, Doc: "grow each box by this fraction of its size on every side"},
+			{Name: "strength", Type: pipeline.TypeFloat, Default: 0.25, Doc: "blur radius or pixel block size, as a fraction of the box's larger side"},
+			{Name: "labels", Type: pipeline.TypeString, Doc: "comma-separated labels to hide (empty: every detection)"},
+			{Name: "min_score", Type: pipeline.TypeFloat, Default: 0.0, Doc: "ignore detections scoring below this"},
+			{Name: "verify_model", Type: pipeline.TypeString, Doc: "model card run again on the redacted frame; what it still finds is hidden too (a detector can find a new \"face\" once the real one is gone)"},
+			{Name: "verify_threshold", Type: pipeline.TypeFloat, Default: 0.3, Doc: "score at which the verify pass hides a region"},
+			{Name: "verify_passes", Type: pipeline.TypeInt, Default: 3, Doc: "most verify rounds per frame"},
+			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "ONNX Runtime threads of the verify model (0: one per core)"},
+			{Name: "optimization", Type: pipeline.TypeString, Default: "all", Enum: []string{"disable", "basic", "extended", "all"}, Doc: "ONNX Runtime graph optimisation of the verify model"},
+		},
+		MinInputs: 1, MaxInputs: 1,
+		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
+			if in[0].Kind != envelope.KindFrame || in[0].Media == envelope.MediaAudio {
+				return nil, fmt.Errorf("redact takes video frames carrying detections, got %s", in[0])
+			}
+			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
+		},
+		New: func(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
+			r := &Stage{mode: in.Params.String("mode"), margin: float32(in.Params.Float("margin")),
+				strength: float32(in.Params.Float("strength")), minScore: float32(in.Params.Float("min_score")), labels: map[string]bool{},
+				passes: in.Params.Int("verify_passes")}
+			for _, l := range splitList(in.Params.String("labels")) {
+				r.labels[l] = true
+			}
+			if m := in.Params.String("verify_model"); m != "" {
+				d, err := infer.NewDetector(ctx, in, m, float32(in.Params.Float("verify_threshold")))
+				if err != nil {
+					return nil, err
+				}
+				r.verify = d
+			}
+			return r, nil
+		},
+	})
+}
+
+func splitList(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			if v := trim(s[start:i]); v != "" {
+				out = append(out, v)
+			}
+			start = i + 1
+		}
+	}
+	return out
+}
+
+func trim(s string) string {
+	for len(s) > 0 && s[0] == ' ' {
+		s = s[1:]
+	}
+	for len(s) > 0 && s[len(s)-1] == ' ' {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// Stage hides detected regions.
+type Stage struct {
+	mode     string
+	margin   float32
+	strength float32
+	minScore float32
+	labels   map[string]bool
+	tmp      []int32
+	verify   *infer.Detector
+	passes   int
+	Hidden   int64
+	Verified int64 // regions the verify pass found and hid
+}
+
+// Process hides the regions of each frame's detections.
+func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	out := make(pipeline.Batch, 0, len(in))
+	for _, e := range in {
+		if len(e.Detections) > 0 {
+			if err := s.hide(e, e.Detections); err != nil {
+				return out, err
+			}
+		}
+		if s.verify != nil {
+			if err := s.recheck(e); err != nil {
+				return out, err
+			}
+		}
+		cp := *e
+		e.Local = nil
+		cp.Port = ""
+		out = append(out, &cp)
+	}
+	return out, nil
+}
+
+// recheck runs the verify model on the redacted frame and hides what it
+// still finds, until it finds nothing or the passes run out.
+func (s *Stage) recheck(e *envelope.Envelope) error {
+	f, err := codecs.FrameOf(e)
+	if err != nil {
+		return err
+	}
+	for pass := 0; pass < max(1, s.passes); pass++ {
+		found, err := s.verify.Detect(f)
+		if err != nil {
+			return err
+		}
+		if len(found) == 0 {
+			return nil
+		}
+		if err := s.hide(e, found); err != nil {
+			return err
+		}
+		s.Verified += int64(len(found))
+		e.Detections = append(e.Detections, found...)
+	}
+	return nil
+}
+
+func (s *Stage) hide(e *envelope.Envelope, dets []envelope.Detection) error {
+	f, err := codecs.FrameOf(e)
+	if err != nil {
+		return err
+	}
+	if err := codecs.MakeWritable(f); err != nil {
+		return err
+	}
+	planes, strides, err := codecs.YUVPlanes(f)
+	if err != nil {
+		return fmt.Errorf("redact: %w", err)
+	}
+	W, H := f.Width(), f.Height()
+	for _, d := range dets {
+		if d.Score < s.minScore || (len(s.labels) > 0 && !s.labels[d.Label]) {
+			continue
+		}
+		bw, bh := d.X2-d.X1, d.Y2-d.Y1
+		x1 := int((d.X1 - bw*s.margin) * float32(W))
+		y1 := int((d.Y1 - bh*s.margin) * float32(H))
+		x2 := int((d.X2+bw*s.margin)*float32(W) + 0.5)
+		y2 := int((d.Y2+bh*s.margin)*float32(H) + 0.5)
+		x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
+		if x2-x1 < 2 || y2-y1 < 2 {
+			continue
+		}
+		size := int(s.strength * float32(max(x2-x1, y2-y1)))
+		size = max(size, 2)
+		for p := 0; p < 3; p++ {
+			sh := 0
+			if p > 0 {
+				sh = 1
+			}
+			r := rect{x1 >> sh, y1 >> sh, (x2 + sh) >> sh, (y2 + sh) >> sh}
+			sz := max(size>>sh, 1)
+			switch s.mode {
+			case "pixelate":
+				pixelate(planes[p], strides[p], r, sz)
+			case "fill":
+				fill(planes[p], strides[p], r, p)
+			default:
+				// Three box blurs approximate a gaussian; each pass covers the whole region.
+				for pass := 0; pass < 3; pass++ {
+					s.tmp = boxBlur(planes[p], strides[p], r, sz, s.tmp)
+				}
+			}
+		}
+		s.Hidden++
+	}
+	return nil
+}
+
+type rect struct{ x1, y1, x2, y2 int }
+
+func pixelate(pl []byte, stride int, r rect, block int) {
+	for by := r.y1; by < r.y2; by += block {
+		for bx := r.x1; bx < r.x2; bx += block {
+			ex, ey := min(bx+block, r.x2), min(by+block, r.y2)
+			sum, n := 0, 0
+			for y := by; y < ey; y++ {
+				for _, v := range pl[y*stride+bx : y*stride+ex] {
+					sum += int(v)
+				}
+				n += ex - bx
+			}
+			avg := byte(sum / n)
+			for y := by; y < ey; y++ {
+				row := pl[y*stride+bx : y*stride+ex]
+				for i := range row {
+					row[i] = avg
+				}
+			}
+		}
+	}
+}
+
+func fill(pl []byte, stride int, r rect, plane int) {
+	v := byte(16)
+	if plane > 0 {
+		v = 128
+	}
+	for y := r.y1; y < r.y2; y++ {
+		row := pl[y*stride+r.x1 : y*stride+r.x2]
+		for i := range row {
+			row[i] = v
+		}
+	}
+}
+
+// boxBlur blurs the region horizontally then vertically with a running sum
+// of radius rad (edges clamp to the region).
+func boxBlur(pl []byte, stride int, r rect, rad int, tmp []int32) []int32 {
+	w, h := r.x2-r.x1, r.y2-r.y1
+	if n := max(w, h); cap(tmp) < n {
+		tmp = make([]int32, n)
+	}
+	line := tmp[:max(w, h)]
+	blur := func(get func(i int) byte, set func(i int, v byte), n int) {
+		for i := 0; i < n; i++ {
+			line[i] = int32(get(i))
+		}
+		var sum int32
+		win := int32(2*rad + 1)
+		at := func(i int) int32 { return line[min(max(i, 0), n-1)] }
+		for i := -rad; i <= rad; i++ {
+			sum += at(i)
+		}
+		for i := 0; i < n; i++ {
+			set(i, byte(sum/win))
+			sum += at(i+rad+1) - at(i-rad)
+		}
+	}
+	for y := r.y1; y < r.y2; y++ {
+		row := pl[y*stride+r.x1 : y*stride+r.x2]
+		blur(func(i int) byte { return row[i] }, func(i int, v byte) { row[i] = v }, w)
+	}
+	for x := r.x1; x < r.x2; x++ {
+		blur(func(i int) byte { return pl[(r.y1+i)*stride+x] }, func(i int, v byte) { pl[(r.y1+i)*stride+x] = v }, h)
+	}
+	return tmp
+}
+
+// Close frees the verify model.
+func (s *Stage) Close() error {
+	if s.verify != nil {
+		return s.verify.Close()
+	}
+	return nil
+}
