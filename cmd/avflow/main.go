@@ -19,6 +19,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/stages/infer/onnx"
 	_ "github.com/avflow/avflow/stages/all"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
@@ -43,6 +44,7 @@ func run(args []string) int {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "onnxruntime", Usage: "path of libonnxruntime.so (default: third_party/onnxruntime next to the binary)", EnvVars: []string{"AVFLOW_ORT_LIB"}},
 		},
 		Before: func(c *cli.Context) error {
 			var lvl slog.Level
@@ -60,9 +62,12 @@ func run(args []string) int {
 				ff = astiav.LogLevelVerbose
 			}
 			codecs.RouteLogs(slog.Default(), ff)
+			if p := c.String("onnxruntime"); p != "" {
+				onnx.SetLibraryPath(p)
+			}
 			return nil
 		},
-		Commands: []*cli.Command{runCmd(), validateCmd(), stagesCmd(), versionCmd()},
+		Commands: []*cli.Command{runCmd(), validateCmd(), stagesCmd(), modelsCmd(), versionCmd()},
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {
 				return

@@ -5,6 +5,7 @@ package all
 
 import (
 	_ "github.com/avflow/avflow/stages/decode"
+	_ "github.com/avflow/avflow/stages/draw"
 	_ "github.com/avflow/avflow/stages/encode"
 	_ "github.com/avflow/avflow/stages/filter"
 	_ "github.com/avflow/avflow/stages/infer"

@@ -131,8 +131,8 @@ func (t *Tracker) Update(dets []envelope.Detection, inferred bool) []envelope.De
 		k.vy1 = a*k.vy1 + (1-a)*(d.Y1-prev.Y1)/steps
 		k.vx2 = a*k.vx2 + (1-a)*(d.X2-prev.X2)/steps
 		k.vy2 = a*k.vy2 + (1-a)*(d.Y2-prev.Y2)/steps
-		k.box, k.missed = d, 0
 		d.Track = k.id
+		k.box, k.missed = d, 0
 		out[p.d] = d
 	}
 	nTracks := len(t.tracks)
@@ -140,10 +140,10 @@ func (t *Tracker) Update(dets []envelope.Detection, inferred bool) []envelope.De
 		if usedD[di] {
 			continue
 		}
+		d.Track = t.next
 		k := &trk{id: t.next, box: d}
 		t.next++
 		t.tracks = append(t.tracks, k)
-		d.Track = k.id
 		out[di] = d
 	}
 	for ki, k := range t.tracks {

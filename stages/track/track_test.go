@@ -22,8 +22,8 @@ func TestTrackIDsStableAndCarried(t *testing.T) {
 		t.Fatalf("ids not kept: %+v then %+v", a, b)
 	}
 	c := tr.Update(nil, false)
-	if len(c) != 2 || !c[0].Kept {
-		t.Fatalf("skipped frame should carry 2 boxes: %+v", c)
+	if len(c) != 2 || !c[0].Kept || c[0].Track == 0 || c[1].Track == 0 {
+		t.Fatalf("skipped frame should carry 2 boxes with their ids: %+v", c)
 	}
 	for _, d := range c {
 		if d.Track == a[0].Track && d.X1 <= .12 {
