@@ -30,6 +30,7 @@ type collector struct {
 	mu     sync.Mutex
 	frames int
 	dets   [][]envelope.Detection
+	segs   []envelope.Segment
 }
 
 func (c *collector) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
@@ -40,6 +41,7 @@ func (c *collector) Process(_ context.Context, in pipeline.Batch) (pipeline.Batc
 			c.frames++
 			c.dets = append(c.dets, e.Detections)
 		}
+		c.segs = append(c.segs, e.Segments...)
 	}
 	return nil, nil
 }
