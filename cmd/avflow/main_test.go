@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -529,4 +531,87 @@ func natsServerBin(t *testing.T) string {
 		t.Fatalf("building nats-server: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// TestBadModels: a wrong, missing or mismatched model or runtime stops the
+// pipeline before it starts, naming the model or card and the expected vs
+// actual value.
+func TestBadModels(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	media := mediaDir(t)
+	models, _ := filepath.Abs("../../../shared/models")
+	good := filepath.Join(models, "ultraface", "version-RFB-320.onnx")
+	data, err := os.ReadFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirror := t.TempDir()
+	os.MkdirAll(filepath.Join(mirror, "ultraface"), 0o755)
+	os.WriteFile(filepath.Join(mirror, "ultraface", "truncated.onnx"), data[:len(data)/2], 0o644)
+	os.WriteFile(filepath.Join(mirror, "ultraface", "version-RFB-320.onnx"), data, 0o644)
+	sum := func(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }
+	card := func(file, sha, shape string) string {
+		return fmt.Sprintf(`name: my-faces
+file: %s
+sha256: %s
+sources: [{mirror: ultraface/%s}]
+inputs: [{name: input, shape: %s, mean: [127, 127, 127], std: [128, 128, 128]}]
+outputs: [{name: scores, shape: [1, 4420, 2]}, {name: boxes, shape: [1, 4420, 4]}]
+labels: [background, face]
+decoder: {type: ultraface, threshold: 0.6}
+`, file, sha, file, shape)
+	}
+	pipelineFor := func(model string) string {
+		return fmt.Sprintf(`name: bad
+stages:
+  - {name: cam, kind: source, params: {url: %q}}
+  - {name: dec, kind: decode, inputs: [cam.video]}
+  - {name: faces, kind: infer, inputs: [dec], params: {model: %s}}
+  - {name: enc, kind: encode, inputs: [faces], params: {codec: libx264}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: out/out.mp4}}
+`, filepath.Join(media, "facecam", "hungry.mkv"), model)
+	}
+	tests := []struct {
+		name  string
+		card  string // written to card.yaml when set
+		model string
+		args  []string
+		code  int
+		wants []string
+	}{
+		{"unknown card", "", "ultraface-rfb-999", nil, 2, []string{"p.yaml:5:5", `unknown model card "ultraface-rfb-999"`}},
+		{"missing card file", "", "nosuch.yaml", nil, 2, []string{"nosuch.yaml"}},
+		{"wrong sha", card("version-RFB-320.onnx", strings.Repeat("ab", 32), "[1, 3, 240, 320]"), "card.yaml", nil, 1,
+			[]string{"model my-faces", "sha256 " + sum(data), "the card says " + strings.Repeat("ab", 32)}},
+		{"truncated model file", card("truncated.onnx", sum(data[:len(data)/2]), "[1, 3, 240, 320]"), "card.yaml", nil, 1,
+			[]string{"model my-faces", "onnx: model cannot be used", "truncated.onnx"}},
+		{"shape mismatch", card("version-RFB-320.onnx", sum(data), "[1, 3, 480, 640]"), "card.yaml", nil, 1,
+			[]string{"card my-faces", `input "input": card says shape [1 3 480 640], model has [1 3 240 320]`}},
+		{"runtime missing", "", "ultraface-rfb-320", []string{"--onnxruntime", "/nonexistent/libonnxruntime.so.1"}, 1,
+			[]string{"ONNX Runtime library unavailable", "/nonexistent/libonnxruntime.so.1 does not exist"}},
+		{"not a runtime", "", "ultraface-rfb-320", []string{"--onnxruntime", "/bin/true"}, 1,
+			[]string{"ONNX Runtime library unavailable", "loading /bin/true failed"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := t.TempDir()
+			if tt.card != "" {
+				os.WriteFile(filepath.Join(d, "card.yaml"), []byte(tt.card), 0o644)
+			}
+			p := writePipeline(t, d, pipelineFor(tt.model))
+			env := []string{"AVFLOW_MODEL_MIRROR=" + mirror, "AVFLOW_MODELS=" + t.TempDir(), "AVFLOW_OFFLINE=1"}
+			r := avflow(t, env, append(append(tt.args, "run"), p)...)
+			if r.code != tt.code {
+				t.Errorf("exit %d, want %d\n%s", r.code, tt.code, r.stderr)
+			}
+			for _, w := range tt.wants {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, r.stderr)
+				}
+			}
+			assertNoOutput(t, filepath.Join(d, "out"))
+		})
+	}
 }
