@@ -15,6 +15,7 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
 	_ "github.com/avflow/avflow/stages/all"
+	"github.com/nats-io/nats.go"
 )
 
 func sharedDir(t *testing.T, sub string) string {
@@ -157,5 +158,77 @@ func TestPrivacyExample(t *testing.T) {
 				t.Errorf("SSIM %.4f < 0.90: too much of the picture changed", s)
 			}
 		})
+	}
+}
+
+// TestMetaSubject: an outside NATS client sees the detections on the
+// stage's meta subject, as msgpack envelopes.
+func TestMetaSubject(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	t.Setenv("AVFLOW_MODEL_MIRROR", sharedDir(t, "models"))
+	clip := filepath.Join(sharedDir(t, "media"), "facecam", "hungry.mkv")
+	cfg, err := pipeline.Parse([]byte(fmt.Sprintf(`name: meta
+stages:
+  - {name: cam, kind: source, params: {url: %q, realtime: true}}
+  - {name: dec, kind: decode, inputs: [cam.video]}
+  - {name: faces, kind: infer, inputs: [dec], params: {model: ultraface-rfb-320}}
+  - {name: c, kind: collect, inputs: [faces]}
+`, clip)), "meta.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := envWithCollector(t, &collector{})
+	if err := env.Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(context.Background()) }()
+	<-r.Ready()
+	nc, err := nats.Connect(r.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var mu sync.Mutex
+	var got []*envelope.Envelope
+	sub, err := nc.Subscribe(pipeline.Subject("meta", "faces", "meta"), func(m *nats.Msg) {
+		if e, err := envelope.Unmarshal(m.Data); err == nil && e.Kind != envelope.KindEOS {
+			mu.Lock()
+			got = append(got, e)
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) < 10 {
+		t.Fatalf("outside subscriber got %d metadata messages", len(got))
+	}
+	withFace := 0
+	for _, e := range got {
+		if e.Kind != envelope.KindData || len(e.Payload) != 0 {
+			t.Fatalf("metadata message is %s with %d payload bytes", e.Kind, len(e.Payload))
+		}
+		for _, d := range e.Detections {
+			if d.Label == "face" && d.Model == "ultraface-rfb-320" && d.X2 > d.X1 {
+				withFace++
+				break
+			}
+		}
+	}
+	if withFace < len(got)/2 {
+		t.Fatalf("only %d of %d metadata messages carry a face", withFace, len(got))
 	}
 }
