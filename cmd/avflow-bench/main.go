@@ -39,7 +39,7 @@ func main() {
 	rounds := flag.Int("rounds", 5, "interleaved rounds per comparison")
 	frames := flag.Int("frames", 600, "frames in the transcode clip")
 	edgeMsgs := flag.Int("edge-frames", 600, "raw frames sent over the edge")
-	only := flag.String("only", "", "run only: transcode or edge")
+	only := flag.String("only", "", "run only: transcode, edge or infer")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err := os.MkdirAll(*work, 0o755); err != nil {
@@ -54,6 +54,9 @@ func main() {
 	}
 	if *only == "" || *only == "edge" {
 		edge(&b, *rounds, *edgeMsgs)
+	}
+	if *only == "" || *only == "infer" {
+		inferBench(&b, *bin, *work, *rounds)
 	}
 	if *out == "-" {
 		fmt.Print(b.String())
