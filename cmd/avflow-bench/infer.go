@@ -99,7 +99,8 @@ func bareORT(path string, threads, n int) (time.Duration, error) {
 	return time.Since(t0), nil
 }
 
-func inferBench(b *strings.Builder, bin, work string, rounds int) {
+func inferBench(b *strings.Builder, bin, work string, rounds int, part string) {
+	want := func(p string) bool { return part == "" || part == p }
 	card, err := model.Lookup("ultraface-rfb-320")
 	if err != nil {
 		fail(err)
@@ -109,6 +110,22 @@ func inferBench(b *strings.Builder, bin, work string, rounds int) {
 		fail(err)
 	}
 	const n = 300
+	if want("stage") {
+		inferStage(b, files.Model, rounds, n)
+	}
+	if want("batch") {
+		inferBatch(b)
+	}
+	// 3. Real-time streams of the privacy pipeline, and 4. RSS over a long run.
+	if want("streams") {
+		privacyStreams(b, bin, work)
+	}
+	if want("rss") {
+		privacyRSS(b, bin, work)
+	}
+}
+
+func inferStage(b *strings.Builder, modelPath string, rounds, n int) {
 	// 1. The infer stage against a bare Run loop, same model, threads and input size.
 	fmt.Fprintf(b, "## Inference: the infer stage vs a bare onnxruntime_go loop (UltraFace RFB-320, 320x240 input)\n\n")
 	fmt.Fprintf(b, "Peer: onnxruntime_go `AdvancedSession.Run` in a loop on preallocated tensors. avflow: lavfi 640x480 frames -> decode -> infer(ultraface-rfb-320) -> counter, in-process transport; the infer stage's throughput is frames / its busy time (swscale to 320x240 RGB, normalisation, Run, decode + NMS, metadata out). %d frames, median of %d rounds.\n\n", n, rounds)
@@ -116,7 +133,7 @@ func inferBench(b *strings.Builder, bin, work string, rounds int) {
 	for _, threads := range []int{1, 2} {
 		var bare, stage, whole []measure
 		for i := 0; i < rounds; i++ {
-			d, err := bareORT(files.Model, threads, n)
+			d, err := bareORT(modelPath, threads, n)
 			if err != nil {
 				fail(err)
 			}
@@ -132,7 +149,7 @@ stages:
 			if err != nil {
 				fail(err)
 			}
-			if c.meta.Load() != n {
+			if c.meta.Load() != int64(n) {
 				fail(fmt.Errorf("infer bench: %d metadata messages, want %d", c.meta.Load(), n))
 			}
 			for _, s := range m.Snapshot() {
@@ -146,7 +163,9 @@ stages:
 		fmt.Fprintf(b, "| %d | %.1f | %.1f | %.3f | %.1f |\n", threads, fps(bare), fps(stage), fps(stage)/fps(bare), fps(whole))
 	}
 	fmt.Fprintf(b, "\nTarget: the infer stage at least 0.85 of the bare loop.\n\n")
+}
 
+func inferBatch(b *strings.Builder) {
 	// 2. Batching across 4 streams.
 	fmt.Fprintf(b, "## Batching: 4 streams into one infer stage\n\n")
 	fmt.Fprintf(b, "4 lavfi 640x480 sources -> 4 decoders -> one infer stage (UltraFace RFB-320, 2 threads) with max_batch 1, 4 and 8 (max_wait 5ms). UltraFace's ONNX graph has a fixed batch of 1, so a batch is run frame by frame inside one Process call: batching saves queue hand-offs, not model time. A model with a dynamic batch dimension would be the case where it pays.\n\n| max_batch | frames | wall | fps |\n|---:|---:|---:|---:|\n")
@@ -165,10 +184,6 @@ stages:
 		fmt.Fprintf(b, "| %d | %d | %.2fs | %.1f |\n", mb, c.meta.Load(), wall.Seconds(), float64(c.meta.Load())/wall.Seconds())
 	}
 	b.WriteString("\n")
-
-	// 3. Real-time streams of the privacy pipeline, and 4. RSS over a long run.
-	privacyStreams(b, bin, work)
-	privacyRSS(b, bin, work)
 }
 
 // runWithMerge adds a "merge" stage (frames of several inputs out of one port).

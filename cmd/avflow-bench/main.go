@@ -39,7 +39,7 @@ func main() {
 	rounds := flag.Int("rounds", 5, "interleaved rounds per comparison")
 	frames := flag.Int("frames", 600, "frames in the transcode clip")
 	edgeMsgs := flag.Int("edge-frames", 600, "raw frames sent over the edge")
-	only := flag.String("only", "", "run only: transcode, edge or infer")
+	only := flag.String("only", "", "run only: transcode, edge, infer, or one part of infer: infer-stage, infer-batch, infer-streams, infer-rss")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err := os.MkdirAll(*work, 0o755); err != nil {
@@ -55,8 +55,8 @@ func main() {
 	if *only == "" || *only == "edge" {
 		edge(&b, *rounds, *edgeMsgs)
 	}
-	if *only == "" || *only == "infer" {
-		inferBench(&b, *bin, *work, *rounds)
+	if *only == "" || strings.HasPrefix(*only, "infer") {
+		inferBench(&b, *bin, *work, *rounds, strings.TrimPrefix(strings.TrimPrefix(*only, "infer"), "-"))
 	}
 	if *out == "-" {
 		fmt.Print(b.String())

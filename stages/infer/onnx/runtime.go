@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -125,6 +126,20 @@ type Session struct {
 	Inputs  []TensorInfo
 	Outputs []TensorInfo
 	s       *ort.DynamicAdvancedSession
+
+	// Reused between runs (a session is used by one goroutine at a time in
+	// avflow): input tensors over the caller's buffers, and output tensors
+	// when the model's output shapes are static.
+	mu      sync.Mutex
+	inCache []cachedInput
+	outs    []*ort.Tensor[float32]
+}
+
+type cachedInput struct {
+	shape []int64
+	data  *float32
+	n     int
+	t     *ort.Tensor[float32]
 }
 
 // Open loads a model.
@@ -191,37 +206,39 @@ type Tensor struct {
 
 // Run runs the model on float32 inputs (in the model's input order) and
 // returns float32 outputs (in its output order). Non-float inputs (such as
-// a VAD's int64 sample rate) are given as Int64 inputs.
+// a VAD's int64 sample rate) are given in int64s by name. The returned data
+// may alias buffers the session reuses: it is valid until the next Run.
 func (s *Session) Run(inputs []Tensor, int64s map[string][]int64) ([]Tensor, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	vals := make([]ort.Value, 0, len(s.Inputs))
+	var temps []ort.Value
 	defer func() {
-		for _, v := range vals {
+		for _, v := range temps {
 			_ = v.Destroy()
 		}
 	}()
 	fi := 0
 	for _, in := range s.Inputs {
 		if v, ok := int64s[in.Name]; ok {
-			shape := ort.NewShape(int64(len(v)))
+			var val ort.Value
+			var err error
 			if len(v) == 1 && len(in.Shape) == 0 {
-				sc, err := ort.NewScalar(v[0])
-				if err != nil {
-					return nil, err
-				}
-				vals = append(vals, sc)
-				continue
+				val, err = ort.NewScalar(v[0])
+			} else {
+				val, err = ort.NewTensor(ort.NewShape(int64(len(v))), v)
 			}
-			t, err := ort.NewTensor(shape, v)
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("%w: input %q: %v", ErrModel, in.Name, err)
 			}
-			vals = append(vals, t)
+			temps = append(temps, val)
+			vals = append(vals, val)
 			continue
 		}
 		if fi >= len(inputs) {
 			return nil, fmt.Errorf("%w: %s: no data for input %q", ErrModel, s.Path, in.Name)
 		}
-		t, err := ort.NewTensor(ort.NewShape(inputs[fi].Shape...), inputs[fi].Data)
+		t, err := s.inputTensor(fi, inputs[fi])
 		if err != nil {
 			return nil, fmt.Errorf("%w: input %q: %v", ErrModel, in.Name, err)
 		}
@@ -229,6 +246,11 @@ func (s *Session) Run(inputs []Tensor, int64s map[string][]int64) ([]Tensor, err
 		fi++
 	}
 	outs := make([]ort.Value, len(s.Outputs))
+	if s.staticOutputs() {
+		for i, t := range s.outs {
+			outs[i] = t
+		}
+	}
 	if err := s.s.Run(vals, outs); err != nil {
 		return nil, fmt.Errorf("onnx: running %s failed: %w", filepath.Base(s.Path), err)
 	}
@@ -239,14 +261,86 @@ func (s *Session) Run(inputs []Tensor, int64s map[string][]int64) ([]Tensor, err
 			_ = o.Destroy()
 			return nil, fmt.Errorf("%w: output %q is %s, not float32", ErrModel, s.Outputs[i].Name, s.Outputs[i].Type)
 		}
+		if s.outs != nil {
+			res[i] = Tensor{Shape: t.GetShape(), Data: t.GetData()}
+			continue
+		}
 		res[i] = Tensor{Shape: t.GetShape(), Data: append([]float32(nil), t.GetData()...)}
 		_ = o.Destroy()
 	}
 	return res, nil
 }
 
+// inputTensor wraps the caller's buffer, reusing the tensor of the last run
+// when the buffer and shape are the same.
+func (s *Session) inputTensor(i int, in Tensor) (*ort.Tensor[float32], error) {
+	for len(s.inCache) <= i {
+		s.inCache = append(s.inCache, cachedInput{})
+	}
+	c := &s.inCache[i]
+	if c.t != nil && len(in.Data) > 0 && c.data == &in.Data[0] && c.n == len(in.Data) && slices.Equal(c.shape, in.Shape) {
+		return c.t, nil
+	}
+	if c.t != nil {
+		_ = c.t.Destroy()
+		c.t = nil
+	}
+	t, err := ort.NewTensor(ort.NewShape(in.Shape...), in.Data)
+	if err != nil {
+		return nil, err
+	}
+	*c = cachedInput{shape: slices.Clone(in.Shape), n: len(in.Data), t: t}
+	if len(in.Data) > 0 {
+		c.data = &in.Data[0]
+	}
+	return t, nil
+}
+
+// staticOutputs allocates reusable output tensors once, when every output
+// shape is fixed and float32.
+func (s *Session) staticOutputs() bool {
+	if s.outs != nil {
+		return true
+	}
+	for _, o := range s.Outputs {
+		if o.Type != ort.TensorElementDataType(ort.TensorElementDataTypeFloat).String() {
+			return false
+		}
+		for _, d := range o.Shape {
+			if d <= 0 {
+				return false
+			}
+		}
+	}
+	outs := make([]*ort.Tensor[float32], len(s.Outputs))
+	for i, o := range s.Outputs {
+		t, err := ort.NewEmptyTensor[float32](ort.NewShape(o.Shape...))
+		if err != nil {
+			for _, x := range outs[:i] {
+				_ = x.Destroy()
+			}
+			return false
+		}
+		outs[i] = t
+	}
+	s.outs = outs
+	return true
+}
+
 // Close frees the session.
 func (s *Session) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.inCache {
+		if c.t != nil {
+			_ = c.t.Destroy()
+		}
+	}
+	s.inCache = nil
+	for _, t := range s.outs {
+		_ = t.Destroy()
+	}
+	s.outs = nil
 	if s.s != nil {
 		err := s.s.Destroy()
 		s.s = nil
