@@ -183,7 +183,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 			log: r.log.With("stage", sc.Name, "kind", sc.Kind)}
 		n.m = &stageMetrics{name: sc.Name, kind: sc.Kind, terminal: len(sc.outputs) == 0}
 		if n.nInputs > 0 {
-			n.q = newQueue(r.cfg.Queue*n.nInputs, r.cfg.Flow)
+			n.q = newQueue(r.cfg.Queue*n.nInputs, r.nodeFlow(sc))
 			n.m.q = n.q
 		}
 		if useNATS {
@@ -210,7 +210,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 			ref := consumerRef{stage: n.cfg.Name, input: i, q: n.q}
 			consumers[in.Stage+"."+port.Name] = append(consumers[in.Stage+"."+port.Name], ref)
 			if useNATS {
-				s, err := newNATSSubscriber(ctx, n.nc, Subject(r.cfg.Name, in.Stage, port.Name), ref, r.cfg.Flow, r.cfg.Queue, r.fail)
+				s, err := newNATSSubscriber(ctx, n.nc, Subject(r.cfg.Name, in.Stage, port.Name), ref, r.edgeFlow(port.Type), r.cfg.Queue, r.fail)
 				if err != nil {
 					return err
 				}
@@ -225,7 +225,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 				n.pubs[p.Name] = &localPublisher{consumers: cs}
 				continue
 			}
-			pub, err := newNATSPublisher(n.nc, Subject(r.cfg.Name, n.cfg.Name, p.Name), cs, r.cfg.Flow, r.cfg.Queue)
+			pub, err := newNATSPublisher(n.nc, Subject(r.cfg.Name, n.cfg.Name, p.Name), cs, r.edgeFlow(p.Type), r.cfg.Queue)
 			if err != nil {
 				return err
 			}
@@ -279,6 +279,27 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("%w: %v", ErrCanceled, context.Cause(ctx))
 	}
 	return nil
+}
+
+// edgeFlow is the flow control of an edge. drop-oldest applies to raw
+// frames only: a dropped frame is a skipped picture, but a dropped
+// compressed packet breaks every frame that refers to it, so packet edges
+// always block and the drops happen on the raw frames in front of them.
+func (r *Runner) edgeFlow(t PortType) FlowMode {
+	if r.cfg.Flow == FlowDropOldest && t.Kind != envelope.KindPacket {
+		return FlowDropOldest
+	}
+	return FlowBlock
+}
+
+// nodeFlow is the flow control of a stage's input queue: block if any input carries packets.
+func (r *Runner) nodeFlow(sc *StageConfig) FlowMode {
+	for _, t := range sc.inTypes {
+		if r.edgeFlow(t) == FlowBlock {
+			return FlowBlock
+		}
+	}
+	return r.cfg.Flow
 }
 
 func (r *Runner) runNode(ctx context.Context, n *node) (err error) {
