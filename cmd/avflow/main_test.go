@@ -615,3 +615,91 @@ stages:
 		})
 	}
 }
+
+// TestEncoders encodes a lavfi clip with each video encoder the issue names.
+func TestEncoders(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	tests := []struct {
+		codec, params, file, want string
+	}{
+		{"libx264", "preset: ultrafast, crf: 28", "out.mp4", "h264"},
+		{"libx265", "preset: ultrafast, crf: 30", "out.mkv", "hevc"},
+		{"libvpx-vp9", "crf: 40, options: {deadline: realtime, cpu-used: \"8\"}", "out.webm", "vp9"},
+		{"libsvtav1", "preset: \"12\", crf: 45", "out.mkv", "av1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.codec, func(t *testing.T) {
+			dir := t.TempDir()
+			p := writePipeline(t, dir, fmt.Sprintf(`name: enc
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25", max_frames: 20}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: enc, kind: encode, inputs: [dec], params: {codec: %s, gop: 10, %s}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: %s}}
+`, tt.codec, tt.params, tt.file))
+			r := avflow(t, nil, "run", p)
+			if r.code != 0 {
+				t.Fatalf("exit %d:\n%s", r.code, r.stderr)
+			}
+			v := probe(t, filepath.Join(dir, tt.file))["video"]
+			if v.CodecName != tt.want || v.Width != 320 || v.frames() != 20 {
+				t.Fatalf("got %+v, want 20 %s 320x240 frames", v, tt.want)
+			}
+		})
+	}
+}
+
+// TestNetworkSinks pushes a stream to an ffmpeg CLI listening for RTMP and
+// for SRT on loopback, and checks what it received.
+func TestNetworkSinks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	tests := []struct {
+		name, listen, push, ext string
+	}{
+		{"rtmp", "rtmp://127.0.0.1:%d/live/test", "rtmp://127.0.0.1:%d/live/test", "flv"},
+		{"srt", "srt://127.0.0.1:%d?mode=listener", "srt://127.0.0.1:%d?mode=caller", "ts"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			port := freePort(t)
+			got := filepath.Join(dir, "received."+tt.ext)
+			args := []string{"-v", "error", "-y"}
+			if tt.name == "rtmp" {
+				args = append(args, "-listen", "1")
+			}
+			args = append(args, "-i", fmt.Sprintf(tt.listen, port), "-c", "copy", got)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			recv := exec.CommandContext(ctx, "ffmpeg", args...)
+			var rerr bytes.Buffer
+			recv.Stderr = &rerr
+			if err := recv.Start(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Second) // let the listener bind
+			p := writePipeline(t, dir, fmt.Sprintf(`name: push
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25", max_frames: 50, realtime: true}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: enc, kind: encode, inputs: [dec], params: {codec: libx264, preset: ultrafast, tune: zerolatency, gop: 25}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
+`, fmt.Sprintf(tt.push, port)))
+			r := avflow(t, nil, "run", p)
+			if r.code != 0 {
+				t.Fatalf("exit %d:\n%s", r.code, r.stderr)
+			}
+			// An SRT listener reports the caller hanging up as an I/O error;
+			// what counts is what it wrote.
+			_ = recv.Wait()
+			v := probe(t, got)["video"]
+			if v.CodecName != "h264" || v.Width != 320 || v.frames() != 50 {
+				t.Fatalf("received %+v, want 50 h264 320x240 frames\nreceiver: %s", v, rerr.String())
+			}
+		})
+	}
+}

@@ -13,65 +13,118 @@ import (
 // Detect runs the model on one frame and returns frame-normalised results
 // at or above the threshold.
 func (s *Detector) Detect(f *astiav.Frame) ([]box, error) {
-	card := s.m.card
-	tw, th, _, _, err := s.prep.size(f.Width(), f.Height())
+	res, err := s.DetectBatch([]*astiav.Frame{f})
 	if err != nil {
-		return nil, fmt.Errorf("%w: model %s: %v", ErrInfer, card.Name, err)
+		return nil, err
 	}
+	return res[0], nil
+}
+
+// Batchable reports whether the model takes several images per run (a
+// dynamic first dimension); otherwise DetectBatch runs them one by one.
+func (s *Detector) Batchable() bool {
+	sh := s.m.card.Inputs[0].Shape
+	return len(sh) == 4 && sh[0] < 0
+}
+
+// DetectBatch runs the model on several frames. Frames that make tensors
+// of the same size go through the model together when it is Batchable.
+func (s *Detector) DetectBatch(frames []*astiav.Frame) ([][]box, error) {
+	card := s.m.card
+	res := make([][]box, len(frames))
 	ch := 3
 	if card.Inputs[0].Color == "GRAY" {
 		ch = 1
 	}
-	if need := ch * tw * th; cap(s.buf) < need {
-		s.buf = make([]float32, need)
-	}
-	s.buf = s.buf[:ch*tw*th]
-	shape, geo, err := s.prep.fill(f, s.buf)
-	if err != nil {
-		return nil, err
-	}
-	outs, err := s.m.sess.Run([]onnx.Tensor{{Shape: shape, Data: s.buf}}, nil)
-	if err != nil {
-		return nil, fmt.Errorf("%w: model %s: %v", ErrInfer, card.Name, err)
-	}
-	d := card.Decoder
-	var dets []box
-	switch d.Type {
-	case "ultraface":
-		dets = decodeUltraFace(outs[0].Data, outs[1].Data, s.thr, nmsOr(d.NMSIoU))
-	case "yolo":
-		dets = decodeYOLO(outs[0].Data, outs[0].Shape, d.Layout, tw, th, s.thr, nmsOr(d.NMSIoU))
-	case "classifier":
-		dets = decodeClassifier(outs[0].Data, max(1, d.TopK))
-	case "dbnet":
-		sh := outs[0].Shape
-		if len(sh) != 4 {
-			return nil, fmt.Errorf("%w: model %s: probability map shape %v", ErrInfer, card.Name, sh)
+	for start := 0; start < len(frames); {
+		tw, th, _, _, err := s.prep.size(frames[start].Width(), frames[start].Height())
+		if err != nil {
+			return nil, fmt.Errorf("%w: model %s: %v", ErrInfer, card.Name, err)
 		}
-		dets = decodeDBNet(outs[0].Data, int(sh[3]), int(sh[2]), s.thr, d.BoxThreshold, d.UnclipRatio)
-	default:
-		return nil, fmt.Errorf("%w: model %s: decoder %s does not apply to video frames", ErrInfer, card.Name, d.Type)
-	}
-	for i := range dets {
-		if d.Type != "classifier" {
-			dets[i] = geo.toFrame(dets[i])
+		// The run: as many following frames of the same tensor size as the model takes.
+		end := start + 1
+		for s.Batchable() && end < len(frames) {
+			w, h, _, _, err := s.prep.size(frames[end].Width(), frames[end].Height())
+			if err != nil || w != tw || h != th {
+				break
+			}
+			end++
 		}
-		dets[i].Model = card.Name
-		if c := int(dets[i].Class); c >= 0 && c < len(card.Labels) {
-			dets[i].Label = card.Labels[c]
+		n, per := end-start, ch*tw*th
+		if cap(s.buf) < n*per {
+			s.buf = make([]float32, n*per)
 		}
-	}
-	if s.rec != nil {
-		for i := range dets {
-			text, score, err := s.rec.read(f, dets[i])
+		s.buf = s.buf[:n*per]
+		geos := make([]geometry, n)
+		var shape []int64
+		for i := 0; i < n; i++ {
+			if shape, geos[i], err = s.prep.fill(frames[start+i], s.buf[i*per:(i+1)*per]); err != nil {
+				return nil, err
+			}
+		}
+		shape[0] = int64(n)
+		outs, err := s.m.sess.Run([]onnx.Tensor{{Shape: shape, Data: s.buf}}, nil)
+		if err != nil {
+			return nil, fmt.Errorf("%w: model %s: %v", ErrInfer, card.Name, err)
+		}
+		for i := 0; i < n; i++ {
+			dets, err := s.decode(outs, i, n, tw, th)
 			if err != nil {
 				return nil, err
 			}
-			dets[i].Text = text
-			_ = score
+			for j := range dets {
+				if card.Decoder.Type != "classifier" {
+					dets[j] = geos[i].toFrame(dets[j])
+				}
+				dets[j].Model = card.Name
+				if c := int(dets[j].Class); c >= 0 && c < len(card.Labels) {
+					dets[j].Label = card.Labels[c]
+				}
+			}
+			if s.rec != nil {
+				for j := range dets {
+					if dets[j].Text, _, err = s.rec.read(frames[start+i], dets[j]); err != nil {
+						return nil, err
+					}
+				}
+			}
+			res[start+i] = dets
 		}
+		start = end
 	}
-	return dets, nil
+	return res, nil
+}
+
+// item returns image i of n from a batched output.
+func item(t onnx.Tensor, i, n int) ([]float32, []int64) {
+	per := len(t.Data) / n
+	shape := append([]int64{1}, t.Shape[1:]...)
+	return t.Data[i*per : (i+1)*per], shape
+}
+
+// decode turns the outputs of image i of a batch of n into boxes.
+func (s *Detector) decode(outs []onnx.Tensor, i, n, tw, th int) ([]box, error) {
+	card := s.m.card
+	d := card.Decoder
+	switch d.Type {
+	case "ultraface":
+		scores, _ := item(outs[0], i, n)
+		boxes, _ := item(outs[1], i, n)
+		return decodeUltraFace(scores, boxes, s.thr, nmsOr(d.NMSIoU)), nil
+	case "yolo":
+		data, shape := item(outs[0], i, n)
+		return decodeYOLO(data, shape, d.Layout, tw, th, s.thr, nmsOr(d.NMSIoU)), nil
+	case "classifier":
+		data, _ := item(outs[0], i, n)
+		return decodeClassifier(data, max(1, d.TopK)), nil
+	case "dbnet":
+		data, sh := item(outs[0], i, n)
+		if len(sh) != 4 {
+			return nil, fmt.Errorf("%w: model %s: probability map shape %v", ErrInfer, card.Name, outs[0].Shape)
+		}
+		return decodeDBNet(data, int(sh[3]), int(sh[2]), s.thr, d.BoxThreshold, d.UnclipRatio), nil
+	}
+	return nil, fmt.Errorf("%w: model %s: decoder %s does not apply to video frames", ErrInfer, card.Name, d.Type)
 }
 
 func nmsOr(v float32) float32 {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
@@ -189,37 +190,51 @@ func (s *Video) BatchLimits() (int, time.Duration) {
 	return s.in.Params.Int("max_batch"), s.in.Params.Duration("max_wait")
 }
 
-// Process runs the model on the frames due for it and passes every frame on.
+// Process runs the model on the frames due for it (together, when the
+// model takes batches) and passes every frame on.
 func (s *Video) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	out := make(pipeline.Batch, 0, 2*len(in))
-	for _, e := range in {
+	var due []int
+	var frames []*astiav.Frame
+	for i, e := range in {
 		n := s.counts[e.Stream]
 		s.counts[e.Stream] = n + 1
-		inferred := false
-		if n%s.interval == 0 {
-			f, err := codecs.FrameOf(e)
-			if err != nil {
-				return out, err
-			}
-			dets, err := s.Detect(f)
-			if err != nil {
-				return out, err
-			}
-			e.Detections = append(e.Detections, dets...)
-			inferred = true
-			s.Inferred++
+		if n%s.interval != 0 {
+			continue
 		}
+		f, err := codecs.FrameOf(e)
+		if err != nil {
+			return nil, err
+		}
+		due = append(due, i)
+		frames = append(frames, f)
+	}
+	inferred := make([]bool, len(in))
+	if len(frames) > 0 {
+		res, err := s.DetectBatch(frames)
+		if err != nil {
+			return nil, err
+		}
+		for k, i := range due {
+			in[i].Detections = append(in[i].Detections, res[k]...)
+			inferred[i] = true
+		}
+		s.Inferred += int64(len(frames))
+	}
+	out := make(pipeline.Batch, 0, 2*len(in))
+	for i, e := range in {
 		cp := *e
 		e.Local = nil
 		cp.Port = "out"
-		if cp.Meta == nil {
-			cp.Meta = map[string]string{}
-		}
-		if inferred {
-			cp.Meta["infer."+s.Model()] = "1"
+		if inferred[i] {
+			meta := make(map[string]string, len(e.Meta)+1)
+			for k, v := range e.Meta {
+				meta[k] = v
+			}
+			meta["infer."+s.Model()] = "1"
+			cp.Meta = meta
 		}
 		out = append(out, &cp)
-		if inferred {
+		if inferred[i] {
 			out = append(out, &envelope.Envelope{Kind: envelope.KindData, Media: e.Media, Port: "meta", PTS: e.PTS, DTS: e.DTS,
 				TimeBase: e.TimeBase, Detections: append([]envelope.Detection(nil), cp.Detections...),
 				Meta: map[string]string{"stream": e.Stream, "model": s.Model()}, Stamps: append([]envelope.Stamp(nil), e.Stamps...)})

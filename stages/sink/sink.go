@@ -125,6 +125,15 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 		}
 	case strings.HasPrefix(path, "srt://") || strings.HasPrefix(path, "udp://") || strings.HasPrefix(path, "tcp://"):
 		s.path = path
+		if strings.HasPrefix(path, "srt://") && !strings.Contains(path, "linger=") {
+			// Live-mode SRT drops what is still unsent when the socket closes;
+			// give the last packets time to leave.
+			sep := "?"
+			if strings.Contains(path, "?") {
+				sep = "&"
+			}
+			s.path += sep + "linger=2"
+		}
 		if s.format == "" {
 			s.format = "mpegts"
 		}
