@@ -1,12 +1,12 @@
 // Command avflow-bench measures avflow against its peers doing the same work
 // in the same run, and writes the results as markdown (BENCHMARKS.md).
 //
-//	make bench      # = go run ./cmd/avflow-bench -avflow bin/avflow -out BENCHMARKS.md
+//		make bench      # = go run ./cmd/avflow-bench -avflow bin/avflow -out BENCHMARKS.md
 //
-//  1. Transcode: 600 frames of a generated 1080p H.264 clip to 720p libx264
-//     veryfast, avflow (embedded NATS, and in-process) vs the ffmpeg CLI.
-//  2. Edge: raw 720p frames over one avflow edge vs a bare nats.go
-//     publish/subscribe loop with the same payload on the same server.
+//	 1. Transcode: 600 frames of a generated 1080p H.264 clip to 720p libx264
+//	    veryfast, avflow (embedded NATS, and in-process) vs the ffmpeg CLI.
+//	 2. Edge: raw 720p frames over one avflow edge vs a bare nats.go
+//	    publish/subscribe loop with the same payload on the same server.
 //
 // Runs are interleaved (peer, avflow, peer, avflow, ...) and the median is
 // reported, because this machine is shared and noisy.

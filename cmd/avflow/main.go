@@ -19,8 +19,8 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
-	"github.com/avflow/avflow/stages/infer/onnx"
 	_ "github.com/avflow/avflow/stages/all"
+	"github.com/avflow/avflow/stages/infer/onnx"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 )
