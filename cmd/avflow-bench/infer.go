@@ -232,6 +232,22 @@ func inferBatch(b *strings.Builder) {
 		fmt.Fprintf(b, "| %d | %d | %.2fs | %.1f |\n", mb, c.meta.Load(), wall.Seconds(), float64(c.meta.Load())/wall.Seconds())
 	}
 	b.WriteString("\n")
+	fmt.Fprintf(b, "The same with PP-OCRv4 det, whose batch dimension is dynamic: frames of equal size from the 4 streams share one Run (4 lavfi 640x256 sources, 40 frames each, 2 threads).\n\n| max_batch | frames | wall | fps |\n|---:|---:|---:|---:|\n")
+	for _, mb := range []int{1, 4, 8} {
+		var sb strings.Builder
+		sb.WriteString("name: batch\nstages:\n")
+		for i := 0; i < 4; i++ {
+			fmt.Fprintf(&sb, "  - {name: s%d, kind: source, params: {url: \"lavfi:testsrc2=size=640x256:rate=30\", max_frames: 40}}\n  - {name: d%d, kind: decode, inputs: [s%d.video]}\n", i, i, i)
+		}
+		fmt.Fprintf(&sb, "  - {name: ocr, kind: infer, inputs: [merge], params: {model: ppocr-v4-det, threads: 2, max_batch: %d, max_wait: 20ms}}\n", mb)
+		fmt.Fprintf(&sb, "  - {name: merge, kind: merge, inputs: [d0, d1, d2, d3]}\n  - {name: c, kind: count, inputs: [ocr.meta]}\n")
+		c, wall, _, err := runWithMerge(sb.String())
+		if err != nil {
+			fail(err)
+		}
+		fmt.Fprintf(b, "| %d | %d | %.2fs | %.1f |\n", mb, c.meta.Load(), wall.Seconds(), float64(c.meta.Load())/wall.Seconds())
+	}
+	b.WriteString("\n")
 }
 
 // runWithMerge adds a "merge" stage (frames of several inputs out of one port).
