@@ -703,3 +703,28 @@ stages:
 		})
 	}
 }
+
+// TestWrongRuntimeVersion builds a tiny library that says it is ONNX
+// Runtime 1.23.0: avflow must refuse it with both versions in the message.
+func TestWrongRuntimeVersion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "fake.c")
+	os.WriteFile(src, []byte(`
+typedef struct { const void *(*GetApi)(unsigned int); const char *(*GetVersionString)(void); } base_t;
+static const void *api(unsigned int v) { (void)v; return 0; }
+static const char *ver(void) { return "1.23.0"; }
+static const base_t base = { api, ver };
+const base_t *OrtGetApiBase(void) { return &base; }
+`), 0o644)
+	lib := filepath.Join(dir, "libonnxruntime.so.1")
+	if out, err := exec.Command("cc", "-shared", "-fPIC", "-o", lib, src).CombinedOutput(); err != nil {
+		t.Fatalf("cc: %v\n%s", err, out)
+	}
+	r := avflow(t, nil, "--onnxruntime", lib, "models", "check", "ultraface-slim-320")
+	if r.code == 0 || !strings.Contains(r.stderr, "is ONNX Runtime 1.23.0, avflow needs 1.24.1") {
+		t.Fatalf("exit %d, want a version error:\n%s", r.code, r.stderr)
+	}
+}

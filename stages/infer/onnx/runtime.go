@@ -83,6 +83,15 @@ func Init() error {
 			initErr = fmt.Errorf("%w: %s does not exist (run make setup, or set %s)", ErrLibrary, libPath, EnvLibrary)
 			return
 		}
+		v, err := probeVersion(libPath)
+		if err != nil {
+			initErr = fmt.Errorf("%w: loading %s failed: %v (run make setup, or set %s)", ErrLibrary, libPath, err, EnvLibrary)
+			return
+		}
+		if v != WantVersion {
+			initErr = fmt.Errorf("%w: %s is ONNX Runtime %s, avflow needs %s (run make setup, or set %s)", ErrVersion, libPath, v, WantVersion, EnvLibrary)
+			return
+		}
 		ort.SetSharedLibraryPath(libPath)
 		if err := ort.InitializeEnvironment(ort.WithLogLevelError()); err != nil {
 			initErr = fmt.Errorf("%w: loading %s failed: %v (run make setup, or set %s)", ErrLibrary, libPath, err, EnvLibrary)
