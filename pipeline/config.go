@@ -88,7 +88,10 @@ type StageConfig struct {
 	Name        string
 	Kind        string
 	Inputs      []Input
-	Accelerator string
+	Accelerator string   // cpu (default), gpu, npu or auto
+	Device      string   // optional exact device, e.g. cuda:0
+	Fallback    []string // kinds to try when the requested one is missing
+	Strict      bool     // fail instead of falling back
 	Pos         Pos
 	// RawParams are the params as written (YAML nodes, for positions); Params
 	// holds them typed, with defaults, after validation.
@@ -262,8 +265,35 @@ func parseStage(n *yaml.Node, file string, bad func(*yaml.Node, string, ...any))
 			s.Kind = scalar(v, bad)
 		case "accelerator":
 			s.Accelerator = scalar(v, bad)
-			if s.Accelerator != "cpu" {
-				bad(v, "accelerator %q is not supported yet: only cpu works in this version (gpu, npu and auto arrive with device discovery)", s.Accelerator)
+			switch s.Accelerator {
+			case "cpu", "gpu", "npu", "auto":
+			default:
+				bad(v, "accelerator %q: want cpu, gpu, npu or auto", s.Accelerator)
+			}
+		case "device":
+			s.Device = scalar(v, bad)
+		case "strict":
+			b, err := strconv.ParseBool(scalar(v, bad))
+			if err != nil {
+				bad(v, "strict %q: want true or false", v.Value)
+			}
+			s.Strict = b
+		case "fallback":
+			var items []*yaml.Node
+			switch v.Kind {
+			case yaml.SequenceNode:
+				items = v.Content
+			case yaml.ScalarNode:
+				items = []*yaml.Node{v}
+			default:
+				bad(v, "fallback must be a list of cpu, gpu, npu")
+			}
+			for _, it := range items {
+				k := scalar(it, bad)
+				if k != "cpu" && k != "gpu" && k != "npu" {
+					bad(it, "fallback %q: want cpu, gpu or npu", k)
+				}
+				s.Fallback = append(s.Fallback, k)
 			}
 		case "inputs":
 			var items []*yaml.Node
@@ -296,7 +326,7 @@ func parseStage(n *yaml.Node, file string, bad func(*yaml.Node, string, ...any))
 				s.RawParams[pk.Value] = pv
 			}
 		default:
-			bad(k, "unknown stage key %q (want name, kind, inputs, params, accelerator)", k.Value)
+			bad(k, "unknown stage key %q (want name, kind, inputs, params, accelerator, device, fallback, strict)", k.Value)
 		}
 	}
 	if s.Name == "" {

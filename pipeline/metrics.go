@@ -15,6 +15,7 @@ import (
 // stageMetrics are one stage's live counters.
 type stageMetrics struct {
 	name, kind string
+	device     string
 	in, out    atomic.Int64
 	videoIn    atomic.Int64
 	busyNS     atomic.Int64
@@ -46,6 +47,7 @@ func (m *stageMetrics) observeLatency(e *envelope.Envelope, now int64) {
 // StageStats is a snapshot of one stage.
 type StageStats struct {
 	Name, Kind string
+	Device     string // the device the stage is bound to
 	In, Out    int64   // messages taken and emitted
 	VideoIn    int64   // video messages taken
 	FPS        float64 // messages emitted per second of run time
@@ -75,7 +77,7 @@ func (m *Metrics) Snapshot() []StageStats {
 	el := time.Since(m.start).Seconds()
 	out := make([]StageStats, 0, len(m.stages))
 	for _, s := range m.stages {
-		st := StageStats{Name: s.name, Kind: s.kind, In: s.in.Load(), Out: s.out.Load(), VideoIn: s.videoIn.Load(), Terminal: s.terminal}
+		st := StageStats{Name: s.name, Kind: s.kind, Device: s.device, In: s.in.Load(), Out: s.out.Load(), VideoIn: s.videoIn.Load(), Terminal: s.terminal}
 		if el > 0 {
 			st.FPS = float64(st.Out) / el
 			if st.Terminal {
@@ -114,9 +116,9 @@ func (m *Metrics) Progress() int64 {
 // WriteTable prints the per-stage summary.
 func (m *Metrics) WriteTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "stage\tkind\tin\tout\tfps\tbusy ms\tlatency ms\tmax ms\tqueue\tdrops\t")
+	fmt.Fprintln(tw, "stage\tkind\tin\tout\tfps\tbusy ms\tlatency ms\tmax ms\tqueue\tdrops\tdevice\t")
 	for _, s := range m.Snapshot() {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%.2f\t%.1f\t%.1f\t%d\t%d\t\n", s.Name, s.Kind, s.In, s.Out, s.FPS, s.BusyMs, s.LatencyMs, s.MaxLatMs, s.Depth, s.Drops)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%.2f\t%.1f\t%.1f\t%d\t%d\t%s\t\n", s.Name, s.Kind, s.In, s.Out, s.FPS, s.BusyMs, s.LatencyMs, s.MaxLatMs, s.Depth, s.Drops, s.Device)
 	}
 	tw.Flush()
 }
@@ -141,7 +143,7 @@ func (m *Metrics) WritePrometheus(w io.Writer, pipeline string) {
 	}
 	lbl := func(s StageStats) string {
 		esc := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
-		return fmt.Sprintf(`{pipeline="%s",stage="%s",kind="%s"}`, esc.Replace(pipeline), esc.Replace(s.Name), esc.Replace(s.Kind))
+		return fmt.Sprintf(`{pipeline="%s",stage="%s",kind="%s",device="%s"}`, esc.Replace(pipeline), esc.Replace(s.Name), esc.Replace(s.Kind), esc.Replace(s.Device))
 	}
 	for _, se := range all {
 		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", se.name, se.help, se.name, se.typ)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline/envelope"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -34,6 +35,8 @@ type Options struct {
 	Transport string
 	// Log receives structured logs; nil uses slog.Default().
 	Log *slog.Logger
+	// Devices is the machine's inventory for binding stages; nil discovers it.
+	Devices *accelerators.Inventory
 }
 
 // Runner runs one validated pipeline once.
@@ -238,11 +241,30 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		}
 	}
 
-	// Build the stages.
+	// Bind every stage to a device, then build the stages.
+	inv := r.opts.Devices
+	if inv == nil {
+		m := accelerators.Machine("")
+		inv = &m
+	}
+	binds := map[*node]accelerators.Binding{}
 	for _, n := range nodes {
+		b, err := accelerators.Bind(*inv, accelerators.Request{Stage: n.cfg.Name, Accelerator: n.cfg.Accelerator,
+			Device: n.cfg.Device, Fallback: n.cfg.Fallback, Strict: n.cfg.Strict, Supported: n.cfg.spec.Accelerators})
+		if err != nil {
+			return fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err)
+		}
+		binds[n] = b
+		n.m.device = b.Device.ID
+		if b.Fallback {
+			n.log.Warn("accelerator fallback", "wanted", b.Wanted, "device", b.Device.ID, "why", b.Why)
+		}
+	}
+	for _, n := range nodes {
+		b := binds[n]
 		st, err := n.cfg.spec.New(ctx, Init{
 			Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
-			Outputs: n.ports, Dir: r.cfg.Dir, Accelerator: n.cfg.Accelerator, Log: n.log,
+			Outputs: n.ports, Dir: r.cfg.Dir, Accelerator: string(b.Device.Kind), Device: b.Device, Log: n.log,
 			Live: r.cfg.Flow == FlowDropOldest,
 		})
 		if err != nil {
@@ -257,7 +279,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		if tf, ok := st.(TotalFramer); ok {
 			r.metrics.total.Add(tf.TotalFrames())
 		}
-		n.log.Info("stage ready", "accelerator", n.cfg.Accelerator, "transport", r.opts.Transport)
+		n.log.Info("stage ready", "device", binds[n].Device.ID, "transport", r.opts.Transport)
 	}
 	close(r.ready)
 

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline/envelope"
 )
 
@@ -74,6 +75,9 @@ type Spec struct {
 	Check func(p Params, dir string) error
 	// New builds a running stage.
 	New func(ctx context.Context, in Init) (Stage, error)
+	// Accelerators are the device kinds the stage has an implementation
+	// for; empty means CPU only. A stage asked for another kind falls back.
+	Accelerators []accelerators.Kind
 }
 
 func (s *Spec) param(name string) *Param {

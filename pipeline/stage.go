@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline/envelope"
 )
 
@@ -44,7 +45,8 @@ type Init struct {
 	Inputs      []PortType // types of the input edges, in order
 	Outputs     []Port     // the stage's output ports
 	Dir         string     // folder of the pipeline file; relative paths resolve against it
-	Accelerator string     // the device the stage is bound to ("cpu")
+	Accelerator string     // the device kind the stage is bound to ("cpu", "gpu", "npu")
+	Device      accelerators.Device
 	Log         *slog.Logger
 	// Live is true when the pipeline's flow mode is drop-oldest (live input).
 	Live bool

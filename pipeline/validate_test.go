@@ -85,7 +85,8 @@ func TestValidate(t *testing.T) {
   - {name: a, kind: source, params: {url: "lavfi:testsrc2"}}
   - {name: b, kind: source, inputs: [a], params: {url: "lavfi:testsrc2"}}
 `, []string{"kind source takes no inputs"}},
-		{"gpu not yet", header + "  - {name: a, kind: source, accelerator: gpu, params: {url: lavfi:testsrc2}}\n", []string{"accelerator \"gpu\" is not supported yet"}},
+		{"bad accelerator", header + "  - {name: a, kind: source, accelerator: tpu, params: {url: lavfi:testsrc2}}\n", []string{":3:42: accelerator \"tpu\": want cpu, gpu, npu or auto"}},
+		{"bad fallback", header + "  - {name: a, kind: source, fallback: [fpga], params: {url: lavfi:testsrc2}}\n", []string{"fallback \"fpga\""}},
 		{"several problems at once", header + `
   - {name: a, kind: nope}
   - {name: b, kind: source, params: {url: "lavfi:x", bogus: 1}}

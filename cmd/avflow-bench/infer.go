@@ -314,7 +314,7 @@ func privacyStreams(b *strings.Builder, bin, work string) {
 			minFPS, drops, frames := 1e9, int64(0), int64(0)
 			for _, line := range strings.Split(string(out), "\n") {
 				f := strings.Fields(line)
-				if len(f) != 10 || f[1] == "kind" {
+				if len(f) != 11 || f[1] == "kind" {
 					continue
 				}
 				if strings.HasPrefix(f[0], "out") && f[1] == "sink" {

@@ -67,7 +67,7 @@ func run(args []string) int {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{runCmd(), validateCmd(), stagesCmd(), modelsCmd(), versionCmd()},
+		Commands: []*cli.Command{runCmd(), validateCmd(), stagesCmd(), modelsCmd(), devicesCmd(), versionCmd()},
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {
 				return

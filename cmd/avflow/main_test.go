@@ -406,7 +406,7 @@ func TestLiveHLS(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(body), `avflow_stage_messages_in_total{pipeline="live-hls",stage="venc",kind="encode"}`) {
+	if !strings.Contains(string(body), `avflow_stage_messages_in_total{pipeline="live-hls",stage="venc",kind="encode",device="cpu:0"}`) {
 		t.Errorf("metrics endpoint lacks the encoder's counter:\n%s", body)
 	}
 	_ = cmd.Process.Signal(syscall.SIGINT)
@@ -727,4 +727,35 @@ const base_t *OrtGetApiBase(void) { return &base; }
 	if r.code == 0 || !strings.Contains(r.stderr, "is ONNX Runtime 1.23.0, avflow needs 1.24.1") {
 		t.Fatalf("exit %d, want a version error:\n%s", r.code, r.stderr)
 	}
+}
+
+// TestAcceleratorFallback: a stage that asks for a GPU on this CPU-only
+// machine runs on the CPU with one warning; with strict: true it fails.
+func TestAcceleratorFallback(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	pipe := func(extra string) string {
+		return `name: fb
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=160x120:rate=10", max_frames: 5}}
+  - {name: dec, kind: decode, inputs: [src.video], accelerator: gpu` + extra + `}
+  - {name: enc, kind: encode, inputs: [dec], params: {codec: libx264}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: out/fb.mkv}}
+`
+	}
+	dir := t.TempDir()
+	r := avflow(t, nil, "run", writePipeline(t, dir, pipe("")))
+	if r.code != 0 {
+		t.Fatalf("fallback run failed: %d\n%s", r.code, r.stderr)
+	}
+	if n := strings.Count(r.stderr, "accelerator fallback"); n != 1 || !strings.Contains(r.stderr, "stage=dec") || !strings.Contains(r.stderr, "device=cpu:0") {
+		t.Errorf("want one fallback warning for dec, got %d:\n%s", n, r.stderr)
+	}
+	dir = t.TempDir()
+	r = avflow(t, nil, "run", writePipeline(t, dir, pipe(", strict: true")))
+	if r.code != 1 || !strings.Contains(r.stderr, `stage "dec" (decode): accelerator unavailable: stage "dec" asked for gpu (strict)`) {
+		t.Fatalf("strict: exit %d\n%s", r.code, r.stderr)
+	}
+	assertNoOutput(t, filepath.Join(dir, "out"))
 }

@@ -1,0 +1,105 @@
+package accelerators
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+)
+
+// ErrUnavailable reports a stage whose device cannot be had (strict, or no fallback left).
+var ErrUnavailable = errors.New("accelerator unavailable")
+
+// Request is what a stage asks for.
+type Request struct {
+	Stage       string
+	Accelerator string   // cpu, gpu, npu or auto
+	Device      string   // optional exact device id, e.g. cuda:0
+	Fallback    []string // kinds to try next, in order
+	Strict      bool     // fail instead of falling back
+	Supported   []Kind   // kinds the stage has an implementation for (empty: cpu)
+}
+
+// Binding is the device a stage runs on.
+type Binding struct {
+	Device   Device
+	Wanted   string // what was asked for
+	Fallback bool   // the device is not the one asked for
+	Why      string // why the one asked for was not used
+}
+
+// Bind chooses a device for a stage: the requested kind if this machine has
+// a usable one and the stage can run there, else the fallback list, else
+// (unless strict) the CPU.
+func Bind(inv Inventory, r Request) (Binding, error) {
+	supported := r.Supported
+	if len(supported) == 0 {
+		supported = []Kind{CPU}
+	}
+	want := r.Accelerator
+	if want == "" {
+		want = "cpu"
+	}
+	order := []string{want}
+	if want == "auto" {
+		order = []string{"gpu", "npu", "cpu"}
+	}
+	order = append(order, r.Fallback...)
+	if !r.Strict {
+		order = append(order, "cpu")
+	}
+	var why []string
+	for i, k := range order {
+		kind := Kind(k)
+		if !containsKind(supported, kind) {
+			why = append(why, fmt.Sprintf("stage has no %s implementation yet", kind))
+			continue
+		}
+		usable := inv.Usable(kind)
+		if r.Device != "" && i == 0 {
+			var match []Device
+			for _, d := range usable {
+				if d.ID == r.Device {
+					match = append(match, d)
+				}
+			}
+			if len(match) == 0 {
+				why = append(why, fmt.Sprintf("device %s is not usable here", r.Device))
+				continue
+			}
+			usable = match
+		}
+		if len(usable) == 0 {
+			why = append(why, fmt.Sprintf("no usable %s (%s)", kind, inv.Why(kind)))
+			continue
+		}
+		b := Binding{Device: usable[0], Wanted: want, Fallback: i > 0 && want != "auto"}
+		if b.Fallback || (want == "auto" && kind == CPU) {
+			b.Why = strings.Join(why, "; ")
+		}
+		return b, nil
+	}
+	return Binding{}, fmt.Errorf("%w: stage %q asked for %s (strict): %s", ErrUnavailable, r.Stage, want, strings.Join(why, "; "))
+}
+
+func containsKind(list []Kind, k Kind) bool {
+	for _, x := range list {
+		if x == k {
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	machineOnce sync.Once
+	machine     Inventory
+)
+
+// Machine discovers this machine once per process (with FFmpeg probes).
+func Machine(ortLibrary string) Inventory {
+	machineOnce.Do(func() {
+		machine = Discover(Options{Probe: ProbeFFmpeg, ORTLibrary: ortLibrary})
+	})
+	return machine
+}

@@ -1,0 +1,283 @@
+// Package accelerators discovers the devices a machine has (CPU, NVIDIA
+// GPUs, VA-API render nodes, NPUs, ONNX Runtime execution providers), says
+// for each absent one why, and binds pipeline stages to devices with a
+// clear fallback.
+package accelerators
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+)
+
+// Kind is a class of device.
+type Kind string
+
+const (
+	CPU Kind = "cpu"
+	GPU Kind = "gpu"
+	NPU Kind = "npu"
+)
+
+// Device is one device (or one way to reach it), with what it can do.
+type Device struct {
+	Kind   Kind
+	ID     string // cpu:0, cuda:0, vaapi:/dev/dri/renderD128, npu:0, ort:CUDAExecutionProvider
+	Name   string
+	Caps   []string // e.g. avx2, h264-decode, onnx
+	Usable bool     // usable at run time by this build on this machine
+	Reason string   // why not usable (or why absent)
+}
+
+// Inventory is what Discover found.
+type Inventory struct {
+	Devices []Device
+	Absent  []Device // kinds looked for and not found, with the reason
+}
+
+// Options point discovery at another root (tests use fake /proc and /dev trees).
+type Options struct {
+	Root string // "" is /
+	// Probe opens FFmpeg hardware device contexts to check usability; tests
+	// with fake trees leave it nil, so nothing fake is ever reported usable.
+	Probe func(kind, device string) error
+	// ORTLibrary is the ONNX Runtime library whose execution providers are listed.
+	ORTLibrary string
+	// LookPath finds commands (nvidia-smi); nil uses exec.LookPath.
+	LookPath func(string) (string, error)
+}
+
+func (o Options) path(p string) string { return filepath.Join(o.Root, p) }
+
+// Discover looks at the machine.
+func Discover(o Options) Inventory {
+	var inv Inventory
+	inv.Devices = append(inv.Devices, discoverCPU(o))
+	gpus, why := discoverNVIDIA(o)
+	inv.Devices = append(inv.Devices, gpus...)
+	if len(gpus) == 0 {
+		inv.Absent = append(inv.Absent, Device{Kind: GPU, ID: "cuda", Name: "NVIDIA GPU", Reason: why})
+	}
+	dri, why := discoverVAAPI(o)
+	inv.Devices = append(inv.Devices, dri...)
+	if len(dri) == 0 {
+		inv.Absent = append(inv.Absent, Device{Kind: GPU, ID: "vaapi", Name: "VA-API / QSV render node", Reason: why})
+	}
+	npus, why := discoverNPU(o)
+	inv.Devices = append(inv.Devices, npus...)
+	if len(npus) == 0 {
+		inv.Absent = append(inv.Absent, Device{Kind: NPU, ID: "npu", Name: "NPU (/dev/accel)", Reason: why})
+	}
+	eps, absent := discoverORT(o)
+	inv.Devices = append(inv.Devices, eps...)
+	inv.Absent = append(inv.Absent, absent...)
+	return inv
+}
+
+// Usable returns the usable devices of a kind.
+func (inv Inventory) Usable(k Kind) []Device {
+	var out []Device
+	for _, d := range inv.Devices {
+		if d.Kind == k && d.Usable {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// Why explains why no device of a kind is usable.
+func (inv Inventory) Why(k Kind) string {
+	var why []string
+	for _, d := range inv.Devices {
+		if d.Kind == k && !d.Usable {
+			why = append(why, d.ID+": "+d.Reason)
+		}
+	}
+	for _, d := range inv.Absent {
+		if d.Kind == k {
+			why = append(why, d.Name+": "+d.Reason)
+		}
+	}
+	if len(why) == 0 {
+		return "none found"
+	}
+	return strings.Join(why, "; ")
+}
+
+func discoverCPU(o Options) Device {
+	d := Device{Kind: CPU, ID: "cpu:0", Usable: true, Name: runtime.GOARCH}
+	f, err := os.Open(o.path("/proc/cpuinfo"))
+	cores := 0
+	flags := map[string]bool{}
+	if err == nil {
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 1<<16), 1<<20)
+		for sc.Scan() {
+			k, v, ok := strings.Cut(sc.Text(), ":")
+			if !ok {
+				continue
+			}
+			k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+			switch k {
+			case "model name":
+				d.Name = v
+			case "processor":
+				cores++
+			case "flags", "Features":
+				for _, fl := range strings.Fields(v) {
+					flags[fl] = true
+				}
+			}
+		}
+	}
+	if cores == 0 {
+		cores = runtime.NumCPU()
+	}
+	d.Caps = append(d.Caps, fmt.Sprintf("%d cores", cores))
+	for _, isa := range []struct{ flag, name string }{
+		{"sse4_2", "sse4.2"}, {"avx2", "avx2"}, {"fma", "fma"}, {"avx512f", "avx512"}, {"avx512_vnni", "avx512-vnni"},
+		{"avx512_bf16", "avx512-bf16"}, {"amx_tile", "amx"}, {"neon", "neon"}, {"asimd", "neon"}, {"sve", "sve"},
+	} {
+		if flags[isa.flag] && !contains(d.Caps, isa.name) {
+			d.Caps = append(d.Caps, isa.name)
+		}
+	}
+	d.Caps = append(d.Caps, "decode", "encode", "filter", "onnx")
+	return d
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// discoverNVIDIA reads the driver's /proc entries (and nvidia-smi when present).
+func discoverNVIDIA(o Options) ([]Device, string) {
+	infos, _ := filepath.Glob(o.path("/proc/driver/nvidia/gpus/*/information"))
+	sort.Strings(infos)
+	var out []Device
+	for i, p := range infos {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		name := "NVIDIA GPU"
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "Model" {
+				name = strings.TrimSpace(v)
+			}
+		}
+		d := Device{Kind: GPU, ID: fmt.Sprintf("cuda:%d", i), Name: name, Caps: []string{"nvdec", "cuda"}}
+		if !strings.Contains(name, "H100") && !strings.Contains(name, "H200") && !strings.Contains(name, "A100") {
+			d.Caps = append(d.Caps, "nvenc")
+		}
+		d.Usable, d.Reason = probe(o, "cuda", fmt.Sprint(i))
+		out = append(out, d)
+	}
+	if len(out) > 0 {
+		return out, ""
+	}
+	look := o.LookPath
+	if look == nil {
+		look = exec.LookPath
+	}
+	if _, err := os.Stat(o.path("/dev/nvidia0")); err != nil {
+		if _, err := look("nvidia-smi"); err != nil {
+			return nil, "no /dev/nvidia0 and no nvidia-smi: no NVIDIA driver"
+		}
+		return nil, "nvidia-smi is installed but there is no /dev/nvidia0: driver not loaded"
+	}
+	return nil, "/dev/nvidia0 exists but /proc/driver/nvidia lists no GPU"
+}
+
+func discoverVAAPI(o Options) ([]Device, string) {
+	nodes, _ := filepath.Glob(o.path("/dev/dri/renderD*"))
+	sort.Strings(nodes)
+	var out []Device
+	for _, n := range nodes {
+		dev := strings.TrimPrefix(n, filepath.Clean(o.Root))
+		if o.Root == "" || o.Root == "/" {
+			dev = n
+		}
+		d := Device{Kind: GPU, ID: "vaapi:" + dev, Name: "render node " + filepath.Base(n), Caps: []string{"vaapi", "qsv"}}
+		if drv, err := os.Readlink(o.path("/sys/class/drm/" + filepath.Base(n) + "/device/driver")); err == nil {
+			d.Name += " (" + filepath.Base(drv) + ")"
+		}
+		d.Usable, d.Reason = probe(o, "vaapi", dev)
+		out = append(out, d)
+	}
+	if len(out) == 0 {
+		return nil, "no /dev/dri/renderD* device node"
+	}
+	return out, ""
+}
+
+func discoverNPU(o Options) ([]Device, string) {
+	nodes, _ := filepath.Glob(o.path("/dev/accel/accel*"))
+	sort.Strings(nodes)
+	var out []Device
+	for i, n := range nodes {
+		d := Device{Kind: NPU, ID: fmt.Sprintf("npu:%d", i), Name: "accel node " + filepath.Base(n), Caps: []string{"onnx (OpenVINO NPU)"}}
+		d.Reason = "needs ONNX Runtime with the OpenVINO execution provider (this build has none)"
+		out = append(out, d)
+	}
+	if len(out) == 0 {
+		return nil, "no /dev/accel/accel* device node (Intel NPU driver not present)"
+	}
+	return out, ""
+}
+
+// ortProviders maps execution providers to the library files ONNX Runtime
+// loads them from, next to libonnxruntime.
+var ortProviders = []struct {
+	name, lib string
+	kind      Kind
+}{
+	{"CUDAExecutionProvider", "libonnxruntime_providers_cuda.so", GPU},
+	{"TensorrtExecutionProvider", "libonnxruntime_providers_tensorrt.so", GPU},
+	{"ROCMExecutionProvider", "libonnxruntime_providers_rocm.so", GPU},
+	{"MIGraphXExecutionProvider", "libonnxruntime_providers_migraphx.so", GPU},
+	{"OpenVINOExecutionProvider", "libonnxruntime_providers_openvino.so", NPU},
+	{"QNNExecutionProvider", "libonnxruntime_providers_qnn.so", NPU},
+}
+
+func discoverORT(o Options) ([]Device, []Device) {
+	var out, absent []Device
+	lib := o.ORTLibrary
+	if lib == "" {
+		absent = append(absent, Device{Kind: CPU, ID: "ort", Name: "ONNX Runtime", Reason: "library not found (run make setup)"})
+		return nil, absent
+	}
+	out = append(out, Device{Kind: CPU, ID: "ort:CPUExecutionProvider", Name: "ONNX Runtime CPU", Caps: []string{"onnx"}, Usable: true})
+	dir := filepath.Dir(lib)
+	for _, p := range ortProviders {
+		if _, err := os.Stat(filepath.Join(dir, p.lib)); err == nil {
+			out = append(out, Device{Kind: p.kind, ID: "ort:" + p.name, Name: "ONNX Runtime " + p.name, Caps: []string{"onnx"},
+				Reason: "provider library present; the GPU/NPU binding of the infer stage is not built yet"})
+			continue
+		}
+		absent = append(absent, Device{Kind: p.kind, ID: "ort:" + p.name, Name: "ONNX Runtime " + p.name,
+			Reason: fmt.Sprintf("library built without it (%s not beside %s)", p.lib, filepath.Base(lib))})
+	}
+	return out, absent
+}
+
+func probe(o Options, kind, dev string) (bool, string) {
+	if o.Probe == nil {
+		return false, "not probed (discovery only)"
+	}
+	if err := o.Probe(kind, dev); err != nil {
+		return false, err.Error()
+	}
+	return true, ""
+}

@@ -1,0 +1,145 @@
+package accelerators
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func write(t *testing.T, root, p, data string) {
+	t.Helper()
+	full := filepath.Join(root, p)
+	if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(full, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func noCommands(string) (string, error) { return "", errors.New("not found") }
+
+// TestDiscoverThisMachine: a CPU is always there and usable; every absent kind says why.
+func TestDiscoverThisMachine(t *testing.T) {
+	inv := Discover(Options{Probe: ProbeFFmpeg})
+	cpus := inv.Usable(CPU)
+	if len(cpus) == 0 || cpus[0].ID != "cpu:0" {
+		t.Fatalf("no usable CPU: %+v", inv)
+	}
+	if !strings.Contains(strings.Join(cpus[0].Caps, ","), "cores") {
+		t.Errorf("CPU caps lack the core count: %v", cpus[0].Caps)
+	}
+	if len(inv.Usable(GPU)) == 0 && inv.Why(GPU) == "none found" {
+		t.Errorf("no GPU and no reason")
+	}
+	for _, d := range inv.Absent {
+		if d.Reason == "" {
+			t.Errorf("absent %s without a reason", d.Name)
+		}
+	}
+}
+
+// TestDiscoverFakeTree: parsing of fake /proc and /dev trees; nothing fake is usable.
+func TestDiscoverFakeTree(t *testing.T) {
+	root := t.TempDir()
+	write(t, root, "/proc/cpuinfo", "processor\t: 0\nmodel name\t: Fake Xeon\nflags\t\t: fpu sse4_2 avx2 fma avx512f amx_tile\nprocessor\t: 1\n")
+	write(t, root, "/proc/driver/nvidia/gpus/0000:01:00.0/information", "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ: 1\n")
+	write(t, root, "/proc/driver/nvidia/gpus/0000:02:00.0/information", "Model: \t\t NVIDIA L4\n")
+	write(t, root, "/dev/dri/renderD128", "")
+	write(t, root, "/dev/accel/accel0", "")
+	ortDir := filepath.Join(root, "ort")
+	write(t, root, "/ort/libonnxruntime.so.1", "")
+	write(t, root, "/ort/libonnxruntime_providers_cuda.so", "")
+	inv := Discover(Options{Root: root, ORTLibrary: filepath.Join(ortDir, "libonnxruntime.so.1"), LookPath: noCommands})
+	byID := map[string]Device{}
+	for _, d := range inv.Devices {
+		byID[d.ID] = d
+	}
+	cpu := byID["cpu:0"]
+	if cpu.Name != "Fake Xeon" || !strings.Contains(strings.Join(cpu.Caps, ","), "2 cores,sse4.2,avx2,fma,avx512") || !strings.Contains(strings.Join(cpu.Caps, ","), "amx") {
+		t.Errorf("cpu: %+v", cpu)
+	}
+	h100, l4 := byID["cuda:0"], byID["cuda:1"]
+	if h100.Name != "NVIDIA H100 80GB HBM3" || contains(h100.Caps, "nvenc") || !contains(h100.Caps, "nvdec") {
+		t.Errorf("H100 (NVDEC, no NVENC): %+v", h100)
+	}
+	if !contains(l4.Caps, "nvenc") {
+		t.Errorf("L4 has NVENC: %+v", l4)
+	}
+	if _, ok := byID["vaapi:/dev/dri/renderD128"]; !ok {
+		t.Errorf("render node not found: %v", byID)
+	}
+	if _, ok := byID["npu:0"]; !ok {
+		t.Errorf("NPU not found")
+	}
+	if _, ok := byID["ort:CUDAExecutionProvider"]; !ok {
+		t.Errorf("CUDA EP library not seen")
+	}
+	for _, d := range inv.Devices {
+		if d.Kind != CPU && d.Usable {
+			t.Errorf("fake device %s reported usable", d.ID)
+		}
+	}
+	var tensorrt bool
+	for _, d := range inv.Absent {
+		if d.ID == "ort:TensorrtExecutionProvider" && strings.Contains(d.Reason, "built without it") {
+			tensorrt = true
+		}
+	}
+	if !tensorrt {
+		t.Errorf("absent TensorRT EP not explained: %+v", inv.Absent)
+	}
+}
+
+func TestDiscoverNothingSaysWhy(t *testing.T) {
+	inv := Discover(Options{Root: t.TempDir(), LookPath: noCommands})
+	if !strings.Contains(inv.Why(GPU), "no NVIDIA driver") || !strings.Contains(inv.Why(GPU), "no /dev/dri/renderD*") {
+		t.Errorf("GPU reason: %s", inv.Why(GPU))
+	}
+	if !strings.Contains(inv.Why(NPU), "/dev/accel") {
+		t.Errorf("NPU reason: %s", inv.Why(NPU))
+	}
+}
+
+func TestBind(t *testing.T) {
+	inv := Inventory{Devices: []Device{{Kind: CPU, ID: "cpu:0", Usable: true}, {Kind: GPU, ID: "cuda:0", Usable: true}},
+		Absent: []Device{{Kind: NPU, Name: "NPU", Reason: "no /dev/accel"}}}
+	cpuOnly := Inventory{Devices: []Device{{Kind: CPU, ID: "cpu:0", Usable: true}}, Absent: []Device{{Kind: GPU, Name: "NVIDIA GPU", Reason: "no driver"}}}
+	tests := []struct {
+		name     string
+		inv      Inventory
+		req      Request
+		want     string
+		fallback bool
+		err      bool
+		why      string
+	}{
+		{"cpu", inv, Request{Accelerator: "cpu"}, "cpu:0", false, false, ""},
+		{"gpu here", inv, Request{Accelerator: "gpu", Supported: []Kind{CPU, GPU}}, "cuda:0", false, false, ""},
+		{"gpu missing falls back", cpuOnly, Request{Accelerator: "gpu", Supported: []Kind{CPU, GPU}}, "cpu:0", true, false, "no driver"},
+		{"gpu missing strict", cpuOnly, Request{Stage: "dec", Accelerator: "gpu", Strict: true, Supported: []Kind{CPU, GPU}}, "", false, true, "no driver"},
+		{"stage without gpu code", inv, Request{Accelerator: "gpu"}, "cpu:0", true, false, "no gpu implementation"},
+		{"npu then gpu", inv, Request{Accelerator: "npu", Fallback: []string{"gpu"}, Supported: []Kind{CPU, GPU, NPU}}, "cuda:0", true, false, "no /dev/accel"},
+		{"auto prefers gpu", inv, Request{Accelerator: "auto", Supported: []Kind{CPU, GPU}}, "cuda:0", false, false, ""},
+		{"exact device missing", inv, Request{Accelerator: "gpu", Device: "cuda:3", Supported: []Kind{CPU, GPU}}, "cpu:0", true, false, "cuda:3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := Bind(tt.inv, tt.req)
+			if tt.err {
+				if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), tt.why) {
+					t.Fatalf("got %v, want ErrUnavailable mentioning %q", err, tt.why)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b.Device.ID != tt.want || b.Fallback != tt.fallback || !strings.Contains(b.Why, tt.why) {
+				t.Fatalf("got %+v, want %s fallback=%v why~%q", b, tt.want, tt.fallback, tt.why)
+			}
+		})
+	}
+}
