@@ -47,7 +47,7 @@ func (m *stageMetrics) observeLatency(e *envelope.Envelope, now int64) {
 // StageStats is a snapshot of one stage.
 type StageStats struct {
 	Name, Kind string
-	Device     string // the device the stage is bound to
+	Device     string  // the device the stage is bound to
 	In, Out    int64   // messages taken and emitted
 	VideoIn    int64   // video messages taken
 	FPS        float64 // messages emitted per second of run time
