@@ -267,10 +267,7 @@ type mergeStage struct{}
 func (mergeStage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
 	out := make(pipeline.Batch, len(in))
 	for i, e := range in {
-		cp := *e
-		e.Local = nil
-		cp.Port = ""
-		out[i] = &cp
+		out[i] = e.Pass()
 	}
 	return out, nil
 }

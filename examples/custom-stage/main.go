@@ -65,14 +65,12 @@ func (l *lumaStats) Process(_ context.Context, in pipeline.Batch) (pipeline.Batc
 		}
 		l.n++
 		// Pass the frame on: the copy takes over the in-process frame.
-		cp := *e
-		e.Local = nil
-		cp.Port = ""
+		cp := e.Pass()
 		if cp.Meta == nil {
 			cp.Meta = map[string]string{}
 		}
 		cp.Meta["luma.mean"] = strconv.FormatFloat(mean, 'f', 2, 64)
-		out = append(out, &cp)
+		out = append(out, cp)
 	}
 	return out, nil
 }

@@ -324,3 +324,14 @@ func Unmarshal(b []byte) (*Envelope, error) {
 	}
 	return e, nil
 }
+
+// Pass returns a copy of e to send on from a stage that lets a message
+// through (filters on metadata, drawing in place): the copy takes over the
+// in-process media, so releasing e afterwards frees nothing, and its port
+// is cleared (the stage's first port).
+func (e *Envelope) Pass() *Envelope {
+	cp := *e
+	e.Local = nil
+	cp.Port = ""
+	return &cp
+}

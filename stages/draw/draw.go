@@ -63,10 +63,7 @@ func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 				return out, err
 			}
 		}
-		cp := *e
-		e.Local = nil
-		cp.Port = ""
-		out = append(out, &cp)
+		out = append(out, e.Pass())
 	}
 	return out, nil
 }

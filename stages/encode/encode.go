@@ -254,11 +254,10 @@ func (enc *Encoder) Process(_ context.Context, in pipeline.Batch) (pipeline.Batc
 	var out pipeline.Batch
 	for _, e := range in {
 		if enc.copy {
-			cp := *e
-			e.Local = nil // ownership moves to the copy
-			cp.Port, cp.Stream = "", ""
+			cp := e.Pass() // the copy owns the packet now
+			cp.Stream = ""
 			cp.Stamps = append([]envelope.Stamp(nil), e.Stamps...)
-			out = append(out, &cp)
+			out = append(out, cp)
 			continue
 		}
 		f, err := codecs.FrameOf(e)

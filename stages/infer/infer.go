@@ -222,8 +222,7 @@ func (s *Video) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 	}
 	out := make(pipeline.Batch, 0, 2*len(in))
 	for i, e := range in {
-		cp := *e
-		e.Local = nil
+		cp := e.Pass()
 		cp.Port = "out"
 		if inferred[i] {
 			meta := make(map[string]string, len(e.Meta)+1)
@@ -233,7 +232,7 @@ func (s *Video) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 			meta["infer."+s.Model()] = "1"
 			cp.Meta = meta
 		}
-		out = append(out, &cp)
+		out = append(out, cp)
 		if inferred[i] {
 			out = append(out, &envelope.Envelope{Kind: envelope.KindData, Media: e.Media, Port: "meta", PTS: e.PTS, DTS: e.DTS,
 				TimeBase: e.TimeBase, Detections: append([]envelope.Detection(nil), cp.Detections...),

@@ -81,10 +81,9 @@ func (v *VAD) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, err
 		if out, err = v.consume(out, conv); err != nil {
 			return out, err
 		}
-		cp := *e
-		e.Local = nil
+		cp := e.Pass()
 		cp.Port = "out"
-		out = append(out, &cp)
+		out = append(out, cp)
 	}
 	return out, nil
 }

@@ -187,11 +187,9 @@ func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 				inferred = true
 			}
 		}
-		cp := *e
-		e.Local = nil
-		cp.Port = ""
+		cp := e.Pass()
 		cp.Detections = t.Update(e.Detections, inferred)
-		out = append(out, &cp)
+		out = append(out, cp)
 	}
 	return out, nil
 }
