@@ -238,6 +238,18 @@ func scalar(n *yaml.Node, bad func(*yaml.Node, string, ...any)) string {
 	return expandEnv(n.Value)
 }
 
+// listItems reads a list, or a single value as a list of one.
+func listItems(v *yaml.Node, bad func(*yaml.Node, string, ...any), msg string) []*yaml.Node {
+	switch v.Kind {
+	case yaml.SequenceNode:
+		return v.Content
+	case yaml.ScalarNode:
+		return []*yaml.Node{v}
+	}
+	bad(v, "%s", msg)
+	return nil
+}
+
 func kindName(n *yaml.Node) string {
 	switch n.Kind {
 	case yaml.MappingNode:
@@ -279,16 +291,7 @@ func parseStage(n *yaml.Node, file string, bad func(*yaml.Node, string, ...any))
 			}
 			s.Strict = b
 		case "fallback":
-			var items []*yaml.Node
-			switch v.Kind {
-			case yaml.SequenceNode:
-				items = v.Content
-			case yaml.ScalarNode:
-				items = []*yaml.Node{v}
-			default:
-				bad(v, "fallback must be a list of cpu, gpu, npu")
-			}
-			for _, it := range items {
+			for _, it := range listItems(v, bad, "fallback must be a list of cpu, gpu, npu") {
 				k := scalar(it, bad)
 				if k != "cpu" && k != "gpu" && k != "npu" {
 					bad(it, "fallback %q: want cpu, gpu or npu", k)
@@ -296,16 +299,7 @@ func parseStage(n *yaml.Node, file string, bad func(*yaml.Node, string, ...any))
 				s.Fallback = append(s.Fallback, k)
 			}
 		case "inputs":
-			var items []*yaml.Node
-			switch v.Kind {
-			case yaml.SequenceNode:
-				items = v.Content
-			case yaml.ScalarNode:
-				items = []*yaml.Node{v}
-			default:
-				bad(v, "inputs must be a list of stage or stage.port names")
-			}
-			for _, it := range items {
+			for _, it := range listItems(v, bad, "inputs must be a list of stage or stage.port names") {
 				ref := scalar(it, bad)
 				st, port, _ := strings.Cut(ref, ".")
 				s.Inputs = append(s.Inputs, Input{Stage: st, Port: port, Pos: Pos{file, it.Line, it.Column}})

@@ -216,31 +216,23 @@ stages:
 func inferBatch(b *strings.Builder) {
 	// 2. Batching across 4 streams.
 	fmt.Fprintf(b, "## Batching: 4 streams into one infer stage\n\n")
-	fmt.Fprintf(b, "4 lavfi 640x480 sources -> 4 decoders -> one infer stage (UltraFace RFB-320, 2 threads) with max_batch 1, 4 and 8 (max_wait 5ms). UltraFace's ONNX graph has a fixed batch of 1, so a batch is run frame by frame inside one Process call: batching saves queue hand-offs, not model time. A model with a dynamic batch dimension would be the case where it pays.\n\n| max_batch | frames | wall | fps |\n|---:|---:|---:|---:|\n")
+	fmt.Fprintf(b, "4 lavfi 640x480 sources -> 4 decoders -> one infer stage (UltraFace RFB-320, 2 threads) with max_batch 1, 4 and 8 (max_wait 5ms). UltraFace's ONNX graph has a fixed batch of 1, so a batch is run frame by frame inside one Process call: batching saves queue hand-offs, not model time. A model with a dynamic batch dimension would be the case where it pays.\n\n")
+	batchTable(b, "ultraface-rfb-320", "640x480", 100, "5ms")
+	fmt.Fprintf(b, "The same with PP-OCRv4 det, whose batch dimension is dynamic: frames of equal size from the 4 streams share one Run (4 lavfi 640x256 sources, 40 frames each, 2 threads).\n\n")
+	batchTable(b, "ppocr-v4-det", "640x256", 40, "20ms")
+}
+
+// batchTable runs 4 lavfi streams through one infer stage at max_batch 1, 4 and 8.
+func batchTable(b *strings.Builder, modelName, size string, frames int, wait string) {
+	fmt.Fprintf(b, "| max_batch | frames | wall | fps |\n|---:|---:|---:|---:|\n")
 	for _, mb := range []int{1, 4, 8} {
 		var sb strings.Builder
 		sb.WriteString("name: batch\nstages:\n")
 		for i := 0; i < 4; i++ {
-			fmt.Fprintf(&sb, "  - {name: s%d, kind: source, params: {url: \"lavfi:testsrc2=size=640x480:rate=30\", max_frames: 100}}\n  - {name: d%d, kind: decode, inputs: [s%d.video]}\n", i, i, i)
+			fmt.Fprintf(&sb, "  - {name: s%d, kind: source, params: {url: \"lavfi:testsrc2=size=%s:rate=30\", max_frames: %d}}\n  - {name: d%d, kind: decode, inputs: [s%d.video]}\n", i, size, frames, i, i)
 		}
-		fmt.Fprintf(&sb, "  - {name: faces, kind: infer, inputs: [merge], params: {model: ultraface-rfb-320, threads: 2, max_batch: %d, max_wait: 5ms}}\n", mb)
-		fmt.Fprintf(&sb, "  - {name: merge, kind: merge, inputs: [d0, d1, d2, d3]}\n  - {name: c, kind: count, inputs: [faces.meta]}\n")
-		c, wall, _, err := runWithMerge(sb.String())
-		if err != nil {
-			fail(err)
-		}
-		fmt.Fprintf(b, "| %d | %d | %.2fs | %.1f |\n", mb, c.meta.Load(), wall.Seconds(), float64(c.meta.Load())/wall.Seconds())
-	}
-	b.WriteString("\n")
-	fmt.Fprintf(b, "The same with PP-OCRv4 det, whose batch dimension is dynamic: frames of equal size from the 4 streams share one Run (4 lavfi 640x256 sources, 40 frames each, 2 threads).\n\n| max_batch | frames | wall | fps |\n|---:|---:|---:|---:|\n")
-	for _, mb := range []int{1, 4, 8} {
-		var sb strings.Builder
-		sb.WriteString("name: batch\nstages:\n")
-		for i := 0; i < 4; i++ {
-			fmt.Fprintf(&sb, "  - {name: s%d, kind: source, params: {url: \"lavfi:testsrc2=size=640x256:rate=30\", max_frames: 40}}\n  - {name: d%d, kind: decode, inputs: [s%d.video]}\n", i, i, i)
-		}
-		fmt.Fprintf(&sb, "  - {name: ocr, kind: infer, inputs: [merge], params: {model: ppocr-v4-det, threads: 2, max_batch: %d, max_wait: 20ms}}\n", mb)
-		fmt.Fprintf(&sb, "  - {name: merge, kind: merge, inputs: [d0, d1, d2, d3]}\n  - {name: c, kind: count, inputs: [ocr.meta]}\n")
+		fmt.Fprintf(&sb, "  - {name: m, kind: infer, inputs: [merge], params: {model: %s, threads: 2, max_batch: %d, max_wait: %s}}\n", modelName, mb, wait)
+		fmt.Fprintf(&sb, "  - {name: merge, kind: merge, inputs: [d0, d1, d2, d3]}\n  - {name: c, kind: count, inputs: [m.meta]}\n")
 		c, wall, _, err := runWithMerge(sb.String())
 		if err != nil {
 			fail(err)
