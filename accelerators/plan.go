@@ -53,7 +53,7 @@ type Measure struct {
 	FPS      float64 `yaml:"fps"`       // frames per second one replica sustains
 	P50Ms    float64 `yaml:"p50_ms"`    // per-frame latency
 	P99Ms    float64 `yaml:"p99_ms"`    //
-	MemoryMB float64 `yaml:"memory_mb"` //
+	MemoryMB float64 `yaml:"memory_mb,omitempty"` //
 }
 
 // Profile is what calibration measured: stage -> device kind -> measure.

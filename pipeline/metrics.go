@@ -5,6 +5,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
@@ -24,6 +25,36 @@ type stageMetrics struct {
 	latMaxNS   atomic.Int64
 	q          *queue
 	terminal   bool
+
+	busyMu  sync.Mutex
+	samples []int64 // recent per-message processing times (ns), a ring
+	next    int
+}
+
+const busySamples = 2048
+
+func (m *stageMetrics) observeBusy(d time.Duration) {
+	m.busyNS.Add(int64(d))
+	m.busyMu.Lock()
+	if len(m.samples) < busySamples {
+		m.samples = append(m.samples, int64(d))
+	} else {
+		m.samples[m.next] = int64(d)
+		m.next = (m.next + 1) % busySamples
+	}
+	m.busyMu.Unlock()
+}
+
+func (m *stageMetrics) busyPercentiles() (p50, p99 float64) {
+	m.busyMu.Lock()
+	s := append([]int64(nil), m.samples...)
+	m.busyMu.Unlock()
+	if len(s) == 0 {
+		return 0, 0
+	}
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	at := func(q float64) float64 { return float64(s[min(len(s)-1, int(q*float64(len(s))))]) / 1e6 }
+	return at(0.50), at(0.99)
 }
 
 func (m *stageMetrics) observeLatency(e *envelope.Envelope, now int64) {
@@ -52,6 +83,8 @@ type StageStats struct {
 	VideoIn    int64   // video messages taken
 	FPS        float64 // messages emitted per second of run time
 	BusyMs     float64 // mean processing time per input message
+	BusyP50Ms  float64 // median processing time of recent messages
+	BusyP99Ms  float64
 	LatencyMs  float64 // mean time from the source's stamp to this stage's output
 	MaxLatMs   float64
 	Depth      int   // messages waiting in the input queue
@@ -87,6 +120,7 @@ func (m *Metrics) Snapshot() []StageStats {
 		if st.In > 0 {
 			st.BusyMs = float64(s.busyNS.Load()) / float64(st.In) / 1e6
 		}
+		st.BusyP50Ms, st.BusyP99Ms = s.busyPercentiles()
 		if n := s.latCount.Load(); n > 0 {
 			st.LatencyMs = float64(s.latSumNS.Load()) / float64(n) / 1e6
 		}

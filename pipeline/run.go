@@ -376,7 +376,7 @@ func (r *Runner) runSource(ctx context.Context, n *node) error {
 		}
 		t0 := time.Now()
 		out, err := n.stage.Process(srcCtx, nil)
-		n.m.busyNS.Add(int64(time.Since(t0)))
+		n.m.observeBusy(time.Since(t0))
 		if err != nil {
 			releaseAll(out)
 			if errors.Is(err, io.EOF) {
@@ -532,7 +532,10 @@ func (r *Runner) consume(ctx context.Context, n *node) error {
 		}
 		t0 := time.Now()
 		out, err := n.stage.Process(ctx, batch)
-		n.m.busyNS.Add(int64(time.Since(t0)))
+		per := time.Since(t0) / time.Duration(len(batch))
+		for range batch {
+			n.m.observeBusy(per)
+		}
 		last := batch[len(batch)-1]
 		inheritStamps(out, last)
 		releaseAll(batch)

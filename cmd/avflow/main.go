@@ -67,7 +67,7 @@ func run(args []string) int {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{runCmd(), validateCmd(), stagesCmd(), modelsCmd(), devicesCmd(), versionCmd()},
+		Commands: []*cli.Command{runCmd(), validateCmd(), stagesCmd(), modelsCmd(), devicesCmd(), calibrateCmd(), planCmd(), versionCmd()},
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {
 				return
@@ -118,6 +118,7 @@ func runCmd() *cli.Command {
 			&cli.StringFlag{Name: "nats", Usage: "use the NATS server at this URL instead of the embedded one", EnvVars: []string{"AVFLOW_NATS_URL"}},
 			&cli.StringFlag{Name: "transport", Usage: "override the pipeline's transport: nats or local (in-process, zero-copy)"},
 			&cli.StringSliceFlag{Name: "set", Usage: "override a param: stage.param=value (repeatable)"},
+			&cli.StringFlag{Name: "placement", Usage: "apply a placement from avflow plan (each stage's device)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
 			&cli.DurationFlag{Name: "progress-interval", Value: 5 * time.Second, Usage: "how often to log progress when stderr is not a terminal"},
 		},
@@ -128,6 +129,11 @@ func runCmd() *cli.Command {
 			cfg, err := load(c.Args().First(), c.StringSlice("set"))
 			if err != nil {
 				return err
+			}
+			if p := c.String("placement"); p != "" {
+				if err := applyPlacement(cfg, p); err != nil {
+					return cli.Exit("avflow: "+err.Error(), exitInvalid)
+				}
 			}
 			for _, w := range cfg.Warnings() {
 				slog.Warn(w)

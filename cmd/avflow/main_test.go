@@ -759,3 +759,47 @@ stages:
 	}
 	assertNoOutput(t, filepath.Join(dir, "out"))
 }
+
+// TestCalibratePlanRun: calibrate a pipeline on this machine's CPU, plan 2
+// streams from the profile, and run with the placement.
+func TestCalibratePlanRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dir := t.TempDir()
+	p := writePipeline(t, dir, `name: cal
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=30", max_frames: 30}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: scale, kind: filter, inputs: [dec], params: {graph: "scale=160:120"}}
+  - {name: enc, kind: encode, inputs: [scale], params: {codec: libx264, preset: ultrafast}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: out/cal.mkv}}
+`)
+	profile := filepath.Join(dir, "profile.yaml")
+	r := avflow(t, nil, "calibrate", "--frames", "60", "-o", profile, p)
+	if r.code != 0 {
+		t.Fatalf("calibrate: %d\n%s", r.code, r.stderr)
+	}
+	b, _ := os.ReadFile(profile)
+	for _, want := range []string{"pipeline: cal", "- enc", "perf:", "cpu:", "fps:", "p99_ms:"} {
+		if !strings.Contains(string(b), want) {
+			t.Fatalf("profile lacks %q:\n%s", want, b)
+		}
+	}
+	plan := filepath.Join(dir, "plan.yaml")
+	r = avflow(t, nil, "plan", "--profile", profile, "--streams", "2", "--fps", "30", "-o", plan, p)
+	if r.code != 0 || !strings.Contains(r.stdout, "total: $") || !strings.Contains(r.stdout, "enc ") {
+		t.Fatalf("plan: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = avflow(t, nil, "plan", "--profile", profile, "--streams", "2", "--fps", "30", "--p99-ms", "0.0001", p)
+	if r.code != 1 || !strings.Contains(r.stderr, "cannot keep p99 under") {
+		t.Fatalf("impossible p99: %d\n%s", r.code, r.stderr)
+	}
+	r = avflow(t, nil, "run", "--placement", plan, p)
+	if r.code != 0 || !strings.Contains(r.stderr, "device=cpu:0") {
+		t.Fatalf("run --placement: %d\n%s", r.code, r.stderr)
+	}
+	if v := probe(t, filepath.Join(dir, "out", "cal.mkv"))["video"]; v.frames() != 30 || v.Width != 160 {
+		t.Fatalf("output %+v", v)
+	}
+}
