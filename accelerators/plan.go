@@ -50,15 +50,15 @@ func LoadCosts(path string) (Costs, error) {
 
 // Measure is what one replica of a stage does on one device kind.
 type Measure struct {
-	FPS      float64 `yaml:"fps"`       // frames per second one replica sustains
-	P50Ms    float64 `yaml:"p50_ms"`    // per-frame latency
-	P99Ms    float64 `yaml:"p99_ms"`    //
+	FPS      float64 `yaml:"fps"`                 // frames per second one replica sustains
+	P50Ms    float64 `yaml:"p50_ms"`              // per-frame latency
+	P99Ms    float64 `yaml:"p99_ms"`              //
 	MemoryMB float64 `yaml:"memory_mb,omitempty"` //
 }
 
 // Profile is what calibration measured: stage -> device kind -> measure.
 type Profile struct {
-	Stages []string                       `yaml:"stages"` // in pipeline order
+	Stages []string                      `yaml:"stages"` // in pipeline order
 	Perf   map[string]map[string]Measure `yaml:"perf"`
 }
 
@@ -205,7 +205,9 @@ func Solve(p Profile, costs Costs, t Target) (Plan, error) {
 		for k := range order {
 			order[k] = k
 		}
-		sort.Slice(order, func(a, b int) bool { return opts[i][order[a]].score(t.Objective) < opts[i][order[b]].score(t.Objective) })
+		sort.Slice(order, func(a, b int) bool {
+			return opts[i][order[a]].score(t.Objective) < opts[i][order[b]].score(t.Objective)
+		})
 		for _, k := range order {
 			o := opts[i][k]
 			pick[i] = k
@@ -294,6 +296,27 @@ func infeasible(p Profile, costs Costs, t Target, opts [][]option) error {
 		}
 	}
 	return fmt.Errorf("%w: no placement fits %d streams at %.0f fps on the devices' units together", ErrInfeasible, t.Streams, t.FPS)
+}
+
+// PredictedFPS is the total frame rate the plan's stages sustain when the
+// stages on kind share units of it (a CPU's cores): the least of each
+// stage's capacity and, per kind, units / sum of the seconds each stage
+// spends per frame there.
+func (p Plan) PredictedFPS(prof Profile, units map[string]int) float64 {
+	best := math.Inf(1)
+	perFrame := map[string]float64{}
+	for _, c := range p.Choices {
+		best = min(best, c.CapacityFPS)
+		if m := prof.Perf[c.Stage][c.Device]; m.FPS > 0 {
+			perFrame[c.Device] += 1 / m.FPS
+		}
+	}
+	for dev, sec := range perFrame {
+		if u := units[dev]; u > 0 && sec > 0 {
+			best = min(best, float64(u)/sec)
+		}
+	}
+	return best
 }
 
 // Table prints the plan: one row per stage and one line per stage on why the runner-up lost.

@@ -1,10 +1,10 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -146,7 +146,9 @@ func planCmd() *cli.Command {
 				return cli.Exit("avflow: "+err.Error(), exitRun)
 			}
 			fmt.Print(plan.Table())
-			fmt.Printf("planned in %s\n", time.Since(t0).Round(time.Microsecond))
+			pred := plan.PredictedFPS(accelerators.Profile{Stages: pf.Stages, Perf: pf.Perf}, map[string]int{"cpu": runtime.NumCPU()})
+			fmt.Printf("planned in %s; on this machine (%d cores shared by the CPU stages) the placement sustains about %.1f fps in all\n",
+				time.Since(t0).Round(time.Microsecond), runtime.NumCPU(), pred)
 			if out := c.String("output"); out != "" {
 				pl := placementFile{Pipeline: pf.Pipeline, Streams: c.Int("streams"), FPS: c.Float64("fps"), Objective: plan.Target.Objective, PerHour: plan.PerHour}
 				for _, ch := range plan.Choices {
@@ -185,5 +187,3 @@ func applyPlacement(cfg *pipeline.Config, path string) error {
 	}
 	return nil
 }
-
-var _ = context.Background
