@@ -93,6 +93,9 @@ type natsPublisher struct {
 	credit chan struct{}
 	ackSub *nats.Subscription
 	buf    []byte
+	// consumers is how many known consumers send credits, fixed at start
+	// (acked is written by the ack callback and read under mu).
+	consumers int
 }
 
 func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mode FlowMode, window int) (*natsPublisher, error) {
@@ -106,6 +109,7 @@ func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mo
 		return nil, fmt.Errorf("%w: server max payload %d is too small", ErrTransport, nc.MaxPayload())
 	}
 	if p.block && len(consumers) > 0 {
+		p.consumers = len(consumers)
 		for _, c := range consumers {
 			p.acked[c.id()] = 0
 		}
@@ -152,7 +156,7 @@ func (p *natsPublisher) Publish(ctx context.Context, e *envelope.Envelope) error
 		return err
 	}
 	p.buf = data
-	if p.block && e.Kind != envelope.KindEOS && len(p.acked) > 0 {
+	if p.block && e.Kind != envelope.KindEOS && p.consumers > 0 {
 		for {
 			p.mu.Lock()
 			ok := p.sent-p.minAcked() < p.window

@@ -51,7 +51,7 @@ type Runner struct {
 	drained bool
 	drain   chan struct{}
 
-	failOnce sync.Once
+	failMu   sync.Mutex
 	firstErr error
 	cancel   context.CancelFunc
 
@@ -118,13 +118,24 @@ func (r *Runner) Drain() {
 	}
 }
 
+// fail records the first error and stops the run. NATS callbacks may call
+// it from their own goroutines, also while the run is ending.
 func (r *Runner) fail(err error) {
-	r.failOnce.Do(func() {
-		r.firstErr = err
-		if r.cancel != nil {
-			r.cancel()
-		}
-	})
+	r.failMu.Lock()
+	defer r.failMu.Unlock()
+	if r.firstErr != nil {
+		return
+	}
+	r.firstErr = err
+	if r.cancel != nil {
+		r.cancel()
+	}
+}
+
+func (r *Runner) err() error {
+	r.failMu.Lock()
+	defer r.failMu.Unlock()
+	return r.firstErr
 }
 
 type node struct {
@@ -147,7 +158,9 @@ type node struct {
 func (r *Runner) Run(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	r.failMu.Lock()
 	r.cancel = cancel
+	r.failMu.Unlock()
 	r.metrics.start = time.Now()
 
 	useNATS := r.opts.Transport == TransportNATS
@@ -294,8 +307,8 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		}(n)
 	}
 	wg.Wait()
-	if r.firstErr != nil {
-		return r.firstErr
+	if err := r.err(); err != nil {
+		return err
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("%w: %v", ErrCanceled, context.Cause(ctx))
