@@ -13,6 +13,7 @@ import (
 	"github.com/avflow/avflow/pipeline/envelope"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 )
 
 // Sentinel errors of a run.
@@ -293,6 +294,21 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 			r.metrics.total.Add(tf.TotalFrames())
 		}
 		n.log.Info("stage ready", "device", binds[n].Device.ID, "transport", r.opts.Transport)
+	}
+	var services []micro.Service
+	defer func() {
+		for _, svc := range services {
+			_ = svc.Stop()
+		}
+	}()
+	if useNATS {
+		for _, n := range nodes {
+			svc, err := r.addService(n)
+			if err != nil {
+				return err
+			}
+			services = append(services, svc)
+		}
 	}
 	close(r.ready)
 

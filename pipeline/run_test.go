@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,8 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 	"go.uber.org/goleak"
 )
 
@@ -385,4 +388,51 @@ stages:
 func noLeaks(t *testing.T) {
 	opt := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+// TestStagesAreMicroServices: every stage answers NATS micro discovery
+// with its subjects, and its metrics endpoint returns its counters.
+func TestStagesAreMicroServices(t *testing.T) {
+	noLeaks(t)
+	col := &collector{}
+	_, err := runYAML(t, testEnv(t, col), `name: svc
+flow: drop-oldest
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: c, kind: collect, inputs: [g]}
+`, pipeline.Options{}, func(r *pipeline.Runner) {
+		defer r.Drain()
+		nc, err := nats.Connect(r.NATSURL())
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer nc.Close()
+		msg, err := nc.Request("$SRV.INFO."+pipeline.ServiceName("svc", "c"), nil, 2*time.Second)
+		if err != nil {
+			t.Errorf("micro INFO: %v", err)
+			return
+		}
+		var info micro.Info
+		if err := json.Unmarshal(msg.Data, &info); err != nil {
+			t.Error(err)
+			return
+		}
+		if info.Name != "svc-c" || info.Metadata["inputs"] != "avflow.svc.g.out" || info.Metadata["device"] != "cpu:0" {
+			t.Errorf("info: %+v", info)
+		}
+		time.Sleep(50 * time.Millisecond)
+		msg, err = nc.Request("avflow.svc.c.$metrics", nil, 2*time.Second)
+		if err != nil {
+			t.Errorf("metrics endpoint: %v", err)
+			return
+		}
+		var st pipeline.StageStats
+		if err := json.Unmarshal(msg.Data, &st); err != nil || st.Name != "c" || st.In == 0 {
+			t.Errorf("metrics: %s (%v)", msg.Data, err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
