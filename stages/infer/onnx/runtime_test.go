@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-func ultraface(t *testing.T) string {
+func ultraface(t testing.TB) string {
 	dir := os.Getenv("AVFLOW_MODEL_MIRROR")
 	if dir == "" {
 		dir, _ = filepath.Abs("../../../../shared/models")
