@@ -54,6 +54,13 @@ type Options struct {
 
 func (o Options) path(p string) string { return filepath.Join(o.Root, p) }
 
+// glob lists the paths matching pattern under the root, sorted.
+func (o Options) glob(pattern string) []string {
+	m, _ := filepath.Glob(o.path(pattern))
+	sort.Strings(m)
+	return m
+}
+
 // Discover looks at the machine.
 func Discover(o Options) Inventory {
 	var inv Inventory
@@ -163,8 +170,7 @@ func contains(list []string, s string) bool {
 
 // discoverNVIDIA reads the driver's /proc entries (and nvidia-smi when present).
 func discoverNVIDIA(o Options) ([]Device, string) {
-	infos, _ := filepath.Glob(o.path("/proc/driver/nvidia/gpus/*/information"))
-	sort.Strings(infos)
+	infos := o.glob("/proc/driver/nvidia/gpus/*/information")
 	var out []Device
 	for i, p := range infos {
 		b, err := os.ReadFile(p)
@@ -201,8 +207,7 @@ func discoverNVIDIA(o Options) ([]Device, string) {
 }
 
 func discoverVAAPI(o Options) ([]Device, string) {
-	nodes, _ := filepath.Glob(o.path("/dev/dri/renderD*"))
-	sort.Strings(nodes)
+	nodes := o.glob("/dev/dri/renderD*")
 	var out []Device
 	for _, n := range nodes {
 		dev := strings.TrimPrefix(n, filepath.Clean(o.Root))
@@ -223,8 +228,7 @@ func discoverVAAPI(o Options) ([]Device, string) {
 }
 
 func discoverNPU(o Options) ([]Device, string) {
-	nodes, _ := filepath.Glob(o.path("/dev/accel/accel*"))
-	sort.Strings(nodes)
+	nodes := o.glob("/dev/accel/accel*")
 	var out []Device
 	for i, n := range nodes {
 		d := Device{Kind: NPU, ID: fmt.Sprintf("npu:%d", i), Name: "accel node " + filepath.Base(n), Caps: []string{"onnx (OpenVINO NPU)"}}

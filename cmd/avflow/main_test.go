@@ -113,6 +113,20 @@ func probe(t testing.TB, path string) map[string]probeStream {
 	return m
 }
 
+// checkFailure checks a run's exit code and error text, and that it left no output.
+func checkFailure(t *testing.T, r result, code int, wants []string, outDir string) {
+	t.Helper()
+	if r.code != code {
+		t.Errorf("exit code %d, want %d\n%s", r.code, code, r.stderr)
+	}
+	for _, w := range wants {
+		if !strings.Contains(r.stderr, w) {
+			t.Errorf("stderr lacks %q:\n%s", w, r.stderr)
+		}
+	}
+	assertNoOutput(t, outDir)
+}
+
 func assertNoOutput(t *testing.T, dir string) {
 	t.Helper()
 	entries, _ := os.ReadDir(dir)
@@ -309,16 +323,7 @@ stages:
 			d := t.TempDir()
 			p := writePipeline(t, d, tt.yaml)
 			args := append([]string{"run"}, tt.args...)
-			r := avflow(t, nil, append(args, p)...)
-			if r.code != tt.code {
-				t.Errorf("exit code %d, want %d\n%s", r.code, tt.code, r.stderr)
-			}
-			for _, w := range tt.wants {
-				if !strings.Contains(r.stderr, w) {
-					t.Errorf("stderr lacks %q:\n%s", w, r.stderr)
-				}
-			}
-			assertNoOutput(t, filepath.Join(d, "out"))
+			checkFailure(t, avflow(t, nil, append(args, p)...), tt.code, tt.wants, filepath.Join(d, "out"))
 		})
 	}
 }
@@ -602,16 +607,7 @@ stages:
 			}
 			p := writePipeline(t, d, pipelineFor(tt.model))
 			env := []string{"AVFLOW_MODEL_MIRROR=" + mirror, "AVFLOW_MODELS=" + t.TempDir(), "AVFLOW_OFFLINE=1"}
-			r := avflow(t, env, append(append(tt.args, "run"), p)...)
-			if r.code != tt.code {
-				t.Errorf("exit %d, want %d\n%s", r.code, tt.code, r.stderr)
-			}
-			for _, w := range tt.wants {
-				if !strings.Contains(r.stderr, w) {
-					t.Errorf("stderr lacks %q:\n%s", w, r.stderr)
-				}
-			}
-			assertNoOutput(t, filepath.Join(d, "out"))
+			checkFailure(t, avflow(t, env, append(append(tt.args, "run"), p)...), tt.code, tt.wants, filepath.Join(d, "out"))
 		})
 	}
 }
