@@ -308,6 +308,10 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 				return err
 			}
 			services = append(services, svc)
+			// Discovery must answer as soon as Ready says the stage exists.
+			if err := n.nc.Flush(); err != nil {
+				return fmt.Errorf("%w: stage %q: %v", ErrTransport, n.cfg.Name, err)
+			}
 		}
 	}
 	close(r.ready)

@@ -421,15 +421,23 @@ stages:
 		if info.Name != "svc-c" || info.Metadata["inputs"] != "avflow.svc.g.out" || info.Metadata["device"] != "cpu:0" {
 			t.Errorf("info: %+v", info)
 		}
-		time.Sleep(50 * time.Millisecond)
-		msg, err = nc.Request("avflow.svc.c.$metrics", nil, 2*time.Second)
-		if err != nil {
-			t.Errorf("metrics endpoint: %v", err)
-			return
-		}
 		var st pipeline.StageStats
-		if err := json.Unmarshal(msg.Data, &st); err != nil || st.Name != "c" || st.In == 0 {
-			t.Errorf("metrics: %s (%v)", msg.Data, err)
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			msg, err = nc.Request("avflow.svc.c.$metrics", nil, 2*time.Second)
+			if err != nil {
+				t.Errorf("metrics endpoint: %v", err)
+				return
+			}
+			if err := json.Unmarshal(msg.Data, &st); err != nil || st.Name != "c" {
+				t.Errorf("metrics: %s (%v)", msg.Data, err)
+				return
+			}
+			if st.In > 0 {
+				break
+			}
+		}
+		if st.In == 0 {
+			t.Errorf("metrics endpoint never counted a message: %+v", st)
 		}
 	})
 	if err != nil {
