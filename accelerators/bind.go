@@ -3,6 +3,7 @@ package accelerators
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -51,7 +52,7 @@ func Bind(inv Inventory, r Request) (Binding, error) {
 	var why []string
 	for i, k := range order {
 		kind := Kind(k)
-		if !containsKind(supported, kind) {
+		if !slices.Contains(supported, kind) {
 			why = append(why, fmt.Sprintf("stage has no %s implementation yet", kind))
 			continue
 		}
@@ -80,15 +81,6 @@ func Bind(inv Inventory, r Request) (Binding, error) {
 		return b, nil
 	}
 	return Binding{}, fmt.Errorf("%w: stage %q asked for %s (strict): %s", ErrUnavailable, r.Stage, want, strings.Join(why, "; "))
-}
-
-func containsKind(list []Kind, k Kind) bool {
-	for _, x := range list {
-		if x == k {
-			return true
-		}
-	}
-	return false
 }
 
 var (

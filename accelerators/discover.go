@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -151,21 +152,12 @@ func discoverCPU(o Options) Device {
 		{"sse4_2", "sse4.2"}, {"avx2", "avx2"}, {"fma", "fma"}, {"avx512f", "avx512"}, {"avx512_vnni", "avx512-vnni"},
 		{"avx512_bf16", "avx512-bf16"}, {"amx_tile", "amx"}, {"neon", "neon"}, {"asimd", "neon"}, {"sve", "sve"},
 	} {
-		if flags[isa.flag] && !contains(d.Caps, isa.name) {
+		if flags[isa.flag] && !slices.Contains(d.Caps, isa.name) {
 			d.Caps = append(d.Caps, isa.name)
 		}
 	}
 	d.Caps = append(d.Caps, "decode", "encode", "filter", "onnx")
 	return d
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // discoverNVIDIA reads the driver's /proc entries (and nvidia-smi when present).

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -62,10 +63,10 @@ func TestDiscoverFakeTree(t *testing.T) {
 		t.Errorf("cpu: %+v", cpu)
 	}
 	h100, l4 := byID["cuda:0"], byID["cuda:1"]
-	if h100.Name != "NVIDIA H100 80GB HBM3" || contains(h100.Caps, "nvenc") || !contains(h100.Caps, "nvdec") {
+	if h100.Name != "NVIDIA H100 80GB HBM3" || slices.Contains(h100.Caps, "nvenc") || !slices.Contains(h100.Caps, "nvdec") {
 		t.Errorf("H100 (NVDEC, no NVENC): %+v", h100)
 	}
-	if !contains(l4.Caps, "nvenc") {
+	if !slices.Contains(l4.Caps, "nvenc") {
 		t.Errorf("L4 has NVENC: %+v", l4)
 	}
 	if _, ok := byID["vaapi:/dev/dri/renderD128"]; !ok {

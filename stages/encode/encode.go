@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -130,15 +131,6 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 	return &Encoder{in: in, codec: c, pkt: astiav.AllocPacket(), media: codecs.MediaOf(c.ID().MediaType())}, nil
 }
 
-func contains[T comparable](list []T, v T) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
-
 func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) error {
 	p := enc.in.Params
 	cc := astiav.AllocCodecContext(enc.codec)
@@ -157,7 +149,7 @@ func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) error {
 			}
 			pf = x
 		}
-		if fmts := enc.codec.PixelFormats(); len(fmts) > 0 && !contains(fmts, pf) {
+		if fmts := enc.codec.PixelFormats(); len(fmts) > 0 && !slices.Contains(fmts, pf) {
 			pf = fmts[0]
 		}
 		if pf != f.PixelFormat() {
@@ -176,7 +168,7 @@ func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) error {
 		}
 	case envelope.MediaAudio:
 		sf := f.SampleFormat()
-		if fmts := enc.codec.SampleFormats(); len(fmts) > 0 && !contains(fmts, sf) {
+		if fmts := enc.codec.SampleFormats(); len(fmts) > 0 && !slices.Contains(fmts, sf) {
 			sf = fmts[0]
 		}
 		rate := f.SampleRate()

@@ -5,6 +5,7 @@ package redact
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
@@ -39,8 +40,10 @@ func init() {
 			r := &Stage{mode: in.Params.String("mode"), margin: float32(in.Params.Float("margin")),
 				strength: float32(in.Params.Float("strength")), minScore: float32(in.Params.Float("min_score")), labels: map[string]bool{},
 				passes: in.Params.Int("verify_passes")}
-			for _, l := range splitList(in.Params.String("labels")) {
-				r.labels[l] = true
+			for _, l := range strings.Split(in.Params.String("labels"), ",") {
+				if l = strings.TrimSpace(l); l != "" {
+					r.labels[l] = true
+				}
 			}
 			if m := in.Params.String("verify_model"); m != "" {
 				d, err := infer.NewDetector(ctx, in, m, float32(in.Params.Float("verify_threshold")))
@@ -52,30 +55,6 @@ func init() {
 			return r, nil
 		},
 	})
-}
-
-func splitList(s string) []string {
-	var out []string
-	start := 0
-	for i := 0; i <= len(s); i++ {
-		if i == len(s) || s[i] == ',' {
-			if v := trim(s[start:i]); v != "" {
-				out = append(out, v)
-			}
-			start = i + 1
-		}
-	}
-	return out
-}
-
-func trim(s string) string {
-	for len(s) > 0 && s[0] == ' ' {
-		s = s[1:]
-	}
-	for len(s) > 0 && s[len(s)-1] == ' ' {
-		s = s[:len(s)-1]
-	}
-	return s
 }
 
 // Stage hides detected regions.
