@@ -214,15 +214,7 @@ func (r *recognizer) read(f *astiav.Frame, b box) (string, float32, error) {
 		r.buf = make([]float32, 3*H*W)
 	}
 	buf := r.buf[:3*H*W]
-	mean, inv := [3]float32{}, [3]float32{1, 1, 1}
-	for c := 0; c < 3; c++ {
-		if c < len(in.Mean) {
-			mean[c] = in.Mean[c]
-		}
-		if c < len(in.Std) && in.Std[c] != 0 {
-			inv[c] = 1 / in.Std[c]
-		}
-	}
+	mean, inv := normalisation(in)
 	// Bilinear resize of the crop straight into the tensor.
 	for y := 0; y < H; y++ {
 		sy := (float32(y)+0.5)*float32(chh)/float32(H) - 0.5

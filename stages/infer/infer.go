@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -76,16 +76,23 @@ func load(ctx context.Context, in pipeline.Init, name string) (*loaded, error) {
 	if err != nil {
 		return nil, err
 	}
-	files, err := model.Pull(card, in.Log)
+	sess, files, err := OpenCard(card, onnx.Options{IntraOpThreads: in.Params.Int("threads"), OptLevel: in.Params.String("optimization")}, in.Log)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(files.Model); err != nil {
-		return nil, fmt.Errorf("%w: model %s: %v", ErrInfer, card.Name, err)
-	}
-	sess, err := onnx.Open(files.Model, onnx.Options{IntraOpThreads: in.Params.Int("threads"), OptLevel: in.Params.String("optimization")})
+	return &loaded{card: card, sess: sess, files: files}, nil
+}
+
+// OpenCard pulls a card's files (sha256-verified), loads the model in ONNX
+// Runtime and checks the card's shapes against it.
+func OpenCard(card *model.Card, o onnx.Options, log *slog.Logger) (*onnx.Session, model.Files, error) {
+	files, err := model.Pull(card, log)
 	if err != nil {
-		return nil, fmt.Errorf("model %s: %w", card.Name, err)
+		return nil, files, err
+	}
+	sess, err := onnx.Open(files.Model, o)
+	if err != nil {
+		return nil, files, fmt.Errorf("model %s: %w", card.Name, err)
 	}
 	ins, outs := map[string][]int64{}, map[string][]int64{}
 	for _, t := range sess.Inputs {
@@ -96,11 +103,11 @@ func load(ctx context.Context, in pipeline.Init, name string) (*loaded, error) {
 	}
 	if err := card.CheckShapes(ins, outs); err != nil {
 		sess.Close()
-		return nil, err
+		return nil, files, err
 	}
 	v, lib, _ := onnx.Version()
-	in.Log.Info("model loaded", "model", card.Name, "file", files.Model, "decoder", card.Decoder.Type, "onnxruntime", v, "library", lib)
-	return &loaded{card: card, sess: sess, files: files}, nil
+	log.Info("model loaded", "model", card.Name, "file", files.Model, "decoder", card.Decoder.Type, "onnxruntime", v, "library", lib)
+	return sess, files, nil
 }
 
 // New loads the model (and recognizer), checking the card against it.

@@ -115,15 +115,7 @@ func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, 
 	if len(dst) < need {
 		return nil, geometry{}, fmt.Errorf("infer: tensor buffer %d < %d", len(dst), need)
 	}
-	mean, inv := [3]float32{}, [3]float32{1, 1, 1}
-	for c := 0; c < ch; c++ {
-		if c < len(p.in.Mean) {
-			mean[c] = p.in.Mean[c]
-		}
-		if c < len(p.in.Std) && p.in.Std[c] != 0 {
-			inv[c] = 1 / p.in.Std[c]
-		}
-	}
+	mean, inv := normalisation(p.in)
 	offX, offY := (tw-pw)/2, (th-ph)/2
 	if pw != tw || ph != th {
 		// Letterbox padding: grey 114, normalised like the picture.
@@ -182,6 +174,21 @@ func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, 
 	g := geometry{inW: tw, inH: th, sx: float32(pw) / float32(tw), sy: float32(ph) / float32(th),
 		offX: float32(offX) / float32(tw), offY: float32(offY) / float32(th)}
 	return shape, g, nil
+}
+
+// normalisation returns a card input's per-channel mean and 1/std
+// (missing values: mean 0, std 1).
+func normalisation(in model.Input) (mean, inv [3]float32) {
+	inv = [3]float32{1, 1, 1}
+	for c := 0; c < 3; c++ {
+		if c < len(in.Mean) {
+			mean[c] = in.Mean[c]
+		}
+		if c < len(in.Std) && in.Std[c] != 0 {
+			inv[c] = 1 / in.Std[c]
+		}
+	}
+	return mean, inv
 }
 
 func (p *preprocessor) close() {
