@@ -100,24 +100,9 @@ func (q *queue) Pop(ctx context.Context) (*envelope.Envelope, error) {
 // timeout waits for ever.
 func (q *queue) PopUntil(ctx context.Context, timeout <-chan time.Time) (*envelope.Envelope, error) {
 	for {
-		q.mu.Lock()
-		if q.lenLocked() > 0 {
-			e := q.items[q.head]
-			q.items[q.head] = nil
-			q.head++
-			if q.head > 64 && q.head*2 > len(q.items) {
-				q.items = append(q.items[:0], q.items[q.head:]...)
-				q.head = 0
-			}
-			more := q.lenLocked() > 0
-			q.mu.Unlock()
-			signal(q.hasRoom)
-			if more {
-				signal(q.hasData)
-			}
+		if e := q.TryPop(); e != nil {
 			return e, nil
 		}
-		q.mu.Unlock()
 		select {
 		case <-q.hasData:
 		case <-timeout:
@@ -128,15 +113,26 @@ func (q *queue) PopUntil(ctx context.Context, timeout <-chan time.Time) (*envelo
 	}
 }
 
-// TryPop takes the oldest message if there is one.
+// TryPop takes the oldest message if there is one, without waiting.
 func (q *queue) TryPop() *envelope.Envelope {
 	q.mu.Lock()
 	if q.lenLocked() == 0 {
 		q.mu.Unlock()
 		return nil
 	}
+	e := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
+	if q.head > 64 && q.head*2 > len(q.items) {
+		q.items = append(q.items[:0], q.items[q.head:]...)
+		q.head = 0
+	}
+	more := q.lenLocked() > 0
 	q.mu.Unlock()
-	e, _ := q.PopUntil(context.Background(), nil)
+	signal(q.hasRoom)
+	if more {
+		signal(q.hasData)
+	}
 	return e
 }
 

@@ -481,6 +481,12 @@ func (r *Runner) consume(ctx context.Context, n *node) error {
 	for _, s := range n.subs {
 		subByInput[s.ref.input] = s
 	}
+	// credit tells the producer of a taken message's edge it may send one more.
+	credit := func(e *envelope.Envelope) {
+		if s := subByInput[e.Input]; s != nil && e.Kind != envelope.KindEOS {
+			s.took()
+		}
+	}
 	maxBatch, wait := 1, time.Duration(0)
 	if b, ok := n.stage.(Batcher); ok {
 		maxBatch, wait = b.BatchLimits()
@@ -497,9 +503,7 @@ func (r *Runner) consume(ctx context.Context, n *node) error {
 			if e, err = n.q.Pop(ctx); err != nil {
 				return err
 			}
-			if s := subByInput[e.Input]; s != nil && e.Kind != envelope.KindEOS {
-				s.took()
-			}
+			credit(e)
 		}
 		if e.Kind == envelope.KindEOS {
 			eos++
@@ -540,9 +544,7 @@ func (r *Runner) consume(ctx context.Context, n *node) error {
 				if next == nil {
 					break
 				}
-				if s := subByInput[next.Input]; s != nil && next.Kind != envelope.KindEOS {
-					s.took()
-				}
+				credit(next)
 				if next.Kind == envelope.KindEOS {
 					held = next
 					break

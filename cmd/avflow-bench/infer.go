@@ -282,10 +282,7 @@ func privacyStage(i int, clip string) string {
 }
 
 func privacyStreams(b *strings.Builder, bin, work string) {
-	media := os.Getenv("AVFLOW_MEDIA")
-	if media == "" {
-		media, _ = filepath.Abs("../shared/media")
-	}
+	media := mediaDir()
 	clip := filepath.Join(media, "facecam", "walk.mkv")
 	fmt.Fprintf(b, "## Real-time facecam streams through the privacy pipeline\n\n")
 	fmt.Fprintf(b, "N copies of `facecam/walk.mkv` (640x480, 30 fps), looped and paced in real time, each through decode -> infer (UltraFace RFB-320 every 3rd frame, 1 thread) -> track -> redact (blur, with the verify pass on every frame) -> x264 veryfast zerolatency -> null, all in one avflow process, drop-oldest, for 20 s, over NATS and over the in-process transport. A stream keeps up when it delivers at least 95%% of its frames (28.5 fps) and drops under 1%% of them.\n\n| streams | transport | frames/s per stream (min) | raw frames dropped | keeps up |\n|---:|---|---:|---:|---|\n")
@@ -326,10 +323,7 @@ func privacyStreams(b *strings.Builder, bin, work string) {
 var promRe = regexp.MustCompile(`avflow_stage_messages_in_total\{pipeline="rss",stage="out0",kind="sink"\} ([0-9.e+]+)`)
 
 func privacyRSS(b *strings.Builder, bin, work string) {
-	media := os.Getenv("AVFLOW_MEDIA")
-	if media == "" {
-		media, _ = filepath.Abs("../shared/media")
-	}
+	media := mediaDir()
 	clip := filepath.Join(media, "facecam", "walk.mkv")
 	yaml := filepath.Join(work, "rss.yaml")
 	stage := strings.ReplaceAll(privacyStage(0, clip), "realtime: true, loop: true", "loop: true, max_frames: 10000")

@@ -71,6 +71,15 @@ func main() {
 	fmt.Print(b.String())
 }
 
+// mediaDir is the sample media folder: $AVFLOW_MEDIA or ../shared/media.
+func mediaDir() string {
+	if d := os.Getenv("AVFLOW_MEDIA"); d != "" {
+		return d
+	}
+	d, _ := filepath.Abs("../shared/media")
+	return d
+}
+
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "avflow-bench:", err)
 	os.Exit(1)

@@ -48,10 +48,7 @@ func planBench(b *strings.Builder, bin, work string, rounds int) {
 	fmt.Fprintf(b, "## Placement planner\n\n")
 	fmt.Fprintf(b, "Exact branch and bound over 12 stages x 6 device kinds (cost, energy and latency objectives, p99 bound 60 ms, 8 streams at 30 fps), %d solves: median %s, worst %s. Target: under 1 s.\n\n", len(solve), median(solve).wall, worst)
 
-	media := os.Getenv("AVFLOW_MEDIA")
-	if media == "" {
-		media, _ = filepath.Abs("../shared/media")
-	}
+	media := mediaDir()
 	env := append(os.Environ(), "AVFLOW_MEDIA="+media)
 	pipe, _ := filepath.Abs("examples/irl-privacy/pipeline.yaml")
 	profile := filepath.Join(work, "profile.yaml")
