@@ -175,12 +175,7 @@ func discoverNVIDIA(o Options) ([]Device, string) {
 				name = strings.TrimSpace(v)
 			}
 		}
-		d := Device{Kind: GPU, ID: fmt.Sprintf("cuda:%d", i), Name: name, Caps: []string{"nvdec", "cuda"}}
-		if !strings.Contains(name, "H100") && !strings.Contains(name, "H200") && !strings.Contains(name, "A100") {
-			d.Caps = append(d.Caps, "nvenc")
-		}
-		d.Usable, d.Reason = probe(o, "cuda", fmt.Sprint(i))
-		out = append(out, d)
+		out = append(out, nvidiaDevice(o, i, name))
 	}
 	if len(out) > 0 {
 		return out, ""
@@ -189,13 +184,39 @@ func discoverNVIDIA(o Options) ([]Device, string) {
 	if look == nil {
 		look = exec.LookPath
 	}
-	if _, err := os.Stat(o.path("/dev/nvidia0")); err != nil {
-		if _, err := look("nvidia-smi"); err != nil {
-			return nil, "no /dev/nvidia0 and no nvidia-smi: no NVIDIA driver"
+	// Sandboxed machines (gVisor) may expose the device nodes without the
+	// driver's /proc entries: name the GPUs with nvidia-smi when it is there
+	// and let FFmpeg's probe decide.
+	var names []string
+	if smi, err := look("nvidia-smi"); err == nil && o.Root == "" {
+		if b, err := exec.Command(smi, "--query-gpu=name", "--format=csv,noheader").Output(); err == nil {
+			names = strings.Split(strings.TrimSpace(string(b)), "\n")
 		}
-		return nil, "nvidia-smi is installed but there is no /dev/nvidia0: driver not loaded"
 	}
-	return nil, "/dev/nvidia0 exists but /proc/driver/nvidia lists no GPU"
+	for i, n := range o.glob("/dev/nvidia[0-9]*") {
+		name := "NVIDIA GPU (" + filepath.Base(n) + ")"
+		if i < len(names) && strings.TrimSpace(names[i]) != "" {
+			name = strings.TrimSpace(names[i])
+		}
+		out = append(out, nvidiaDevice(o, i, name))
+	}
+	if len(out) > 0 {
+		return out, ""
+	}
+	if _, err := look("nvidia-smi"); err != nil {
+		return nil, "no /dev/nvidia0 and no nvidia-smi: no NVIDIA driver"
+	}
+	return nil, "nvidia-smi is installed but there is no /dev/nvidia0: driver not loaded"
+}
+
+// nvidiaDevice describes GPU i; the data-centre parts without NVENC say so.
+func nvidiaDevice(o Options, i int, name string) Device {
+	d := Device{Kind: GPU, ID: fmt.Sprintf("cuda:%d", i), Name: name, Caps: []string{"nvdec", "cuda"}}
+	if !strings.Contains(name, "H100") && !strings.Contains(name, "H200") && !strings.Contains(name, "A100") {
+		d.Caps = append(d.Caps, "nvenc")
+	}
+	d.Usable, d.Reason = probe(o, "cuda", fmt.Sprint(i))
+	return d
 }
 
 func discoverVAAPI(o Options) ([]Device, string) {

@@ -104,6 +104,31 @@ func TestDiscoverNothingSaysWhy(t *testing.T) {
 	}
 }
 
+// TestDiscoverDeviceNodesOnly: a sandbox that shows /dev/nvidia0 but no
+// driver /proc entries still lists the GPU, for FFmpeg's probe to decide.
+func TestDiscoverDeviceNodesOnly(t *testing.T) {
+	root := t.TempDir()
+	write(t, root, "/dev/nvidia0", "")
+	write(t, root, "/dev/nvidiactl", "")
+	var probed []string
+	inv := Discover(Options{Root: root, LookPath: noCommands, Probe: func(kind, dev string) error {
+		probed = append(probed, kind+":"+dev)
+		return errors.New("cuInit failed")
+	}})
+	gpus := 0
+	for _, d := range inv.Devices {
+		if d.Kind == GPU && d.ID == "cuda:0" {
+			gpus++
+			if d.Usable || d.Reason != "cuInit failed" {
+				t.Errorf("probe failure not reported: %+v", d)
+			}
+		}
+	}
+	if gpus != 1 || !slices.Equal(probed, []string{"cuda:0"}) {
+		t.Errorf("want one GPU probed as cuda 0, got %d devices, probes %v", gpus, probed)
+	}
+}
+
 func TestBind(t *testing.T) {
 	inv := Inventory{Devices: []Device{{Kind: CPU, ID: "cpu:0", Usable: true}, {Kind: GPU, ID: "cuda:0", Usable: true}},
 		Absent: []Device{{Kind: NPU, Name: "NPU", Reason: "no /dev/accel"}}}

@@ -2,6 +2,7 @@ package accelerators
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/asticode/go-astiav"
@@ -14,6 +15,22 @@ var (
 	ctxs  = map[string]*astiav.HardwareDeviceContext{}
 )
 
+// deviceTypes are the FFmpeg device types avflow binds stages to.
+var deviceTypes = map[string]astiav.HardwareDeviceType{
+	"cuda":  astiav.HardwareDeviceTypeCUDA,
+	"vaapi": astiav.HardwareDeviceTypeVAAPI,
+}
+
+// FFmpegDevice splits a device ID into FFmpeg's device kind and name
+// ("cuda:0" -> "cuda", "0"; "vaapi:/dev/dri/renderD128" -> "vaapi",
+// "/dev/dri/renderD128") and gives FFmpeg's type for it; ok is false for
+// devices FFmpeg does not open (cpu:0, npu:0, ort:...).
+func FFmpegDevice(id string) (kind, name string, t astiav.HardwareDeviceType, ok bool) {
+	kind, name, _ = strings.Cut(id, ":")
+	t, ok = deviceTypes[kind]
+	return kind, name, t, ok
+}
+
 // DeviceContext returns the process's context for a device, opening it once.
 func DeviceContext(kind, device string) (*astiav.HardwareDeviceContext, error) {
 	ctxMu.Lock()
@@ -21,13 +38,8 @@ func DeviceContext(kind, device string) (*astiav.HardwareDeviceContext, error) {
 	if c, ok := ctxs[kind+":"+device]; ok {
 		return c, nil
 	}
-	var t astiav.HardwareDeviceType
-	switch kind {
-	case "cuda":
-		t = astiav.HardwareDeviceTypeCUDA
-	case "vaapi":
-		t = astiav.HardwareDeviceTypeVAAPI
-	default:
+	t, ok := deviceTypes[kind]
+	if !ok {
 		return nil, fmt.Errorf("unknown device kind %q", kind)
 	}
 	c, err := astiav.CreateHardwareDeviceContext(t, device, nil)

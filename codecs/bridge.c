@@ -8,6 +8,7 @@
 #include <libavutil/channel_layout.h>
 #include <libavutil/pixdesc.h>
 #include <libavcodec/avcodec.h>
+#include <libavutil/hwcontext.h>
 
 int avf_frame_size(const AVFrame *f, int video) {
 	if (video) return av_image_get_buffer_size(f->format, f->width, f->height, 1);
@@ -78,3 +79,14 @@ int avf_pix_fmt_hw(int fmt) {
 }
 
 int avf_make_writable(AVFrame *f) { return av_frame_make_writable(f); }
+
+// avf_hw_download copies a hardware frame into system memory (dst gets the
+// device's software format, e.g. nv12) with the frame's timing and colour
+// properties.
+int avf_hw_download(AVFrame *dst, const AVFrame *src) {
+    int ret = av_hwframe_transfer_data(dst, src, 0);
+    if (ret < 0) return ret;
+    return av_frame_copy_props(dst, src);
+}
+
+int avf_frame_copy_props(AVFrame *dst, const AVFrame *src) { return av_frame_copy_props(dst, src); }

@@ -264,7 +264,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	binds := map[*node]accelerators.Binding{}
 	for _, n := range nodes {
 		b, err := accelerators.Bind(*inv, accelerators.Request{Stage: n.cfg.Name, Accelerator: n.cfg.Accelerator,
-			Device: n.cfg.Device, Fallback: n.cfg.Fallback, Strict: n.cfg.Strict, Supported: n.cfg.spec.Accelerators})
+			Device: n.cfg.Device, Fallback: n.cfg.Fallback, Strict: n.cfg.Strict, Supported: n.cfg.spec.supported(n.cfg.inTypes)})
 		if err != nil {
 			return fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err)
 		}
@@ -278,7 +278,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		b := binds[n]
 		st, err := n.cfg.spec.New(ctx, Init{
 			Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
-			Outputs: n.ports, Dir: r.cfg.Dir, Accelerator: string(b.Device.Kind), Device: b.Device, Log: n.log,
+			Outputs: n.ports, Dir: r.cfg.Dir, Accelerator: string(b.Device.Kind), Device: b.Device, Strict: n.cfg.Strict, Log: n.log,
 			Live: r.cfg.Flow == FlowDropOldest,
 		})
 		if err != nil {

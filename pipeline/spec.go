@@ -78,6 +78,17 @@ type Spec struct {
 	// Accelerators are the device kinds the stage has an implementation
 	// for; empty means CPU only. A stage asked for another kind falls back.
 	Accelerators []accelerators.Kind
+	// AcceleratorsFor, when set, narrows Accelerators by the stage's input
+	// types (a decoder has a GPU path for video, not for audio).
+	AcceleratorsFor func(in []PortType) []accelerators.Kind
+}
+
+// supported returns the device kinds a stage with these inputs can run on.
+func (s *Spec) supported(in []PortType) []accelerators.Kind {
+	if s.AcceleratorsFor != nil {
+		return s.AcceleratorsFor(in)
+	}
+	return s.Accelerators
 }
 
 func (s *Spec) param(name string) *Param {

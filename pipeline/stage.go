@@ -47,7 +47,10 @@ type Init struct {
 	Dir         string     // folder of the pipeline file; relative paths resolve against it
 	Accelerator string     // the device kind the stage is bound to ("cpu", "gpu", "npu")
 	Device      accelerators.Device
-	Log         *slog.Logger
+	// Strict is the stage's strict setting: a stage that finds at run time
+	// that it cannot use its device fails instead of falling back.
+	Strict bool
+	Log    *slog.Logger
 	// Live is true when the pipeline's flow mode is drop-oldest (live input).
 	Live bool
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 
 	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
@@ -30,6 +31,8 @@ func init() {
 		Params: []pipeline.Param{
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "decoder threads (0: one per core)"},
 			{Name: "thread_type", Type: pipeline.TypeString, Default: "auto", Enum: []string{"auto", "frame", "slice"}, Doc: "frame threading (throughput) or slice threading (latency)"},
+			{Name: "hw_format", Type: pipeline.TypeString, Default: "planar", Enum: []string{"planar", "native"},
+				Doc: "on a GPU: frames leave in the planar format a CPU decoder gives (yuv420p) or in the device's own layout (nv12)"},
 		},
 		MinInputs: 1, MaxInputs: 1,
 		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
@@ -38,7 +41,14 @@ func init() {
 			}
 			return []pipeline.Port{{Name: "out", Type: pipeline.PortType{Kind: envelope.KindFrame, Media: in[0].Media}}}, nil
 		},
-		New: New,
+		New:          New,
+		Accelerators: []accelerators.Kind{accelerators.CPU, accelerators.GPU},
+		AcceleratorsFor: func(in []pipeline.PortType) []accelerators.Kind {
+			if len(in) == 1 && in[0].Media == envelope.MediaAudio {
+				return []accelerators.Kind{accelerators.CPU}
+			}
+			return []accelerators.Kind{accelerators.CPU, accelerators.GPU}
+		},
 	})
 }
 
@@ -53,11 +63,79 @@ type Decoder struct {
 	codec     string
 	bad       int
 	frames    int64
+	hw        *hardware // nil: decoding on the CPU
+}
+
+// hardware is a decoder bound to a GPU through an FFmpeg device context
+// (NVDEC through CUDA, or VA-API), as in go-astiav's
+// examples/hardware_decoding.
+type hardware struct {
+	kind, name string // FFmpeg device kind and name: cuda, 0
+	typ        astiav.HardwareDeviceType
+	pixFmt     astiav.PixelFormat // the decoder's pixel format for frames on the device
+	dl         *codecs.Downloader
+	soft       bool // the stream fell back to software decoding inside FFmpeg
 }
 
 // New returns a decoder that opens on the first packet, from its codec parameters.
 func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
-	return &Decoder{in: in, frame: astiav.AllocFrame()}, nil
+	d := &Decoder{in: in, frame: astiav.AllocFrame()}
+	if in.Device.Kind == accelerators.GPU {
+		kind, name, typ, ok := accelerators.FFmpegDevice(in.Device.ID)
+		if !ok {
+			d.frame.Free()
+			return nil, fmt.Errorf("%w: device %s cannot decode video", ErrOpen, in.Device.ID)
+		}
+		d.hw = &hardware{kind: kind, name: name, typ: typ, pixFmt: astiav.PixelFormatNone}
+	}
+	return d, nil
+}
+
+// openHardware attaches the bound device to the decoder, or says why this
+// stream decodes on the CPU instead.
+func (d *Decoder) openHardware(c *astiav.Codec) error {
+	h := d.hw
+	for _, hc := range c.HardwareConfigs() {
+		if hc.MethodFlags().Has(astiav.CodecHardwareConfigMethodFlagHwDeviceCtx) && hc.HardwareDeviceType() == h.typ {
+			h.pixFmt = hc.PixelFormat()
+			break
+		}
+	}
+	if h.pixFmt == astiav.PixelFormatNone {
+		why := fmt.Sprintf("FFmpeg's %s decoder has no %s hardware path", c.Name(), h.kind)
+		if d.in.Strict {
+			return fmt.Errorf("%w: %s (strict)", ErrNoDecoder, why)
+		}
+		d.in.Log.Warn("accelerator fallback: decoding on the CPU", "wanted", d.in.Device.ID, "why", why)
+		d.hw = nil
+		return nil
+	}
+	hdc, err := accelerators.DeviceContext(h.kind, h.name)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrOpen, err)
+	}
+	d.cc.SetHardwareDeviceContext(hdc)
+	d.cc.SetPixelFormatCallback(func(offered []astiav.PixelFormat) astiav.PixelFormat {
+		for _, pf := range offered {
+			if pf == h.pixFmt {
+				return pf
+			}
+		}
+		// The device cannot decode this profile (4:4:4, too large...):
+		// FFmpeg decodes in software; say so once.
+		if !h.soft {
+			h.soft = true
+			d.in.Log.Warn("the GPU cannot decode this stream's profile; FFmpeg decodes it on the CPU", "device", d.in.Device.ID)
+		}
+		for _, pf := range offered {
+			if !codecs.IsHardwarePixelFormat(pf) {
+				return pf
+			}
+		}
+		return astiav.PixelFormatNone
+	})
+	h.dl = codecs.NewDownloader(d.in.Params.String("hw_format") == "native")
+	return nil
 }
 
 func (d *Decoder) open(e *envelope.Envelope) error {
@@ -93,12 +171,21 @@ func (d *Decoder) open(e *envelope.Envelope) error {
 	case "slice":
 		d.cc.SetThreadType(astiav.ThreadTypeSlice)
 	}
+	if d.hw != nil {
+		if err := d.openHardware(c); err != nil {
+			return err
+		}
+	}
 	if err := d.cc.Open(c, nil); err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrOpen, c.Name(), err)
 	}
 	d.media, d.codec = e.Media, e.Codec.Codec
 	d.frameRate = codecs.AVRat(e.Codec.FrameRate)
-	d.in.Log.Info("decoder opened", "codec", c.Name(), "media", e.Media.String(), "threads", d.cc.ThreadCount())
+	dev := "cpu"
+	if d.hw != nil {
+		dev = d.in.Device.ID + " (" + d.hw.pixFmt.Name() + ")"
+	}
+	d.in.Log.Info("decoder opened", "codec", c.Name(), "media", e.Media.String(), "threads", d.cc.ThreadCount(), "device", dev)
 	return nil
 }
 
@@ -139,8 +226,18 @@ func (d *Decoder) receive(out pipeline.Batch) (pipeline.Batch, error) {
 			}
 			return out, fmt.Errorf("%w: %w", ErrDecode, err)
 		}
-		f := astiav.AllocFrame()
-		f.MoveRef(d.frame)
+		var f *astiav.Frame
+		if d.hw != nil && d.frame.PixelFormat() == d.hw.pixFmt {
+			var err error
+			f, err = d.hw.dl.Download(d.frame)
+			d.frame.Unref()
+			if err != nil {
+				return out, fmt.Errorf("%w: %w", ErrDecode, err)
+			}
+		} else {
+			f = astiav.AllocFrame()
+			f.MoveRef(d.frame)
+		}
 		out = append(out, codecs.FrameEnvelope(f, d.media, d.tb, d.frameRate))
 		d.frames++
 	}
@@ -166,6 +263,10 @@ func (d *Decoder) Close() error {
 	if d.frame != nil {
 		d.frame.Free()
 		d.frame = nil
+	}
+	if d.hw != nil && d.hw.dl != nil {
+		d.hw.dl.Close()
+		d.hw.dl = nil
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
@@ -43,8 +44,15 @@ func init() {
 			{Name: "options", Type: pipeline.TypeMap, Doc: "encoder private options, e.g. {x264-params: keyint=60, sc_threshold: 0}"},
 		},
 		MinInputs: 1, MaxInputs: 1,
-		Ports: ports,
-		New:   New,
+		Ports:        ports,
+		New:          New,
+		Accelerators: []accelerators.Kind{accelerators.CPU, accelerators.GPU},
+		AcceleratorsFor: func(in []pipeline.PortType) []accelerators.Kind {
+			if len(in) == 1 && in[0].Media == envelope.MediaVideo && in[0].Kind == envelope.KindFrame {
+				return []accelerators.Kind{accelerators.CPU, accelerators.GPU}
+			}
+			return []accelerators.Kind{accelerators.CPU}
+		},
 	})
 }
 
@@ -116,6 +124,9 @@ type Encoder struct {
 	tb     astiav.Rational
 	params *envelope.CodecParams
 	frames int64
+	// soft is the software encoder to fall back to when the hardware
+	// encoder the stage was bound to does not open (nil on the CPU).
+	soft *astiav.Codec
 }
 
 // New prepares the encoder; it opens on the first frame, from its format.
@@ -128,10 +139,44 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 	if c == nil {
 		return nil, fmt.Errorf("%w %q", ErrUnknownEncoder, name)
 	}
-	return &Encoder{in: in, codec: c, pkt: astiav.AllocPacket(), media: codecs.MediaOf(c.ID().MediaType())}, nil
+	enc := &Encoder{in: in, codec: c, media: codecs.MediaOf(c.ID().MediaType())}
+	if in.Device.Kind == accelerators.GPU {
+		hw, why := hardwareEncoder(c, in.Device)
+		switch {
+		case hw == nil && in.Strict:
+			return nil, fmt.Errorf("%w: %s on %s (strict): %s", ErrOpen, name, in.Device.ID, why)
+		case hw == nil:
+			in.Log.Warn("accelerator fallback: encoding on the CPU", "wanted", in.Device.ID, "encoder", name, "why", why)
+		default:
+			enc.codec, enc.soft = hw, c
+			if strings.HasSuffix(c.Name(), "_nvenc") || in.Strict {
+				enc.soft = nil
+			}
+		}
+	}
+	enc.pkt = astiav.AllocPacket()
+	return enc, nil
 }
 
+// open opens the encoder on the first frame's format; a hardware encoder
+// that will not open (driver without the encode library, session limit)
+// gives way to the software one with a warning.
 func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) error {
+	err := enc.openCodec(f, e)
+	if err == nil || enc.soft == nil {
+		return err
+	}
+	enc.in.Log.Warn("accelerator fallback: hardware encoder did not open; encoding on the CPU",
+		"wanted", enc.in.Device.ID, "encoder", enc.soft.Name(), "why", err)
+	if enc.cc != nil {
+		enc.cc.Free()
+		enc.cc = nil
+	}
+	enc.codec, enc.soft = enc.soft, nil
+	return enc.openCodec(f, e)
+}
+
+func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 	p := enc.in.Params
 	cc := astiav.AllocCodecContext(enc.codec)
 	if cc == nil {
@@ -207,6 +252,11 @@ func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) error {
 		opts["crf"] = strconv.Itoa(p.Int("crf"))
 		if enc.codec.Name() == "libvpx-vp9" && p.String("bitrate") == "" {
 			cc.SetBitRate(0) // constant quality mode
+		}
+	}
+	if strings.HasSuffix(enc.codec.Name(), "_nvenc") {
+		if dropped := nvencOptions(opts, enc.in.Device.ID); len(dropped) > 0 {
+			enc.in.Log.Warn("software-encoder options dropped for NVENC", "options", strings.Join(dropped, " "))
 		}
 	}
 	for k, v := range opts {

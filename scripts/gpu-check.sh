@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU check, run on a GPU machine from the repository root after
+# scripts/gpu-bundle.sh: what the machine reports, what avflow discovers,
+# NVDEC decode through avflow against CPU decode (frame count, PSNR above
+# 40 dB), the same decode through `avflow run`, and whether NVENC opens.
+# Writes its log to ${OUT:-.gpu/out}/gpu-check.log.
+set -uo pipefail
+[ -f .gpu/bundle.tar.xz ] && tar xJf .gpu/bundle.tar.xz
+out=${OUT:-.gpu/out}
+mkdir -p "$out"
+exec > >(tee "$out/gpu-check.log") 2>&1
+step() { echo; echo "=== $*"; }
+step machine
+nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+ls -l /dev/nvidia* 2>&1 | head; ls /proc/driver/nvidia/gpus 2>&1
+step avflow devices
+.gpu/avflow devices
+step NVDEC decode vs CPU decode
+AVFLOW_SHARED=.gpu/shared .gpu/decode.test -test.v -test.run 'TestGPUDecode' -test.count=1
+step avflow run, decode on the GPU
+cat > /tmp/gpu-decode.yaml <<YAML
+name: gpu-decode
+stages:
+  - {name: src, kind: source, params: {url: $PWD/.gpu/shared/media/car-detection.mp4}}
+  - {name: dec, kind: decode, inputs: [src.video], accelerator: gpu, strict: true}
+  - {name: enc, kind: encode, inputs: [dec], params: {codec: rawvideo}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: /tmp/gpu-decode.mkv}}
+YAML
+.gpu/avflow --log-format text run /tmp/gpu-decode.yaml; echo "exit $?"; ls -l /tmp/gpu-decode.mkv
+step NVENC: does FFmpeg open h264_nvenc on this GPU?
+sed -e 's/codec: rawvideo/codec: h264_nvenc/' -e 's/decode.mkv/nvenc.mkv/' /tmp/gpu-decode.yaml > /tmp/gpu-nvenc.yaml
+.gpu/avflow --log-format text run /tmp/gpu-nvenc.yaml; echo "exit $?"

@@ -1,0 +1,80 @@
+package encode_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/accelerators"
+	"github.com/avflow/avflow/pipeline"
+	_ "github.com/avflow/avflow/stages/all"
+)
+
+// TestNVENCThatWillNotOpenFallsBack: a GPU that claims NVENC but whose
+// encoder does not open (here: no NVIDIA driver at all) leaves the stage
+// encoding with the software encoder, with a warning, and the file is good.
+// With strict it fails naming the encoder.
+func TestNVENCThatWillNotOpenFallsBack(t *testing.T) {
+	if astiav.FindEncoderByName("h264_nvenc") == nil || astiav.FindEncoderByName("libx264") == nil {
+		t.Skip("needs FFmpeg with h264_nvenc and libx264")
+	}
+	if _, err := os.Stat("/dev/nvidia0"); err == nil {
+		t.Skip("this machine has an NVIDIA GPU: NVENC may open")
+	}
+	inv := accelerators.Inventory{Devices: []accelerators.Device{
+		{Kind: accelerators.CPU, ID: "cpu:0", Usable: true},
+		{Kind: accelerators.GPU, ID: "cuda:0", Name: "NVIDIA L4 (pretend)", Caps: []string{"nvenc"}, Usable: true},
+	}}
+	for _, strict := range []bool{false, true} {
+		t.Run(fmt.Sprint("strict=", strict), func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "out.mp4")
+			cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: nvenc
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25:duration=1"}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: enc, kind: encode, inputs: [dec], accelerator: gpu, strict: %t, params: {codec: libx264, preset: veryfast, crf: 23}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
+`, strict, out), "nvenc.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := pipeline.Default.Validate(cfg); err != nil {
+				t.Fatal(err)
+			}
+			var logs bytes.Buffer
+			r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{Devices: &inv, Transport: "local",
+				Log: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = r.Run(context.Background())
+			if strict {
+				if err == nil || !strings.Contains(err.Error(), "h264_nvenc") {
+					t.Fatalf("strict: want an error naming h264_nvenc, got %v", err)
+				}
+				if _, serr := os.Stat(out); serr == nil {
+					t.Fatal("strict failure left an output file")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(logs.String(), "hardware encoder did not open") || !strings.Contains(logs.String(), "encoder=libx264") {
+				t.Errorf("no fallback warning:\n%s", logs.String())
+			}
+			probe, err := exec.Command("ffprobe", "-v", "error", "-select_streams", "v", "-count_frames",
+				"-show_entries", "stream=codec_name,nb_read_frames", "-of", "csv=p=0", out).Output()
+			if err != nil || strings.TrimSpace(string(probe)) != "h264,25" {
+				t.Fatalf("ffprobe: %q %v", probe, err)
+			}
+		})
+	}
+}
