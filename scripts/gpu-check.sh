@@ -30,3 +30,7 @@ YAML
 step NVENC: does FFmpeg open h264_nvenc on this GPU?
 sed -e 's/codec: rawvideo/codec: h264_nvenc/' -e 's/decode.mkv/nvenc.mkv/' /tmp/gpu-decode.yaml > /tmp/gpu-nvenc.yaml
 .gpu/avflow --log-format text run /tmp/gpu-nvenc.yaml; echo "exit $?"
+step calibrate: each stage on each usable device kind
+sed -e 's/, accelerator: gpu, strict: true//' -e 's|path: /tmp/gpu-decode.mkv|path: "null"|' /tmp/gpu-decode.yaml > /tmp/gpu-cal.yaml
+timeout 120 .gpu/avflow --log-format text --log-level warn calibrate --frames 377 -o "$out/profile.yaml" /tmp/gpu-cal.yaml; echo "exit $?"
+cat "$out/profile.yaml"
