@@ -98,6 +98,16 @@ func (inv Inventory) Usable(k Kind) []Device {
 	return out
 }
 
+// KindOf returns the kind of the device with this ID ("" if there is none).
+func (inv Inventory) KindOf(id string) Kind {
+	for _, d := range inv.Devices {
+		if d.ID == id {
+			return d.Kind
+		}
+	}
+	return ""
+}
+
 // Why explains why no device of a kind is usable.
 func (inv Inventory) Why(k Kind) string {
 	var why []string

@@ -66,6 +66,9 @@ func TestDiscoverFakeTree(t *testing.T) {
 	if h100.Name != "NVIDIA H100 80GB HBM3" || slices.Contains(h100.Caps, "nvenc") || !slices.Contains(h100.Caps, "nvdec") {
 		t.Errorf("H100 (NVDEC, no NVENC): %+v", h100)
 	}
+	if inv.KindOf("cuda:1") != GPU || inv.KindOf("cpu:0") != CPU || inv.KindOf("cuda:9") != "" {
+		t.Errorf("KindOf: %q %q %q", inv.KindOf("cuda:1"), inv.KindOf("cpu:0"), inv.KindOf("cuda:9"))
+	}
 	if !slices.Contains(l4.Caps, "nvenc") {
 		t.Errorf("L4 has NVENC: %+v", l4)
 	}

@@ -24,13 +24,18 @@ stages:
   - {name: src, kind: source, params: {url: $PWD/.gpu/shared/media/car-detection.mp4}}
   - {name: dec, kind: decode, inputs: [src.video], accelerator: gpu, strict: true}
   - {name: enc, kind: encode, inputs: [dec], params: {codec: rawvideo}}
-  - {name: out, kind: sink, inputs: [enc], params: {path: /tmp/gpu-decode.mkv}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: /tmp/gpu-decode.yuv, format: rawvideo}}
 YAML
-.gpu/avflow --log-format text run /tmp/gpu-decode.yaml; echo "exit $?"; ls -l /tmp/gpu-decode.mkv
+.gpu/avflow --log-format text run /tmp/gpu-decode.yaml; echo "exit $?"
+sed -e 's/accelerator: gpu/accelerator: cpu/' -e 's/gpu-decode.yuv/cpu-decode.yuv/' /tmp/gpu-decode.yaml > /tmp/cpu-decode.yaml
+.gpu/avflow --log-level warn run /tmp/cpu-decode.yaml 2>/dev/null; echo "cpu exit $?"
+echo "frames: GPU $(( $(stat -c %s /tmp/gpu-decode.yuv) / (768*432*3/2) )), CPU $(( $(stat -c %s /tmp/cpu-decode.yuv) / (768*432*3/2) ))"
+cmp /tmp/gpu-decode.yuv /tmp/cpu-decode.yuv && echo "GPU and CPU outputs are byte-identical"
 step NVENC: does FFmpeg open h264_nvenc on this GPU?
-sed -e 's/codec: rawvideo/codec: h264_nvenc/' -e 's/decode.mkv/nvenc.mkv/' /tmp/gpu-decode.yaml > /tmp/gpu-nvenc.yaml
+sed -e 's/codec: rawvideo/codec: h264_nvenc/' -e 's|/tmp/gpu-decode.yuv, format: rawvideo|"null"|' /tmp/gpu-decode.yaml > /tmp/gpu-nvenc.yaml
 .gpu/avflow --log-format text run /tmp/gpu-nvenc.yaml; echo "exit $?"
 step calibrate: each stage on each usable device kind
-sed -e 's/, accelerator: gpu, strict: true//' -e 's|path: /tmp/gpu-decode.mkv|path: "null"|' /tmp/gpu-decode.yaml > /tmp/gpu-cal.yaml
-timeout 120 .gpu/avflow --log-format text --log-level warn calibrate --frames 377 -o "$out/profile.yaml" /tmp/gpu-cal.yaml; echo "exit $?"
-cat "$out/profile.yaml"
+sed -e 's/, accelerator: gpu, strict: true//' -e 's|/tmp/gpu-decode.yuv, format: rawvideo|"null"|' /tmp/gpu-decode.yaml > /tmp/gpu-cal.yaml
+timeout 120 .gpu/avflow --log-format text --log-level warn calibrate --frames 1000 -o "$out/profile.yaml" /tmp/gpu-cal.yaml; echo "exit $?"
+step plan from the measured profile: 8 streams at 30 fps, cheapest
+.gpu/avflow plan /tmp/gpu-cal.yaml --profile "$out/profile.yaml" --streams 8 --fps 30 --objective cost; echo "exit $?"

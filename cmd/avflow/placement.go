@@ -92,7 +92,7 @@ func calibrateCmd() *cli.Command {
 				prof.Stages = prof.Stages[:0]
 				for _, st := range r.Metrics().Snapshot() {
 					prof.Stages = append(prof.Stages, st.Name)
-					if !strings.HasPrefix(st.Device, string(kind)) || st.BusyMs <= 0 {
+					if inv.KindOf(st.Device) != kind || st.BusyMs <= 0 {
 						continue // the stage fell back to another kind: not a measure of this one
 					}
 					if prof.Perf[st.Name] == nil {

@@ -115,6 +115,11 @@ func (d *Decoder) openHardware(c *astiav.Codec) error {
 		return fmt.Errorf("%w: %w", ErrOpen, err)
 	}
 	d.cc.SetHardwareDeviceContext(hdc)
+	// go-astiav finds the format callback by the codec context's address;
+	// frame threading calls it on per-thread copies it does not know (and
+	// the decoder then gets no format at all). Slice threading keeps one
+	// context, and the GPU does the decoding anyway.
+	d.cc.SetThreadType(astiav.ThreadTypeSlice)
 	d.cc.SetPixelFormatCallback(func(offered []astiav.PixelFormat) astiav.PixelFormat {
 		for _, pf := range offered {
 			if pf == h.pixFmt {
@@ -257,6 +262,9 @@ func (d *Decoder) Flush(context.Context) (pipeline.Batch, error) {
 // Close frees the decoder.
 func (d *Decoder) Close() error {
 	if d.cc != nil {
+		if d.hw != nil {
+			d.cc.SetPixelFormatCallback(nil) // drops go-astiav's reference to it
+		}
 		d.cc.Free()
 		d.cc = nil
 	}
