@@ -19,6 +19,9 @@ type Request struct {
 	Fallback    []string // kinds to try next, in order
 	Strict      bool     // fail instead of falling back
 	Supported   []Kind   // kinds the stage has an implementation for (empty: cpu)
+	// Check, when set, says whether the stage can do its work on a
+	// particular device (an H.264 encoder on a GPU without NVENC cannot).
+	Check func(Device) error
 }
 
 // Binding is the device a stage runs on.
@@ -73,6 +76,19 @@ func Bind(inv Inventory, r Request) (Binding, error) {
 		if len(usable) == 0 {
 			why = append(why, fmt.Sprintf("no usable %s (%s)", kind, inv.Why(kind)))
 			continue
+		}
+		if r.Check != nil && kind != CPU {
+			var able []Device
+			for _, d := range usable {
+				if err := r.Check(d); err != nil {
+					why = append(why, err.Error())
+					continue
+				}
+				able = append(able, d)
+			}
+			if usable = able; len(usable) == 0 {
+				continue
+			}
 		}
 		b := Binding{Device: usable[0], Wanted: want, Fallback: i > 0 && want != "auto"}
 		if b.Fallback || (want == "auto" && kind == CPU) {

@@ -172,3 +172,28 @@ func TestBind(t *testing.T) {
 		})
 	}
 }
+
+// TestBindCheck: a device the stage cannot use is passed over with its reason.
+func TestBindCheck(t *testing.T) {
+	inv := Inventory{Devices: []Device{{Kind: CPU, ID: "cpu:0", Usable: true},
+		{Kind: GPU, ID: "cuda:0", Name: "H100", Usable: true}, {Kind: GPU, ID: "cuda:1", Name: "L4", Caps: []string{"nvenc"}, Usable: true}}}
+	check := func(d Device) error {
+		if !slices.Contains(d.Caps, "nvenc") {
+			return errors.New(d.ID + " has no NVENC")
+		}
+		return nil
+	}
+	b, err := Bind(inv, Request{Accelerator: "gpu", Supported: []Kind{CPU, GPU}, Check: check})
+	if err != nil || b.Device.ID != "cuda:1" {
+		t.Fatalf("want cuda:1, got %+v %v", b, err)
+	}
+	inv.Devices = inv.Devices[:2]
+	b, err = Bind(inv, Request{Accelerator: "gpu", Supported: []Kind{CPU, GPU}, Check: check})
+	if err != nil || b.Device.ID != "cpu:0" || !b.Fallback || !strings.Contains(b.Why, "cuda:0 has no NVENC") {
+		t.Fatalf("want a CPU fallback naming NVENC, got %+v %v", b, err)
+	}
+	_, err = Bind(inv, Request{Stage: "enc", Accelerator: "gpu", Strict: true, Supported: []Kind{CPU, GPU}, Check: check})
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "has no NVENC") {
+		t.Fatalf("strict: %v", err)
+	}
+}

@@ -263,8 +263,13 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	}
 	binds := map[*node]accelerators.Binding{}
 	for _, n := range nodes {
-		b, err := accelerators.Bind(*inv, accelerators.Request{Stage: n.cfg.Name, Accelerator: n.cfg.Accelerator,
-			Device: n.cfg.Device, Fallback: n.cfg.Fallback, Strict: n.cfg.Strict, Supported: n.cfg.spec.supported(n.cfg.inTypes)})
+		req := accelerators.Request{Stage: n.cfg.Name, Accelerator: n.cfg.Accelerator,
+			Device: n.cfg.Device, Fallback: n.cfg.Fallback, Strict: n.cfg.Strict, Supported: n.cfg.spec.supported(n.cfg.inTypes)}
+		if check := n.cfg.spec.DeviceCheck; check != nil {
+			p, in := n.cfg.Params, n.cfg.inTypes
+			req.Check = func(d accelerators.Device) error { return check(p, in, d) }
+		}
+		b, err := accelerators.Bind(*inv, req)
 		if err != nil {
 			return fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err)
 		}

@@ -81,6 +81,10 @@ type Spec struct {
 	// AcceleratorsFor, when set, narrows Accelerators by the stage's input
 	// types (a decoder has a GPU path for video, not for audio).
 	AcceleratorsFor func(in []PortType) []accelerators.Kind
+	// DeviceCheck, when set, says whether the stage with these params can
+	// run on a particular GPU/NPU; a device it refuses is passed over at
+	// binding, with the reason in the fallback warning.
+	DeviceCheck func(p Params, in []PortType, d accelerators.Device) error
 }
 
 // supported returns the device kinds a stage with these inputs can run on.

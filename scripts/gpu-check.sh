@@ -38,4 +38,4 @@ step calibrate: each stage on each usable device kind
 sed -e 's/, accelerator: gpu, strict: true//' -e 's|/tmp/gpu-decode.yuv, format: rawvideo|"null"|' /tmp/gpu-decode.yaml > /tmp/gpu-cal.yaml
 timeout 120 .gpu/avflow --log-format text --log-level warn calibrate --frames 1000 -o "$out/profile.yaml" /tmp/gpu-cal.yaml; echo "exit $?"
 step plan from the measured profile: 8 streams at 30 fps, cheapest
-.gpu/avflow plan /tmp/gpu-cal.yaml --profile "$out/profile.yaml" --streams 8 --fps 30 --objective cost; echo "exit $?"
+.gpu/avflow plan --profile "$out/profile.yaml" --streams 8 --fps 30 --objective cost /tmp/gpu-cal.yaml; echo "exit $?"

@@ -53,6 +53,14 @@ func init() {
 			}
 			return []accelerators.Kind{accelerators.CPU}
 		},
+		DeviceCheck: func(p pipeline.Params, _ []pipeline.PortType, d accelerators.Device) error {
+			if c := astiav.FindEncoderByName(p.String("codec")); c != nil {
+				if hw, why := hardwareEncoder(c, d); hw == nil {
+					return errors.New(why)
+				}
+			}
+			return nil
+		},
 	})
 }
 
@@ -142,16 +150,12 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 	enc := &Encoder{in: in, codec: c, media: codecs.MediaOf(c.ID().MediaType())}
 	if in.Device.Kind == accelerators.GPU {
 		hw, why := hardwareEncoder(c, in.Device)
-		switch {
-		case hw == nil && in.Strict:
-			return nil, fmt.Errorf("%w: %s on %s (strict): %s", ErrOpen, name, in.Device.ID, why)
-		case hw == nil:
-			in.Log.Warn("accelerator fallback: encoding on the CPU", "wanted", in.Device.ID, "encoder", name, "why", why)
-		default:
-			enc.codec, enc.soft = hw, c
-			if strings.HasSuffix(c.Name(), "_nvenc") || in.Strict {
-				enc.soft = nil
-			}
+		if hw == nil { // binding checked the device; this is a programming error
+			return nil, fmt.Errorf("%w: %s on %s: %s", ErrOpen, name, in.Device.ID, why)
+		}
+		enc.codec, enc.soft = hw, c
+		if strings.HasSuffix(c.Name(), "_nvenc") || in.Strict {
+			enc.soft = nil
 		}
 	}
 	enc.pkt = astiav.AllocPacket()

@@ -78,3 +78,44 @@ stages:
 		})
 	}
 }
+
+// TestEncodeOnGPUWithoutNVENC: an H100-like GPU (usable, no NVENC) is
+// passed over at binding: the stage runs on the CPU, says why, and the
+// metrics carry cpu:0.
+func TestEncodeOnGPUWithoutNVENC(t *testing.T) {
+	inv := accelerators.Inventory{Devices: []accelerators.Device{
+		{Kind: accelerators.CPU, ID: "cpu:0", Usable: true},
+		{Kind: accelerators.GPU, ID: "cuda:0", Name: "NVIDIA H100 80GB HBM3 (pretend)", Caps: []string{"nvdec", "cuda"}, Usable: true},
+	}}
+	out := filepath.Join(t.TempDir(), "out.mkv")
+	cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: nonvenc
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25:duration=1"}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: enc, kind: encode, inputs: [dec], accelerator: gpu, params: {codec: libx264, preset: ultrafast}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
+`, out), "nonvenc.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pipeline.Default.Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{Devices: &inv, Transport: "local",
+		Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "accelerator fallback") || !strings.Contains(logs.String(), "has no NVENC") {
+		t.Errorf("no fallback warning naming NVENC:\n%s", logs.String())
+	}
+	for _, st := range r.Metrics().Snapshot() {
+		if st.Name == "enc" && st.Device != "cpu:0" {
+			t.Errorf("enc reported on %s, want cpu:0", st.Device)
+		}
+	}
+}
