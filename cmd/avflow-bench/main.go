@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -388,4 +389,11 @@ func edge(b *strings.Builder, rounds, n int) {
 	row("avflow edge, NATS", mn)
 	row("avflow edge, --transport local", ml)
 	fmt.Fprintf(b, "\nTarget: the avflow NATS edge at least 0.80 of the bare loop. Rounds (s): bare %s; avflow nats %s; avflow local %s.\n\n", walls(bare), walls(avN), walls(avL))
+}
+
+// medianOf is the median of a sample.
+func medianOf(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

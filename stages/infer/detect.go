@@ -3,6 +3,7 @@ package infer
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 
 	"github.com/asticode/go-astiav"
@@ -30,67 +31,128 @@ func (s *Detector) Batchable() bool {
 // DetectBatch runs the model on several frames. Frames that make tensors
 // of the same size go through the model together when it is Batchable.
 func (s *Detector) DetectBatch(frames []*astiav.Frame) ([][]box, error) {
+	res := make([][]box, 0, len(frames))
+	for start := 0; start < len(frames); {
+		r, err := s.prepare(frames[start:], s.buf)
+		if err != nil {
+			return nil, err
+		}
+		s.buf = r.buf
+		s.execute(r)
+		if res, err = s.finish(r, res); err != nil {
+			return nil, err
+		}
+		start += len(r.frames)
+	}
+	return res, nil
+}
+
+// modelRun is one run of the model: frames that make tensors of one size,
+// preprocessed into buf, and, once executed, the outputs.
+type modelRun struct {
+	frames []*astiav.Frame
+	buf    []float32
+	shape  []int64
+	geos   []geometry
+	tw, th int
+	outs   []onnx.Tensor
+	err    error
+	done   chan struct{} // closed when the run has executed
+}
+
+// prepare preprocesses the leading frames that fit one run (as many of the
+// same tensor size as the model takes) into buf, grown if needed.
+func (s *Detector) prepare(frames []*astiav.Frame, buf []float32) (*modelRun, error) {
 	card := s.m.card
-	res := make([][]box, len(frames))
 	ch := 3
 	if card.Inputs[0].Color == "GRAY" {
 		ch = 1
 	}
-	for start := 0; start < len(frames); {
-		tw, th, _, _, err := s.prep.size(frames[start].Width(), frames[start].Height())
+	tw, th, _, _, err := s.prep.size(frames[0].Width(), frames[0].Height())
+	if err != nil {
+		return nil, fmt.Errorf("%w: model %s: %v", ErrInfer, card.Name, err)
+	}
+	n := 1
+	for s.Batchable() && n < len(frames) {
+		w, h, _, _, err := s.prep.size(frames[n].Width(), frames[n].Height())
+		if err != nil || w != tw || h != th {
+			break
+		}
+		n++
+	}
+	per := ch * tw * th
+	if cap(buf) < n*per {
+		buf = make([]float32, n*per)
+	}
+	r := &modelRun{frames: frames[:n], buf: buf[:n*per], geos: make([]geometry, n), tw: tw, th: th}
+	for i := 0; i < n; i++ {
+		if r.shape, r.geos[i], err = s.prep.fill(frames[i], r.buf[i*per:(i+1)*per]); err != nil {
+			return nil, err
+		}
+	}
+	r.shape[0] = int64(n)
+	return r, nil
+}
+
+// execute runs the model on a prepared run and waits for it.
+func (s *Detector) execute(r *modelRun) {
+	s.start(r)
+	<-r.done
+}
+
+// start hands a prepared run to the detector's model thread; r.done is
+// closed when it has run. The model always runs on that one OS thread:
+// ONNX Runtime's calling thread takes part in every run and keeps
+// per-thread scratch buffers, and goroutines move between threads, which
+// with a second intra-op thread cost more than the preprocessing.
+func (s *Detector) start(r *modelRun) {
+	s.once.Do(func() {
+		s.runs = make(chan *modelRun)
+		go func() {
+			runtime.LockOSThread()
+			for r := range s.runs {
+				r.outs, r.err = s.m.sess.Run([]onnx.Tensor{{Shape: r.shape, Data: r.buf}}, nil)
+				if r.err != nil {
+					r.err = fmt.Errorf("%w: model %s: %v", ErrInfer, s.m.card.Name, r.err)
+				}
+				close(r.done)
+			}
+		}()
+	})
+	r.done = make(chan struct{})
+	s.runs <- r
+}
+
+// finish decodes an executed run's outputs (valid until the session's
+// next run) into frame-normalised results, appended to res.
+func (s *Detector) finish(r *modelRun, res [][]box) ([][]box, error) {
+	if r.err != nil {
+		return res, r.err
+	}
+	card := s.m.card
+	n := len(r.frames)
+	for i := 0; i < n; i++ {
+		dets, err := s.decode(r.outs, i, n, r.tw, r.th)
 		if err != nil {
-			return nil, fmt.Errorf("%w: model %s: %v", ErrInfer, card.Name, err)
+			return res, err
 		}
-		// The run: as many following frames of the same tensor size as the model takes.
-		end := start + 1
-		for s.Batchable() && end < len(frames) {
-			w, h, _, _, err := s.prep.size(frames[end].Width(), frames[end].Height())
-			if err != nil || w != tw || h != th {
-				break
+		for j := range dets {
+			if card.Decoder.Type != "classifier" {
+				dets[j] = r.geos[i].toFrame(dets[j])
 			}
-			end++
-		}
-		n, per := end-start, ch*tw*th
-		if cap(s.buf) < n*per {
-			s.buf = make([]float32, n*per)
-		}
-		s.buf = s.buf[:n*per]
-		geos := make([]geometry, n)
-		var shape []int64
-		for i := 0; i < n; i++ {
-			if shape, geos[i], err = s.prep.fill(frames[start+i], s.buf[i*per:(i+1)*per]); err != nil {
-				return nil, err
+			dets[j].Model = card.Name
+			if c := int(dets[j].Class); c >= 0 && c < len(card.Labels) {
+				dets[j].Label = card.Labels[c]
 			}
 		}
-		shape[0] = int64(n)
-		outs, err := s.m.sess.Run([]onnx.Tensor{{Shape: shape, Data: s.buf}}, nil)
-		if err != nil {
-			return nil, fmt.Errorf("%w: model %s: %v", ErrInfer, card.Name, err)
-		}
-		for i := 0; i < n; i++ {
-			dets, err := s.decode(outs, i, n, tw, th)
-			if err != nil {
-				return nil, err
-			}
+		if s.rec != nil {
 			for j := range dets {
-				if card.Decoder.Type != "classifier" {
-					dets[j] = geos[i].toFrame(dets[j])
-				}
-				dets[j].Model = card.Name
-				if c := int(dets[j].Class); c >= 0 && c < len(card.Labels) {
-					dets[j].Label = card.Labels[c]
+				if dets[j].Text, _, err = s.rec.read(r.frames[i], dets[j]); err != nil {
+					return res, err
 				}
 			}
-			if s.rec != nil {
-				for j := range dets {
-					if dets[j].Text, _, err = s.rec.read(frames[start+i], dets[j]); err != nil {
-						return nil, err
-					}
-				}
-			}
-			res[start+i] = dets
 		}
-		start = end
+		res = append(res, dets)
 	}
 	return res, nil
 }
@@ -258,6 +320,10 @@ func (r *recognizer) close() {
 
 // Close frees the models and buffers.
 func (s *Detector) Close() error {
+	if s.runs != nil {
+		close(s.runs)
+		s.runs = nil
+	}
 	s.prep.close()
 	if s.rec != nil {
 		s.rec.close()

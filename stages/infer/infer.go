@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/asticode/go-astiav"
@@ -31,6 +32,7 @@ func init() {
 			{Name: "max_batch", Type: pipeline.TypeInt, Default: 1, Doc: "frames (from any stream) taken together per call"},
 			{Name: "max_wait", Type: pipeline.TypeDuration, Default: "0s", Doc: "how long a batch may wait to fill (0: take what is queued)"},
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "ONNX Runtime intra-op threads (0: one per core)"},
+			{Name: "overlap", Type: pipeline.TypeBool, Default: false, Doc: "preprocess the next frames while the model runs (throughput where cores are spare; results leave one call later)"},
 			{Name: "optimization", Type: pipeline.TypeString, Default: "all", Enum: []string{"disable", "basic", "extended", "all"}, Doc: "ONNX Runtime graph optimisation level"},
 		},
 		MinInputs: 1, MaxInputs: 1,
@@ -131,7 +133,8 @@ func New(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Video{in: in, Detector: d, interval: max(1, in.Params.Int("interval")), counts: map[string]int{}}, nil
+	return &Video{in: in, Detector: d, interval: max(1, in.Params.Int("interval")), counts: map[string]int{},
+		overlap: in.Params.Bool("overlap")}, nil
 }
 
 // Detector runs an image model (and an optional text recognizer) on frames.
@@ -142,6 +145,8 @@ type Detector struct {
 	rec  *recognizer
 	thr  float32
 	buf  []float32
+	once sync.Once
+	runs chan *modelRun // to the model thread (see start)
 }
 
 // NewDetector loads a model card for use on video frames; threshold 0
@@ -184,12 +189,28 @@ func newDetector(ctx context.Context, in pipeline.Init, m *loaded, threshold flo
 func (d *Detector) Model() string { return d.m.card.Name }
 
 // Video runs an image model on frames.
+//
+// With overlap, the model runs on one call's frames while the
+// next call preprocesses the following frames, so swscale and
+// normalisation cost no throughput; each call returns the frames of the
+// call before it, and Flush returns the last ones.
 type Video struct {
 	*Detector
 	in       pipeline.Init
 	interval int
 	counts   map[string]int
 	Inferred int64
+	overlap  bool
+	flight   *inFlight
+	spare    [2][]float32 // input buffers, one being run while the other fills
+	next     int
+}
+
+// inFlight is a model run under way and the messages waiting for it.
+type inFlight struct {
+	run *modelRun
+	in  pipeline.Batch // the call's messages, owned by the stage
+	due []int          // which of them the run is for
 }
 
 // BatchLimits lets the runner hand over several frames at once.
@@ -215,19 +236,74 @@ func (s *Video) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 		due = append(due, i)
 		frames = append(frames, f)
 	}
-	inferred := make([]bool, len(in))
+	if !s.overlap {
+		return s.inferNow(in, due, frames, nil)
+	}
+	// Preprocess this call's frames while the previous run executes.
+	var r *modelRun
 	if len(frames) > 0 {
-		res, err := s.DetectBatch(frames)
-		if err != nil {
+		var err error
+		if r, err = s.prepare(frames, s.spare[s.next]); err != nil {
 			return nil, err
 		}
-		for k, i := range due {
-			in[i].Detections = append(in[i].Detections, res[k]...)
-			inferred[i] = true
-		}
-		s.Inferred += int64(len(frames))
+		s.spare[s.next] = r.buf
 	}
-	out := make(pipeline.Batch, 0, 2*len(in))
+	out, err := s.drain()
+	if err != nil || len(frames) == 0 {
+		return s.emit(out, in, nil, nil), err
+	}
+	if len(r.frames) < len(frames) { // frames of several tensor sizes: run them here
+		return s.inferNow(in, due, frames, out)
+	}
+	s.next ^= 1
+	held := make(pipeline.Batch, len(in))
+	for i, e := range in {
+		held[i] = e.Pass() // the stage keeps the frames until the run is done
+	}
+	s.flight = &inFlight{run: r, in: held, due: due}
+	s.start(r)
+	return out, nil
+}
+
+// inferNow runs the model on frames and returns in with the results, after out.
+func (s *Video) inferNow(in pipeline.Batch, due []int, frames []*astiav.Frame, out pipeline.Batch) (pipeline.Batch, error) {
+	var res [][]box
+	if len(frames) > 0 {
+		var err error
+		if res, err = s.DetectBatch(frames); err != nil {
+			return out, err
+		}
+	}
+	return s.emit(out, in, due, res), nil
+}
+
+// drain waits for the run in flight and returns its messages with results.
+func (s *Video) drain() (pipeline.Batch, error) {
+	f := s.flight
+	if f == nil {
+		return nil, nil
+	}
+	s.flight = nil
+	<-f.run.done
+	res, err := s.finish(f.run, make([][]box, 0, len(f.due)))
+	if err != nil {
+		for _, e := range f.in {
+			e.Release()
+		}
+		return nil, err
+	}
+	return s.emit(nil, f.in, f.due, res), nil
+}
+
+// emit appends to out the messages of in, with the results of the frames
+// in due attached, and a metadata message for each of those.
+func (s *Video) emit(out, in pipeline.Batch, due []int, res [][]box) pipeline.Batch {
+	inferred := make([]bool, len(in))
+	for k, i := range due {
+		in[i].Detections = append(in[i].Detections, res[k]...)
+		inferred[i] = true
+	}
+	s.Inferred += int64(len(due))
 	for i, e := range in {
 		cp := e.Pass()
 		cp.Port = "out"
@@ -246,5 +322,20 @@ func (s *Video) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 				Meta: map[string]string{"stream": e.Stream, "model": s.Model()}, Stamps: append([]envelope.Stamp(nil), e.Stamps...)})
 		}
 	}
-	return out, nil
+	return out
+}
+
+// Flush returns the frames of the last run.
+func (s *Video) Flush(context.Context) (pipeline.Batch, error) { return s.drain() }
+
+// Close waits for a run in flight, then frees the models.
+func (s *Video) Close() error {
+	if f := s.flight; f != nil {
+		<-f.run.done
+		for _, e := range f.in {
+			e.Release()
+		}
+		s.flight = nil
+	}
+	return s.Detector.Close()
 }

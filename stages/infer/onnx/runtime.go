@@ -140,7 +140,7 @@ type Session struct {
 	// avflow): input tensors over the caller's buffers, and output tensors
 	// when the model's output shapes are static.
 	mu      sync.Mutex
-	inCache []cachedInput
+	inCache [][2]cachedInput
 	outs    []*ort.Tensor[float32]
 }
 
@@ -280,28 +280,37 @@ func (s *Session) Run(inputs []Tensor, int64s map[string][]int64) ([]Tensor, err
 	return res, nil
 }
 
-// inputTensor wraps the caller's buffer, reusing the tensor of the last run
-// when the buffer and shape are the same.
+// inputTensor wraps the caller's buffer, reusing the tensor of an earlier
+// run over the same buffer and shape. Two are kept per input, for callers
+// that fill one buffer while the other is being run.
 func (s *Session) inputTensor(i int, in Tensor) (*ort.Tensor[float32], error) {
 	for len(s.inCache) <= i {
-		s.inCache = append(s.inCache, cachedInput{})
+		s.inCache = append(s.inCache, [2]cachedInput{})
 	}
-	c := &s.inCache[i]
-	if c.t != nil && len(in.Data) > 0 && c.data == &in.Data[0] && c.n == len(in.Data) && slices.Equal(c.shape, in.Shape) {
-		return c.t, nil
+	cache := &s.inCache[i]
+	for k := range cache {
+		c := &cache[k]
+		if c.t != nil && len(in.Data) > 0 && c.data == &in.Data[0] && c.n == len(in.Data) && slices.Equal(c.shape, in.Shape) {
+			if k == 1 { // most recent first
+				cache[0], cache[1] = cache[1], cache[0]
+				return cache[0].t, nil
+			}
+			return c.t, nil
+		}
 	}
-	if c.t != nil {
-		_ = c.t.Destroy()
-		c.t = nil
+	if old := cache[1].t; old != nil {
+		_ = old.Destroy()
 	}
 	t, err := ort.NewTensor(ort.NewShape(in.Shape...), in.Data)
 	if err != nil {
+		cache[1] = cachedInput{}
 		return nil, err
 	}
-	*c = cachedInput{shape: slices.Clone(in.Shape), n: len(in.Data), t: t}
+	c := cachedInput{shape: slices.Clone(in.Shape), n: len(in.Data), t: t}
 	if len(in.Data) > 0 {
 		c.data = &in.Data[0]
 	}
+	cache[0], cache[1] = c, cache[0]
 	return t, nil
 }
 
@@ -340,9 +349,11 @@ func (s *Session) staticOutputs() bool {
 func (s *Session) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, c := range s.inCache {
-		if c.t != nil {
-			_ = c.t.Destroy()
+	for _, cache := range s.inCache {
+		for _, c := range cache {
+			if c.t != nil {
+				_ = c.t.Destroy()
+			}
 		}
 	}
 	s.inCache = nil
