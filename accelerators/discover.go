@@ -82,6 +82,20 @@ func Discover(o Options) Inventory {
 		inv.Absent = append(inv.Absent, Device{Kind: NPU, ID: "npu", Name: "NPU (/dev/accel)", Reason: why})
 	}
 	eps, absent := discoverORT(o)
+	nvidia := false
+	for _, d := range gpus {
+		nvidia = nvidia || d.Usable
+	}
+	for i, d := range eps {
+		switch d.ID {
+		case "ort:CUDAExecutionProvider", "ort:TensorrtExecutionProvider":
+			if eps[i].Usable = nvidia; !nvidia {
+				eps[i].Reason = "provider library present, but no usable NVIDIA GPU"
+			}
+		case "ort:OpenVINOExecutionProvider":
+			eps[i].Usable = true // ONNX Runtime says at session start whether OpenVINO finds the device
+		}
+	}
 	inv.Devices = append(inv.Devices, eps...)
 	inv.Absent = append(inv.Absent, absent...)
 	return inv
@@ -290,7 +304,7 @@ func discoverORT(o Options) ([]Device, []Device) {
 	for _, p := range ortProviders {
 		if _, err := os.Stat(filepath.Join(dir, p.lib)); err == nil {
 			out = append(out, Device{Kind: p.kind, ID: "ort:" + p.name, Name: "ONNX Runtime " + p.name, Caps: []string{"onnx"},
-				Reason: "provider library present; the GPU/NPU binding of the infer stage is not built yet"})
+				Reason: "provider library present; avflow does not drive this provider yet"})
 			continue
 		}
 		absent = append(absent, Device{Kind: p.kind, ID: "ort:" + p.name, Name: "ONNX Runtime " + p.name,

@@ -295,6 +295,11 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 			return fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err)
 		}
 		n.stage = st
+		if dr, ok := st.(DeviceReporter); ok && dr.Device() != b.Device.ID {
+			b.Device.ID = dr.Device()
+			binds[n] = b
+			n.m.device = b.Device.ID
+		}
 		if tf, ok := st.(TotalFramer); ok {
 			r.metrics.total.Add(tf.TotalFrames())
 		}

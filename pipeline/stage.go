@@ -71,3 +71,11 @@ type InputEnder interface {
 type Batcher interface {
 	BatchLimits() (max int, wait time.Duration)
 }
+
+// DeviceReporter is implemented by stages that can end up on another device
+// than the one they were bound to (an execution provider that would not
+// load, so the model runs on the CPU): the runner labels the stage's
+// metrics and start line with Device().
+type DeviceReporter interface {
+	Device() string
+}

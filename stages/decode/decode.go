@@ -43,6 +43,12 @@ func init() {
 		},
 		New:          New,
 		Accelerators: []accelerators.Kind{accelerators.CPU, accelerators.GPU},
+		DeviceCheck: func(_ pipeline.Params, _ []pipeline.PortType, d accelerators.Device) error {
+			if _, _, _, ok := accelerators.FFmpegDevice(d.ID); !ok {
+				return fmt.Errorf("%s is not a device FFmpeg decodes on", d.ID)
+			}
+			return nil
+		},
 		AcceleratorsFor: func(in []pipeline.PortType) []accelerators.Kind {
 			if len(in) == 1 && in[0].Media == envelope.MediaAudio {
 				return []accelerators.Kind{accelerators.CPU}

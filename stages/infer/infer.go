@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
@@ -55,7 +56,9 @@ func init() {
 			}
 			return nil
 		},
-		New: New,
+		New:          New,
+		Accelerators: []accelerators.Kind{accelerators.CPU, accelerators.GPU, accelerators.NPU},
+		DeviceCheck:  deviceCheck,
 	})
 }
 
@@ -68,9 +71,10 @@ func lookup(name, dir string) (*model.Card, error) {
 
 // loaded is a card with its session and files.
 type loaded struct {
-	card  *model.Card
-	sess  *onnx.Session
-	files model.Files
+	card     *model.Card
+	sess     *onnx.Session
+	files    model.Files
+	provider string // execution provider in use ("": CPU)
 }
 
 func load(ctx context.Context, in pipeline.Init, name string) (*loaded, error) {
@@ -78,11 +82,55 @@ func load(ctx context.Context, in pipeline.Init, name string) (*loaded, error) {
 	if err != nil {
 		return nil, err
 	}
-	sess, files, err := OpenCard(card, onnx.Options{IntraOpThreads: in.Params.Int("threads"), OptLevel: in.Params.String("optimization")}, in.Log)
+	o := onnx.Options{IntraOpThreads: in.Params.Int("threads"), OptLevel: in.Params.String("optimization")}
+	o.Provider, o.ProviderOptions = provider(in.Device)
+	sess, files, err := OpenCard(card, o, in.Log)
+	if errors.Is(err, onnx.ErrProvider) && !in.Strict {
+		in.Log.Warn("accelerator fallback: the model runs on the CPU", "wanted", in.Device.ID, "model", card.Name, "why", err)
+		o.Provider, o.ProviderOptions = "", nil
+		sess, files, err = OpenCard(card, o, in.Log)
+	}
 	if err != nil {
 		return nil, err
 	}
-	return &loaded{card: card, sess: sess, files: files}, nil
+	return &loaded{card: card, sess: sess, files: files, provider: o.Provider}, nil
+}
+
+// device is where a loaded model runs: the device the stage was bound
+// to, or the CPU when its execution provider would not load.
+func (m *loaded) device(in pipeline.Init) string {
+	if m.provider == "" {
+		return "cpu:0"
+	}
+	return in.Device.ID
+}
+
+// Device reports where the model runs (pipeline.DeviceReporter).
+func (s *Video) Device() string { return s.m.device(s.in) }
+
+// provider maps the device a stage is bound to onto an ONNX Runtime
+// execution provider and its options ("" for the CPU).
+func provider(d accelerators.Device) (string, map[string]string) {
+	name, ok := strings.CutPrefix(d.ID, "ort:")
+	if !ok || d.Kind == accelerators.CPU {
+		return "", nil
+	}
+	switch name {
+	case "CUDAExecutionProvider", "TensorrtExecutionProvider":
+		return name, map[string]string{"device_id": "0"}
+	case "OpenVINOExecutionProvider":
+		return name, map[string]string{"device_type": strings.ToUpper(string(d.Kind))}
+	}
+	return name, nil
+}
+
+// deviceCheck: the infer stage reaches GPUs and NPUs through ONNX Runtime's
+// execution providers, not through FFmpeg's device contexts.
+func deviceCheck(_ pipeline.Params, _ []pipeline.PortType, d accelerators.Device) error {
+	if !strings.HasPrefix(d.ID, "ort:") {
+		return fmt.Errorf("%s is a device for FFmpeg; infer needs an ONNX Runtime execution provider for it", d.ID)
+	}
+	return nil
 }
 
 // OpenCard pulls a card's files (sha256-verified), loads the model in ONNX

@@ -2,6 +2,7 @@ package infer_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -9,12 +10,15 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
+	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
 	_ "github.com/avflow/avflow/stages/all"
+	"github.com/avflow/avflow/stages/infer/onnx"
 	"github.com/nats-io/nats.go"
 )
 
@@ -275,5 +279,59 @@ stages:
 	}
 	if found == 0 {
 		t.Fatal("no face found in book.mkv: the comparison proves nothing")
+	}
+}
+
+// TestProviderFallback: an infer stage bound to ONNX Runtime's CUDA
+// provider, with a runtime that has none (the CPU build make setup
+// installs), runs on the CPU with one warning and says so in its metrics;
+// with strict it refuses to start, naming the provider.
+func TestProviderFallback(t *testing.T) {
+	inv := accelerators.Inventory{Devices: []accelerators.Device{
+		{Kind: accelerators.CPU, ID: "cpu:0", Usable: true},
+		{Kind: accelerators.GPU, ID: "cuda:0", Usable: true},
+		{Kind: accelerators.GPU, ID: "ort:CUDAExecutionProvider", Usable: true},
+	}}
+	for _, strict := range []bool{false, true} {
+		t.Run(fmt.Sprint("strict=", strict), func(t *testing.T) {
+			c := &collector{}
+			cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: ep
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=10:duration=1"}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: faces, kind: infer, inputs: [dec], accelerator: gpu, strict: %t, params: {model: ultraface-slim-320}}
+  - {name: c, kind: collect, inputs: [faces]}
+`, strict), "ep.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := envWithCollector(t, c)
+			if err := env.Validate(cfg); err != nil {
+				t.Fatal(err)
+			}
+			var logs strings.Builder
+			r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Devices: &inv, Transport: "local", Log: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = r.Run(context.Background())
+			if strict {
+				if !errors.Is(err, onnx.ErrProvider) || !strings.Contains(err.Error(), "CUDAExecutionProvider") {
+					t.Fatalf("strict: want ErrProvider naming CUDA, got %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.frames != 10 || strings.Count(logs.String(), "accelerator fallback") != 1 || !strings.Contains(logs.String(), "the model runs on the CPU") {
+				t.Fatalf("%d frames; logs:\n%s", c.frames, logs.String())
+			}
+			for _, st := range r.Metrics().Snapshot() {
+				if st.Name == "faces" && st.Device != "cpu:0" {
+					t.Errorf("faces reported on %s, want cpu:0", st.Device)
+				}
+			}
+		})
 	}
 }

@@ -42,6 +42,9 @@ type VAD struct {
 	tb       envelope.Rational
 }
 
+// Device reports where the model runs (pipeline.DeviceReporter).
+func (v *VAD) Device() string { return v.m.device(v.in) }
+
 func newVAD(in pipeline.Init, m *loaded) (pipeline.Stage, error) {
 	a := m.card.Audio
 	if a == nil || a.SampleRate <= 0 || a.Window <= 0 {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -22,6 +23,8 @@ var (
 	ErrLibrary = errors.New("onnx: ONNX Runtime library unavailable")
 	ErrVersion = errors.New("onnx: wrong ONNX Runtime version")
 	ErrModel   = errors.New("onnx: model cannot be used")
+	// ErrProvider reports an execution provider ONNX Runtime would not take.
+	ErrProvider = errors.New("onnx: execution provider unavailable")
 )
 
 // EnvLibrary names the environment variable that points at libonnxruntime.so.
@@ -119,6 +122,43 @@ type Options struct {
 	InterOpThreads int
 	// OptLevel: "disable", "basic", "extended" or "all" (default).
 	OptLevel string
+	// Provider is an execution provider to run the model with, ahead of
+	// the CPU: CUDAExecutionProvider, TensorrtExecutionProvider,
+	// OpenVINOExecutionProvider or any other name ONNX Runtime knows; ""
+	// is the CPU alone. ProviderOptions go to it (device_id, device_type).
+	Provider        string
+	ProviderOptions map[string]string
+}
+
+// appendProvider adds an execution provider to session options.
+func appendProvider(so *ort.SessionOptions, name string, opts map[string]string) error {
+	var err error
+	switch name {
+	case "CUDAExecutionProvider":
+		var po *ort.CUDAProviderOptions
+		if po, err = ort.NewCUDAProviderOptions(); err == nil {
+			defer po.Destroy()
+			if err = po.Update(opts); err == nil {
+				err = so.AppendExecutionProviderCUDA(po)
+			}
+		}
+	case "TensorrtExecutionProvider":
+		var po *ort.TensorRTProviderOptions
+		if po, err = ort.NewTensorRTProviderOptions(); err == nil {
+			defer po.Destroy()
+			if err = po.Update(opts); err == nil {
+				err = so.AppendExecutionProviderTensorRT(po)
+			}
+		}
+	case "OpenVINOExecutionProvider":
+		err = so.AppendExecutionProviderOpenVINO(opts)
+	default:
+		err = so.AppendExecutionProvider(strings.TrimSuffix(name, "ExecutionProvider"), opts)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrProvider, name, err)
+	}
+	return nil
 }
 
 // TensorInfo is a model input or output.
@@ -177,6 +217,11 @@ func Open(path string, o Options) (*Session, error) {
 			return nil, fmt.Errorf("%w: %v", ErrModel, err)
 		}
 	}
+	if o.Provider != "" {
+		if err := appendProvider(so, o.Provider, o.ProviderOptions); err != nil {
+			return nil, err
+		}
+	}
 	var lvl ort.GraphOptimizationLevel = ort.GraphOptimizationLevelEnableAll
 	switch o.OptLevel {
 	case "disable":
@@ -200,6 +245,9 @@ func Open(path string, o Options) (*Session, error) {
 		outNames = append(outNames, i.Name)
 	}
 	ds, err := ort.NewDynamicAdvancedSession(path, inNames, outNames, so)
+	if err != nil && o.Provider != "" {
+		return nil, fmt.Errorf("%w: %s with %s: %v", ErrProvider, path, o.Provider, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrModel, path, err)
 	}
