@@ -18,6 +18,9 @@ type Frame struct{ F *astiav.Frame }
 
 // Fill copies the frame's planes into e.Payload, tightly packed.
 func (f *Frame) Fill(e *envelope.Envelope) error {
+	if err := f.ToHost(e); err != nil {
+		return err
+	}
 	n, err := f.PayloadSize()
 	if err != nil {
 		return err
@@ -50,16 +53,7 @@ func FrameEnvelope(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.R
 		TimeBase: Rat(tb), Key: f.KeyFrame(), Local: &Frame{F: f},
 	}
 	if media == envelope.MediaVideo {
-		var ls [4]C.int
-		C.avf_linesizes(C.int(f.PixelFormat()), C.int(f.Width()), &ls[0])
-		strides := []int32{}
-		for _, l := range ls {
-			if l > 0 {
-				strides = append(strides, int32(l))
-			}
-		}
-		e.Video = &envelope.VideoFormat{PixFmt: f.PixelFormat().Name(), Width: int32(f.Width()), Height: int32(f.Height()),
-			Strides: strides, SAR: Rat(f.SampleAspectRatio()), FrameRate: Rat(frameRate)}
+		e.Video = videoFormat(f, Rat(frameRate))
 	} else {
 		l := f.ChannelLayout()
 		e.Audio = &envelope.AudioFormat{SampleFmt: f.SampleFormat().Name(), SampleRate: int32(f.SampleRate()),
@@ -71,11 +65,29 @@ func FrameEnvelope(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.R
 	return e
 }
 
-// FrameOf returns the envelope's frame: the in-process one, or one rebuilt
-// from the payload (then kept as e.Local, so releasing e frees it).
+// videoFormat describes a video frame for the envelope header.
+func videoFormat(f *astiav.Frame, frameRate envelope.Rational) *envelope.VideoFormat {
+	var ls [4]C.int
+	C.avf_linesizes(C.int(f.PixelFormat()), C.int(f.Width()), &ls[0])
+	strides := []int32{}
+	for _, l := range ls {
+		if l > 0 {
+			strides = append(strides, int32(l))
+		}
+	}
+	return &envelope.VideoFormat{PixFmt: f.PixelFormat().Name(), Width: int32(f.Width()), Height: int32(f.Height()),
+		Strides: strides, SAR: Rat(f.SampleAspectRatio()), FrameRate: frameRate}
+}
+
+// FrameOf returns the envelope's frame in system memory: the in-process
+// one (a GPU frame is copied off the device first, see ToHost), or one
+// rebuilt from the payload (then kept as e.Local, so releasing e frees it).
 // The frame belongs to the envelope.
 func FrameOf(e *envelope.Envelope) (*astiav.Frame, error) {
 	if l, ok := e.Local.(*Frame); ok {
+		if err := l.ToHost(e); err != nil {
+			return nil, err
+		}
 		return l.F, nil
 	}
 	if e.Kind != envelope.KindFrame {

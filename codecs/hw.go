@@ -10,6 +10,7 @@ import (
 	"fmt"
 
 	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/pipeline/envelope"
 )
 
 // ErrDownload reports a hardware frame that could not be copied to system memory.
@@ -96,4 +97,37 @@ func (d *Downloader) Close() {
 		d.tmp.Free()
 		d.tmp = nil
 	}
+}
+
+// ToHost replaces a frame in device memory by a system-memory copy, in the
+// planar format a CPU decoder would give, and updates e's video format
+// (envelope.Hoster). Frames already in system memory are left alone. Stages
+// that run on the CPU get their frames through FrameOf, which calls it, so
+// a GPU decoder may hand device frames to any stage.
+func (f *Frame) ToHost(e *envelope.Envelope) error {
+	if f.F == nil || !IsHardwarePixelFormat(f.F.PixelFormat()) {
+		return nil
+	}
+	d := NewDownloader(false)
+	defer d.Close()
+	sw, err := d.Download(f.F)
+	if err != nil {
+		return err
+	}
+	f.F.Free()
+	f.F = sw
+	if e != nil && e.Video != nil {
+		e.Video = videoFormat(sw, e.Video.FrameRate)
+	}
+	return nil
+}
+
+// DeviceFrameOf returns the envelope's in-process frame as it is, in
+// device memory if it is a GPU frame, for stages that take those (an NVENC
+// encoder on the same GPU); anything else goes through FrameOf.
+func DeviceFrameOf(e *envelope.Envelope) (*astiav.Frame, error) {
+	if l, ok := e.Local.(*Frame); ok {
+		return l.F, nil
+	}
+	return FrameOf(e)
 }

@@ -39,3 +39,9 @@ sed -e 's/, accelerator: gpu, strict: true//' -e 's|/tmp/gpu-decode.yuv, format:
 timeout 120 .gpu/avflow --log-format text --log-level warn calibrate --frames 1000 -o "$out/profile.yaml" /tmp/gpu-cal.yaml; echo "exit $?"
 step plan from the measured profile: 8 streams at 30 fps, cheapest
 .gpu/avflow plan --profile "$out/profile.yaml" --streams 8 --fps 30 --objective cost /tmp/gpu-cal.yaml; echo "exit $?"
+step frames left on the GPU by the decoder, copied off by the encoder or by NATS
+for tr in local nats; do
+  sed -e 's/strict: true}/strict: true, params: {hw_format: device}}/' -e "s/gpu-decode.yuv/dev-$tr.yuv/" /tmp/gpu-decode.yaml > /tmp/dev-$tr.yaml
+  .gpu/avflow --log-level warn run --transport $tr /tmp/dev-$tr.yaml; echo "$tr exit $?"
+  cmp /tmp/dev-$tr.yuv /tmp/cpu-decode.yuv && echo "$tr: device frames give output byte-identical to CPU decode"
+done

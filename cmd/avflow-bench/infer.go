@@ -343,7 +343,7 @@ func privacyStreams(b *strings.Builder, bin, work string) {
 	fmt.Fprintf(b, "\nTarget: at least 3 streams in real time on this 2-core machine.\n\n")
 }
 
-var promRe = regexp.MustCompile(`avflow_stage_messages_in_total\{pipeline="rss",stage="out0",kind="sink"\} ([0-9.e+]+)`)
+var promRe = regexp.MustCompile(`avflow_stage_messages_in_total\{pipeline="rss",stage="out0",kind="sink"[^}]*\} ([0-9.e+]+)`)
 
 func privacyRSS(b *strings.Builder, bin, work string) {
 	media := mediaDir()
@@ -414,6 +414,9 @@ poll:
 	}
 	if !done {
 		<-exited
+	}
+	if at1k == 0 || at10k == 0 {
+		fail(fmt.Errorf("memory bench: no RSS reading (at 1k frames %d KiB, at 9.9k %d KiB): the pipeline ended early or its metrics did not match", at1k, at10k))
 	}
 	fmt.Fprintf(b, "## Memory over a long run\n\n")
 	fmt.Fprintf(b, "The privacy pipeline (as above, one stream, not paced) over 10,000 frames of the looped clip; RSS read from /proc when the sink had taken 1,000 and 9,900 frames.\n\n| RSS at 1,000 frames | RSS at 9,900 frames | growth |\n|---:|---:|---:|\n")

@@ -179,6 +179,13 @@ type Local interface {
 	Free()
 }
 
+// Hoster is a Local that may live in device memory (a GPU frame): ToHost
+// brings it to system memory, updating e's format fields, before it is
+// serialised. Stages on the same device pass it on without that copy.
+type Hoster interface {
+	ToHost(e *Envelope) error
+}
+
 // Envelope is one message on an edge.
 type Envelope struct {
 	V        uint8             `msgpack:"v"`
@@ -239,6 +246,11 @@ func Marshal(e *Envelope) ([]byte, error) { return AppendMarshal(nil, e) }
 func AppendMarshal(dst []byte, e *Envelope) ([]byte, error) {
 	if e.V == 0 {
 		e.V = Version
+	}
+	if h, ok := e.Local.(Hoster); ok {
+		if err := h.ToHost(e); err != nil {
+			return nil, fmt.Errorf("envelope: copying media off the device failed: %w", err)
+		}
 	}
 	hdr, err := msgpack.Marshal(e)
 	if err != nil {

@@ -31,8 +31,8 @@ func init() {
 		Params: []pipeline.Param{
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "decoder threads (0: one per core)"},
 			{Name: "thread_type", Type: pipeline.TypeString, Default: "auto", Enum: []string{"auto", "frame", "slice"}, Doc: "frame threading (throughput) or slice threading (latency)"},
-			{Name: "hw_format", Type: pipeline.TypeString, Default: "planar", Enum: []string{"planar", "native"},
-				Doc: "on a GPU: frames leave in the planar format a CPU decoder gives (yuv420p) or in the device's own layout (nv12)"},
+			{Name: "hw_format", Type: pipeline.TypeString, Default: "planar", Enum: []string{"planar", "native", "device"},
+				Doc: "on a GPU: frames leave in system memory in the planar format a CPU decoder gives (yuv420p) or the device's own layout (nv12), or stay in GPU memory (device: each CPU stage, and NATS, copies them off where it needs them)"},
 		},
 		MinInputs: 1, MaxInputs: 1,
 		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
@@ -81,6 +81,7 @@ type hardware struct {
 	pixFmt     astiav.PixelFormat // the decoder's pixel format for frames on the device
 	dl         *codecs.Downloader
 	soft       bool // the stream fell back to software decoding inside FFmpeg
+	keep       bool // frames stay in device memory
 }
 
 // New returns a decoder that opens on the first packet, from its codec parameters.
@@ -145,6 +146,10 @@ func (d *Decoder) openHardware(c *astiav.Codec) error {
 		}
 		return astiav.PixelFormatNone
 	})
+	h.keep = d.in.Params.String("hw_format") == "device"
+	if h.keep {
+		d.cc.SetExtraHardwareFrames(8) // frames held by later stages
+	}
 	h.dl = codecs.NewDownloader(d.in.Params.String("hw_format") == "native")
 	return nil
 }
@@ -238,7 +243,7 @@ func (d *Decoder) receive(out pipeline.Batch) (pipeline.Batch, error) {
 			return out, fmt.Errorf("%w: %w", ErrDecode, err)
 		}
 		var f *astiav.Frame
-		if d.hw != nil && d.frame.PixelFormat() == d.hw.pixFmt {
+		if d.hw != nil && !d.hw.keep && d.frame.PixelFormat() == d.hw.pixFmt {
 			var err error
 			f, err = d.hw.dl.Download(d.frame)
 			d.frame.Unref()
