@@ -17,6 +17,32 @@ import (
 	_ "github.com/avflow/avflow/stages/all"
 )
 
+// encodeOn runs one second of test video through an encode stage bound to
+// the GPU of a made-up inventory (enc is the rest of the stage's line) into out.
+func encodeOn(t *testing.T, inv accelerators.Inventory, enc, out string) (*pipeline.Runner, *bytes.Buffer, error) {
+	t.Helper()
+	cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: gpuenc
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25:duration=1"}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: enc, kind: encode, inputs: [dec], accelerator: gpu, %s}
+  - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
+`, enc, out), "gpuenc.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pipeline.Default.Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	logs := &bytes.Buffer{}
+	r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{Devices: &inv, Transport: "local",
+		Log: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, logs, r.Run(context.Background())
+}
+
 // TestNVENCThatWillNotOpenFallsBack: a GPU that claims NVENC but whose
 // encoder does not open (here: no NVIDIA driver at all) leaves the stage
 // encoding with the software encoder, with a warning, and the file is good.
@@ -35,26 +61,7 @@ func TestNVENCThatWillNotOpenFallsBack(t *testing.T) {
 	for _, strict := range []bool{false, true} {
 		t.Run(fmt.Sprint("strict=", strict), func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "out.mp4")
-			cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: nvenc
-stages:
-  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25:duration=1"}}
-  - {name: dec, kind: decode, inputs: [src.video]}
-  - {name: enc, kind: encode, inputs: [dec], accelerator: gpu, strict: %t, params: {codec: libx264, preset: veryfast, crf: 23}}
-  - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
-`, strict, out), "nvenc.yaml")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := pipeline.Default.Validate(cfg); err != nil {
-				t.Fatal(err)
-			}
-			var logs bytes.Buffer
-			r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{Devices: &inv, Transport: "local",
-				Log: slog.New(slog.NewTextHandler(&logs, nil))})
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = r.Run(context.Background())
+			_, logs, err := encodeOn(t, inv, fmt.Sprintf("strict: %t, params: {codec: libx264, preset: veryfast, crf: 23}", strict), out)
 			if strict {
 				if err == nil || !strings.Contains(err.Error(), "h264_nvenc") {
 					t.Fatalf("strict: want an error naming h264_nvenc, got %v", err)
@@ -87,27 +94,8 @@ func TestEncodeOnGPUWithoutNVENC(t *testing.T) {
 		{Kind: accelerators.CPU, ID: "cpu:0", Usable: true},
 		{Kind: accelerators.GPU, ID: "cuda:0", Name: "NVIDIA H100 80GB HBM3 (pretend)", Caps: []string{"nvdec", "cuda"}, Usable: true},
 	}}
-	out := filepath.Join(t.TempDir(), "out.mkv")
-	cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: nonvenc
-stages:
-  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25:duration=1"}}
-  - {name: dec, kind: decode, inputs: [src.video]}
-  - {name: enc, kind: encode, inputs: [dec], accelerator: gpu, params: {codec: libx264, preset: ultrafast}}
-  - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
-`, out), "nonvenc.yaml")
+	r, logs, err := encodeOn(t, inv, "params: {codec: libx264, preset: ultrafast}", filepath.Join(t.TempDir(), "out.mkv"))
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pipeline.Default.Validate(cfg); err != nil {
-		t.Fatal(err)
-	}
-	var logs bytes.Buffer
-	r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{Devices: &inv, Transport: "local",
-		Log: slog.New(slog.NewTextHandler(&logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(logs.String(), "accelerator fallback") || !strings.Contains(logs.String(), "has no NVENC") {
