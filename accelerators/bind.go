@@ -104,9 +104,17 @@ var (
 	machine     Inventory
 )
 
+// ORTLibrary, when set, names the ONNX Runtime library whose execution
+// providers Machine lists when it is given none (the infer stage's onnx
+// package sets it, so runs and calibration see the providers too).
+var ORTLibrary func() string
+
 // Machine discovers this machine once per process (with FFmpeg probes).
 func Machine(ortLibrary string) Inventory {
 	machineOnce.Do(func() {
+		if ortLibrary == "" && ORTLibrary != nil {
+			ortLibrary = ORTLibrary()
+		}
 		machine = Discover(Options{Probe: ProbeFFmpeg, ORTLibrary: ortLibrary})
 	})
 	return machine

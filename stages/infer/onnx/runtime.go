@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/avflow/avflow/accelerators"
 	ort "github.com/yalue/onnxruntime_go"
 )
 
@@ -36,6 +37,15 @@ var (
 	libPath  string
 	override string
 )
+
+func init() {
+	accelerators.ORTLibrary = func() string {
+		if p := LibraryPath(); fileExists(p) {
+			return p
+		}
+		return ""
+	}
+}
 
 // SetLibraryPath chooses the library file before the first Init (a CLI flag).
 func SetLibraryPath(p string) { override = p }

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/avflow/avflow/accelerators"
 )
 
 func ultraface(t testing.TB) string {
@@ -47,5 +49,17 @@ func TestOpenRejectsBadModel(t *testing.T) {
 	os.WriteFile(bad, []byte("not a model"), 0o644)
 	if _, err := Open(bad, Options{}); !errors.Is(err, ErrModel) {
 		t.Fatalf("got %v, want ErrModel", err)
+	}
+}
+
+// TestMachineSeesTheRuntime: discovery for runs lists this runtime's CPU
+// provider, so infer stages can bind to the providers it has.
+func TestMachineSeesTheRuntime(t *testing.T) {
+	if err := Init(); err != nil {
+		t.Fatal(err)
+	}
+	inv := accelerators.Machine("")
+	if inv.KindOf("ort:CPUExecutionProvider") != accelerators.CPU {
+		t.Fatalf("the runtime at %s is not in the machine's inventory: %+v", LibraryPath(), inv.Devices)
 	}
 }
