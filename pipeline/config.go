@@ -92,15 +92,20 @@ type StageConfig struct {
 	Device      string   // optional exact device, e.g. cuda:0
 	Fallback    []string // kinds to try when the requested one is missing
 	Strict      bool     // fail instead of falling back
-	Pos         Pos
+	// Replicas is how many instances of the stage share its input (1 by
+	// default); only kinds whose spec allows it (per-message work, no state
+	// across messages) take more. Outputs leave in input order.
+	Replicas int
+	Pos      Pos
 	// RawParams are the params as written (YAML nodes, for positions); Params
 	// holds them typed, with defaults, after validation.
 	RawParams map[string]*yaml.Node
 	Params    Params
 
-	spec    *Spec
-	outputs []Port
-	inTypes []PortType
+	spec        *Spec
+	outputs     []Port
+	inTypes     []PortType
+	replicasPos Pos
 }
 
 // Outputs returns the stage's output ports (after validation).
@@ -267,7 +272,7 @@ func parseStage(n *yaml.Node, file string, bad func(*yaml.Node, string, ...any))
 		bad(n, "a stage is a mapping with name, kind, inputs and params")
 		return nil
 	}
-	s := &StageConfig{Pos: Pos{file, n.Line, n.Column}, RawParams: map[string]*yaml.Node{}, Accelerator: "cpu"}
+	s := &StageConfig{Pos: Pos{file, n.Line, n.Column}, RawParams: map[string]*yaml.Node{}, Accelerator: "cpu", Replicas: 1}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		switch k.Value {
@@ -290,6 +295,13 @@ func parseStage(n *yaml.Node, file string, bad func(*yaml.Node, string, ...any))
 				bad(v, "strict %q: want true or false", v.Value)
 			}
 			s.Strict = b
+		case "replicas":
+			r, err := strconv.Atoi(scalar(v, bad))
+			if err != nil || r < 1 || r > 64 {
+				bad(v, "replicas %q: want a whole number from 1 to 64", v.Value)
+			}
+			s.Replicas = max(1, r)
+			s.replicasPos = Pos{file, v.Line, v.Column}
 		case "fallback":
 			for _, it := range listItems(v, bad, "fallback must be a list of cpu, gpu, npu") {
 				k := scalar(it, bad)
@@ -320,7 +332,7 @@ func parseStage(n *yaml.Node, file string, bad func(*yaml.Node, string, ...any))
 				s.RawParams[pk.Value] = pv
 			}
 		default:
-			bad(k, "unknown stage key %q (want name, kind, inputs, params, accelerator, device, fallback, strict)", k.Value)
+			bad(k, "unknown stage key %q (want name, kind, inputs, params, accelerator, device, fallback, strict, replicas)", k.Value)
 		}
 	}
 	if s.Name == "" {

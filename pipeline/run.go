@@ -151,7 +151,11 @@ type node struct {
 	seq     map[string]uint64
 	log     *slog.Logger
 	nInputs int
+	extra   []Stage // replicas beyond the first (StageConfig.Replicas)
 }
+
+// instances is the stage and its replicas.
+func (n *node) instances() []Stage { return append([]Stage{n.stage}, n.extra...) }
 
 // Run executes the pipeline. It returns nil when every source ended (or Drain
 // was called) and every stage flushed; otherwise the first stage error,
@@ -288,6 +292,9 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		})
 		if err != nil {
 			for _, m := range nodes {
+				for _, st := range m.extra {
+					_ = st.Close()
+				}
 				if m.stage != nil {
 					_ = m.stage.Close()
 				}
@@ -295,6 +302,24 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 			return fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err)
 		}
 		n.stage = st
+		for i := 1; i < n.cfg.Replicas; i++ {
+			rep, err := n.cfg.spec.New(ctx, Init{
+				Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
+				Outputs: n.ports, Dir: r.cfg.Dir, Accelerator: string(b.Device.Kind), Device: b.Device, Strict: n.cfg.Strict,
+				Log: n.log.With("replica", i), Live: r.cfg.Flow == FlowDropOldest,
+			})
+			if err != nil {
+				for _, m := range nodes {
+					for _, st := range m.instances() {
+						if st != nil {
+							_ = st.Close()
+						}
+					}
+				}
+				return fmt.Errorf("stage %q (%s) replica %d: %w", n.cfg.Name, n.cfg.Kind, i, err)
+			}
+			n.extra = append(n.extra, rep)
+		}
 		if dr, ok := st.(DeviceReporter); ok && dr.Device() != b.Device.ID {
 			b.Device.ID = dr.Device()
 			binds[n] = b
@@ -369,8 +394,10 @@ func (r *Runner) nodeFlow(sc *StageConfig) FlowMode {
 
 func (r *Runner) runNode(ctx context.Context, n *node) (err error) {
 	defer func() {
-		if cerr := n.stage.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("closing failed: %w", cerr)
+		for _, st := range n.instances() {
+			if cerr := st.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("closing failed: %w", cerr)
+			}
 		}
 	}()
 	if n.nInputs == 0 {
@@ -382,7 +409,11 @@ func (r *Runner) runNode(ctx context.Context, n *node) (err error) {
 			return err
 		}
 	}
-	if f, ok := n.stage.(Flusher); ok {
+	for _, st := range n.instances() {
+		f, ok := st.(Flusher)
+		if !ok {
+			continue
+		}
 		out, err := f.Flush(ctx)
 		if err != nil {
 			releaseAll(out)
@@ -502,6 +533,11 @@ func (r *Runner) consume(ctx context.Context, n *node) error {
 		maxBatch, wait = b.BatchLimits()
 		maxBatch = max(1, maxBatch)
 	}
+	var reps *replicaPool
+	if len(n.extra) > 0 {
+		reps = newReplicaPool(ctx, r, n)
+		defer reps.abandon() // on an early return: no instance may still be working
+	}
 	eos := 0
 	var held *envelope.Envelope // an EOS that arrived while a batch was filling
 	for eos < n.nInputs {
@@ -517,6 +553,11 @@ func (r *Runner) consume(ctx context.Context, n *node) error {
 		}
 		if e.Kind == envelope.KindEOS {
 			eos++
+			if reps != nil {
+				if err := reps.finish(true); err != nil {
+					return err
+				}
+			}
 			if ie, ok := n.stage.(InputEnder); ok {
 				out, err := ie.EndInput(ctx, e.Input)
 				if err != nil {
@@ -575,22 +616,134 @@ func (r *Runner) consume(ctx context.Context, n *node) error {
 				n.m.observeLatency(m, now)
 			}
 		}
-		t0 := time.Now()
-		out, err := n.stage.Process(ctx, batch)
-		per := time.Since(t0) / time.Duration(len(batch))
-		for range batch {
-			n.m.observeBusy(per)
+		if reps != nil {
+			if err := reps.start(ctx, batch); err != nil {
+				return err
+			}
+			continue
 		}
-		last := batch[len(batch)-1]
-		inheritStamps(out, last)
-		releaseAll(batch)
+		out, err := processBatch(ctx, n, n.stage, batch)
 		if err != nil {
-			releaseAll(out)
 			return err
 		}
 		if err := r.publish(ctx, n, out); err != nil {
 			return err
 		}
 	}
+	if reps != nil {
+		return reps.finish(true)
+	}
 	return nil
+}
+
+// processBatch runs one batch through a stage instance, timing it, and
+// releases the batch.
+func processBatch(ctx context.Context, n *node, st Stage, batch Batch) (Batch, error) {
+	t0 := time.Now()
+	out, err := st.Process(ctx, batch)
+	per := time.Since(t0) / time.Duration(len(batch))
+	for range batch {
+		n.m.observeBusy(per)
+	}
+	inheritStamps(out, batch[len(batch)-1])
+	releaseAll(batch)
+	if err != nil {
+		releaseAll(out)
+		return nil, err
+	}
+	return out, nil
+}
+
+// replicaPool runs batches on whichever instance of a replicated stage is
+// free and publishes the results in the order the batches came.
+type replicaPool struct {
+	ctx     context.Context
+	r       *Runner
+	n       *node
+	free    chan Stage
+	pending []*replicaJob
+}
+
+type replicaJob struct {
+	out  Batch
+	err  error
+	done chan struct{}
+}
+
+func newReplicaPool(ctx context.Context, r *Runner, n *node) *replicaPool {
+	all := n.instances()
+	p := &replicaPool{ctx: ctx, r: r, n: n, free: make(chan Stage, len(all))}
+	for _, st := range all {
+		p.free <- st
+	}
+	return p
+}
+
+// start hands a batch to a free instance, publishing finished batches
+// (in order) while it waits for one.
+func (p *replicaPool) start(ctx context.Context, batch Batch) error {
+	var st Stage
+	for st == nil {
+		if err := p.finish(false); err != nil {
+			releaseAll(batch)
+			return err
+		}
+		var head <-chan struct{} // nil (never ready) when nothing is in flight
+		if len(p.pending) > 0 {
+			head = p.pending[0].done
+		}
+		select {
+		case st = <-p.free:
+		case <-head:
+		case <-ctx.Done():
+			releaseAll(batch)
+			return ctx.Err()
+		}
+	}
+	j := &replicaJob{done: make(chan struct{})}
+	p.pending = append(p.pending, j)
+	go func() {
+		defer close(j.done)
+		j.out, j.err = processBatch(ctx, p.n, st, batch)
+		p.free <- st
+	}()
+	return nil
+}
+
+// finish publishes the finished batches at the head of the line; with wait
+// it waits for all of them. After an error it still waits for every batch
+// in flight, so no instance is working when the stage is closed.
+func (p *replicaPool) finish(wait bool) error {
+	for len(p.pending) > 0 {
+		j := p.pending[0]
+		if !wait {
+			select {
+			case <-j.done:
+			default:
+				return nil
+			}
+		}
+		<-j.done
+		p.pending = p.pending[1:]
+		err := j.err
+		if err == nil {
+			err = p.r.publish(p.ctx, p.n, j.out)
+		} else {
+			releaseAll(j.out)
+		}
+		if err != nil {
+			p.abandon()
+			return err
+		}
+	}
+	return nil
+}
+
+// abandon waits for the batches in flight and drops their results.
+func (p *replicaPool) abandon() {
+	for _, j := range p.pending {
+		<-j.done
+		releaseAll(j.out)
+	}
+	p.pending = nil
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
@@ -56,6 +57,7 @@ func (g *gen) Close() error { return nil }
 
 type relay struct {
 	delay  time.Duration
+	jitter time.Duration // extra random delay per call, so replicas finish out of order
 	failAt int
 	seen   int
 }
@@ -67,7 +69,11 @@ func (r *relay) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch,
 	if r.failAt > 0 && r.seen == r.failAt {
 		return nil, errBoom
 	}
-	time.Sleep(r.delay)
+	d := r.delay
+	if r.jitter > 0 {
+		d += time.Duration(rand.Int64N(int64(r.jitter)))
+	}
+	time.Sleep(d)
 	out := make(pipeline.Batch, len(in))
 	for i, e := range in {
 		cp := *e
@@ -100,6 +106,12 @@ func (c *collector) Process(_ context.Context, in pipeline.Batch) (pipeline.Batc
 func (c *collector) Flush(context.Context) (pipeline.Batch, error) { c.flushed = true; return nil, nil }
 func (c *collector) Close() error                                  { c.closed = true; return nil }
 
+// relays are the relay instances made (the replica tests count them).
+var (
+	relaysMu sync.Mutex
+	relays   []*relay
+)
+
 func testEnv(t *testing.T, col *collector) *pipeline.Environment {
 	env := pipeline.NewEnvironment()
 	must := func(err error) {
@@ -126,13 +138,19 @@ func testEnv(t *testing.T, col *collector) *pipeline.Environment {
 		Params: []pipeline.Param{
 			{Name: "delay", Type: pipeline.TypeDuration, Default: "0s"},
 			{Name: "fail_at", Type: pipeline.TypeInt, Default: 0},
+			{Name: "jitter", Type: pipeline.TypeDuration, Default: "0s"},
 		},
 		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
 			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 		},
 		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
-			return &relay{delay: in.Params.Duration("delay"), failAt: in.Params.Int("fail_at")}, nil
+			r := &relay{delay: in.Params.Duration("delay"), jitter: in.Params.Duration("jitter"), failAt: in.Params.Int("fail_at")}
+			relaysMu.Lock()
+			relays = append(relays, r)
+			relaysMu.Unlock()
+			return r, nil
 		},
+		Replicable: func(pipeline.Params) error { return nil },
 	}))
 	must(env.Register(pipeline.Spec{
 		Kind: "collect", MinInputs: 1, MaxInputs: -1,
@@ -442,5 +460,65 @@ stages:
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReplicasKeepOrder: three instances of a stage with jittered work
+// share its input; every message arrives once, in order, all three worked,
+// over NATS and in-process.
+func TestReplicasKeepOrder(t *testing.T) {
+	for _, transport := range []string{"nats", "local"} {
+		t.Run(transport, func(t *testing.T) {
+			noLeaks(t)
+			relaysMu.Lock()
+			relays = nil
+			relaysMu.Unlock()
+			col := &collector{}
+			const n = 90
+			_, err := runYAML(t, testEnv(t, col), fmt.Sprintf(`name: reps
+stages:
+  - {name: g, kind: gen, params: {n: %d}}
+  - {name: r, kind: relay, inputs: [g], replicas: 3, params: {jitter: 3ms}}
+  - {name: c, kind: collect, inputs: [r]}
+`, n), pipeline.Options{Transport: transport}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(col.got) != n {
+				t.Fatalf("got %d messages, want %d", len(col.got), n)
+			}
+			for i, e := range col.got {
+				if got := binary.BigEndian.Uint64(e.Payload); got != uint64(i) {
+					t.Fatalf("message %d carries number %d: out of order", i, got)
+				}
+			}
+			relaysMu.Lock()
+			defer relaysMu.Unlock()
+			worked := 0
+			for _, r := range relays {
+				if r.seen > 0 {
+					worked++
+				}
+			}
+			if len(relays) != 3 || worked < 2 {
+				t.Fatalf("%d instances made, %d did work; want 3 sharing the input", len(relays), worked)
+			}
+		})
+	}
+}
+
+// TestReplicaErrorStopsRun: one failing instance fails the run, naming the
+// stage, and leaves no goroutine behind.
+func TestReplicaErrorStopsRun(t *testing.T) {
+	noLeaks(t)
+	col := &collector{}
+	_, err := runYAML(t, testEnv(t, col), `name: repfail
+stages:
+  - {name: g, kind: gen, params: {n: 200}}
+  - {name: r, kind: relay, inputs: [g], replicas: 2, params: {fail_at: 20, jitter: 1ms}}
+  - {name: c, kind: collect, inputs: [r]}
+`, pipeline.Options{Transport: "local"}, nil)
+	if !errors.Is(err, errBoom) || !strings.Contains(err.Error(), `"r"`) {
+		t.Fatalf("want boom from stage r, got %v", err)
 	}
 }

@@ -85,6 +85,10 @@ type Spec struct {
 	// run on a particular GPU/NPU; a device it refuses is passed over at
 	// binding, with the reason in the fallback warning.
 	DeviceCheck func(p Params, in []PortType, d accelerators.Device) error
+	// Replicable, when set, says whether several instances of the stage may
+	// share its input with these params (nil error), or why not. Unset:
+	// the stage keeps state across messages and runs as one instance.
+	Replicable func(p Params) error
 }
 
 // supported returns the device kinds a stage with these inputs can run on.

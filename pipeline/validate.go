@@ -59,6 +59,18 @@ func (e *Environment) Validate(c *Config) error {
 				s.Params[p.Name] = v
 			}
 		}
+		if s.Replicas > 1 {
+			pos := s.replicasPos
+			if pos.Line == 0 {
+				pos = s.Pos
+			}
+			switch {
+			case spec.Replicable == nil:
+				bad(pos, "stage %q: kind %s keeps state from message to message and runs as one instance (replicas: %d)", s.Name, s.Kind, s.Replicas)
+			case spec.Replicable(s.Params) != nil:
+				bad(pos, "stage %q: replicas %d: %v", s.Name, s.Replicas, spec.Replicable(s.Params))
+			}
+		}
 		n := len(s.Inputs)
 		switch {
 		case n < spec.MinInputs:

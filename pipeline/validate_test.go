@@ -45,6 +45,18 @@ func TestValidate(t *testing.T) {
   - {name: dec, kind: decode, inputs: [src.video], params: {thread_type: fibre}}
 `, []string{"\"fibre\" is not one of auto, frame, slice"}},
 		{"missing required", header + "  - {name: a, kind: source}\n", []string{"missing required param \"url\""}},
+		{"replicas of a stateful stage", header + `
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}
+  - {name: dec, kind: decode, inputs: [src.video], replicas: 2}
+`, []string{":5:62: stage \"dec\": kind decode keeps state from message to message"}},
+		{"replicas not a number", header + `
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2"}, replicas: many}
+`, []string{":4:74: replicas \"many\": want a whole number from 1 to 64"}},
+		{"replicas with interval", header + `
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: f, kind: infer, inputs: [dec], replicas: 2, params: {model: ultraface-rfb-320, interval: 3}}
+`, []string{"stage \"f\": replicas 2: interval counts frames per instance"}},
 		{"missing file", header + "  - {name: a, kind: source, params: {url: no/such/file.mp4}}\n", []string{":3:5: stage \"a\": source: input file not found", "no/such/file.mp4"}},
 		{"dangling edge", header + `
   - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}

@@ -118,7 +118,7 @@ func runCmd() *cli.Command {
 			&cli.StringFlag{Name: "nats", Usage: "use the NATS server at this URL instead of the embedded one", EnvVars: []string{"AVFLOW_NATS_URL"}},
 			&cli.StringFlag{Name: "transport", Usage: "override the pipeline's transport: nats or local (in-process, zero-copy)"},
 			&cli.StringSliceFlag{Name: "set", Usage: "override a param: stage.param=value (repeatable)"},
-			&cli.StringFlag{Name: "placement", Usage: "apply a placement from avflow plan (each stage's device)"},
+			&cli.StringFlag{Name: "placement", Usage: "apply a placement from avflow plan (each stage's device, and replicas where the stage allows them)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
 			&cli.DurationFlag{Name: "progress-interval", Value: 5 * time.Second, Usage: "how often to log progress when stderr is not a terminal"},
 		},

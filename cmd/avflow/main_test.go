@@ -799,3 +799,41 @@ stages:
 		t.Fatalf("output %+v", v)
 	}
 }
+
+// TestPlacementReplicas: a placement's replicas reach the stages that can
+// share their input (infer on every frame) and not the ones that keep
+// state (decode), which run as one instance.
+func TestPlacementReplicas(t *testing.T) {
+	dir := t.TempDir()
+	pipe := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(pipe, []byte(`name: p
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: faces, kind: infer, inputs: [dec], params: {model: ultraface-slim-320}}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	place := filepath.Join(dir, "place.yaml")
+	if err := os.WriteFile(place, []byte(`pipeline: p
+stages:
+  - {name: src, device: cpu, replicas: 1}
+  - {name: dec, device: cpu, replicas: 3}
+  - {name: faces, device: cpu, replicas: 2}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := load(pipe, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := applyPlacement(cfg, place); err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Stage("faces").Replicas; got != 2 {
+		t.Errorf("faces: %d replicas, want 2", got)
+	}
+	if got := cfg.Stage("dec").Replicas; got != 1 {
+		t.Errorf("dec (stateful): %d replicas, want 1", got)
+	}
+}

@@ -29,6 +29,7 @@ func init() {
 			}
 			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 		},
+		Replicable: func(pipeline.Params) error { return nil }, // each frame on its own
 		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 			return &Stage{thick: max(1, in.Params.Int("thickness")), scale: max(1, in.Params.Int("scale")), labels: in.Params.Bool("labels")}, nil
 		},

@@ -59,6 +59,7 @@ func init() {
 		New:          New,
 		Accelerators: []accelerators.Kind{accelerators.CPU, accelerators.GPU, accelerators.NPU},
 		DeviceCheck:  deviceCheck,
+		Replicable:   replicable,
 	})
 }
 
@@ -122,6 +123,22 @@ func provider(d accelerators.Device) (string, map[string]string) {
 		return name, map[string]string{"device_type": strings.ToUpper(string(d.Kind))}
 	}
 	return name, nil
+}
+
+// replicable: several instances of an image model may share the input;
+// counting frames for interval, overlapping calls and audio models'
+// running state may not be split.
+func replicable(p pipeline.Params) error {
+	switch {
+	case p.Int("interval") > 1:
+		return errors.New("interval counts frames per instance: use interval 1 with replicas")
+	case p.Bool("overlap"):
+		return errors.New("overlap returns frames a call late: turn it off with replicas")
+	}
+	if card, err := lookup(p.String("model"), ""); err == nil && card.Decoder.Type == "silero-vad" {
+		return errors.New("an audio model keeps state from chunk to chunk")
+	}
+	return nil
 }
 
 // deviceCheck: the infer stage reaches GPUs and NPUs through ONNX Runtime's

@@ -237,48 +237,53 @@ stages:
 	}
 }
 
-// TestOverlapMatchesSerial: with overlap (preprocessing the next frames
-// while the model runs), every frame still leaves, in order, with the same
-// boxes as without, including the frames interval skips.
-func TestOverlapMatchesSerial(t *testing.T) {
+// TestOverlapAndReplicasMatchSerial: with overlap (preprocessing the next
+// frames while the model runs) and with two replicas of the stage, every
+// frame still leaves, in order, with the same boxes as one plain instance.
+func TestOverlapAndReplicasMatchSerial(t *testing.T) {
 	clip := filepath.Join(sharedDir(t, "media/facecam"), "book.mkv")
-	run1 := func(overlap bool) *collector {
+	run1 := func(extra string) *collector {
 		c := &collector{}
 		cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: ov
 stages:
   - {name: src, kind: source, params: {url: %q, max_frames: 90}}
   - {name: dec, kind: decode, inputs: [src.video]}
-  - {name: faces, kind: infer, inputs: [dec], params: {model: ultraface-rfb-320, interval: 2, overlap: %t}}
+  - {name: faces, kind: infer, inputs: [dec], %s}
   - {name: c, kind: collect, inputs: [faces]}
-`, clip, overlap), "ov.yaml")
+`, clip, extra), "ov.yaml")
 		if err != nil {
 			t.Fatal(err)
 		}
 		run(t, envWithCollector(t, c), cfg)
 		return c
 	}
-	serial, overlapped := run1(false), run1(true)
-	if serial.frames != 90 || overlapped.frames != 90 {
-		t.Fatalf("frames: serial %d, overlapped %d, want 90", serial.frames, overlapped.frames)
+	tests := []struct{ name, serial, other string }{
+		{"overlap, interval 2", "params: {model: ultraface-rfb-320, interval: 2}", "params: {model: ultraface-rfb-320, interval: 2, overlap: true}"},
+		{"two replicas", "params: {model: ultraface-rfb-320, threads: 1}", "replicas: 2, params: {model: ultraface-rfb-320, threads: 1}"},
 	}
-	found := 0
-	for i := range serial.dets {
-		a, b := serial.dets[i], overlapped.dets[i]
-		if len(a) != len(b) {
-			t.Fatalf("frame %d: %d boxes serial, %d overlapped", i, len(a), len(b))
-		}
-		for j := range a {
-			if a[j] != b[j] {
-				t.Fatalf("frame %d box %d: %+v vs %+v", i, j, a[j], b[j])
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			serial, other := run1(tt.serial), run1(tt.other)
+			if serial.frames != 90 || other.frames != 90 {
+				t.Fatalf("frames: serial %d, other %d, want 90", serial.frames, other.frames)
 			}
-		}
-		if i%2 == 1 && len(a) > 0 {
-			t.Fatalf("frame %d was skipped by interval 2 but has boxes", i)
-		}
-		found += len(a)
-	}
-	if found == 0 {
-		t.Fatal("no face found in book.mkv: the comparison proves nothing")
+			found := 0
+			for i := range serial.dets {
+				a, b := serial.dets[i], other.dets[i]
+				if len(a) != len(b) {
+					t.Fatalf("frame %d: %d boxes serial, %d other", i, len(a), len(b))
+				}
+				for j := range a {
+					if a[j] != b[j] {
+						t.Fatalf("frame %d box %d: %+v vs %+v", i, j, a[j], b[j])
+					}
+				}
+				found += len(a)
+			}
+			if found == 0 {
+				t.Fatal("no face found in book.mkv: the comparison proves nothing")
+			}
+		})
 	}
 }
 

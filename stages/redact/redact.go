@@ -36,6 +36,7 @@ func init() {
 			}
 			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 		},
+		Replicable: func(pipeline.Params) error { return nil }, // each frame on its own
 		New: func(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
 			r := &Stage{mode: in.Params.String("mode"), margin: float32(in.Params.Float("margin")),
 				strength: float32(in.Params.Float("strength")), minScore: float32(in.Params.Float("min_score")), labels: map[string]bool{},
