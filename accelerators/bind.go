@@ -115,7 +115,7 @@ func Machine(ortLibrary string) Inventory {
 		if ortLibrary == "" && ORTLibrary != nil {
 			ortLibrary = ORTLibrary()
 		}
-		machine = Discover(Options{Probe: ProbeFFmpeg, ORTLibrary: ortLibrary})
+		machine = Discover(Options{Probe: ProbeFFmpeg, ProbeEncoder: ProbeNVENC, ORTLibrary: ortLibrary})
 	})
 	return machine
 }

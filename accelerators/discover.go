@@ -47,6 +47,10 @@ type Options struct {
 	// Probe opens FFmpeg hardware device contexts to check usability; tests
 	// with fake trees leave it nil, so nothing fake is ever reported usable.
 	Probe func(kind, device string) error
+	// ProbeEncoder opens an FFmpeg hardware encoder on a usable device
+	// ("cuda", "0" -> h264_nvenc) to learn whether the device has one; nil
+	// falls back to what the model name says.
+	ProbeEncoder func(kind, device string) error
 	// ORTLibrary is the ONNX Runtime library whose execution providers are listed.
 	ORTLibrary string
 	// LookPath finds commands (nvidia-smi); nil uses exec.LookPath.
@@ -236,10 +240,16 @@ func discoverNVIDIA(o Options) ([]Device, string) {
 // nvidiaDevice describes GPU i; the data-centre parts without NVENC say so.
 func nvidiaDevice(o Options, i int, name string) Device {
 	d := Device{Kind: GPU, ID: fmt.Sprintf("cuda:%d", i), Name: name, Caps: []string{"nvdec", "cuda"}}
-	if !strings.Contains(name, "H100") && !strings.Contains(name, "H200") && !strings.Contains(name, "A100") {
+	d.Usable, d.Reason = probe(o, "cuda", fmt.Sprint(i))
+	switch {
+	case d.Usable && o.ProbeEncoder != nil:
+		// Ask the device: data-centre parts (A100, H100, H200) have no NVENC.
+		if o.ProbeEncoder("cuda", fmt.Sprint(i)) == nil {
+			d.Caps = append(d.Caps, "nvenc")
+		}
+	case !strings.Contains(name, "H100") && !strings.Contains(name, "H200") && !strings.Contains(name, "A100"):
 		d.Caps = append(d.Caps, "nvenc")
 	}
-	d.Usable, d.Reason = probe(o, "cuda", fmt.Sprint(i))
 	return d
 }
 

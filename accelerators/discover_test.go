@@ -197,3 +197,34 @@ func TestBindCheck(t *testing.T) {
 		t.Fatalf("strict: %v", err)
 	}
 }
+
+// TestNVENCIsAskedNotAssumed: on a usable GPU, NVENC is what opening an
+// encoder says, whatever the model name suggests.
+func TestNVENCIsAskedNotAssumed(t *testing.T) {
+	root := t.TempDir()
+	write(t, root, "/proc/driver/nvidia/gpus/0000:01:00.0/information", "Model: \t\t NVIDIA L4\n")
+	usable := func(string, string) error { return nil }
+	tests := []struct {
+		name      string
+		encoder   func(string, string) error
+		wantNVENC bool
+	}{
+		{"encoder opens", func(string, string) error { return nil }, true},
+		{"encoder refuses", func(string, string) error { return errors.New("unsupported device") }, false},
+		{"not asked: by name", nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			inv := Discover(Options{Root: root, LookPath: noCommands, Probe: usable, ProbeEncoder: tt.encoder})
+			for _, d := range inv.Devices {
+				if d.ID == "cuda:0" {
+					if got := slices.Contains(d.Caps, "nvenc"); got != tt.wantNVENC {
+						t.Fatalf("nvenc %v, want %v (%+v)", got, tt.wantNVENC, d)
+					}
+					return
+				}
+			}
+			t.Fatal("no cuda:0")
+		})
+	}
+}

@@ -58,3 +58,35 @@ func ProbeFFmpeg(kind, device string) error {
 	_, err := DeviceContext(kind, device)
 	return err
 }
+
+// ProbeNVENC opens h264_nvenc on a CUDA device for a small picture and
+// closes it again: FFmpeg says "unsupported device" on GPUs without NVENC.
+func ProbeNVENC(kind, device string) error {
+	if kind != "cuda" {
+		return fmt.Errorf("no NVENC on %s devices", kind)
+	}
+	c := astiav.FindEncoderByName("h264_nvenc")
+	if c == nil {
+		return fmt.Errorf("this FFmpeg has no h264_nvenc")
+	}
+	cc := astiav.AllocCodecContext(c)
+	if cc == nil {
+		return fmt.Errorf("allocating h264_nvenc failed")
+	}
+	defer cc.Free()
+	cc.SetWidth(256)
+	cc.SetHeight(256)
+	cc.SetPixelFormat(astiav.PixelFormatYuv420P)
+	cc.SetTimeBase(astiav.NewRational(1, 30))
+	d := astiav.NewDictionary()
+	defer d.Free()
+	_ = d.Set("gpu", device, 0)
+	// A GPU without NVENC is an answer here, not an error to log.
+	lvl := astiav.GetLogLevel()
+	astiav.SetLogLevel(astiav.LogLevelQuiet)
+	defer astiav.SetLogLevel(lvl)
+	if err := cc.Open(c, d); err != nil {
+		return fmt.Errorf("h264_nvenc did not open on cuda:%s: %w", device, err)
+	}
+	return nil
+}
