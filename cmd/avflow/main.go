@@ -82,14 +82,76 @@ func run(args []string) int {
 			fmt.Fprintln(os.Stderr, "avflow:", err)
 		},
 	}
-	if err := app.Run(args); err != nil {
+	if err := app.Run(flagsFirst(app, args)); err != nil {
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {
 			return ec.ExitCode()
 		}
+		// urfave/cli returns command-line mistakes (a required flag
+		// missing) without handing them to ExitErrHandler.
+		fmt.Fprintln(os.Stderr, "avflow:", err)
 		return exitInvalid
 	}
 	return 0
+}
+
+// flagsFirst moves a subcommand's flags in front of its other arguments, so
+// that `avflow plan pipeline.yaml --profile p.yaml` works as users type it
+// (urfave/cli stops reading flags at the first argument). "--" ends flags.
+func flagsFirst(app *cli.App, args []string) []string {
+	find := func(cmds []*cli.Command, name string) *cli.Command {
+		for _, c := range cmds {
+			if c.HasName(name) {
+				return c
+			}
+		}
+		return nil
+	}
+	var cmd *cli.Command
+	i := 1
+	for ; i < len(args); i++ {
+		if cmd = find(app.Commands, args[i]); cmd != nil {
+			break
+		}
+	}
+	if cmd == nil {
+		return args
+	}
+	for i+1 < len(args) { // a command's own subcommands (models pull)
+		sub := find(cmd.Subcommands, args[i+1])
+		if sub == nil {
+			break
+		}
+		cmd, i = sub, i+1
+	}
+	boolean := map[string]bool{"help": true, "h": true}
+	for _, f := range cmd.Flags {
+		if _, ok := f.(*cli.BoolFlag); ok {
+			for _, n := range f.Names() {
+				boolean[n] = true
+			}
+		}
+	}
+	var flags, rest []string
+	tail := args[i+1:]
+	for j := 0; j < len(tail); j++ {
+		a := tail[j]
+		switch {
+		case a == "--":
+			rest = append(rest, tail[j:]...)
+			j = len(tail)
+		case strings.HasPrefix(a, "-") && a != "-":
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if !strings.Contains(name, "=") && !boolean[name] && j+1 < len(tail) {
+				j++
+				flags = append(flags, tail[j])
+			}
+		default:
+			rest = append(rest, a)
+		}
+	}
+	return append(append(append([]string{}, args[:i+1]...), flags...), rest...)
 }
 
 // load parses, applies --set and validates a pipeline file.

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/urfave/cli/v2"
 	"io"
 	"math"
 	"net"
@@ -835,5 +836,47 @@ stages:
 	}
 	if got := cfg.Stage("dec").Replicas; got != 1 {
 		t.Errorf("dec (stateful): %d replicas, want 1", got)
+	}
+}
+
+// TestAutoPlacementExample runs the auto-placement example: here (no GPU)
+// every stage lands on the CPU, quietly (auto is not a fallback), the start
+// lines name each stage's device, and the MP4 is the transcode's.
+func TestAutoPlacementExample(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	media := mediaDir(t)
+	in := probe(t, filepath.Join(media, "car-detection.mp4"))
+	out := t.TempDir()
+	r := avflow(t, []string{"AVFLOW_MEDIA=" + media, "AVFLOW_OUT=" + out}, "--log-format", "text", "run", "--transport", "local", "../../examples/auto-placement/pipeline.yaml")
+	if r.code != 0 {
+		t.Fatalf("exit %d:\n%s", r.code, r.stderr)
+	}
+	for _, st := range []string{"vdec", "venc"} {
+		if !strings.Contains(r.stderr, `msg="stage ready" pipeline=auto-placement stage=`+st) {
+			t.Errorf("no start line for %s:\n%s", st, r.stderr)
+		}
+	}
+	if _, err := os.Stat("/dev/nvidia0"); err != nil && strings.Contains(r.stderr, "accelerator fallback") {
+		t.Errorf("auto on a CPU-only machine is not a fallback:\n%s", r.stderr)
+	}
+	checkTranscode(t, filepath.Join(out, "auto-placement.mp4"), in)
+}
+
+func TestFlagsFirst(t *testing.T) {
+	app := &cli.App{Commands: []*cli.Command{planCmd(), runCmd(), modelsCmd()}}
+	tests := []struct{ in, want string }{
+		{"avflow plan p.yaml --profile x.yaml --streams 8", "avflow plan --profile x.yaml --streams 8 p.yaml"},
+		{"avflow --log-level warn run p.yaml --transport local --set a.b=1", "avflow --log-level warn run --transport local --set a.b=1 p.yaml"},
+		{"avflow run p.yaml -- --not-a-flag", "avflow run p.yaml -- --not-a-flag"},
+		{"avflow run --help", "avflow run --help"},
+		{"avflow models pull ultraface-rfb-320", "avflow models pull ultraface-rfb-320"},
+		{"avflow version", "avflow version"},
+	}
+	for _, tt := range tests {
+		if got := strings.Join(flagsFirst(app, strings.Fields(tt.in)), " "); got != tt.want {
+			t.Errorf("%q: got %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }
