@@ -40,7 +40,7 @@ func main() {
 	rounds := flag.Int("rounds", 5, "interleaved rounds per comparison")
 	frames := flag.Int("frames", 600, "frames in the transcode clip")
 	edgeMsgs := flag.Int("edge-frames", 600, "raw frames sent over the edge")
-	only := flag.String("only", "", "run only: transcode, edge, infer, plan, or one part of infer: infer-stage, infer-batch, infer-streams, infer-rss")
+	only := flag.String("only", "", "run only: transcode, edge, infer, plan, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err := os.MkdirAll(*work, 0o755); err != nil {

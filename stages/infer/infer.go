@@ -33,6 +33,7 @@ func init() {
 			{Name: "max_batch", Type: pipeline.TypeInt, Default: 1, Doc: "frames (from any stream) taken together per call"},
 			{Name: "max_wait", Type: pipeline.TypeDuration, Default: "0s", Doc: "how long a batch may wait to fill (0: take what is queued)"},
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "ONNX Runtime intra-op threads (0: one per core)"},
+			{Name: "spin", Type: pipeline.TypeBool, Default: false, Doc: "let ONNX Runtime's worker threads spin between runs (for a model with cores to itself; in a pipeline they take cores other stages need)"},
 			{Name: "overlap", Type: pipeline.TypeBool, Default: false, Doc: "preprocess the next frames while the model runs (throughput where cores are spare; results leave one call later)"},
 			{Name: "optimization", Type: pipeline.TypeString, Default: "all", Enum: []string{"disable", "basic", "extended", "all"}, Doc: "ONNX Runtime graph optimisation level"},
 		},
@@ -83,7 +84,7 @@ func load(ctx context.Context, in pipeline.Init, name string) (*loaded, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := onnx.Options{IntraOpThreads: in.Params.Int("threads"), OptLevel: in.Params.String("optimization")}
+	o := onnx.Options{IntraOpThreads: in.Params.Int("threads"), OptLevel: in.Params.String("optimization"), Spin: in.Params.Bool("spin")}
 	o.Provider, o.ProviderOptions = provider(in.Device)
 	sess, files, err := OpenCard(card, o, in.Log)
 	if errors.Is(err, onnx.ErrProvider) && !in.Strict {

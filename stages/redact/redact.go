@@ -28,6 +28,7 @@ func init() {
 			{Name: "verify_passes", Type: pipeline.TypeInt, Default: 3, Doc: "most verify rounds per frame"},
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "ONNX Runtime threads of the verify model (0: one per core)"},
 			{Name: "optimization", Type: pipeline.TypeString, Default: "all", Enum: []string{"disable", "basic", "extended", "all"}, Doc: "ONNX Runtime graph optimisation of the verify model"},
+			{Name: "spin", Type: pipeline.TypeBool, Default: false, Doc: "let the verify model's ONNX Runtime worker threads spin between runs (see infer)"},
 		},
 		MinInputs: 1, MaxInputs: 1,
 		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
