@@ -23,6 +23,17 @@ func (e *Environment) WriteDocs(w io.Writer) {
 			ins = fmt.Sprintf("%d to %d", s.MinInputs, s.MaxInputs)
 		}
 		fmt.Fprintf(w, "    inputs: %s\n", ins)
+		devs := []string{"cpu"}
+		if len(s.Accelerators) > 0 {
+			devs = devs[:0]
+			for _, k := range s.Accelerators {
+				devs = append(devs, string(k))
+			}
+		}
+		fmt.Fprintf(w, "    accelerators: %s\n", strings.Join(devs, ", "))
+		if s.Replicable != nil {
+			fmt.Fprintln(w, "    replicas: yes (per-message work)")
+		}
 		if len(s.Params) == 0 {
 			continue
 		}
