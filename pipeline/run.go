@@ -154,8 +154,13 @@ type node struct {
 	extra   []Stage // replicas beyond the first (StageConfig.Replicas)
 }
 
-// instances is the stage and its replicas.
-func (n *node) instances() []Stage { return append([]Stage{n.stage}, n.extra...) }
+// instances is the stage and its replicas (none before they are built).
+func (n *node) instances() []Stage {
+	if n.stage == nil {
+		return nil
+	}
+	return append([]Stage{n.stage}, n.extra...)
+}
 
 // Run executes the pipeline. It returns nil when every source ended (or Drain
 // was called) and every stage flushed; otherwise the first stage error,
@@ -285,41 +290,34 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	}
 	for _, n := range nodes {
 		b := binds[n]
-		st, err := n.cfg.spec.New(ctx, Init{
+		in := Init{
 			Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
 			Outputs: n.ports, Dir: r.cfg.Dir, Accelerator: string(b.Device.Kind), Device: b.Device, Strict: n.cfg.Strict, Log: n.log,
 			Live: r.cfg.Flow == FlowDropOldest,
-		})
-		if err != nil {
-			for _, m := range nodes {
-				for _, st := range m.extra {
-					_ = st.Close()
-				}
-				if m.stage != nil {
-					_ = m.stage.Close()
-				}
-			}
-			return fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err)
 		}
-		n.stage = st
-		for i := 1; i < n.cfg.Replicas; i++ {
-			rep, err := n.cfg.spec.New(ctx, Init{
-				Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
-				Outputs: n.ports, Dir: r.cfg.Dir, Accelerator: string(b.Device.Kind), Device: b.Device, Strict: n.cfg.Strict,
-				Log: n.log.With("replica", i), Live: r.cfg.Flow == FlowDropOldest,
-			})
+		for i := range max(1, n.cfg.Replicas) {
+			if i > 0 {
+				in.Log = n.log.With("replica", i)
+			}
+			st, err := n.cfg.spec.New(ctx, in)
 			if err != nil {
 				for _, m := range nodes {
 					for _, st := range m.instances() {
-						if st != nil {
-							_ = st.Close()
-						}
+						_ = st.Close()
 					}
 				}
-				return fmt.Errorf("stage %q (%s) replica %d: %w", n.cfg.Name, n.cfg.Kind, i, err)
+				if i > 0 {
+					return fmt.Errorf("stage %q (%s) replica %d: %w", n.cfg.Name, n.cfg.Kind, i, err)
+				}
+				return fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err)
 			}
-			n.extra = append(n.extra, rep)
+			if i == 0 {
+				n.stage = st
+			} else {
+				n.extra = append(n.extra, st)
+			}
 		}
+		st := n.stage
 		if dr, ok := st.(DeviceReporter); ok && dr.Device() != b.Device.ID {
 			b.Device.ID = dr.Device()
 			binds[n] = b
