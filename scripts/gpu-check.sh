@@ -46,16 +46,17 @@ for tr in local nats; do
   cmp /tmp/dev-$tr.yuv /tmp/cpu-decode.yuv && echo "$tr: device frames give output byte-identical to CPU decode"
 done
 step 8 streams decoded at once: GPU vs CPU, aggregate fps
-for accel in gpu cpu; do
+for run in gpu:planar gpu:native cpu:planar; do
+  accel=${run%%:*} fmt=${run##*:}
   { echo "name: multi-$accel"; echo "stages:"
     for i in 0 1 2 3 4 5 6 7; do
       echo "  - {name: src$i, kind: source, params: {url: $PWD/.gpu/shared/media/car-detection.mp4, loop: true, max_frames: 1500}}"
-      echo "  - {name: dec$i, kind: decode, inputs: [src$i.video], accelerator: $accel, strict: true, params: {threads: 2}}"
+      echo "  - {name: dec$i, kind: decode, inputs: [src$i.video], accelerator: $accel, strict: true, params: {threads: 2, hw_format: $fmt}}"
       echo "  - {name: enc$i, kind: encode, inputs: [dec$i], params: {codec: rawvideo}}"
       echo "  - {name: out$i, kind: sink, inputs: [enc$i], params: {path: \"null\"}}"
     done; } > /tmp/multi-$accel.yaml
   s=$(date +%s.%N)
   .gpu/avflow --log-level error run --transport local /tmp/multi-$accel.yaml > /dev/null 2>&1; rc=$?
   e=$(date +%s.%N)
-  awk -v a="$accel" -v rc=$rc -v s="$s" -v e="$e" 'BEGIN { printf "%s: exit %d, 8 x 1500 frames in %.2f s = %.0f fps in all\n", a, rc, e-s, 12000/(e-s) }'
+  awk -v a="$run" -v rc=$rc -v s="$s" -v e="$e" 'BEGIN { printf "%s: exit %d, 8 x 1500 frames in %.2f s = %.0f fps in all\n", a, rc, e-s, 12000/(e-s) }'
 done
