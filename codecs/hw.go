@@ -8,6 +8,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/pipeline/envelope"
@@ -99,6 +100,38 @@ func (d *Downloader) Close() {
 	}
 }
 
+// hostDownloaders keeps a few Downloaders for ToHost, so stages taking
+// GPU frames do not build a converter for every frame. (Not a sync.Pool:
+// a Downloader holds C memory that must be freed, not dropped.)
+var hostDownloaders downloaderList
+
+type downloaderList struct {
+	mu   sync.Mutex
+	free []*Downloader
+}
+
+func (l *downloaderList) get() *Downloader {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n := len(l.free); n > 0 {
+		d := l.free[n-1]
+		l.free = l.free[:n-1]
+		return d
+	}
+	return NewDownloader(false)
+}
+
+func (l *downloaderList) put(d *Downloader) {
+	l.mu.Lock()
+	if len(l.free) < 4 {
+		l.free = append(l.free, d)
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Unlock()
+	d.Close()
+}
+
 // ToHost replaces a frame in device memory by a system-memory copy, in the
 // planar format a CPU decoder would give, and updates e's video format
 // (envelope.Hoster). Frames already in system memory are left alone. Stages
@@ -108,9 +141,9 @@ func (f *Frame) ToHost(e *envelope.Envelope) error {
 	if f.F == nil || !IsHardwarePixelFormat(f.F.PixelFormat()) {
 		return nil
 	}
-	d := NewDownloader(false)
-	defer d.Close()
+	d := hostDownloaders.get()
 	sw, err := d.Download(f.F)
+	hostDownloaders.put(d)
 	if err != nil {
 		return err
 	}

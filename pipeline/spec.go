@@ -91,6 +91,15 @@ type Spec struct {
 	Replicable func(p Params) error
 }
 
+// ReplicasError says why several instances of the stage cannot share its
+// input with these params (nil: they can).
+func (s *Spec) ReplicasError(p Params) error {
+	if s.Replicable == nil {
+		return fmt.Errorf("kind %s keeps state from message to message and runs as one instance", s.Kind)
+	}
+	return s.Replicable(p)
+}
+
 // supported returns the device kinds a stage with these inputs can run on.
 func (s *Spec) supported(in []PortType) []accelerators.Kind {
 	if s.AcceleratorsFor != nil {

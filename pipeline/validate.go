@@ -64,11 +64,12 @@ func (e *Environment) Validate(c *Config) error {
 			if pos.Line == 0 {
 				pos = s.Pos
 			}
-			switch {
+			switch err := spec.ReplicasError(s.Params); {
+			case err == nil:
 			case spec.Replicable == nil:
-				bad(pos, "stage %q: kind %s keeps state from message to message and runs as one instance (replicas: %d)", s.Name, s.Kind, s.Replicas)
-			case spec.Replicable(s.Params) != nil:
-				bad(pos, "stage %q: replicas %d: %v", s.Name, s.Replicas, spec.Replicable(s.Params))
+				bad(pos, "stage %q: %v (replicas: %d)", s.Name, err, s.Replicas)
+			default:
+				bad(pos, "stage %q: replicas %d: %v", s.Name, s.Replicas, err)
 			}
 		}
 		n := len(s.Inputs)

@@ -183,17 +183,15 @@ func applyPlacement(cfg *pipeline.Config, path string) error {
 		s.Accelerator = kind
 		if ps.Replicas > 1 {
 			spec, _ := pipeline.Default.Lookup(s.Kind)
-			switch {
-			case spec == nil:
-			case spec.Replicable == nil:
-				slog.Warn("placement asks for replicas of a stage that keeps state from message to message; it runs as one instance",
-					"stage", ps.Name, "kind", s.Kind, "replicas", ps.Replicas)
-			case spec.Replicable(s.Params) != nil:
-				slog.Warn("placement asks for replicas; this stage's params rule them out, it runs as one instance",
-					"stage", ps.Name, "replicas", ps.Replicas, "why", spec.Replicable(s.Params))
-			default:
-				s.Replicas = ps.Replicas
+			if spec == nil {
+				continue
 			}
+			if err := spec.ReplicasError(s.Params); err != nil {
+				slog.Warn("placement asks for replicas of a stage that cannot have them; it runs as one instance",
+					"stage", ps.Name, "replicas", ps.Replicas, "why", err)
+				continue
+			}
+			s.Replicas = ps.Replicas
 		}
 	}
 	return nil

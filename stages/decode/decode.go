@@ -149,6 +149,7 @@ func (d *Decoder) openHardware(c *astiav.Codec) error {
 	h.keep = d.in.Params.String("hw_format") == "device"
 	if h.keep {
 		d.cc.SetExtraHardwareFrames(8) // frames held by later stages
+		return nil
 	}
 	h.dl = codecs.NewDownloader(d.in.Params.String("hw_format") == "native")
 	return nil
