@@ -115,7 +115,7 @@ func Machine(ortLibrary string) Inventory {
 		if ortLibrary == "" && ORTLibrary != nil {
 			ortLibrary = ORTLibrary()
 		}
-		machine = Discover(Options{Probe: ProbeFFmpeg, ProbeEncoder: ProbeNVENC, ORTLibrary: ortLibrary})
+		machine = Discover(Options{Probe: ProbeFFmpeg, ProbeEncoder: ProbeEncoder, ORTLibrary: ortLibrary})
 	})
 	return machine
 }

@@ -48,8 +48,9 @@ type Options struct {
 	// with fake trees leave it nil, so nothing fake is ever reported usable.
 	Probe func(kind, device string) error
 	// ProbeEncoder opens an FFmpeg hardware encoder on a usable device
-	// ("cuda", "0" -> h264_nvenc) to learn whether the device has one; nil
-	// falls back to what the model name says.
+	// ("cuda", "0" -> h264_nvenc; "vaapi", "/dev/dri/renderD128" ->
+	// h264_vaapi) to learn whether the device has one; nil falls back to
+	// what an NVIDIA model name says, and to no VA-API encoding.
 	ProbeEncoder func(kind, device string) error
 	// ORTLibrary is the ONNX Runtime library whose execution providers are listed.
 	ORTLibrary string
@@ -261,11 +262,21 @@ func discoverVAAPI(o Options) ([]Device, string) {
 		if o.Root == "" || o.Root == "/" {
 			dev = n
 		}
-		d := Device{Kind: GPU, ID: "vaapi:" + dev, Name: "render node " + filepath.Base(n), Caps: []string{"vaapi", "qsv"}}
+		d := Device{Kind: GPU, ID: "vaapi:" + dev, Name: "render node " + filepath.Base(n), Caps: []string{"vaapi"}}
+		driver := ""
 		if drv, err := os.Readlink(o.path("/sys/class/drm/" + filepath.Base(n) + "/device/driver")); err == nil {
-			d.Name += " (" + filepath.Base(drv) + ")"
+			driver = filepath.Base(drv)
+			d.Name += " (" + driver + ")"
 		}
 		d.Usable, d.Reason = probe(o, "vaapi", dev)
+		// Encoding is asked of the device, never assumed: many render
+		// nodes decode only. Quick Sync is Intel's (i915, xe drivers).
+		if d.Usable && o.ProbeEncoder != nil && o.ProbeEncoder("vaapi", dev) == nil {
+			d.Caps = append(d.Caps, "vaapi-encode")
+			if driver == "i915" || driver == "xe" {
+				d.Caps = append(d.Caps, "qsv")
+			}
+		}
 		out = append(out, d)
 	}
 	if len(out) == 0 {

@@ -228,3 +228,46 @@ func TestNVENCIsAskedNotAssumed(t *testing.T) {
 		})
 	}
 }
+
+// TestVAAPIEncodingIsAsked: a render node encodes only when opening
+// h264_vaapi on it works; Quick Sync is offered on Intel's drivers only.
+func TestVAAPIEncodingIsAsked(t *testing.T) {
+	usable := func(string, string) error { return nil }
+	opens := func(string, string) error { return nil }
+	refuses := func(string, string) error { return errors.New("no VAProfileH264 entrypoint") }
+	tests := []struct {
+		name, driver string
+		encoder      func(string, string) error
+		want         []string
+	}{
+		{"intel encodes", "i915", opens, []string{"vaapi", "vaapi-encode", "qsv"}},
+		{"intel xe encodes", "xe", opens, []string{"vaapi", "vaapi-encode", "qsv"}},
+		{"amd encodes", "amdgpu", opens, []string{"vaapi", "vaapi-encode"}},
+		{"decode only", "amdgpu", refuses, []string{"vaapi"}},
+		{"not asked", "i915", nil, []string{"vaapi"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			write(t, root, "/dev/dri/renderD128", "")
+			write(t, root, "/sys/bus/pci/drivers/"+tt.driver+"/bind", "")
+			dev := filepath.Join(root, "/sys/class/drm/renderD128/device")
+			if err := os.MkdirAll(dev, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(filepath.Join(root, "/sys/bus/pci/drivers/"+tt.driver), filepath.Join(dev, "driver")); err != nil {
+				t.Fatal(err)
+			}
+			inv := Discover(Options{Root: root, LookPath: noCommands, Probe: usable, ProbeEncoder: tt.encoder})
+			for _, d := range inv.Devices {
+				if d.ID == "vaapi:/dev/dri/renderD128" {
+					if !slices.Equal(d.Caps, tt.want) || !strings.Contains(d.Name, tt.driver) {
+						t.Fatalf("got %s %v, want caps %v", d.Name, d.Caps, tt.want)
+					}
+					return
+				}
+			}
+			t.Fatalf("no render node in %+v", inv.Devices)
+		})
+	}
+}

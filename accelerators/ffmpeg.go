@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/codecs"
 )
 
 // go-astiav v0.16 cannot free a device context, so each device is opened
@@ -59,19 +60,22 @@ func ProbeFFmpeg(kind, device string) error {
 	return err
 }
 
-// ProbeNVENC opens h264_nvenc on a CUDA device for a small picture and
-// closes it again: FFmpeg says "unsupported device" on GPUs without NVENC.
-func ProbeNVENC(kind, device string) error {
-	if kind != "cuda" {
-		return fmt.Errorf("no NVENC on %s devices", kind)
+// ProbeEncoder opens a hardware H.264 encoder on a device for a small
+// picture and closes it again: h264_nvenc on a CUDA GPU (FFmpeg says
+// "unsupported device" on GPUs without NVENC), h264_vaapi on a VA-API
+// render node (with a pool of device frames, as the encode stage uses).
+func ProbeEncoder(kind, device string) error {
+	name := map[string]string{"cuda": "h264_nvenc", "vaapi": "h264_vaapi"}[kind]
+	if name == "" {
+		return fmt.Errorf("no hardware encoder on %s devices", kind)
 	}
-	c := astiav.FindEncoderByName("h264_nvenc")
+	c := astiav.FindEncoderByName(name)
 	if c == nil {
-		return fmt.Errorf("this FFmpeg has no h264_nvenc")
+		return fmt.Errorf("this FFmpeg has no %s", name)
 	}
 	cc := astiav.AllocCodecContext(c)
 	if cc == nil {
-		return fmt.Errorf("allocating h264_nvenc failed")
+		return fmt.Errorf("allocating %s failed", name)
 	}
 	defer cc.Free()
 	cc.SetWidth(256)
@@ -80,13 +84,24 @@ func ProbeNVENC(kind, device string) error {
 	cc.SetTimeBase(astiav.NewRational(1, 30))
 	d := astiav.NewDictionary()
 	defer d.Free()
-	_ = d.Set("gpu", device, 0)
-	// A GPU without NVENC is an answer here, not an error to log.
+	// A device without the encoder is an answer here, not an error to log.
 	lvl := astiav.GetLogLevel()
 	astiav.SetLogLevel(astiav.LogLevelQuiet)
 	defer astiav.SetLogLevel(lvl)
+	switch kind {
+	case "cuda":
+		_ = d.Set("gpu", device, 0)
+	case "vaapi":
+		dev, err := DeviceContext(kind, device)
+		if err != nil {
+			return err
+		}
+		if err := codecs.UploadPool(cc, dev, astiav.PixelFormatNv12, 256, 256); err != nil {
+			return err
+		}
+	}
 	if err := cc.Open(c, d); err != nil {
-		return fmt.Errorf("h264_nvenc did not open on cuda:%s: %w", device, err)
+		return fmt.Errorf("%s did not open on %s:%s: %w", name, kind, device, err)
 	}
 	return nil
 }

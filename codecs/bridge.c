@@ -90,3 +90,8 @@ int avf_hw_download(AVFrame *dst, const AVFrame *src) {
 }
 
 int avf_frame_copy_props(AVFrame *dst, const AVFrame *src) { return av_frame_copy_props(dst, src); }
+
+int avf_pix_fmt_depth(int fmt) {
+	const AVPixFmtDescriptor *d = av_pix_fmt_desc_get(fmt);
+	return d ? d->comp[0].depth : 0;
+}

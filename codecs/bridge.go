@@ -87,3 +87,7 @@ func setLayout(f *astiav.Frame, mask uint64, n int) error {
 	}
 	return nil
 }
+
+// Depth returns the bits per component of a pixel format (8 for yuv420p,
+// 10 for yuv420p10le), or 0 for an unknown one.
+func Depth(f astiav.PixelFormat) int { return int(C.avf_pix_fmt_depth(C.int(f))) }

@@ -16,4 +16,5 @@ int avf_pix_fmt_hw(int fmt);
 int avf_make_writable(AVFrame *f);
 int avf_hw_download(AVFrame *dst, const AVFrame *src);
 int avf_frame_copy_props(AVFrame *dst, const AVFrame *src);
+int avf_pix_fmt_depth(int fmt);
 #endif

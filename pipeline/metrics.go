@@ -17,6 +17,7 @@ import (
 type stageMetrics struct {
 	name, kind string
 	device     string
+	reporter   DeviceReporter // read at each snapshot, when the stage is one
 	in, out    atomic.Int64
 	videoIn    atomic.Int64
 	busyNS     atomic.Int64
@@ -99,6 +100,18 @@ type Metrics struct {
 	total  atomic.Int64 // expected frames, 0 if unknown
 }
 
+// deviceNow is where the stage runs now: a GPU decoder that meets a
+// stream its hardware cannot decode, or an NVENC that will not open at
+// the first frame, moves to the CPU after the stage was built.
+func (s *stageMetrics) deviceNow() string {
+	if s.reporter != nil {
+		if d := s.reporter.Device(); d != "" {
+			return d
+		}
+	}
+	return s.device
+}
+
 // Elapsed returns the run time so far.
 func (m *Metrics) Elapsed() time.Duration { return time.Since(m.start) }
 
@@ -110,7 +123,7 @@ func (m *Metrics) Snapshot() []StageStats {
 	el := time.Since(m.start).Seconds()
 	out := make([]StageStats, 0, len(m.stages))
 	for _, s := range m.stages {
-		st := StageStats{Name: s.name, Kind: s.kind, Device: s.device, In: s.in.Load(), Out: s.out.Load(), VideoIn: s.videoIn.Load(), Terminal: s.terminal}
+		st := StageStats{Name: s.name, Kind: s.kind, Device: s.deviceNow(), In: s.in.Load(), Out: s.out.Load(), VideoIn: s.videoIn.Load(), Terminal: s.terminal}
 		if el > 0 {
 			st.FPS = float64(st.Out) / el
 			if st.Terminal {

@@ -318,10 +318,13 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 			}
 		}
 		st := n.stage
-		if dr, ok := st.(DeviceReporter); ok && dr.Device() != b.Device.ID {
-			b.Device.ID = dr.Device()
-			binds[n] = b
-			n.m.device = b.Device.ID
+		if dr, ok := st.(DeviceReporter); ok {
+			n.m.reporter = dr
+			if d := dr.Device(); d != "" && d != b.Device.ID {
+				b.Device.ID = d
+				binds[n] = b
+				n.m.device = b.Device.ID
+			}
 		}
 		if tf, ok := st.(TotalFramer); ok {
 			r.metrics.total.Add(tf.TotalFrames())

@@ -74,8 +74,10 @@ type Batcher interface {
 
 // DeviceReporter is implemented by stages that can end up on another device
 // than the one they were bound to (an execution provider that would not
-// load, so the model runs on the CPU): the runner labels the stage's
-// metrics and start line with Device().
+// load, so the model runs on the CPU; a hardware encoder that does not
+// open at the first frame): the runner labels the stage's start line with
+// Device() and reads it again for every metrics snapshot, so it must be
+// safe to call while the stage runs. "" means the bound device.
 type DeviceReporter interface {
 	Device() string
 }

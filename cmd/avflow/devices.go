@@ -20,7 +20,7 @@ func devicesCmd() *cli.Command {
 			if _, err := os.Stat(lib); err != nil {
 				lib = ""
 			}
-			inv := accelerators.Discover(accelerators.Options{Probe: accelerators.ProbeFFmpeg, ProbeEncoder: accelerators.ProbeNVENC, ORTLibrary: lib})
+			inv := accelerators.Discover(accelerators.Options{Probe: accelerators.ProbeFFmpeg, ProbeEncoder: accelerators.ProbeEncoder, ORTLibrary: lib})
 			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "KIND\tDEVICE\tNAME\tUSABLE\tCAPABILITIES / REASON")
 			for _, d := range inv.Devices {

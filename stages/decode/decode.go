@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/accelerators"
@@ -69,7 +70,18 @@ type Decoder struct {
 	codec     string
 	bad       int
 	frames    int64
-	hw        *hardware // nil: decoding on the CPU
+	hw        *hardware   // nil: decoding on the CPU
+	onCPU     atomic.Bool // bound to a GPU, but this stream decodes on the CPU
+}
+
+// Device reports where the decoder runs (pipeline.DeviceReporter): the
+// CPU when FFmpeg has no hardware path for the stream's codec or profile,
+// which it learns at the first packet.
+func (d *Decoder) Device() string {
+	if d.onCPU.Load() {
+		return "cpu:0"
+	}
+	return ""
 }
 
 // hardware is a decoder bound to a GPU through an FFmpeg device context
@@ -115,13 +127,18 @@ func (d *Decoder) openHardware(c *astiav.Codec) error {
 		}
 		d.in.Log.Warn("accelerator fallback: decoding on the CPU", "wanted", d.in.Device.ID, "why", why)
 		d.hw = nil
+		d.onCPU.Store(true)
 		return nil
 	}
 	hdc, err := accelerators.DeviceContext(h.kind, h.name)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrOpen, err)
 	}
-	d.cc.SetHardwareDeviceContext(hdc)
+	// Not go-astiav's SetHardwareDeviceContext: its Free would release the
+	// shared context's own reference (see codecs.SetDevice).
+	if err := codecs.SetDevice(d.cc, hdc); err != nil {
+		return fmt.Errorf("%w: %w", ErrOpen, err)
+	}
 	// go-astiav finds the format callback by the codec context's address;
 	// frame threading calls it on per-thread copies it does not know (and
 	// the decoder then gets no format at all). Slice threading keeps one
@@ -137,6 +154,7 @@ func (d *Decoder) openHardware(c *astiav.Codec) error {
 		// FFmpeg decodes in software; say so once.
 		if !h.soft {
 			h.soft = true
+			d.onCPU.Store(true)
 			d.in.Log.Warn("the GPU cannot decode this stream's profile; FFmpeg decodes it on the CPU", "device", d.in.Device.ID)
 		}
 		for _, pf := range offered {

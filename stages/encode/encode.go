@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/accelerators"
@@ -135,7 +136,33 @@ type Encoder struct {
 	// soft is the software encoder to fall back to when the hardware
 	// encoder the stage was bound to does not open (nil on the CPU).
 	soft *astiav.Codec
+	// input says how frames reach a hardware encoder; up is the reused
+	// device frame uploads go into.
+	input input
+	up    *astiav.Frame
+	onCPU atomic.Bool // a hardware encoder gave way to the software one
 }
+
+// Device reports where the encoder runs (pipeline.DeviceReporter): the
+// CPU once a hardware encoder that would not open gave way to software.
+func (enc *Encoder) Device() string {
+	if enc.onCPU.Load() {
+		return cpuDevice
+	}
+	return ""
+}
+
+// cpuDevice is the ID discovery gives the machine's CPU.
+const cpuDevice = "cpu:0"
+
+// input is how a video encoder takes its frames.
+type input int
+
+const (
+	inputHost   input = iota // system-memory frames, as they are
+	inputDevice              // the decoder's frames, in the same GPU's memory
+	inputUpload              // system-memory frames uploaded to the device first
+)
 
 // New prepares the encoder; it opens on the first frame, from its format.
 func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
@@ -148,27 +175,34 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 		return nil, fmt.Errorf("%w %q", ErrUnknownEncoder, name)
 	}
 	enc := &Encoder{in: in, codec: c, media: codecs.MediaOf(c.ID().MediaType())}
-	if in.Device.Kind == accelerators.GPU {
+	fam, named := familyOf(name)
+	switch {
+	case in.Device.Kind == accelerators.GPU:
 		hw, why := hardwareEncoder(c, in.Device)
 		if hw == nil { // binding checked the device; this is a programming error
 			return nil, fmt.Errorf("%w: %s on %s: %s", ErrOpen, name, in.Device.ID, why)
 		}
 		enc.codec, enc.soft = hw, c
-		if strings.HasSuffix(c.Name(), "_nvenc") || in.Strict {
+		if named || in.Strict {
 			enc.soft = nil
 		}
+	case named && fam.kind == "vaapi":
+		return nil, fmt.Errorf("%w: %s encodes on a VA-API render node, but the stage runs on %s: set accelerator: gpu (device: vaapi:/dev/dri/renderD128)",
+			ErrOpen, name, in.Device.ID)
 	}
 	enc.pkt = astiav.AllocPacket()
 	return enc, nil
 }
 
 // open opens the encoder on the first frame's format; a hardware encoder
-// that will not open (driver without the encode library, session limit)
-// gives way to the software one with a warning.
-func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) error {
+// that will not open (no device, driver without the encode library,
+// session limit) gives way to the software one with a warning. It returns
+// the frame to encode: a copy in system memory if f was a device frame
+// the encoder that opened cannot take.
+func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) (*astiav.Frame, error) {
 	err := enc.openCodec(f, e)
 	if err == nil || enc.soft == nil {
-		return err
+		return f, err
 	}
 	enc.in.Log.Warn("accelerator fallback: hardware encoder did not open; encoding on the CPU",
 		"wanted", enc.in.Device.ID, "encoder", enc.soft.Name(), "why", err)
@@ -176,8 +210,101 @@ func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) error {
 		enc.cc.Free()
 		enc.cc = nil
 	}
-	enc.codec, enc.soft = enc.soft, nil
-	return enc.openCodec(f, e)
+	enc.codec, enc.soft, enc.input = enc.soft, nil, inputHost
+	enc.onCPU.Store(true)
+	if codecs.IsHardwarePixelFormat(f.PixelFormat()) {
+		if f, err = codecs.FrameOf(e); err != nil {
+			return nil, err
+		}
+	}
+	return f, enc.openCodec(f, e)
+}
+
+// frame returns e's frame the way the encoder takes it: GPU frames stay
+// on the GPU for a hardware encoder on that same device (the first frame
+// decides, at open), and are copied to system memory for anything else.
+func (enc *Encoder) frame(e *envelope.Envelope) (*astiav.Frame, error) {
+	if _, hw := familyOf(enc.codec.Name()); !hw || enc.media != envelope.MediaVideo {
+		return codecs.FrameOf(e)
+	}
+	f, err := codecs.DeviceFrameOf(e)
+	if err != nil || !codecs.IsHardwarePixelFormat(f.PixelFormat()) {
+		return f, err
+	}
+	if enc.cc == nil || enc.input == inputDevice {
+		if dev := enc.device(); dev != nil && codecs.OnDevice(f, dev) {
+			return f, nil
+		}
+	}
+	return codecs.FrameOf(e)
+}
+
+// deviceErr says which encoder could not use which device.
+func (enc *Encoder) deviceErr(err error) error {
+	return fmt.Errorf("%w: %s on %s: %w", ErrOpen, enc.codec.Name(), enc.in.Device.ID, err)
+}
+
+// device is the FFmpeg context of the device the stage is bound to, nil
+// when there is none (or it will not open: the encoder then says why).
+func (enc *Encoder) device() *astiav.HardwareDeviceContext {
+	kind, name, _, ok := accelerators.FFmpegDevice(enc.in.Device.ID)
+	if !ok {
+		return nil
+	}
+	dev, err := accelerators.DeviceContext(kind, name)
+	if err != nil {
+		return nil
+	}
+	return dev
+}
+
+// bindVideo sets up how a hardware encoder takes its frames: the
+// decoder's GPU frames as they are, uploads into a pool on the device
+// (VA-API), or frames from system memory (NVENC, QSV). It returns the
+// software pixel format the encoder will see.
+func (enc *Encoder) bindVideo(cc *astiav.CodecContext, f *astiav.Frame, pf astiav.PixelFormat) (astiav.PixelFormat, error) {
+	fam, hw := familyOf(enc.codec.Name())
+	if !hw {
+		return pf, nil
+	}
+	if codecs.IsHardwarePixelFormat(f.PixelFormat()) { // frame() checked it is on our device
+		if err := codecs.TakeDeviceFrames(cc, f); err != nil {
+			return pf, enc.deviceErr(err)
+		}
+		if want := enc.in.Params.String("pixel_format"); want != "" {
+			enc.in.Log.Warn("pixel_format is ignored: the encoder takes the decoder's GPU frames as they are", "pixel_format", want)
+		}
+		enc.input = inputDevice
+		return f.PixelFormat(), nil
+	}
+	if fam.kind != "vaapi" {
+		enc.input = inputHost
+		return pf, nil
+	}
+	kind, name, _, _ := accelerators.FFmpegDevice(enc.in.Device.ID)
+	dev, err := accelerators.DeviceContext(kind, name)
+	if err != nil {
+		return pf, enc.deviceErr(err)
+	}
+	if fam.suffix == "_qsv" { // QSV takes nv12 from system memory, in a session on this render node
+		enc.input = inputHost
+		if err := codecs.SetDerivedDevice(cc, dev, astiav.HardwareDeviceTypeQSV); err != nil {
+			return pf, enc.deviceErr(err)
+		}
+		return pf, nil
+	}
+	sw := astiav.PixelFormatNv12
+	if d := codecs.Depth(pf); d > 8 {
+		sw = astiav.PixelFormatP010Le
+	}
+	if err := codecs.UploadPool(cc, dev, sw, f.Width(), f.Height()); err != nil {
+		return pf, enc.deviceErr(err)
+	}
+	enc.input = inputUpload
+	if enc.up == nil {
+		enc.up = astiav.AllocFrame()
+	}
+	return sw, nil
 }
 
 func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
@@ -198,13 +325,19 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 			}
 			pf = x
 		}
-		if fmts := enc.codec.PixelFormats(); len(fmts) > 0 && !slices.Contains(fmts, pf) {
+		if fmts := softwareFormats(enc.codec); len(fmts) > 0 && !slices.Contains(fmts, pf) {
 			pf = fmts[0]
 		}
-		if pf != f.PixelFormat() {
-			convSpec = "format=" + pf.Name()
+		sw, err := enc.bindVideo(cc, f, pf)
+		if err != nil {
+			return err
 		}
-		cc.SetPixelFormat(pf)
+		if sw != f.PixelFormat() && enc.input != inputDevice {
+			convSpec = "format=" + sw.Name()
+		}
+		if enc.input == inputHost {
+			cc.SetPixelFormat(sw)
+		}
 		cc.SetWidth(f.Width())
 		cc.SetHeight(f.Height())
 		cc.SetSampleAspectRatio(f.SampleAspectRatio())
@@ -258,10 +391,8 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 			cc.SetBitRate(0) // constant quality mode
 		}
 	}
-	if strings.HasSuffix(enc.codec.Name(), "_nvenc") {
-		if dropped := nvencOptions(opts, enc.in.Device.ID); len(dropped) > 0 {
-			enc.in.Log.Warn("software-encoder options dropped for NVENC", "options", strings.Join(dropped, " "))
-		}
+	if dropped := hardwareOptions(opts, enc.codec.Name(), enc.in.Device.ID); len(dropped) > 0 {
+		enc.in.Log.Warn("software-encoder options dropped for the hardware encoder", "encoder", enc.codec.Name(), "options", strings.Join(dropped, " "))
 	}
 	for k, v := range opts {
 		if err := d.Set(k, v, 0); err != nil {
@@ -291,7 +422,7 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 	}
 	enc.params = codecs.Params(cp, rate)
 	enc.in.Log.Info("encoder opened", "codec", enc.codec.Name(), "width", cc.Width(), "height", cc.Height(),
-		"pixel_format", cc.PixelFormat().Name(), "sample_rate", cc.SampleRate(), "convert", convSpec)
+		"pixel_format", cc.PixelFormat().Name(), "sample_rate", cc.SampleRate(), "convert", convSpec, "input", enc.input.String())
 	return nil
 }
 
@@ -306,12 +437,12 @@ func (enc *Encoder) Process(_ context.Context, in pipeline.Batch) (pipeline.Batc
 			out = append(out, cp)
 			continue
 		}
-		f, err := codecs.FrameOf(e)
+		f, err := enc.frame(e)
 		if err != nil {
 			return out, err
 		}
 		if enc.cc == nil {
-			if err := enc.open(f, e); err != nil {
+			if f, err = enc.open(f, e); err != nil {
 				return out, err
 			}
 		}
@@ -359,8 +490,18 @@ func (enc *Encoder) send(out pipeline.Batch, f *astiav.Frame, e *envelope.Envelo
 func (enc *Encoder) encode(out pipeline.Batch, f *astiav.Frame) (pipeline.Batch, error) {
 	if f != nil {
 		f.SetPictureType(astiav.PictureTypeNone)
+		if enc.input == inputUpload {
+			if err := codecs.Upload(enc.cc, enc.up, f); err != nil {
+				return out, fmt.Errorf("%w: %s: %w", ErrEncode, enc.codec.Name(), err)
+			}
+			f = enc.up
+		}
 	}
-	if err := enc.cc.SendFrame(f); err != nil && !errors.Is(err, astiav.ErrEof) {
+	err := enc.cc.SendFrame(f)
+	if enc.input == inputUpload {
+		enc.up.Unref()
+	}
+	if err != nil && !errors.Is(err, astiav.ErrEof) {
 		return out, fmt.Errorf("%w: %s: %w", ErrEncode, enc.codec.Name(), err)
 	}
 	for {
@@ -397,5 +538,25 @@ func (enc *Encoder) Close() error {
 		enc.pkt.Free()
 		enc.pkt = nil
 	}
+	if enc.up != nil {
+		enc.up.Free()
+		enc.up = nil
+	}
 	return nil
+}
+
+func (i input) String() string {
+	return [...]string{"system memory", "GPU frames as they are", "uploaded to the device"}[i]
+}
+
+// softwareFormats lists the system-memory pixel formats an encoder takes
+// (VA-API encoders list only their device format).
+func softwareFormats(c *astiav.Codec) []astiav.PixelFormat {
+	var out []astiav.PixelFormat
+	for _, pf := range c.PixelFormats() {
+		if !codecs.IsHardwarePixelFormat(pf) {
+			out = append(out, pf)
+		}
+	}
+	return out
 }
