@@ -14,9 +14,12 @@ all: build
 
 # Debian 12 packages: pkg-config and the FFmpeg 5.1 -dev libraries that
 # go-astiav v0.16.0 builds against, plus the ffmpeg/ffprobe CLIs for tests
-# and benchmarks. Only missing packages are installed.
+# and benchmarks, and Mesa's software Vulkan device (lavapipe) on which the
+# tests run FFmpeg's device-memory paths without a GPU. Only missing
+# packages are installed.
 APT_PACKAGES := pkg-config ffmpeg fonts-dejavu-core espeak-ng libavcodec-dev libavformat-dev libavfilter-dev \
-	libavdevice-dev libavutil-dev libswscale-dev libswresample-dev libpostproc-dev
+	libavdevice-dev libavutil-dev libswscale-dev libswresample-dev libpostproc-dev \
+	mesa-vulkan-drivers
 
 setup: $(BIN)/nats-server
 	@scripts/setup.sh $(APT_PACKAGES)

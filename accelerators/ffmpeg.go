@@ -16,10 +16,15 @@ var (
 	ctxs  = map[string]*astiav.HardwareDeviceContext{}
 )
 
-// deviceTypes are the FFmpeg device types avflow binds stages to.
+// deviceTypes are the FFmpeg device types avflow binds stages to. Vulkan
+// runs FFmpeg's *_vulkan filters; discovery does not list Vulkan devices
+// (on a machine without a GPU the only one is Mesa's software lavapipe),
+// so a stage binds to one only through a placement or inventory that
+// names it, as the tests of device-memory paths do.
 var deviceTypes = map[string]astiav.HardwareDeviceType{
-	"cuda":  astiav.HardwareDeviceTypeCUDA,
-	"vaapi": astiav.HardwareDeviceTypeVAAPI,
+	"cuda":   astiav.HardwareDeviceTypeCUDA,
+	"vaapi":  astiav.HardwareDeviceTypeVAAPI,
+	"vulkan": astiav.HardwareDeviceTypeVulkan,
 }
 
 // FFmpegDevice splits a device ID into FFmpeg's device kind and name

@@ -1,9 +1,15 @@
 package codecs
 
+/*
+#include "hwctx.h"
+*/
+import "C"
+
 import (
 	"errors"
 	"fmt"
 	"strconv"
+	"unsafe"
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/pipeline/envelope"
@@ -24,11 +30,31 @@ type Graph struct {
 	frame   *astiav.Frame
 	outTB   astiav.Rational
 	rate    astiav.Rational
+	// dev is the device the graph's filters run on (nil: the CPU);
+	// upload is put in front of spec when frames come from system memory.
+	dev    *astiav.HardwareDeviceContext
+	upload string
+	// OnDevice is whether frames enter the graph in device memory, as
+	// they are (known once the first frame built the graph).
+	OnDevice bool
 }
 
 // NewGraph returns a graph for spec (e.g. "scale=1280:720"), built lazily.
 func NewGraph(spec string, threads int) *Graph {
 	return &Graph{spec: spec, threads: threads, frame: astiav.AllocFrame()}
+}
+
+// NewDeviceGraph returns a graph whose filters may run on dev
+// (scale_cuda, overlay_vaapi, scale_vulkan...). Frames in dev's memory go
+// in as they are; frames in system memory go through upload first
+// ("hwupload", or "format=nv12,hwupload" for VA-API). Every filter gets
+// the device, so hwupload and the device filters find it. Frames leave in
+// whatever memory the graph's last filter puts them (device frames, unless
+// the graph ends in hwdownload).
+func NewDeviceGraph(spec string, threads int, dev *astiav.HardwareDeviceContext, upload string) *Graph {
+	g := NewGraph(spec, threads)
+	g.dev, g.upload = dev, upload
+	return g
 }
 
 // TimeBase is the time base of the frames the graph emits (after the first frame).
@@ -46,6 +72,11 @@ func (g *Graph) build(f *astiav.Frame, media envelope.Media, tb, frameRate astia
 	defer inputs.Free()
 	var srcName, sinkName string
 	var args astiav.FilterArgs
+	spec := g.spec
+	g.OnDevice = g.dev != nil && IsHardwarePixelFormat(f.PixelFormat())
+	if g.dev != nil && !g.OnDevice && g.upload != "" {
+		spec = g.upload + "," + spec
+	}
 	switch media {
 	case envelope.MediaVideo:
 		srcName, sinkName = "buffer", "buffersink"
@@ -72,6 +103,14 @@ func (g *Graph) build(f *astiav.Frame, media envelope.Media, tb, frameRate astia
 	if g.src, err = g.g.NewFilterContext(astiav.FindFilterByName(srcName), "in", args); err != nil {
 		return fmt.Errorf("%w: creating %s: %w", ErrFilter, srcName, err)
 	}
+	if g.OnDevice {
+		if !OnDevice(f, g.dev) {
+			return fmt.Errorf("%w: %q: the frames are on another device than the graph's", ErrFilter, g.spec)
+		}
+		if ret := C.avf_buffersrc_frames((*C.AVFilterContext)(*(*unsafe.Pointer)(unsafe.Pointer(g.src))), cframe(f)); ret < 0 {
+			return fmt.Errorf("%w: giving the device frames to %q: %w", ErrFilter, g.spec, astiav.Error(ret))
+		}
+	}
 	if g.sink, err = g.g.NewFilterContext(astiav.FindFilterByName(sinkName), "out", nil); err != nil {
 		return fmt.Errorf("%w: creating %s: %w", ErrFilter, sinkName, err)
 	}
@@ -83,11 +122,16 @@ func (g *Graph) build(f *astiav.Frame, media envelope.Media, tb, frameRate astia
 	inputs.SetFilterContext(g.sink)
 	inputs.SetPadIdx(0)
 	inputs.SetNext(nil)
-	if err := g.g.Parse(g.spec, inputs, outputs); err != nil {
-		return fmt.Errorf("%w: parsing %q: %w", ErrFilter, g.spec, err)
+	if err := g.g.Parse(spec, inputs, outputs); err != nil {
+		return fmt.Errorf("%w: parsing %q: %w", ErrFilter, spec, err)
+	}
+	if g.dev != nil {
+		if ret := C.avf_graph_set_device((*C.AVFilterGraph)(*(*unsafe.Pointer)(unsafe.Pointer(g.g))), devRef(g.dev)); ret < 0 {
+			return fmt.Errorf("%w: giving %q its device: %w", ErrFilter, spec, astiav.Error(ret))
+		}
 	}
 	if err := g.g.Configure(); err != nil {
-		return fmt.Errorf("%w: configuring %q: %w", ErrFilter, g.spec, err)
+		return fmt.Errorf("%w: configuring %q: %w", ErrFilter, spec, err)
 	}
 	g.outTB = g.sink.Inputs()[0].TimeBase()
 	g.media, g.rate = media, frameRate

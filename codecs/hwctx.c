@@ -5,6 +5,8 @@
 #include <libavutil/hwcontext.h>
 #include <libavutil/buffer.h>
 #include <libavutil/error.h>
+#include <libavutil/mem.h>
+#include <libavfilter/buffersrc.h>
 
 int avf_cc_width(const AVCodecContext *cc) { return cc->width; }
 
@@ -76,4 +78,27 @@ int avf_cc_upload(AVCodecContext *cc, AVFrame *dst, const AVFrame *src) {
 	ret = av_hwframe_transfer_data(dst, src, 0);
 	if (ret < 0) return ret;
 	return av_frame_copy_props(dst, src);
+}
+
+int avf_buffersrc_frames(AVFilterContext *src, const AVFrame *f) {
+	AVBufferSrcParameters *p = av_buffersrc_parameters_alloc();
+	if (!p) return AVERROR(ENOMEM);
+	p->format = f->format;
+	p->width = f->width;
+	p->height = f->height;
+	p->sample_aspect_ratio = f->sample_aspect_ratio;
+	p->hw_frames_ctx = f->hw_frames_ctx; // referenced by the call
+	int ret = av_buffersrc_parameters_set(src, p);
+	av_free(p);
+	return ret;
+}
+
+int avf_graph_set_device(AVFilterGraph *g, AVBufferRef *dev) {
+	for (unsigned i = 0; i < g->nb_filters; i++) {
+		AVFilterContext *fc = g->filters[i];
+		if (fc->hw_device_ctx) continue;
+		fc->hw_device_ctx = av_buffer_ref(dev);
+		if (!fc->hw_device_ctx) return AVERROR(ENOMEM);
+	}
+	return 0;
 }

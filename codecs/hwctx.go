@@ -1,6 +1,7 @@
 package codecs
 
 /*
+#cgo pkg-config: libavfilter
 #include "hwctx.h"
 */
 import "C"

@@ -45,8 +45,8 @@ func init() {
 		New:          New,
 		Accelerators: []accelerators.Kind{accelerators.CPU, accelerators.GPU},
 		DeviceCheck: func(_ pipeline.Params, _ []pipeline.PortType, d accelerators.Device) error {
-			if _, _, _, ok := accelerators.FFmpegDevice(d.ID); !ok {
-				return fmt.Errorf("%s is not a device FFmpeg decodes on", d.ID)
+			if kind, _, _, _ := accelerators.FFmpegDevice(d.ID); kind != "cuda" && kind != "vaapi" {
+				return fmt.Errorf("%s is not a device FFmpeg decodes on (NVDEC through CUDA, VA-API)", d.ID)
 			}
 			return nil
 		},

@@ -58,6 +58,8 @@ func hardwareEncoder(sw *astiav.Codec, dev accelerators.Device) (*astiav.Codec, 
 		}
 	}
 	switch {
+	case fam.kind == "":
+		return nil, fmt.Sprintf("FFmpeg has no hardware encoder on %s devices", kind)
 	case fam.kind != kind:
 		return nil, fmt.Sprintf("%s runs on %s devices, not on %s", sw.Name(), fam.kind, dev.ID)
 	case !slices.Contains(dev.Caps, fam.cap):
