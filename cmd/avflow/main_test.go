@@ -853,7 +853,7 @@ func TestAutoPlacementExample(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("exit %d:\n%s", r.code, r.stderr)
 	}
-	for _, st := range []string{"vdec", "venc"} {
+	for _, st := range []string{"vdec", "scale", "venc"} {
 		if !strings.Contains(r.stderr, `msg="stage ready" pipeline=auto-placement stage=`+st) {
 			t.Errorf("no start line for %s:\n%s", st, r.stderr)
 		}
