@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds a small static FFmpeg 5.1 (Debian 12's version, from Debian's
 # source package) with NVIDIA decode/encode (NVDEC, CUVID, NVENC through
-# nv-codec-headers, which load the driver's libraries at run time), so that
+# nv-codec-headers, which load the driver's libraries at run time) and the
+# CUDA filters (scale_cuda..., compiled to PTX by clang as Debian does, no
+# CUDA toolkit needed), so that
 # avflow and its tests can be linked into self-contained binaries for a GPU
 # machine that has no FFmpeg (see scripts/gpu-check.sh). Not part of
 # `make setup`: the normal build uses Debian's shared FFmpeg.
@@ -9,8 +11,8 @@
 #   scripts/build-ffmpeg-gpu.sh /tmp/ffmpeg-gpu     # prefix to install into
 set -euo pipefail
 prefix=${1:?usage: build-ffmpeg-gpu.sh PREFIX}
-[ -f "$prefix/lib/libavcodec.a" ] && exit 0
-apt-get install -y -qq --no-install-recommends libffmpeg-nvenc-dev nasm dpkg-dev >/dev/null
+[ -f "$prefix/lib/libavfilter.a" ] && grep -q scale_cuda "$prefix/lib/libavfilter.a" && exit 0
+apt-get install -y -qq --no-install-recommends libffmpeg-nvenc-dev nasm dpkg-dev clang llvm >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 lists=$work/lists
@@ -22,7 +24,7 @@ apt-get $o update -qq
 cd "$work"/ffmpeg-*/
 ./configure --prefix="$prefix" --disable-shared --enable-static --enable-pic \
   --disable-programs --disable-doc --disable-autodetect --disable-everything \
-  --enable-ffnvcodec --enable-nvdec --enable-cuvid --enable-nvenc \
+  --enable-ffnvcodec --enable-nvdec --enable-cuvid --enable-nvenc --enable-cuda-llvm \
   --enable-hwaccel=h264_nvdec,hevc_nvdec,av1_nvdec,vp9_nvdec \
   --enable-decoder=h264,hevc,vp9,av1,aac,h264_cuvid,hevc_cuvid,rawvideo \
   --enable-encoder=h264_nvenc,hevc_nvenc,rawvideo,aac \
@@ -31,7 +33,7 @@ cd "$work"/ffmpeg-*/
   --enable-muxer=mp4,mov,matroska,rawvideo,null \
   --enable-bsf=h264_mp4toannexb,hevc_mp4toannexb,aac_adtstoasc \
   --enable-protocol=file,pipe \
-  --enable-filter=buffer,buffersink,abuffer,abuffersink,format,aformat,scale,aresample,null,anull,hwdownload,hwupload,hwupload_cuda,scale_cuda,boxblur,crop,pad,fps,setpts,asetpts \
+  --enable-filter=buffer,buffersink,abuffer,abuffersink,format,aformat,scale,aresample,null,anull,hwdownload,hwupload,hwupload_cuda,scale_cuda,overlay_cuda,yadif_cuda,boxblur,crop,pad,fps,setpts,asetpts \
   --enable-swscale --enable-swresample --enable-avfilter --enable-avdevice
 make -j"$(nproc)" >/dev/null
 make install >/dev/null

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs what the GPU check needs into .gpu/bundle.tar.xz (git-ignored, under the 64 MB a
 # device run carries): avflow and the decode tests linked statically against
-# a small FFmpeg with NVDEC/NVENC (scripts/build-ffmpeg-gpu.sh), and one
+# a small FFmpeg with NVDEC/NVENC/CUDA filters (scripts/build-ffmpeg-gpu.sh), and one
 # test clip. The GPU machine has the NVIDIA driver but no FFmpeg or Go.
 #
 #   scripts/gpu-bundle.sh && <on the GPU machine> scripts/gpu-check.sh
@@ -13,8 +13,9 @@ export PKG_CONFIG_LIBDIR=$ff/lib/pkgconfig GOCACHE=${GOCACHE_GPU:-/tmp/gocache-g
 rm -rf .gpu && mkdir -p .gpu/shared/media
 go build -ldflags=-s -o .gpu/avflow ./cmd/avflow
 go test -c -ldflags=-s -o .gpu/decode.test ./stages/decode
+go test -c -ldflags=-s -o .gpu/filter.test ./stages/filter
 cp ../shared/media/car-detection.mp4 .gpu/shared/media/
-for b in .gpu/avflow .gpu/decode.test; do
+for b in .gpu/avflow .gpu/decode.test .gpu/filter.test; do
   if ldd "$b" | grep -q libav; then echo "gpu-bundle: $b links a shared FFmpeg" >&2; exit 1; fi
 done
 # xz brings ~57 MB down to ~20 MB; gpu-check.sh unpacks it.

@@ -2,7 +2,9 @@
 # The GPU check, run on a GPU machine from the repository root after
 # scripts/gpu-bundle.sh: what the machine reports, what avflow discovers,
 # NVDEC decode through avflow against CPU decode (frame count, PSNR above
-# 40 dB), the same decode through `avflow run`, and whether NVENC opens.
+# 40 dB; twice in one process), NVDEC frames scaled in place by scale_cuda,
+# the same decode through `avflow run`, and whether NVENC opens (taking the
+# decoder's CUDA frames as they are).
 # Writes its log to ${OUT:-.gpu/out}/gpu-check.log.
 set -uo pipefail
 [ -f .gpu/bundle.tar.xz ] && tar xJf .gpu/bundle.tar.xz
@@ -17,6 +19,8 @@ step avflow devices
 .gpu/avflow devices
 step NVDEC decode vs CPU decode
 AVFLOW_SHARED=.gpu/shared .gpu/decode.test -test.v -test.run 'TestGPUDecode' -test.count=1
+step "GPU frames into a CUDA filter stage (scale_cuda) vs CPU scale"
+AVFLOW_SHARED=$PWD/.gpu/shared .gpu/filter.test -test.v -test.run 'TestCUDAFilter' -test.count=1
 step avflow run, decode on the GPU
 cat > /tmp/gpu-decode.yaml <<YAML
 name: gpu-decode
@@ -32,7 +36,7 @@ sed -e 's/accelerator: gpu/accelerator: cpu/' -e 's/gpu-decode.yuv/cpu-decode.yu
 echo "frames: GPU $(( $(stat -c %s /tmp/gpu-decode.yuv) / (768*432*3/2) )), CPU $(( $(stat -c %s /tmp/cpu-decode.yuv) / (768*432*3/2) ))"
 cmp /tmp/gpu-decode.yuv /tmp/cpu-decode.yuv && echo "GPU and CPU outputs are byte-identical"
 step NVENC: does FFmpeg open h264_nvenc on this GPU?
-sed -e 's/codec: rawvideo/codec: h264_nvenc/' -e 's|/tmp/gpu-decode.yuv, format: rawvideo|"null"|' /tmp/gpu-decode.yaml > /tmp/gpu-nvenc.yaml
+sed -e 's/codec: rawvideo/codec: h264_nvenc/' -e 's/strict: true}/strict: true, params: {hw_format: device}}/' -e 's|/tmp/gpu-decode.yuv, format: rawvideo|"null"|' /tmp/gpu-decode.yaml > /tmp/gpu-nvenc.yaml
 .gpu/avflow --log-format text run /tmp/gpu-nvenc.yaml; echo "exit $?"
 step calibrate: each stage on each usable device kind
 sed -e 's/, accelerator: gpu, strict: true//' -e 's|/tmp/gpu-decode.yuv, format: rawvideo|"null"|' /tmp/gpu-decode.yaml > /tmp/gpu-cal.yaml

@@ -154,6 +154,13 @@ func TestGPUDecodeMatchesCPU(t *testing.T) {
 		}
 	}
 	t.Logf("lowest PSNR over %d frames x 3 planes: %.1f dB", len(cpu.pics), worst)
+	// A second GPU decoder in the same process, after the first closed,
+	// shares the process's device context (go-astiav's own device
+	// attaching released it with the first decoder).
+	again, _, err := decodeAll(t, clip, "gpu", true)
+	if err != nil || len(again.pics) != len(cpu.pics) {
+		t.Fatalf("second GPU decode: %d frames, %v", len(again.pics), err)
+	}
 }
 
 // TestGPUDecodeStrictWithoutGPU: on a machine without a usable GPU, a

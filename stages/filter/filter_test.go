@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -168,4 +169,70 @@ func psnr(t *testing.T, a, b string) float64 {
 	}
 	v, _ := strconv.ParseFloat(string(m[1]), 64)
 	return v
+}
+
+// TestCUDAFilterMatchesCPU (GPU machines only): the clip decoded on NVDEC
+// with its frames left on the GPU, scaled by scale_cuda in a filter stage
+// that takes them as they are, and copied off by the encoder, against the
+// CPU decoding and scaling it. Scalers differ, so the bar is 30 dB.
+func TestCUDAFilterMatchesCPU(t *testing.T) {
+	inv := accelerators.Machine("")
+	var gpu bool
+	for _, d := range inv.Usable(accelerators.GPU) {
+		gpu = gpu || strings.HasPrefix(d.ID, "cuda:")
+	}
+	if !gpu {
+		t.Skipf("no usable CUDA GPU here: %s", inv.Why(accelerators.GPU))
+	}
+	clip := filepath.Join(os.Getenv("AVFLOW_SHARED"), "media", "car-detection.mp4")
+	if os.Getenv("AVFLOW_SHARED") == "" {
+		clip = "../../../shared/media/car-detection.mp4"
+	}
+	raw := func(name, dec, filter string) ([]byte, string) {
+		out := filepath.Join(t.TempDir(), name+".yuv")
+		cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: %s
+stages:
+  - {name: src, kind: source, params: {url: %q}}
+  - {name: dec, kind: decode, inputs: [src.video], %s}
+  - {name: scale, kind: filter, inputs: [dec], %s}
+  - {name: enc, kind: encode, inputs: [scale], params: {codec: rawvideo}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: %q, format: rawvideo}}
+`, name, clip, dec, filter, out), name+".yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs := &bytes.Buffer{}
+		r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{Devices: &inv, Transport: "local", Log: slog.New(slog.NewTextHandler(logs, nil))})
+		if err == nil {
+			err = r.Run(context.Background())
+		}
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, logs)
+		}
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b, logs.String()
+	}
+	g, logs := raw("gpu", "accelerator: gpu, strict: true, params: {hw_format: device}", `accelerator: gpu, strict: true, params: {graph: "scale_cuda=384:216"}`)
+	c, _ := raw("cpu", "", `params: {graph: "scale=384:216"}`)
+	if !strings.Contains(logs, `input="already on the device"`) {
+		t.Errorf("the filter did not take the decoder's GPU frames as they are:\n%s", logs)
+	}
+	const frame = 384 * 216 * 3 / 2
+	t.Logf("GPU %d bytes (%d frames), CPU %d bytes (%d frames)", len(g), len(g)/frame, len(c), len(c)/frame)
+	if len(g) != len(c) || len(c) == 0 {
+		t.Fatalf("GPU output %d bytes, CPU %d", len(g), len(c))
+	}
+	var se float64
+	for i := range g {
+		d := float64(g[i]) - float64(c[i])
+		se += d * d
+	}
+	p := 10 * math.Log10(255*255*float64(len(g))/max(se, 1e-9))
+	t.Logf("scale_cuda vs scale: PSNR %.1f dB", p)
+	if p < 30 {
+		t.Errorf("scale_cuda vs scale: PSNR %.1f dB, want >= 30", p)
+	}
 }
