@@ -2,7 +2,6 @@ package codecs
 
 import (
 	"bytes"
-	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -209,7 +208,7 @@ func TestDeviceGraph(t *testing.T) {
 			if g.OnDevice != tt.onDevice {
 				t.Errorf("OnDevice = %v, want %v", g.OnDevice, tt.onDevice)
 			}
-			if p := psnr(got, want); p < 30 {
+			if p := PSNR(got, want); p < 30 {
 				t.Errorf("Vulkan scale vs CPU scale: PSNR %.1f dB, want >= 30", p)
 			}
 		})
@@ -250,16 +249,4 @@ func firstFrame(t *testing.T, g *Graph, f *astiav.Frame, onDevice bool) []byte {
 		luma = append(luma, y[r*stride:r*stride+160]...)
 	}
 	return luma
-}
-
-func psnr(a, b []byte) float64 {
-	var se float64
-	for i := range a {
-		d := float64(a[i]) - float64(b[i])
-		se += d * d
-	}
-	if se == 0 {
-		return math.Inf(1)
-	}
-	return 10 * math.Log10(255*255*float64(len(a))/se)
 }

@@ -103,19 +103,6 @@ stages:
 	return p, time.Since(start), err
 }
 
-// psnr compares two 8-bit planes.
-func psnr(a, b []byte) float64 {
-	var se float64
-	for i := range a {
-		d := float64(a[i]) - float64(b[i])
-		se += d * d
-	}
-	if se == 0 {
-		return math.Inf(1)
-	}
-	return 10 * math.Log10(255*255*float64(len(a))/se)
-}
-
 // TestGPUDecodeMatchesCPU decodes an H.264 clip with the GPU (NVDEC or
 // VA-API, through FFmpeg's device context) and on the CPU: the same number
 // of frames, the same size and format, every plane of every frame above
@@ -145,10 +132,10 @@ func TestGPUDecodeMatchesCPU(t *testing.T) {
 	worst := math.Inf(1)
 	for i := range cpu.pics {
 		for c := range 3 {
-			if v := psnr(gpu.pics[i][c], cpu.pics[i][c]); v < worst {
+			if v := codecs.PSNR(gpu.pics[i][c], cpu.pics[i][c]); v < worst {
 				worst = v
 			}
-			if v := psnr(gpu.pics[i][c], cpu.pics[i][c]); v < 40 {
+			if v := codecs.PSNR(gpu.pics[i][c], cpu.pics[i][c]); v < 40 {
 				t.Fatalf("frame %d plane %d: PSNR %.1f dB, want above 40", i, c, v)
 			}
 		}

@@ -1,10 +1,7 @@
 package encode_test
 
 import (
-	"bytes"
-	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,33 +11,21 @@ import (
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/pipelinetest"
 	_ "github.com/avflow/avflow/stages/all"
 )
 
 // encodeOn runs one second of test video through an encode stage bound to
 // the GPU of a made-up inventory (enc is the rest of the stage's line) into out.
-func encodeOn(t *testing.T, inv accelerators.Inventory, enc, out string) (*pipeline.Runner, *bytes.Buffer, error) {
+func encodeOn(t *testing.T, inv accelerators.Inventory, enc, out string) (*pipeline.Runner, string, error) {
 	t.Helper()
-	cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: gpuenc
+	return pipelinetest.Run(t, &inv, "gpuenc.yaml", fmt.Sprintf(`name: gpuenc
 stages:
   - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25:duration=1"}}
   - {name: dec, kind: decode, inputs: [src.video]}
   - {name: enc, kind: encode, inputs: [dec], accelerator: gpu, %s}
   - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
-`, enc, out), "gpuenc.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pipeline.Default.Validate(cfg); err != nil {
-		t.Fatal(err)
-	}
-	logs := &bytes.Buffer{}
-	r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{Devices: &inv, Transport: "local",
-		Log: slog.New(slog.NewTextHandler(logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r, logs, r.Run(context.Background())
+`, enc, out))
 }
 
 // TestHardwareEncoderThatWillNotOpenFallsBack: a GPU that claims a
@@ -86,8 +71,8 @@ func TestHardwareEncoderThatWillNotOpenFallsBack(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if !strings.Contains(logs.String(), "hardware encoder did not open") || !strings.Contains(logs.String(), "encoder=libx264") {
-					t.Errorf("no fallback warning:\n%s", logs.String())
+				if !strings.Contains(logs, "hardware encoder did not open") || !strings.Contains(logs, "encoder=libx264") {
+					t.Errorf("no fallback warning:\n%s", logs)
 				}
 				for _, st := range r.Metrics().Snapshot() {
 					if st.Name == "enc" && st.Device != "cpu:0" {
@@ -116,8 +101,8 @@ func TestEncodeOnGPUWithoutNVENC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(logs.String(), "accelerator fallback") || !strings.Contains(logs.String(), "has no NVENC") {
-		t.Errorf("no fallback warning naming NVENC:\n%s", logs.String())
+	if !strings.Contains(logs, "accelerator fallback") || !strings.Contains(logs, "has no NVENC") {
+		t.Errorf("no fallback warning naming NVENC:\n%s", logs)
 	}
 	for _, st := range r.Metrics().Snapshot() {
 		if st.Name == "enc" && st.Device != "cpu:0" {

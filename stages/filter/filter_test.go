@@ -1,11 +1,7 @@
 package filter_test
 
 import (
-	"bytes"
-	"context"
 	"fmt"
-	"log/slog"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +12,9 @@ import (
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/accelerators"
+	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/pipelinetest"
 	_ "github.com/avflow/avflow/stages/all"
 )
 
@@ -31,28 +29,14 @@ var (
 // lines into an MP4, on a made-up inventory.
 func run(t *testing.T, inv accelerators.Inventory, filters, out string) (*pipeline.Runner, string, error) {
 	t.Helper()
-	cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: gpufilter
+	return pipelinetest.Run(t, &inv, "gpufilter.yaml", fmt.Sprintf(`name: gpufilter
 stages:
   - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25:duration=1"}}
   - {name: dec, kind: decode, inputs: [src.video]}
 %s
   - {name: enc, kind: encode, inputs: [last], params: {codec: libx264, preset: ultrafast, crf: 18}}
   - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
-`, filters, out), "gpufilter.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pipeline.Default.Validate(cfg); err != nil {
-		t.Fatal(err)
-	}
-	logs := &bytes.Buffer{}
-	r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{Devices: &inv, Transport: "local",
-		Log: slog.New(slog.NewTextHandler(logs, nil))})
-	if err != nil {
-		return nil, logs.String(), err
-	}
-	err = r.Run(context.Background())
-	return r, logs.String(), err
+`, filters, out))
 }
 
 func vulkanOrSkip(t *testing.T) {
@@ -190,22 +174,14 @@ func TestCUDAFilterMatchesCPU(t *testing.T) {
 	}
 	raw := func(name, dec, filter string) ([]byte, string) {
 		out := filepath.Join(t.TempDir(), name+".yuv")
-		cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: %s
+		_, logs, err := pipelinetest.Run(t, &inv, name+".yaml", fmt.Sprintf(`name: %s
 stages:
   - {name: src, kind: source, params: {url: %q}}
   - {name: dec, kind: decode, inputs: [src.video], %s}
   - {name: scale, kind: filter, inputs: [dec], %s}
   - {name: enc, kind: encode, inputs: [scale], params: {codec: rawvideo}}
   - {name: out, kind: sink, inputs: [enc], params: {path: %q, format: rawvideo}}
-`, name, clip, dec, filter, out), name+".yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		logs := &bytes.Buffer{}
-		r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{Devices: &inv, Transport: "local", Log: slog.New(slog.NewTextHandler(logs, nil))})
-		if err == nil {
-			err = r.Run(context.Background())
-		}
+`, name, clip, dec, filter, out))
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", name, err, logs)
 		}
@@ -213,7 +189,7 @@ stages:
 		if err != nil {
 			t.Fatal(err)
 		}
-		return b, logs.String()
+		return b, logs
 	}
 	g, logs := raw("gpu", "accelerator: gpu, strict: true, params: {hw_format: device}", `accelerator: gpu, strict: true, params: {graph: "scale_cuda=384:216"}`)
 	c, _ := raw("cpu", "", `params: {graph: "scale=384:216"}`)
@@ -225,12 +201,7 @@ stages:
 	if len(g) != len(c) || len(c) == 0 {
 		t.Fatalf("GPU output %d bytes, CPU %d", len(g), len(c))
 	}
-	var se float64
-	for i := range g {
-		d := float64(g[i]) - float64(c[i])
-		se += d * d
-	}
-	p := 10 * math.Log10(255*255*float64(len(g))/max(se, 1e-9))
+	p := codecs.PSNR(g, c)
 	t.Logf("scale_cuda vs scale: PSNR %.1f dB", p)
 	if p < 30 {
 		t.Errorf("scale_cuda vs scale: PSNR %.1f dB, want >= 30", p)

@@ -1,0 +1,36 @@
+// Package pipelinetest runs pipeline files in tests, on this machine or
+// on a made-up inventory of devices, with the run's logs captured.
+package pipelinetest
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"testing"
+
+	"github.com/avflow/avflow/accelerators"
+	"github.com/avflow/avflow/pipeline"
+)
+
+// Run parses yaml (name is the file name in messages), validates it and
+// runs it over the in-process transport on inv (nil: what this machine
+// has). A file that does not parse or validate fails the test; an error
+// building or running the pipeline is returned, with the text logs.
+func Run(t testing.TB, inv *accelerators.Inventory, name, yaml string) (*pipeline.Runner, string, error) {
+	t.Helper()
+	cfg, err := pipeline.Parse([]byte(yaml), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pipeline.Default.Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	logs := &bytes.Buffer{}
+	r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{Devices: inv, Transport: "local",
+		Log: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		return nil, logs.String(), err
+	}
+	err = r.Run(context.Background())
+	return r, logs.String(), err
+}
