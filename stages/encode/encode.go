@@ -275,6 +275,9 @@ func (enc *Encoder) bindVideo(cc *astiav.CodecContext, f *astiav.Frame, pf astia
 			enc.in.Log.Warn("pixel_format is ignored: the encoder takes the decoder's GPU frames as they are", "pixel_format", want)
 		}
 		enc.input = inputDevice
+		if enc.up == nil { // for system-memory frames later on (the decoder gave up on the GPU)
+			enc.up = astiav.AllocFrame()
+		}
 		return f.PixelFormat(), nil
 	}
 	if fam.kind != "vaapi" {
@@ -490,7 +493,7 @@ func (enc *Encoder) send(out pipeline.Batch, f *astiav.Frame, e *envelope.Envelo
 func (enc *Encoder) encode(out pipeline.Batch, f *astiav.Frame) (pipeline.Batch, error) {
 	if f != nil {
 		f.SetPictureType(astiav.PictureTypeNone)
-		if enc.input == inputUpload {
+		if enc.input == inputUpload || (enc.input == inputDevice && !codecs.IsHardwarePixelFormat(f.PixelFormat())) {
 			if err := codecs.Upload(enc.cc, enc.up, f); err != nil {
 				return out, fmt.Errorf("%w: %s: %w", ErrEncode, enc.codec.Name(), err)
 			}
@@ -498,7 +501,7 @@ func (enc *Encoder) encode(out pipeline.Batch, f *astiav.Frame) (pipeline.Batch,
 		}
 	}
 	err := enc.cc.SendFrame(f)
-	if enc.input == inputUpload {
+	if enc.up != nil {
 		enc.up.Unref()
 	}
 	if err != nil && !errors.Is(err, astiav.ErrEof) {
