@@ -288,12 +288,20 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 			n.log.Warn("accelerator fallback", "wanted", b.Wanted, "device", b.Device.ID, "why", b.Why)
 		}
 	}
+	downstream := map[string][]string{} // stage -> devices of its in-process consumers
+	if !useNATS {
+		for _, n := range nodes {
+			for _, in := range n.cfg.Inputs {
+				downstream[in.Stage] = append(downstream[in.Stage], binds[n].Device.ID)
+			}
+		}
+	}
 	for _, n := range nodes {
 		b := binds[n]
 		in := Init{
 			Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
 			Outputs: n.ports, Dir: r.cfg.Dir, Accelerator: string(b.Device.Kind), Device: b.Device, Strict: n.cfg.Strict, Log: n.log,
-			Live: r.cfg.Flow == FlowDropOldest,
+			Live: r.cfg.Flow == FlowDropOldest, Downstream: downstream[n.cfg.Name],
 		}
 		for i := range max(1, n.cfg.Replicas) {
 			if i > 0 {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -520,5 +521,49 @@ stages:
 `, pipeline.Options{Transport: "local"}, nil)
 	if !errors.Is(err, errBoom) || !strings.Contains(err.Error(), `"r"`) {
 		t.Fatalf("want boom from stage r, got %v", err)
+	}
+}
+
+// TestDownstreamDevices: a stage learns the devices of the stages that
+// take its frames by reference (the local transport), and nothing when its
+// outputs cross NATS.
+func TestDownstreamDevices(t *testing.T) {
+	for _, tt := range []struct {
+		transport string
+		want      []string
+	}{
+		{"local", []string{"cpu:0", "cpu:0"}},
+		{"nats", nil},
+	} {
+		t.Run(tt.transport, func(t *testing.T) {
+			col := &collector{}
+			env := testEnv(t, col)
+			var got []string
+			if err := env.Register(pipeline.Spec{
+				Kind: "probe",
+				Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
+					return []pipeline.Port{{Name: "out", Type: dataPort}}, nil
+				},
+				New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+					got = in.Downstream
+					return &gen{n: 3, size: 8}, nil
+				},
+			}); err != nil {
+				t.Fatal(err)
+			}
+			_, err := runYAML(t, env, `name: downstream
+stages:
+  - {name: p, kind: probe}
+  - {name: a, kind: relay, inputs: [p]}
+  - {name: b, kind: relay, inputs: [p]}
+  - {name: c, kind: collect, inputs: [a, b]}
+`, pipeline.Options{Transport: tt.transport}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("Downstream = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }

@@ -53,6 +53,11 @@ type Init struct {
 	Log    *slog.Logger
 	// Live is true when the pipeline's flow mode is drop-oldest (live input).
 	Live bool
+	// Downstream lists the devices of the stages that take this stage's
+	// outputs by reference, in this process (the local transport): a GPU
+	// stage may leave its frames on the GPU for those on the same device.
+	// Empty when outputs cross NATS, which carries frames as bytes.
+	Downstream []string
 }
 
 // Path resolves a path param against the pipeline file's folder.

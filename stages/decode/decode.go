@@ -32,8 +32,8 @@ func init() {
 		Params: []pipeline.Param{
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "decoder threads (0: one per core)"},
 			{Name: "thread_type", Type: pipeline.TypeString, Default: "auto", Enum: []string{"auto", "frame", "slice"}, Doc: "frame threading (throughput) or slice threading (latency)"},
-			{Name: "hw_format", Type: pipeline.TypeString, Default: "planar", Enum: []string{"planar", "native", "device"},
-				Doc: "on a GPU: frames leave in system memory in the planar format a CPU decoder gives (yuv420p) or the device's own layout (nv12), or stay in GPU memory (device: each CPU stage, and NATS, copies them off where it needs them)"},
+			{Name: "hw_format", Type: pipeline.TypeString, Default: "auto", Enum: []string{"auto", "planar", "native", "device"},
+				Doc: "on a GPU: frames leave in system memory in the planar format a CPU decoder gives (yuv420p) or the device's own layout (nv12), or stay in GPU memory (device: each CPU stage, and NATS, copies them off where it needs them); auto: device when a stage on the same GPU takes them in this process, else planar"},
 		},
 		MinInputs: 1, MaxInputs: 1,
 		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
@@ -164,13 +164,32 @@ func (d *Decoder) openHardware(c *astiav.Codec) error {
 		}
 		return astiav.PixelFormatNone
 	})
-	h.keep = d.in.Params.String("hw_format") == "device"
+	h.keep = keepOnDevice(d.in)
 	if h.keep {
 		d.cc.SetExtraHardwareFrames(8) // frames held by later stages
 		return nil
 	}
 	h.dl = codecs.NewDownloader(d.in.Params.String("hw_format") == "native")
 	return nil
+}
+
+// keepOnDevice says whether a GPU decoder leaves its frames on the GPU:
+// asked to, or (auto) when a stage on the same device takes them in this
+// process and at most one other stage would have to copy them off.
+func keepOnDevice(in pipeline.Init) bool {
+	switch in.Params.String("hw_format") {
+	case "device":
+		return true
+	case "auto":
+		same := 0
+		for _, d := range in.Downstream {
+			if d == in.Device.ID {
+				same++
+			}
+		}
+		return same > 0 && len(in.Downstream)-same <= 1
+	}
+	return false
 }
 
 func (d *Decoder) open(e *envelope.Envelope) error {
@@ -219,6 +238,9 @@ func (d *Decoder) open(e *envelope.Envelope) error {
 	dev := "cpu"
 	if d.hw != nil {
 		dev = d.in.Device.ID + " (" + d.hw.pixFmt.Name() + ")"
+		if d.hw.keep {
+			dev += ", frames stay on the GPU"
+		}
 	}
 	d.in.Log.Info("decoder opened", "codec", c.Name(), "media", e.Media.String(), "threads", d.cc.ThreadCount(), "device", dev)
 	return nil

@@ -156,7 +156,8 @@ func psnr(t *testing.T, a, b string) float64 {
 }
 
 // TestCUDAFilterMatchesCPU (GPU machines only): the clip decoded on NVDEC
-// with its frames left on the GPU, scaled by scale_cuda in a filter stage
+// with its frames left on the GPU (hw_format auto: the next stage is on
+// the same GPU), scaled by scale_cuda in a filter stage
 // that takes them as they are, and copied off by the encoder, against the
 // CPU decoding and scaling it. Scalers differ, so the bar is 30 dB.
 func TestCUDAFilterMatchesCPU(t *testing.T) {
@@ -191,7 +192,7 @@ stages:
 		}
 		return b, logs
 	}
-	g, logs := raw("gpu", "accelerator: gpu, strict: true, params: {hw_format: device}", `accelerator: gpu, strict: true, params: {graph: "scale_cuda=384:216"}`)
+	g, logs := raw("gpu", "accelerator: gpu, strict: true", `accelerator: gpu, strict: true, params: {graph: "scale_cuda=384:216"}`)
 	c, _ := raw("cpu", "", `params: {graph: "scale=384:216"}`)
 	if !strings.Contains(logs, `input="already on the device"`) {
 		t.Errorf("the filter did not take the decoder's GPU frames as they are:\n%s", logs)
