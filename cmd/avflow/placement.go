@@ -70,6 +70,13 @@ func calibrateCmd() *cli.Command {
 				prof.Pipeline = cfg.Name
 				for _, s := range cfg.Stages {
 					s.Accelerator, s.Strict, s.Fallback, s.Device = string(kind), false, nil, ""
+					// Stages are measured here side by side on one kind, but a plan
+					// may place neighbours apart: a GPU decoder is measured with
+					// its copy back to system memory (the cost it has next to a
+					// CPU stage), not with its frames left for a GPU neighbour.
+					if s.Kind == "decode" && (!s.Params.Has("hw_format") || s.Params.String("hw_format") == "auto") {
+						_ = cfg.Set(s.Name + ".hw_format=planar")
+					}
 					if s.Kind == "source" {
 						if err := cfg.Set(s.Name + ".max_frames=" + fmt.Sprint(c.Int("frames"))); err != nil {
 							return cli.Exit(err.Error(), exitInvalid)
