@@ -166,7 +166,10 @@ func (d *Decoder) openHardware(c *astiav.Codec) error {
 	})
 	h.keep = keepOnDevice(d.in)
 	if h.keep {
-		d.cc.SetExtraHardwareFrames(8) // frames held by later stages
+		// Frames held by later stages: edge queues, a frame being filtered,
+		// an encoder's reorder and lookahead. VA-API decoders draw from a
+		// fixed pool (CUDA's grows), so leave room for all of them.
+		d.cc.SetExtraHardwareFrames(16)
 		return nil
 	}
 	h.dl = codecs.NewDownloader(d.in.Params.String("hw_format") == "native")
