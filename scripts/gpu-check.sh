@@ -36,7 +36,7 @@ sed -e 's/accelerator: gpu/accelerator: cpu/' -e 's/gpu-decode.yuv/cpu-decode.yu
 echo "frames: GPU $(( $(stat -c %s /tmp/gpu-decode.yuv) / (768*432*3/2) )), CPU $(( $(stat -c %s /tmp/cpu-decode.yuv) / (768*432*3/2) ))"
 cmp /tmp/gpu-decode.yuv /tmp/cpu-decode.yuv && echo "GPU and CPU outputs are byte-identical"
 step NVENC: does FFmpeg open h264_nvenc on this GPU?
-sed -e 's/codec: rawvideo/codec: h264_nvenc/' -e 's/strict: true}/strict: true, params: {hw_format: device}}/' -e 's|/tmp/gpu-decode.yuv, format: rawvideo|"null"|' /tmp/gpu-decode.yaml > /tmp/gpu-nvenc.yaml
+sed -e 's/inputs: \[dec\], params: {codec: rawvideo}/inputs: [dec], accelerator: gpu, params: {codec: h264_nvenc}/' -e 's/strict: true}/strict: true, params: {hw_format: device}}/' -e 's|/tmp/gpu-decode.yuv, format: rawvideo|"null"|' /tmp/gpu-decode.yaml > /tmp/gpu-nvenc.yaml
 .gpu/avflow --log-format text run /tmp/gpu-nvenc.yaml; echo "exit $?"
 step calibrate: each stage on each usable device kind
 sed -e 's/, accelerator: gpu, strict: true//' -e 's|/tmp/gpu-decode.yuv, format: rawvideo|"null"|' /tmp/gpu-decode.yaml > /tmp/gpu-cal.yaml
