@@ -26,6 +26,9 @@ const (
 )
 
 // Device is one device (or one way to reach it), with what it can do.
+// CPUID is the ID discovery gives the machine's CPUs (one device for all cores).
+const CPUID = "cpu:0"
+
 type Device struct {
 	Kind   Kind
 	ID     string // cpu:0, cuda:0, vaapi:/dev/dri/renderD128, npu:0, ort:CUDAExecutionProvider
@@ -147,7 +150,7 @@ func (inv Inventory) Why(k Kind) string {
 }
 
 func discoverCPU(o Options) Device {
-	d := Device{Kind: CPU, ID: "cpu:0", Usable: true, Name: runtime.GOARCH}
+	d := Device{Kind: CPU, ID: CPUID, Usable: true, Name: runtime.GOARCH}
 	f, err := os.Open(o.path("/proc/cpuinfo"))
 	cores := 0
 	flags := map[string]bool{}

@@ -5,6 +5,7 @@ package pipeline
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/avflow/avflow/accelerators"
@@ -85,4 +86,21 @@ type Batcher interface {
 // safe to call while the stage runs. "" means the bound device.
 type DeviceReporter interface {
 	Device() string
+}
+
+// CPUFallback is a DeviceReporter for stages that move from their GPU to
+// the CPU while they run (a decoder meeting a stream its GPU cannot
+// decode, a hardware encoder that will not open): embed it and call
+// FellBack when that happens. Safe for concurrent use.
+type CPUFallback struct{ on atomic.Bool }
+
+// FellBack records that the stage now runs on the CPU.
+func (f *CPUFallback) FellBack() { f.on.Store(true) }
+
+// Device is the CPU once the stage fell back, else "" (its bound device).
+func (f *CPUFallback) Device() string {
+	if f.on.Load() {
+		return accelerators.CPUID
+	}
+	return ""
 }

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/accelerators"
@@ -70,18 +69,11 @@ type Decoder struct {
 	codec     string
 	bad       int
 	frames    int64
-	hw        *hardware   // nil: decoding on the CPU
-	onCPU     atomic.Bool // bound to a GPU, but this stream decodes on the CPU
-}
-
-// Device reports where the decoder runs (pipeline.DeviceReporter): the
-// CPU when FFmpeg has no hardware path for the stream's codec or profile,
-// which it learns at the first packet.
-func (d *Decoder) Device() string {
-	if d.onCPU.Load() {
-		return "cpu:0"
-	}
-	return ""
+	hw        *hardware // nil: decoding on the CPU
+	// CPUFallback reports the CPU when FFmpeg has no hardware path for
+	// the stream's codec or profile, which the decoder learns at the first
+	// packet (pipeline.DeviceReporter).
+	pipeline.CPUFallback
 }
 
 // hardware is a decoder bound to a GPU through an FFmpeg device context
@@ -127,7 +119,7 @@ func (d *Decoder) openHardware(c *astiav.Codec) error {
 		}
 		d.in.Log.Warn("accelerator fallback: decoding on the CPU", "wanted", d.in.Device.ID, "why", why)
 		d.hw = nil
-		d.onCPU.Store(true)
+		d.FellBack()
 		return nil
 	}
 	hdc, err := accelerators.DeviceContext(h.kind, h.name)
@@ -154,7 +146,7 @@ func (d *Decoder) openHardware(c *astiav.Codec) error {
 		// FFmpeg decodes in software; say so once.
 		if !h.soft {
 			h.soft = true
-			d.onCPU.Store(true)
+			d.FellBack()
 			d.in.Log.Warn("the GPU cannot decode this stream's profile; FFmpeg decodes it on the CPU", "device", d.in.Device.ID)
 		}
 		for _, pf := range offered {

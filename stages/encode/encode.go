@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync/atomic"
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/accelerators"
@@ -140,20 +139,10 @@ type Encoder struct {
 	// device frame uploads go into.
 	input input
 	up    *astiav.Frame
-	onCPU atomic.Bool // a hardware encoder gave way to the software one
+	// CPUFallback reports the CPU once a hardware encoder that would not
+	// open gave way to the software one (pipeline.DeviceReporter).
+	pipeline.CPUFallback
 }
-
-// Device reports where the encoder runs (pipeline.DeviceReporter): the
-// CPU once a hardware encoder that would not open gave way to software.
-func (enc *Encoder) Device() string {
-	if enc.onCPU.Load() {
-		return cpuDevice
-	}
-	return ""
-}
-
-// cpuDevice is the ID discovery gives the machine's CPU.
-const cpuDevice = "cpu:0"
 
 // input is how a video encoder takes its frames.
 type input int
@@ -211,7 +200,7 @@ func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) (*astiav.Frame, 
 		enc.cc = nil
 	}
 	enc.codec, enc.soft, enc.input = enc.soft, nil, inputHost
-	enc.onCPU.Store(true)
+	enc.FellBack()
 	if codecs.IsHardwarePixelFormat(f.PixelFormat()) {
 		if f, err = codecs.FrameOf(e); err != nil {
 			return nil, err

@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync/atomic"
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/accelerators"
@@ -109,7 +108,7 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 			return nil, fmt.Errorf("%w: %s: %w", ErrDevice, in.Device.ID, err)
 		}
 		in.Log.Warn("accelerator fallback: filtering on the CPU with cpu_graph", "wanted", in.Device.ID, "why", err)
-		f.onCPU.Store(true)
+		f.FellBack()
 	}
 	if kinds := deviceKinds(graph); len(kinds) > 0 {
 		cpu := in.Params.String("cpu_graph")
@@ -131,17 +130,11 @@ type Filter struct {
 	media envelope.Media
 	tb    envelope.Rational
 	rate  envelope.Rational
-	onCPU atomic.Bool
+	// CPUFallback reports the CPU when the GPU would not open and
+	// cpu_graph runs instead (pipeline.DeviceReporter).
+	pipeline.CPUFallback
 	// hostOut: frames leave in system memory, read back by this stage.
 	hostOut bool
-}
-
-// Device reports where the graph runs (pipeline.DeviceReporter).
-func (f *Filter) Device() string {
-	if f.onCPU.Load() {
-		return "cpu:0"
-	}
-	return ""
 }
 
 // frame returns e's frame for the graph: frames in the memory of the

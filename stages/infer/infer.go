@@ -102,7 +102,7 @@ func load(ctx context.Context, in pipeline.Init, name string) (*loaded, error) {
 // to, or the CPU when its execution provider would not load.
 func (m *loaded) device(in pipeline.Init) string {
 	if m.provider == "" {
-		return "cpu:0"
+		return accelerators.CPUID
 	}
 	return in.Device.ID
 }
