@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"unsafe"
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/pipeline/envelope"
@@ -107,7 +106,7 @@ func (g *Graph) build(f *astiav.Frame, media envelope.Media, tb, frameRate astia
 		if !OnDevice(f, g.dev) {
 			return fmt.Errorf("%w: %q: the frames are on another device than the graph's", ErrFilter, g.spec)
 		}
-		if ret := C.avf_buffersrc_frames((*C.AVFilterContext)(*(*unsafe.Pointer)(unsafe.Pointer(g.src))), cframe(f)); ret < 0 {
+		if ret := C.avf_buffersrc_frames(filterPtr(g.src), cframe(f)); ret < 0 {
 			return fmt.Errorf("%w: giving the device frames to %q: %w", ErrFilter, g.spec, astiav.Error(ret))
 		}
 	}
@@ -126,7 +125,7 @@ func (g *Graph) build(f *astiav.Frame, media envelope.Media, tb, frameRate astia
 		return fmt.Errorf("%w: parsing %q: %w", ErrFilter, spec, err)
 	}
 	if g.dev != nil {
-		if ret := C.avf_graph_set_device((*C.AVFilterGraph)(*(*unsafe.Pointer)(unsafe.Pointer(g.g))), devRef(g.dev)); ret < 0 {
+		if ret := C.avf_graph_set_device(graphPtr(g.g), devRef(g.dev)); ret < 0 {
 			return fmt.Errorf("%w: giving %q its device: %w", ErrFilter, spec, astiav.Error(ret))
 		}
 	}

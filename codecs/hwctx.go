@@ -17,8 +17,8 @@ import (
 // ErrDevice reports a codec context that could not be bound to a device.
 var ErrDevice = errors.New("codecs: binding a codec to a hardware device failed")
 
-// go-astiav v0.16 gives no C pointer for a codec context or a device
-// context; both keep it as their first field (checked by
+// go-astiav v0.16 gives no C pointer for a codec, device, filter or
+// filter graph context; each keeps it as its first field (checked by
 // TestAstiavLayout). Its own SetHardwareDeviceContext is not used: its
 // Free unreferences the *shared* device context's reference and clears
 // it, so the second decoder bound to a device would crash.
@@ -28,6 +28,14 @@ func ccPtr(cc *astiav.CodecContext) *C.AVCodecContext {
 
 func devRef(h *astiav.HardwareDeviceContext) *C.AVBufferRef {
 	return *(**C.AVBufferRef)(unsafe.Pointer(h))
+}
+
+func filterPtr(fc *astiav.FilterContext) *C.AVFilterContext {
+	return *(**C.AVFilterContext)(unsafe.Pointer(fc))
+}
+
+func graphPtr(g *astiav.FilterGraph) *C.AVFilterGraph {
+	return *(**C.AVFilterGraph)(unsafe.Pointer(g))
 }
 
 // SetDevice attaches a device to a codec context with a reference of the

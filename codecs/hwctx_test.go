@@ -10,10 +10,10 @@ import (
 	"github.com/avflow/avflow/pipeline/envelope"
 )
 
-// TestAstiavLayout checks what ccPtr and devRef rely on: go-astiav keeps
-// the C pointer as the first field of its codec and device contexts.
+// TestAstiavLayout checks what ccPtr, devRef, filterPtr and graphPtr rely
+// on: go-astiav keeps the C pointer as the first field of those types.
 func TestAstiavLayout(t *testing.T) {
-	for _, v := range []any{astiav.CodecContext{}, astiav.HardwareDeviceContext{}} {
+	for _, v := range []any{astiav.CodecContext{}, astiav.HardwareDeviceContext{}, astiav.FilterContext{}, astiav.FilterGraph{}} {
 		typ := reflect.TypeOf(v)
 		if f := typ.Field(0); f.Name != "c" || f.Type.Kind() != reflect.Pointer || f.Offset != 0 {
 			t.Fatalf("%s: first field is %s %s at %d; ccPtr/devRef need updating for this go-astiav", typ, f.Name, f.Type, f.Offset)

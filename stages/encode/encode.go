@@ -221,7 +221,7 @@ func (enc *Encoder) frame(e *envelope.Envelope) (*astiav.Frame, error) {
 		return f, err
 	}
 	if enc.cc == nil || enc.input == inputDevice {
-		if dev := enc.device(); dev != nil && codecs.OnDevice(f, dev) {
+		if dev, err := enc.device(); err == nil && codecs.OnDevice(f, dev) {
 			return f, nil
 		}
 	}
@@ -233,18 +233,13 @@ func (enc *Encoder) deviceErr(err error) error {
 	return fmt.Errorf("%w: %s on %s: %w", ErrOpen, enc.codec.Name(), enc.in.Device.ID, err)
 }
 
-// device is the FFmpeg context of the device the stage is bound to, nil
-// when there is none (or it will not open: the encoder then says why).
-func (enc *Encoder) device() *astiav.HardwareDeviceContext {
+// device is the FFmpeg context of the device the stage is bound to.
+func (enc *Encoder) device() (*astiav.HardwareDeviceContext, error) {
 	kind, name, _, ok := accelerators.FFmpegDevice(enc.in.Device.ID)
 	if !ok {
-		return nil
+		return nil, fmt.Errorf("%s is not an FFmpeg device", enc.in.Device.ID)
 	}
-	dev, err := accelerators.DeviceContext(kind, name)
-	if err != nil {
-		return nil
-	}
-	return dev
+	return accelerators.DeviceContext(kind, name)
 }
 
 // bindVideo sets up how a hardware encoder takes its frames: the
@@ -273,8 +268,7 @@ func (enc *Encoder) bindVideo(cc *astiav.CodecContext, f *astiav.Frame, pf astia
 		enc.input = inputHost
 		return pf, nil
 	}
-	kind, name, _, _ := accelerators.FFmpegDevice(enc.in.Device.ID)
-	dev, err := accelerators.DeviceContext(kind, name)
+	dev, err := enc.device()
 	if err != nil {
 		return pf, enc.deviceErr(err)
 	}
