@@ -155,6 +155,20 @@ func (f *Frame) ToHost(e *envelope.Envelope) error {
 	return nil
 }
 
+// FrameOn returns the envelope's frame the way a stage bound to dev takes
+// it: a frame in dev's memory as it is, anything else in system memory
+// (copied off its device if need be). dev nil: always system memory.
+func FrameOn(e *envelope.Envelope, dev *astiav.HardwareDeviceContext) (*astiav.Frame, error) {
+	if dev == nil {
+		return FrameOf(e)
+	}
+	f, err := DeviceFrameOf(e)
+	if err != nil || !IsHardwarePixelFormat(f.PixelFormat()) || OnDevice(f, dev) {
+		return f, err
+	}
+	return FrameOf(e)
+}
+
 // DeviceFrameOf returns the envelope's in-process frame as it is, in
 // device memory if it is a GPU frame, for stages that take those (an NVENC
 // encoder on the same GPU); anything else goes through FrameOf.

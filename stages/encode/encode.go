@@ -213,19 +213,11 @@ func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) (*astiav.Frame, 
 // on the GPU for a hardware encoder on that same device (the first frame
 // decides, at open), and are copied to system memory for anything else.
 func (enc *Encoder) frame(e *envelope.Envelope) (*astiav.Frame, error) {
-	if _, hw := familyOf(enc.codec.Name()); !hw || enc.media != envelope.MediaVideo {
-		return codecs.FrameOf(e)
+	var dev *astiav.HardwareDeviceContext
+	if _, hw := familyOf(enc.codec.Name()); hw && enc.media == envelope.MediaVideo && (enc.cc == nil || enc.input == inputDevice) {
+		dev, _ = enc.device() // none: frames come to system memory, and open says why
 	}
-	f, err := codecs.DeviceFrameOf(e)
-	if err != nil || !codecs.IsHardwarePixelFormat(f.PixelFormat()) {
-		return f, err
-	}
-	if enc.cc == nil || enc.input == inputDevice {
-		if dev, err := enc.device(); err == nil && codecs.OnDevice(f, dev) {
-			return f, nil
-		}
-	}
-	return codecs.FrameOf(e)
+	return codecs.FrameOn(e, dev)
 }
 
 // deviceErr says which encoder could not use which device.

@@ -137,24 +137,11 @@ type Filter struct {
 	hostOut bool
 }
 
-// frame returns e's frame for the graph: frames in the memory of the
-// stage's GPU as they are, anything else in system memory.
-func (f *Filter) frame(e *envelope.Envelope) (*astiav.Frame, error) {
-	if f.dev == nil {
-		return codecs.FrameOf(e)
-	}
-	fr, err := codecs.DeviceFrameOf(e)
-	if err != nil || !codecs.IsHardwarePixelFormat(fr.PixelFormat()) || codecs.OnDevice(fr, f.dev) {
-		return fr, err
-	}
-	return codecs.FrameOf(e)
-}
-
 // Process filters frames.
 func (f *Filter) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
 	var out pipeline.Batch
 	for _, e := range in {
-		fr, err := f.frame(e)
+		fr, err := codecs.FrameOn(e, f.dev)
 		if err != nil {
 			return out, err
 		}
