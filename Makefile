@@ -39,6 +39,7 @@ demo: build
 	ffprobe -v error -show_entries stream=codec_name,width,height,nb_frames -of compact examples/transcode/out/transcode.mp4
 
 test: build
+	scripts/check-repo.sh
 	$(GO) vet ./...
 	AVFLOW_BIN=$(CURDIR)/$(BIN)/avflow NATS_SERVER_BIN=$(CURDIR)/$(BIN)/nats-server \
 		$(GO) test -count=1 -timeout 20m ./...
