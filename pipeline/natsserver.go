@@ -53,7 +53,7 @@ func connect(srv *server.Server, url, name string, onErr func(error)) (*nats.Con
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				onErr(fmt.Errorf("%w: lost the connection to the NATS server at %s: %v", ErrTransport, url, err))
+				onErr(fmt.Errorf("%w: lost the connection to the NATS server at %s: %w", ErrTransport, RedactURL(url), err))
 			}
 		}),
 	}
@@ -65,7 +65,7 @@ func connect(srv *server.Server, url, name string, onErr func(error)) (*nats.Con
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("%w: connecting to NATS at %s failed: %v", ErrTransport, url, err)
+		return nil, fmt.Errorf("%w: connecting to NATS at %s failed: %w", ErrTransport, RedactURL(url), err)
 	}
 	return nc, nil
 }
