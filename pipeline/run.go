@@ -288,12 +288,18 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 			n.log.Warn("accelerator fallback", "wanted", b.Wanted, "device", b.Device.ID, "why", b.Why)
 		}
 	}
-	downstream := map[string][]string{} // stage -> devices of its in-process consumers
-	if !useNATS {
-		for _, n := range nodes {
-			for _, in := range n.cfg.Inputs {
+	downstream := map[string][]string{}         // stage -> devices of its in-process consumers
+	readers := map[string]map[string][]string{} // stage -> port -> stages reading it
+	for _, n := range nodes {
+		for _, in := range n.cfg.Inputs {
+			if !useNATS {
 				downstream[in.Stage] = append(downstream[in.Stage], binds[n].Device.ID)
 			}
+			port, _ := findPort(byName[in.Stage].ports, in.Port)
+			if readers[in.Stage] == nil {
+				readers[in.Stage] = map[string][]string{}
+			}
+			readers[in.Stage][port.Name] = append(readers[in.Stage][port.Name], n.cfg.Name)
 		}
 	}
 	for _, n := range nodes {
@@ -301,7 +307,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		in := Init{
 			Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
 			Outputs: n.ports, Dir: r.cfg.Dir, Accelerator: string(b.Device.Kind), Device: b.Device, Strict: n.cfg.Strict, Log: n.log,
-			Live: r.cfg.Flow == FlowDropOldest, Downstream: downstream[n.cfg.Name],
+			Live: r.cfg.Flow == FlowDropOldest, Downstream: downstream[n.cfg.Name], Consumers: readers[n.cfg.Name],
 		}
 		for i := range max(1, n.cfg.Replicas) {
 			if i > 0 {

@@ -526,7 +526,7 @@ stages:
 
 // TestDownstreamDevices: a stage learns the devices of the stages that
 // take its frames by reference (the local transport), and nothing when its
-// outputs cross NATS.
+// outputs cross NATS; Consumers names the stages reading each port.
 func TestDownstreamDevices(t *testing.T) {
 	for _, tt := range []struct {
 		transport string
@@ -539,13 +539,14 @@ func TestDownstreamDevices(t *testing.T) {
 			col := &collector{}
 			env := testEnv(t, col)
 			var got []string
+			var readers map[string][]string
 			if err := env.Register(pipeline.Spec{
 				Kind: "probe",
 				Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
 					return []pipeline.Port{{Name: "out", Type: dataPort}}, nil
 				},
 				New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
-					got = in.Downstream
+					got, readers = in.Downstream, in.Consumers
 					return &gen{n: 3, size: 8}, nil
 				},
 			}); err != nil {
@@ -563,6 +564,10 @@ stages:
 			}
 			if !slices.Equal(got, tt.want) {
 				t.Fatalf("Downstream = %v, want %v", got, tt.want)
+			}
+			// Consumers names the readers of each port over both transports.
+			if want := []string{"a", "b"}; !slices.Equal(readers["out"], want) || len(readers) != 1 {
+				t.Fatalf("Consumers = %v, want out: %v", readers, want)
 			}
 		})
 	}

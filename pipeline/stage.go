@@ -59,6 +59,12 @@ type Init struct {
 	// stage may leave its frames on the GPU for those on the same device.
 	// Empty when outputs cross NATS, which carries frames as bytes.
 	Downstream []string
+	// Consumers names, for each output port, the stages of the pipeline
+	// that read it (none: nothing in the pipeline does, though an outside
+	// client may still subscribe to its NATS subject). A source can skip a
+	// stream nobody reads, or say which stage expected a stream its input
+	// lacks.
+	Consumers map[string][]string
 }
 
 // Path resolves a path param against the pipeline file's folder.
