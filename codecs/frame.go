@@ -16,23 +16,6 @@ import (
 // Frame is an FFmpeg frame travelling with an envelope inside one process.
 type Frame struct{ F *astiav.Frame }
 
-// Fill copies the frame's planes into e.Payload, tightly packed.
-func (f *Frame) Fill(e *envelope.Envelope) error {
-	if err := f.ToHost(e); err != nil {
-		return err
-	}
-	n, err := f.PayloadSize()
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, n)
-	if err := f.WritePayload(buf); err != nil {
-		return err
-	}
-	e.Payload = buf
-	return nil
-}
-
 // Clone returns a new reference to the same buffers.
 func (f *Frame) Clone() (envelope.Local, error) {
 	c := f.F.Clone()
@@ -163,7 +146,7 @@ func (f *Frame) video() C.int {
 func (f *Frame) PayloadSize() (int, error) {
 	size := C.avf_frame_size(cframe(f.F), f.video())
 	if size < 0 {
-		return 0, fmt.Errorf("%w: %v", ErrFormat, astiav.Error(size))
+		return 0, fmt.Errorf("%w: %w", ErrFormat, astiav.Error(size))
 	}
 	return int(size), nil
 }
