@@ -1,0 +1,83 @@
+package sink_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/stages/sink"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	astiav.SetLogLevel(astiav.LogLevelError) // FFmpeg's notes would drown the test output
+	code := m.Run()
+	if clipDir != "" {
+		_ = os.RemoveAll(clipDir)
+	}
+	if code == 0 {
+		// Every run leaves no goroutine behind.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// TestFullDisk: a sink that runs out of space fails the run, naming the file
+// and the cause, and leaves nothing that looks finished.
+func TestFullDisk(t *testing.T) {
+	for _, name := range []string{"live.m3u8", "out.mp4", "out.mkv", "out.ts"} {
+		t.Run(name, func(t *testing.T) {
+			dir := smallDisk(t, 256<<10)
+			out := filepath.Join(dir, name)
+			logs := &syncBuffer{}
+			_, err := run(context.Background(), t, encoded("block", "max_frames: 300", 30, fmt.Sprintf("path: %q, hls_time: 1s", out)), logs)
+			if err == nil {
+				t.Fatalf("the run succeeded on a full disk; left %v\n%s", listDir(t, dir), logs)
+			}
+			t.Logf("error: %v; left %v", err, listDir(t, dir))
+			if !errors.Is(err, syscall.ENOSPC) || !errors.Is(err, sink.ErrWrite) || !strings.Contains(err.Error(), dir+"/") {
+				t.Errorf("error %q: want ErrWrite and ENOSPC, naming the file in %s", err, dir)
+			}
+			if strings.Contains(logs.String(), "output finished") {
+				t.Errorf("the sink logged its output finished:\n%s", logs)
+			}
+			for _, n := range listDir(t, dir) {
+				if n == name && name != "live.m3u8" || strings.HasSuffix(n, sink.PartialSuffix) {
+					t.Errorf("%s left behind", n)
+				}
+			}
+		})
+	}
+}
+
+// TestHLSUnwritable: a segment or playlist that cannot be written (a
+// directory in the way) fails the run, naming it. Unlike TestFullDisk this
+// needs no right to mount.
+func TestHLSUnwritable(t *testing.T) {
+	for _, name := range []string{"live2.ts", "live2.ts.tmp", "live.m3u8.tmp"} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			logs := &syncBuffer{}
+			_, err := run(context.Background(), t, encoded("block", "max_frames: 120", 15, fmt.Sprintf("path: %q, hls_time: 500ms", filepath.Join(dir, "live.m3u8"))), logs)
+			if err == nil {
+				t.Fatalf("the run succeeded; left %v\n%s", listDir(t, dir), logs)
+			}
+			t.Logf("error: %v", err)
+			if !errors.Is(err, sink.ErrWrite) || !errors.Is(err, syscall.EISDIR) || !strings.Contains(err.Error(), filepath.Join(dir, name)) {
+				t.Errorf("error %q: want ErrWrite naming %s", err, name)
+			}
+		})
+	}
+}
