@@ -41,10 +41,13 @@ func init() {
 			{Name: "path", Type: pipeline.TypeString, Required: true, Doc: "output file (relative to the pipeline file), .m3u8 for HLS, rtmp://, srt://, udp:// or tcp:// URL, or null; " +
 				"a file is written as <path>.partial and renamed once complete (removed if the run fails), links are never written through, a directory there is an error at start"},
 			{Name: "format", Type: pipeline.TypeString, Doc: "force the muxer (mp4, matroska, hls, flv, mpegts, null); empty guesses from path"},
+			{Name: "faststart", Type: pipeline.TypeBool, Default: true, Doc: "MP4/MOV files: move the index (moov) before the media data when the file is finished, " +
+				"so that players start at once without fetching the file's end (the file is rewritten once at the end); false leaves it at the end (so does movflags: -faststart)"},
 			{Name: "hls_time", Type: pipeline.TypeDuration, Default: "2s", Doc: "HLS: target segment length"},
 			{Name: "hls_list_size", Type: pipeline.TypeInt, Default: 6, Doc: "HLS: segments kept in the playlist (0: all); " +
 				"each segment is written as <name>.tmp and renamed when complete"},
-			{Name: "options", Type: pipeline.TypeMap, Doc: "muxer options (and, for a URL, protocol options), e.g. {hls_flags: +independent_segments}"},
+			{Name: "options", Type: pipeline.TypeMap, Doc: "muxer options (and, for a URL, protocol options), e.g. {hls_flags: +independent_segments}; " +
+				"a movflags or hls_flags value starting with + or - adds to or removes from the sink's own flags, any other value replaces them"},
 		},
 		MinInputs: 1, MaxInputs: -1,
 		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
@@ -234,6 +237,10 @@ func (s *Sink) createTemp() error {
 		return fmt.Errorf("%w: %w", ErrOpen, err)
 	}
 	s.tmp, s.fd = tmp, fd
+	// The MP4 muxer reopens its file by name to move the index to the front.
+	if err := setURL(s.fc, tmp); err != nil {
+		return fmt.Errorf("%w: %w", ErrOpen, err)
+	}
 	return nil
 }
 
@@ -380,15 +387,32 @@ func (s *Sink) openOutput(d *astiav.Dictionary) error {
 	return openURL(s.fc, s.path, d)
 }
 
+// movMuxers are the muxers of the MP4 family, which take movflags.
+var movMuxers = map[string]bool{"mp4": true, "mov": true, "3gp": true, "3g2": true, "ipod": true, "psp": true, "f4v": true}
+
+// flagOptions are the muxer options the sink sets flags of itself; a value
+// of the user's that starts with + or - adds to or removes from them.
+var flagOptions = map[string]bool{"hls_flags": true, "movflags": true}
+
 // muxerOptions are the sink's own muxer options, then the user's.
+//
 // HLS: sinkio.c writes each file under a temporary name.
+// MP4/MOV files: the index is moved to the front when the file is
+// finished (faststart), unless the faststart param is false.
 func (s *Sink) muxerOptions() map[string]string {
 	opts := map[string]string{}
-	if s.fc.OutputFormat().Name() == "hls" {
+	name := s.fc.OutputFormat().Name()
+	switch {
+	case name == "hls":
 		opts["hls_time"] = strconv.FormatFloat(s.in.Params.Duration("hls_time").Seconds(), 'f', -1, 64)
 		opts["hls_list_size"] = strconv.Itoa(s.in.Params.Int("hls_list_size"))
+	case movMuxers[name] && s.tmp != "" && s.in.Params.Bool("faststart"):
+		opts["movflags"] = "+faststart"
 	}
 	for k, v := range s.in.Params.Map("options") {
+		if old, ok := opts[k]; ok && flagOptions[k] && (strings.HasPrefix(v, "+") || strings.HasPrefix(v, "-")) {
+			v = old + v
+		}
 		opts[k] = v
 	}
 	return opts

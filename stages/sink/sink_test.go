@@ -31,6 +31,53 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// TestFaststart: MP4 and MOV files have their index (moov) before the media
+// data (mdat) by default, so a browser starts playing without fetching the
+// end; faststart: false or movflags -faststart leave it at the end; the
+// option `avflow stages` gives as an example works.
+func TestFaststart(t *testing.T) {
+	cases := []struct {
+		name, file, params string
+		moovFirst          bool
+	}{
+		{"mp4 default", "out.mp4", "", true},
+		{"mov default", "out.mov", "", true},
+		{"faststart false", "out.mp4", "faststart: false", false},
+		{"movflags +faststart", "out.mp4", "options: {movflags: +faststart}", true},
+		{"movflags -faststart", "out.mp4", "options: {movflags: -faststart}", false},
+		{"movflags +faststart with faststart false", "out.mp4", "faststart: false, options: {movflags: +faststart}", true},
+		{"other movflags keep faststart", "out.mp4", "options: {movflags: +write_colr}", true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			out := filepath.Join(dir, c.file)
+			params := fmt.Sprintf("path: %q", out)
+			if c.params != "" {
+				params += ", " + c.params
+			}
+			logs := &syncBuffer{}
+			if _, err := run(context.Background(), t, encoded("block", "max_frames: 60", 30, params), logs); err != nil {
+				t.Fatalf("%v\n%s", err, logs)
+			}
+			boxes := topBoxes(t, out)
+			moov, mdat := indexOf(boxes, "moov"), indexOf(boxes, "mdat")
+			if moov < 0 || mdat < 0 {
+				t.Fatalf("top-level boxes %v: want a moov and an mdat", boxes)
+			}
+			if got := moov < mdat; got != c.moovFirst {
+				t.Errorf("top-level boxes %v: moov before mdat is %v, want %v", boxes, got, c.moovFirst)
+			}
+			if n := videoPackets(t, out); n != 60 {
+				t.Errorf("ffprobe reads %d video packets, want 60", n)
+			}
+			if p := partialFiles(t, dir); len(p) != 0 {
+				t.Errorf("left %v", p)
+			}
+		})
+	}
+}
+
 // TestFullDisk: a sink that runs out of space fails the run, naming the file
 // and the cause, and leaves nothing that looks finished.
 func TestFullDisk(t *testing.T) {
