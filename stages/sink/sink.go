@@ -44,8 +44,8 @@ func init() {
 			{Name: "faststart", Type: pipeline.TypeBool, Default: true, Doc: "MP4/MOV files: move the index (moov) before the media data when the file is finished, " +
 				"so that players start at once without fetching the file's end (the file is rewritten once at the end); false leaves it at the end (so does movflags: -faststart)"},
 			{Name: "hls_time", Type: pipeline.TypeDuration, Default: "2s", Doc: "HLS: target segment length"},
-			{Name: "hls_list_size", Type: pipeline.TypeInt, Default: 6, Doc: "HLS: segments kept in the playlist (0: all); " +
-				"each segment is written as <name>.tmp and renamed when complete"},
+			{Name: "hls_list_size", Type: pipeline.TypeInt, Default: 6, Doc: "HLS: segments kept in the playlist (0: all); in live runs (flow: drop-oldest) the segment files " +
+				"that left the playlist are deleted (hls_flags delete_segments), so the folder holds only a few more; each segment is written as <name>.tmp and renamed when complete"},
 			{Name: "options", Type: pipeline.TypeMap, Doc: "muxer options (and, for a URL, protocol options), e.g. {hls_flags: +independent_segments}; " +
 				"a movflags or hls_flags value starting with + or - adds to or removes from the sink's own flags, any other value replaces them"},
 		},
@@ -396,7 +396,8 @@ var flagOptions = map[string]bool{"hls_flags": true, "movflags": true}
 
 // muxerOptions are the sink's own muxer options, then the user's.
 //
-// HLS: sinkio.c writes each file under a temporary name.
+// HLS: in live runs the segments that left the playlist are deleted
+// (delete_segments); sinkio.c writes each file under a temporary name.
 // MP4/MOV files: the index is moved to the front when the file is
 // finished (faststart), unless the faststart param is false.
 func (s *Sink) muxerOptions() map[string]string {
@@ -406,6 +407,9 @@ func (s *Sink) muxerOptions() map[string]string {
 	case name == "hls":
 		opts["hls_time"] = strconv.FormatFloat(s.in.Params.Duration("hls_time").Seconds(), 'f', -1, 64)
 		opts["hls_list_size"] = strconv.Itoa(s.in.Params.Int("hls_list_size"))
+		if s.in.Live {
+			opts["hls_flags"] = "+delete_segments"
+		}
 	case movMuxers[name] && s.tmp != "" && s.in.Params.Bool("faststart"):
 		opts["movflags"] = "+faststart"
 	}

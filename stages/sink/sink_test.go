@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -124,6 +126,62 @@ func TestHLSUnwritable(t *testing.T) {
 			t.Logf("error: %v", err)
 			if !errors.Is(err, sink.ErrWrite) || !errors.Is(err, syscall.EISDIR) || !strings.Contains(err.Error(), filepath.Join(dir, name)) {
 				t.Errorf("error %q: want ErrWrite naming %s", err, name)
+			}
+		})
+	}
+}
+
+// TestLiveHLSDeletesOldSegments: in a live run (flow drop-oldest) the
+// segments that left the playlist are deleted, so the folder holds about
+// hls_list_size of them; a file job keeps every segment.
+func TestLiveHLSDeletesOldSegments(t *testing.T) {
+	const listSize = 3
+	for _, flow := range []string{"drop-oldest", "block"} {
+		t.Run(flow, func(t *testing.T) {
+			dir := t.TempDir()
+			logs := &syncBuffer{}
+			// 8 s of video (at its own pace, as a live input comes) in
+			// segments of 0.3 s: 26 segments.
+			src := "max_frames: 240"
+			if flow == "drop-oldest" {
+				src += ", realtime: true"
+			}
+			_, err := run(context.Background(), t, encoded(flow, src, 9,
+				fmt.Sprintf("path: %q, hls_time: 300ms, hls_list_size: %d", filepath.Join(dir, "live.m3u8"), listSize)), logs)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, logs)
+			}
+			playlist := readFile(t, filepath.Join(dir, "live.m3u8"))
+			listed := regexp.MustCompile(`(?m)^live\d+\.ts$`).FindAllString(playlist, -1)
+			m := regexp.MustCompile(`#EXT-X-MEDIA-SEQUENCE:(\d+)`).FindStringSubmatch(playlist)
+			if len(listed) != listSize || m == nil {
+				t.Fatalf("playlist:\n%s", playlist)
+			}
+			seq, _ := strconv.Atoi(m[1])
+			made := seq + len(listed)
+			if made < 15 {
+				t.Fatalf("only %d segments made; the test needs more than the list holds:\n%s", made, playlist)
+			}
+			var files []string
+			for _, n := range listDir(t, dir) {
+				if strings.HasSuffix(n, ".ts") {
+					files = append(files, n)
+				}
+			}
+			for _, l := range listed {
+				if indexOf(files, l) < 0 {
+					t.Errorf("listed segment %s is not in the folder", l)
+				}
+			}
+			if flow == "block" {
+				if len(files) != made {
+					t.Errorf("a file job kept %d of its %d segments", len(files), made)
+				}
+				return
+			}
+			// The muxer keeps hls_delete_threshold (1) segment beyond the list.
+			if len(files) > listSize+2 {
+				t.Errorf("%d segments in the folder after %d made, want at most %d: %v", len(files), made, listSize+2, files)
 			}
 		})
 	}
