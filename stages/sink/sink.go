@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,8 +23,9 @@ import (
 
 // Sentinel errors.
 var (
-	ErrOpen  = errors.New("sink: opening output failed")
-	ErrWrite = errors.New("sink: writing output failed")
+	ErrOpen    = errors.New("sink: opening output failed")
+	ErrWrite   = errors.New("sink: writing output failed")
+	ErrStalled = errors.New("sink: output stalled")
 )
 
 // PartialSuffix is appended to a file output's name while it is written;
@@ -46,6 +48,8 @@ func init() {
 			{Name: "hls_time", Type: pipeline.TypeDuration, Default: "2s", Doc: "HLS: target segment length"},
 			{Name: "hls_list_size", Type: pipeline.TypeInt, Default: 6, Doc: "HLS: segments kept in the playlist (0: all); in live runs (flow: drop-oldest) the segment files " +
 				"that left the playlist are deleted (hls_flags delete_segments), so the folder holds only a few more; each segment is written as <name>.tmp and renamed when complete"},
+			{Name: "timeout", Type: pipeline.TypeDuration, Default: "10s", Doc: "network outputs: a connect or write that makes no progress for this long fails the run, naming the URL " +
+				"(a warning comes after 2s, or half the timeout); it is also the protocols' rw_timeout (options can override it); 0: no timeout (a stopping run still interrupts it)"},
 			{Name: "options", Type: pipeline.TypeMap, Doc: "muxer options (and, for a URL, protocol options), e.g. {hls_flags: +independent_segments}; " +
 				"a movflags or hls_flags value starting with + or - adds to or removes from the sink's own flags, any other value replaces them"},
 		},
@@ -103,12 +107,18 @@ func (st *stream) fixTimestamps(pkt *astiav.Packet) {
 type Sink struct {
 	in      pipeline.Init
 	path    string // final path or URL
-	url     string // path as logs and errors show it
+	url     string // path as logs and errors show it (credentials hidden)
 	tmp     string // file being written ("" when not a plain file)
 	fd      int    // tmp, until the muxer takes it (-1: none)
 	format  string
+	network bool // path is a URL of a network protocol
+	timeout time.Duration
 	fc      *astiav.FormatContext
 	io      *muxIO
+	intr    astiav.IOInterrupter
+	intrMu  sync.Mutex
+	stopCtx func() bool
+	dog     *watchdog // network outputs only
 	streams []*stream
 	pending []*envelope.Envelope
 	header  bool
@@ -120,8 +130,8 @@ type Sink struct {
 // New prepares the output; it is opened once every input has sent its
 // first packet. A file output's temporary file is created here, so that a
 // path that cannot be written fails the run before it starts.
-func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
-	s := &Sink{in: in, format: in.Params.String("format"), fd: -1, started: time.Now()}
+func New(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
+	s := &Sink{in: in, format: in.Params.String("format"), fd: -1, timeout: in.Params.Duration("timeout"), started: time.Now()}
 	for range in.Inputs {
 		s.streams = append(s.streams, &stream{last: astiav.NoPtsValue})
 	}
@@ -148,6 +158,16 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 		return nil, err
 	}
 	s.io.install(fc)
+	s.intr = fc.SetInterruptCallback()
+	s.stopCtx = context.AfterFunc(ctx, s.interrupt)
+	if s.timeout > 0 {
+		if err := s.io.setNetOption("rw_timeout", strconv.FormatInt(s.timeout.Microseconds(), 10)); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrOpen, err)
+		}
+	}
+	if s.network {
+		s.dog = newWatchdog(in.Log, s.url, s.timeout, s.interrupt)
+	}
 	if local {
 		if err := s.checkPath(); err != nil {
 			return nil, err
@@ -200,6 +220,7 @@ func (s *Sink) resolve(path string) (local bool, err error) {
 		}
 		local = true
 	}
+	s.network = !local && s.path != ""
 	s.url = s.display()
 	return local, nil
 }
@@ -256,6 +277,14 @@ func createNew(path string) (int, error) {
 		}
 		return fd, nil
 	}
+}
+
+// interrupt makes the output's blocking I/O return at once (the run ended,
+// or a write stalled past the timeout).
+func (s *Sink) interrupt() {
+	s.intrMu.Lock()
+	defer s.intrMu.Unlock()
+	s.intr.Interrupt()
 }
 
 // Process takes packets; they are held until every input has started.
@@ -423,22 +452,34 @@ func (s *Sink) muxerOptions() map[string]string {
 }
 
 // call runs one FFmpeg call that does I/O on the output (what says which,
-// for errors). It fails on the call's own error and on any I/O failure met
-// meanwhile (a segment the HLS muxer could not write, a full disk), naming
-// the file or URL.
-func (s *Sink) call(_ context.Context, sentinel error, what string, f func() error) error {
+// for errors): under the watchdog for a network output. It fails on the
+// call's own error and on any I/O failure met meanwhile (a segment the HLS
+// muxer could not write, a full disk), naming the file or URL.
+func (s *Sink) call(ctx context.Context, sentinel error, what string, f func() error) error {
+	if s.dog != nil {
+		s.dog.begin(what)
+	}
 	err := f()
+	stalled := s.dog != nil && s.dog.end()
 	if err == nil {
 		if fl := s.io.failure(); fl != nil {
 			err = fl
 		}
 	}
-	if err == nil {
+	if err == nil && !stalled {
 		return nil
 	}
 	var ae astiav.Error
 	if errors.As(err, &ae) {
 		err = ffError(int(ae))
+	}
+	switch {
+	case stalled:
+		return fmt.Errorf("%w: %s: %s made no progress for %s (is the receiver still reading?)", ErrStalled, s.url, what, s.timeout)
+	case errors.Is(err, syscall.ETIMEDOUT):
+		return fmt.Errorf("%w: %s: %s made no progress for %s (is the receiver still reading?): %w", ErrStalled, s.url, what, s.timeout, err)
+	case ctx.Err() != nil:
+		return fmt.Errorf("%w: %s: %s: %w", sentinel, s.url, what, context.Cause(ctx))
 	}
 	if fl := s.io.failure(); fl != nil {
 		return fmt.Errorf("%w: %s %s: %w", sentinel, fl.Op, pipeline.RedactURL(fl.URL), fl.Err)
@@ -450,7 +491,7 @@ func (s *Sink) display() string {
 	if s.path == "" {
 		return "null"
 	}
-	return s.path
+	return pipeline.RedactURL(s.path)
 }
 
 func (s *Sink) write(ctx context.Context, e *envelope.Envelope) error {
@@ -489,7 +530,7 @@ func (s *Sink) Flush(ctx context.Context) (pipeline.Batch, error) {
 	if err := s.call(ctx, ErrWrite, "closing", func() error { return closePB(s.fc) }); err != nil {
 		return nil, err
 	}
-	if s.fc.OutputFormat().Name() == "hls" && s.tmp == "" && !strings.Contains(s.path, "://") {
+	if s.fc.OutputFormat().Name() == "hls" && s.tmp == "" && !s.network {
 		if err := checkPlaylist(s.path); err != nil {
 			return nil, err
 		}
@@ -524,7 +565,16 @@ func (s *Sink) Close() error {
 		e.Release()
 	}
 	s.pending = nil
+	if s.stopCtx != nil {
+		s.stopCtx()
+	}
+	if s.dog != nil {
+		s.dog.stop()
+	}
 	if s.fc != nil {
+		if !s.done && s.intr != nil {
+			s.interrupt() // nothing may block on the way out
+		}
 		_ = closePB(s.fc)
 		s.fc.Free()
 		s.fc = nil

@@ -4,15 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/stages/sink"
 	"go.uber.org/goleak"
 )
@@ -24,7 +28,7 @@ func TestMain(m *testing.M) {
 		_ = os.RemoveAll(clipDir)
 	}
 	if code == 0 {
-		// Every run leaves no goroutine behind.
+		// Every run, stalled and cancelled ones included, leaves no goroutine behind.
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goleak:", err)
 			code = 1
@@ -184,5 +188,138 @@ func TestLiveHLSDeletesOldSegments(t *testing.T) {
 				t.Errorf("%d segments in the folder after %d made, want at most %d: %v", len(files), made, listSize+2, files)
 			}
 		})
+	}
+}
+
+// stalledReceiver listens on a free loopback port (its address is handed
+// over, never guessed) with a tiny receive buffer, accepts connections and
+// never reads them.
+func stalledReceiver(t *testing.T) string {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// TestStalledTCPOutput: a tcp:// output whose reader stops fails the run
+// within the sink's timeout, naming the URL, after a warning; in both flow
+// modes.
+func TestStalledTCPOutput(t *testing.T) {
+	for _, flow := range []string{"block", "drop-oldest"} {
+		t.Run(flow, func(t *testing.T) {
+			url := "tcp://" + stalledReceiver(t)
+			logs := &syncBuffer{}
+			start := time.Now()
+			err := runWithin(context.Background(), t, 60*time.Second,
+				encoded(flow, "max_frames: 1000000", 30, fmt.Sprintf("path: %q, timeout: 2s, options: {send_buffer_size: \"4096\"}", url)), logs)
+			if err == nil {
+				t.Fatalf("the run succeeded\n%s", logs)
+			}
+			t.Logf("error: %v", err)
+			if !errors.Is(err, sink.ErrStalled) || !strings.Contains(err.Error(), url) || !strings.Contains(err.Error(), `stage "out"`) {
+				t.Errorf("error %q: want ErrStalled naming stage out and %s", err, url)
+			}
+			if took := time.Since(start); took > 30*time.Second {
+				t.Errorf("the stall was reported after %s", took)
+			}
+			warning := regexp.MustCompile(`level=WARN msg="output stalled.*stage=out.*url=` + regexp.QuoteMeta(url) + `.*`).FindString(logs.String())
+			if warning == "" {
+				t.Errorf("no warning naming the stage and the URL:\n%s", logs)
+			}
+			t.Logf("warning: %s", warning)
+		})
+	}
+}
+
+// TestCancelUnblocksWrite: a write blocked on a receiver that stopped
+// reading returns as soon as the run is cancelled (no timeout set).
+func TestCancelUnblocksWrite(t *testing.T) {
+	url := "tcp://" + stalledReceiver(t)
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go runIn(ctx, build(t, encoded("block", "max_frames: 1000000", 30, fmt.Sprintf("path: %q, timeout: 0s, options: {send_buffer_size: \"4096\"}", url)), logs), done)
+	waitFor(t, 60*time.Second, "the stall warning", func() bool { return strings.Contains(logs.String(), "output stalled") })
+	cancel()
+	start := time.Now()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a cancelled run returned no error")
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Errorf("the run took %s to return after the cancel", took)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("a cancelled run is still blocked in a write after 15s:\n%s", logs)
+	}
+}
+
+// TestRTMPCredentialsRedacted: an RTMP output that cannot connect fails
+// naming the server, without its password or stream key.
+func TestRTMPCredentialsRedacted(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close() // nothing listens there now: the connect is refused
+	logs := &syncBuffer{}
+	// FFmpeg's own lines too, as avflow run logs them.
+	codecs.RouteLogs(logs.logger(), astiav.LogLevelVerbose)
+	t.Cleanup(func() {
+		astiav.ResetLogCallback()
+		astiav.SetLogLevel(astiav.LogLevelError)
+	})
+	url := "rtmp://alice:s3cretpw@" + addr + "/live/streamkey42"
+	err = runWithin(context.Background(), t, 60*time.Second, encoded("block", "max_frames: 30", 30, fmt.Sprintf("path: %q", url)), logs)
+	if err == nil {
+		t.Fatal("the run succeeded with nothing to connect to")
+	}
+	if !strings.Contains(err.Error(), addr) || !errors.Is(err, sink.ErrOpen) {
+		t.Errorf("error %q: want ErrOpen naming %s", err, addr)
+	}
+	for _, secret := range []string{"s3cretpw", "streamkey42"} {
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("the error shows %q: %v", secret, err)
+		}
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("the logs show %q:\n%s", secret, logs)
+		}
 	}
 }
