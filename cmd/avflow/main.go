@@ -188,6 +188,9 @@ func runCmd() *cli.Command {
 			if c.NArg() != 1 {
 				return cli.Exit("avflow run: want one pipeline file", exitInvalid)
 			}
+			if every := c.Duration("progress-interval"); every <= 0 {
+				return cli.Exit(fmt.Sprintf("avflow run: --progress-interval must be more than 0, got %s", every), exitInvalid)
+			}
 			cfg, err := load(c.Args().First(), c.StringSlice("set"))
 			if err != nil {
 				return err

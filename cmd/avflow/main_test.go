@@ -786,3 +786,26 @@ func TestFlagsFirst(t *testing.T) {
 		}
 	}
 }
+
+// TestProgressIntervalMustBePositive: a zero or negative --progress-interval
+// is a command-line mistake (exit 2, one line saying so), not a panic.
+func TestProgressIntervalMustBePositive(t *testing.T) {
+	dir := t.TempDir()
+	p := writePipeline(t, dir, `name: pi
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=160x120:rate=10", max_frames: 3}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: enc, kind: encode, inputs: [dec], params: {codec: libx264}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: out/pi.mkv}}
+`)
+	for _, every := range []string{"0s", "-1s"} {
+		t.Run(every, func(t *testing.T) {
+			r := avflow(t, nil, "run", "--progress-interval", every, p)
+			want := "avflow run: --progress-interval must be more than 0, got " + every
+			if r.code != exitInvalid || !strings.Contains(r.stderr, want) || strings.Contains(r.stderr, "panic") {
+				t.Fatalf("exit %d, want %d with %q:\n%s", r.code, exitInvalid, want, r.stderr)
+			}
+			assertNoOutput(t, filepath.Join(dir, "out"))
+		})
+	}
+}
