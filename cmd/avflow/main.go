@@ -12,7 +12,6 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/asticode/go-astiav"
@@ -174,7 +173,7 @@ func load(path string, sets []string) (*pipeline.Config, error) {
 func runCmd() *cli.Command {
 	return &cli.Command{
 		Name:      "run",
-		Usage:     "run a pipeline until its sources end (Ctrl-C: finish cleanly; twice: abort)",
+		Usage:     "run a pipeline until its sources end (Ctrl-C, SIGTERM or SIGHUP: finish cleanly; a second one: abort)",
 		ArgsUsage: "pipeline.yaml",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "nats", Usage: "use the NATS server at this URL instead of the embedded one", EnvVars: []string{"AVFLOW_NATS_URL"}},
@@ -209,23 +208,10 @@ func runCmd() *cli.Command {
 			}
 			ctx, cancel := context.WithCancel(c.Context)
 			defer cancel()
-			sigs := make(chan os.Signal, 2)
-			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+			sigs := make(chan os.Signal, 4)
+			signal.Notify(sigs, stopSignals...)
 			defer signal.Stop(sigs)
-			go func() {
-				n := 0
-				for range sigs {
-					n++
-					if n == 1 {
-						slog.Info("stopping: finishing the frames in flight (press Ctrl-C again to abort)")
-						r.Drain()
-					} else {
-						slog.Warn("aborting")
-						cancel()
-						return
-					}
-				}
-			}()
+			go onSignals(sigs, r, cancel)
 			if addr := c.String("metrics-addr"); addr != "" {
 				stop, err := serveMetrics(addr, r, cfg.Name)
 				if err != nil {

@@ -809,3 +809,105 @@ stages:
 		})
 	}
 }
+
+// TestStopSignals: one SIGINT, SIGTERM or SIGHUP stops a live run cleanly
+// (the MP4 is finalised), also when GNU timeout delivers its SIGTERM twice
+// (to the child, then to its process group); a second signal aborts.
+func TestStopSignals(t *testing.T) {
+	e2e.Long(t)
+	timeout := e2e.Tool(t, "timeout")
+	tests := []struct {
+		name string
+		// start runs avflow on the pipeline; stop signals it once frames flow.
+		start func(t *testing.T, p string) *proc
+		stop  func(t *testing.T, run *proc)
+	}{
+		{"SIGINT", avflowRun, sendSignal(syscall.SIGINT)},
+		{"SIGHUP", avflowRun, sendSignal(syscall.SIGHUP)},
+		{"SIGTERM", avflowRun, sendSignal(syscall.SIGTERM)},
+		// GNU timeout relays a signal it gets exactly as it sends its own
+		// when the time is up: to avflow, then to their process group.
+		{"SIGTERM relayed by timeout", func(t *testing.T, p string) *proc {
+			return startProc(t, exec.Command(timeout, "-s", "TERM", "600", avflowBin, "run", "--progress-interval", "100ms", p))
+		}, sendSignal(syscall.SIGTERM)},
+		{"timeout -s TERM 5", func(t *testing.T, p string) *proc {
+			return startProc(t, exec.Command(timeout, "-s", "TERM", "5", avflowBin, "run", "--progress-interval", "100ms", p))
+		}, func(*testing.T, *proc) {}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			run := tt.start(t, writePipeline(t, dir, liveToMP4))
+			waitFor(t, func() bool { return framesDone(run.out.String()) >= 15 }, 30*time.Second, run.out)
+			tt.stop(t, run)
+			code := run.wait(t, 30*time.Second)
+			log := run.out.String()
+			if strings.Contains(log, "aborting") || !strings.Contains(log, "stopping") {
+				t.Errorf("one signal must stop the run, not abort it:\n%s", log)
+			}
+			if code != 0 && code != 124 { // timeout's own code when the time was up
+				t.Errorf("exit %d:\n%s", code, log)
+			}
+			if n := probe(t, filepath.Join(dir, "live.mp4"))["video"].frames(); n < 15 {
+				t.Errorf("the stopped run's MP4 has %d frames, want a finalised file with at least 15", n)
+			}
+		})
+	}
+}
+
+func avflowRun(t *testing.T, p string) *proc {
+	return startAvflow(t, nil, "run", "--progress-interval", "100ms", p)
+}
+
+func sendSignal(sig syscall.Signal) func(*testing.T, *proc) {
+	return func(t *testing.T, run *proc) {
+		if err := run.cmd.Process.Signal(sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestSecondSignalAborts: a run that takes its time to finish the frames in
+// flight (a filter that lets two frames through a second) is aborted by a
+// second signal, of any kind, coming after the first: it exits at once
+// with an error and leaves no output.
+func TestSecondSignalAborts(t *testing.T) {
+	e2e.Long(t)
+	for _, sigs := range [][2]syscall.Signal{{syscall.SIGINT, syscall.SIGINT}, {syscall.SIGTERM, syscall.SIGHUP}} {
+		t.Run(sigs[0].String()+" then "+sigs[1].String(), func(t *testing.T) {
+			dir := t.TempDir()
+			run := avflowRun(t, writePipeline(t, dir, `name: slow
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=160x120:rate=10"}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: slow, kind: filter, inputs: [dec], params: {graph: "setpts=5*PTS,realtime"}}
+  - {name: enc, kind: encode, inputs: [slow], params: {codec: libx264, preset: ultrafast}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: out/slow.mp4}}
+`))
+			run.waitLog(t, "output opened", 30*time.Second)
+			sendSignal(sigs[0])(t, run)
+			run.waitLog(t, "stopping", 10*time.Second)
+			stopped := time.Now()
+			// A repeat within the repeat window is the same request
+			// (GNU timeout signals twice); this one is a new one.
+			waitFor(t, func() bool { return time.Since(stopped) > 2*signalRepeat }, 10*time.Second, run.out)
+			select {
+			case <-run.done:
+				t.Fatalf("the run ended before the second signal:\n%s", run.out)
+			default:
+			}
+			sendSignal(sigs[1])(t, run)
+			aborted := time.Now()
+			if code := run.wait(t, 10*time.Second); code != exitRun {
+				t.Errorf("exit %d, want %d:\n%s", code, exitRun, run.out)
+			}
+			if d := time.Since(aborted); d > 5*time.Second {
+				t.Errorf("the abort took %s", d)
+			}
+			if !strings.Contains(run.out.String(), "aborting") {
+				t.Errorf("no abort logged:\n%s", run.out)
+			}
+			assertNoOutput(t, filepath.Join(dir, "out"))
+		})
+	}
+}
