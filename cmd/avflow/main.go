@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/asticode/go-astiav"
@@ -174,7 +174,7 @@ func load(path string, sets []string) (*pipeline.Config, error) {
 func runCmd() *cli.Command {
 	return &cli.Command{
 		Name:      "run",
-		Usage:     "run a pipeline until its sources end (Ctrl-C: finish cleanly; twice: abort)",
+		Usage:     "run a pipeline until its sources end (Ctrl-C, SIGTERM or SIGHUP: finish cleanly; a second one: abort)",
 		ArgsUsage: "pipeline.yaml",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "nats", Usage: "use the NATS server at this URL instead of the embedded one", EnvVars: []string{"AVFLOW_NATS_URL"}},
@@ -187,6 +187,9 @@ func runCmd() *cli.Command {
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return cli.Exit("avflow run: want one pipeline file", exitInvalid)
+			}
+			if every := c.Duration("progress-interval"); every <= 0 {
+				return cli.Exit(fmt.Sprintf("avflow run: --progress-interval must be more than 0, got %s", every), exitInvalid)
 			}
 			cfg, err := load(c.Args().First(), c.StringSlice("set"))
 			if err != nil {
@@ -206,23 +209,10 @@ func runCmd() *cli.Command {
 			}
 			ctx, cancel := context.WithCancel(c.Context)
 			defer cancel()
-			sigs := make(chan os.Signal, 2)
-			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+			sigs := make(chan os.Signal, 4)
+			signal.Notify(sigs, stopSignals...)
 			defer signal.Stop(sigs)
-			go func() {
-				n := 0
-				for range sigs {
-					n++
-					if n == 1 {
-						slog.Info("stopping: finishing the frames in flight (press Ctrl-C again to abort)")
-						r.Drain()
-					} else {
-						slog.Warn("aborting")
-						cancel()
-						return
-					}
-				}
-			}()
+			go onSignals(sigs, r, cancel)
 			if addr := c.String("metrics-addr"); addr != "" {
 				stop, err := serveMetrics(addr, r, cfg.Name)
 				if err != nil {
@@ -234,7 +224,7 @@ func runCmd() *cli.Command {
 			progressDone := make(chan struct{})
 			go func() {
 				defer close(progressDone)
-				showProgress(r, done, c.Duration("progress-interval"))
+				showProgress(r, done, failed(r), c.Duration("progress-interval"))
 			}()
 			start := time.Now()
 			err = r.Run(ctx)
@@ -333,15 +323,28 @@ func versionCmd() *cli.Command {
 	}
 }
 
-// showProgress draws a progress bar on a terminal, or logs progress lines.
-func showProgress(r *pipeline.Runner, done <-chan struct{}, every time.Duration) {
+// failed is closed when the run has failed, before Run returns: the
+// stages may still be closing then, and progress must stop. It comes from
+// the runner's Failed (nil, which never fires, where the runner has none).
+func failed(r *pipeline.Runner) <-chan struct{} {
+	if f, ok := any(r).(interface{ Failed() <-chan struct{} }); ok {
+		return f.Failed()
+	}
+	return nil
+}
+
+// showProgress draws a progress bar on a terminal, or logs progress lines,
+// until the run is done or has failed.
+func showProgress(r *pipeline.Runner, done, failed <-chan struct{}, every time.Duration) {
 	select {
 	case <-r.Ready():
 	case <-done:
 		return
+	case <-failed:
+		return
 	}
 	if term.IsTerminal(int(os.Stderr.Fd())) {
-		progressBar(r, done)
+		progressBar(r, done, failed)
 		return
 	}
 	t := time.NewTicker(every)
@@ -350,10 +353,26 @@ func showProgress(r *pipeline.Runner, done <-chan struct{}, every time.Duration)
 		select {
 		case <-done:
 			return
+		case <-failed:
+			return
 		case <-t.C:
 			logProgress(r)
 		}
 	}
+}
+
+// eta is the time left at fps to reach total frames, to the second; false
+// when it is unknown or longer than a time.Duration holds (a max_frames of
+// billions of frames).
+func eta(frames, total int64, fps float64) (time.Duration, bool) {
+	if fps <= 0 || frames >= total {
+		return 0, false
+	}
+	secs := float64(total-frames) / fps
+	if secs >= float64(math.MaxInt64/int64(time.Second)) {
+		return 0, false
+	}
+	return (time.Duration(secs * float64(time.Second))).Round(time.Second), true
 }
 
 func logProgress(r *pipeline.Runner) {
@@ -364,8 +383,8 @@ func logProgress(r *pipeline.Runner) {
 	attrs := []any{"frames", frames, "fps", fmt.Sprintf("%.1f", fps)}
 	if total > 0 {
 		attrs = append(attrs, "total", total, "percent", fmt.Sprintf("%.1f", 100*float64(frames)/float64(total)))
-		if fps > 0 && frames < total {
-			attrs = append(attrs, "eta", (time.Duration(float64(total-frames)/fps) * time.Second).Round(time.Second).String())
+		if left, ok := eta(frames, total, fps); ok {
+			attrs = append(attrs, "eta", left.String())
 		}
 	}
 	var drops int64

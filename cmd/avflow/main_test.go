@@ -2,25 +2,26 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/urfave/cli/v2"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/avflow/avflow/pipeline/e2e"
+	"github.com/urfave/cli/v2"
 )
 
 var avflowBin string
@@ -45,15 +46,12 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// mediaDir is the sample media folder, which the examples find through
+// $AVFLOW_MEDIA.
 func mediaDir(t testing.TB) string {
-	dir := os.Getenv("AVFLOW_MEDIA")
-	if dir == "" {
-		dir, _ = filepath.Abs("../../../shared/media")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "car-detection.mp4")); err != nil {
-		t.Fatalf("test media not found in %s (set AVFLOW_MEDIA): %v", dir, err)
-	}
-	return dir
+	t.Helper()
+	e2e.Media(t, "car-detection.mp4")
+	return e2e.MediaDir(t)
 }
 
 type result struct {
@@ -64,11 +62,9 @@ type result struct {
 // avflow runs the CLI with the given environment additions.
 func avflow(t testing.TB, env []string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, avflowBin, args...)
+	cmd := exec.CommandContext(runContext(t), avflowBin, args...)
 	cmd.Env = append(os.Environ(), env...)
-	var so, se bytes.Buffer
+	var so, se bytes.Buffer // read only once the process has ended
 	cmd.Stdout, cmd.Stderr = &so, &se
 	err := cmd.Run()
 	code := 0
@@ -98,7 +94,7 @@ func (s probeStream) seconds() float64 {
 // probe runs ffprobe with frame counting and returns the streams by type.
 func probe(t testing.TB, path string) map[string]probeStream {
 	t.Helper()
-	out, err := exec.Command("ffprobe", "-v", "error", "-count_frames", "-show_entries",
+	out, err := exec.Command(e2e.Tool(t, "ffprobe"), "-v", "error", "-count_frames", "-show_entries",
 		"stream=codec_name,codec_type,width,height,nb_read_frames,duration", "-of", "json", path).Output()
 	if err != nil {
 		t.Fatalf("ffprobe %s: %v", path, err)
@@ -141,9 +137,7 @@ func assertNoOutput(t *testing.T, dir string) {
 // TestTranscodeFile runs the transcode example on the real clip over both
 // transports and checks the MP4 with ffprobe.
 func TestTranscodeFile(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	media := mediaDir(t)
 	in := probe(t, filepath.Join(media, "car-detection.mp4"))
 	for _, transport := range []string{"nats", "local"} {
@@ -181,9 +175,7 @@ func checkTranscode(t *testing.T, path string, in map[string]probeStream) {
 
 // TestExternalNATS runs the same pipeline through a separately started nats-server process.
 func TestExternalNATS(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	port, _ := startNATSServer(t)
 
 	media := mediaDir(t)
@@ -202,9 +194,7 @@ func TestExternalNATS(t *testing.T) {
 
 // TestLavfiSource encodes a generated test pattern with a tone to MKV.
 func TestLavfiSource(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	dir := t.TempDir()
 	p := writePipeline(t, dir, `
 name: lavfi
@@ -235,22 +225,14 @@ stages:
 
 // TestInterruptFinalizes stops a live run with SIGINT: the MP4 must be complete and playable.
 func TestInterruptFinalizes(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	dir := t.TempDir()
 	p := writePipeline(t, dir, liveToMP4)
-	cmd := exec.Command(avflowBin, "run", p)
-	var se bytes.Buffer
-	cmd.Stderr = &se
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() bool { return strings.Contains(se.String(), "output opened") }, 20*time.Second, &se)
-	time.Sleep(1500 * time.Millisecond)
-	_ = cmd.Process.Signal(syscall.SIGINT)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("interrupted run failed: %v\n%s", err, se.String())
+	run := startAvflow(t, nil, "run", "--progress-interval", "100ms", p)
+	waitFor(t, func() bool { return framesDone(run.out.String()) >= 15 }, 30*time.Second, run.out)
+	_ = run.cmd.Process.Signal(syscall.SIGINT)
+	if code := run.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("interrupted run failed: exit %d\n%s", code, run.out.String())
 	}
 	got := probe(t, filepath.Join(dir, "live.mp4"))
 	if n := got["video"].frames(); n < 10 {
@@ -272,9 +254,7 @@ stages:
 
 // TestBadInput: each mistake gives one clear error, a non-zero exit and no output.
 func TestBadInput(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	media := mediaDir(t)
 	dir := t.TempDir()
 	truncated := filepath.Join(dir, "truncated.mp4")
@@ -282,17 +262,16 @@ func TestBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(truncated, data[:len(data)/3], 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, truncated, data[:len(data)/3])
 	random := filepath.Join(dir, "random.mp4")
 	noise := make([]byte, 64<<10)
 	for i := range noise {
 		noise[i] = byte(i*7919 + i/13)
 	}
-	if err := os.WriteFile(random, noise, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, random, noise)
+	// A NATS server that hangs up on every client.
+	hangs := listenLoopback(t)
+	serveConns(t, hangs, hangUp)
 	transcode := func(url string) string {
 		return `name: bad
 stages:
@@ -316,7 +295,7 @@ stages:
 		{"truncated mp4", transcode(truncated), nil, 1, []string{`stage "src"`, "source: input is truncated or corrupt", "truncated.mp4", "partial output removed"}},
 		{"random bytes", transcode(random), nil, 1, []string{`stage "src"`, "source: opening input failed", "random.mp4"}},
 		{"unsupported codec", strings.Replace(transcode(filepath.Join(media, "car-detection.mp4")), "libx264", "libfoo", 1), nil, 2, []string{`unknown encoder "libfoo"`}},
-		{"unreachable nats", transcode(filepath.Join(media, "car-detection.mp4")), []string{"--nats", fmt.Sprintf("nats://127.0.0.1:%d", freePort(t))}, 1, []string{"connecting to NATS at nats://127.0.0.1:", "failed"}},
+		{"unreachable nats", transcode(filepath.Join(media, "car-detection.mp4")), []string{"--nats", fmt.Sprintf("nats://127.0.0.1:%d", portOf(hangs))}, 1, []string{"connecting to NATS at nats://127.0.0.1:", "failed"}},
 		{"bad encoder option", strings.Replace(transcode(filepath.Join(media, "car-detection.mp4")), "preset: ultrafast", "preset: ultrafast, options: {nosuch: 1}", 1), nil, 1, []string{`stage "enc"`, `does not know option "nosuch"`}},
 	}
 	for _, tt := range tests {
@@ -354,70 +333,36 @@ func writePipeline(t *testing.T, dir, yaml string) string {
 	return p
 }
 
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func waitPort(t testing.TB, port int) {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("nothing listening on port %d", port)
-}
-
-func waitFor(t testing.TB, cond func() bool, d time.Duration, log *bytes.Buffer) {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("condition not met within %s:\n%s", d, log.String())
-}
-
 // TestLiveHLS runs the live HLS example for a few seconds with a metrics
 // endpoint, stops it with SIGINT and checks the playlist and segments.
 func TestLiveHLS(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	out := t.TempDir()
-	port := freePort(t)
-	cmd := exec.Command(avflowBin, "run", "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", port), "../../examples/live-hls/pipeline.yaml")
-	cmd.Env = append(os.Environ(), "AVFLOW_OUT="+out)
-	var se bytes.Buffer
-	cmd.Stderr = &se
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
+	// avflow binds a free port itself and logs the endpoint's address.
+	run := startAvflow(t, []string{"AVFLOW_OUT=" + out}, "run", "--metrics-addr", "127.0.0.1:0", "../../examples/live-hls/pipeline.yaml")
 	waitFor(t, func() bool {
 		_, err := os.Stat(filepath.Join(out, "live1.ts"))
 		return err == nil
-	}, 30*time.Second, &se)
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	}, 30*time.Second, run.out)
+	endpoint := regexp.MustCompile(`msg="metrics endpoint" url=(\S+)`).FindStringSubmatch(run.out.String())
+	if endpoint == nil {
+		t.Fatalf("no metrics endpoint logged:\n%s", run.out)
+	}
+	resp, err := http.Get(endpoint[1])
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
+	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !strings.Contains(string(body), `avflow_stage_messages_in_total{pipeline="live-hls",stage="venc",kind="encode",device="cpu:0"}`) {
 		t.Errorf("metrics endpoint lacks the encoder's counter:\n%s", body)
 	}
-	_ = cmd.Process.Signal(syscall.SIGINT)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("live run did not stop cleanly: %v\n%s", err, se.String())
+	_ = run.cmd.Process.Signal(syscall.SIGINT)
+	if code := run.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("live run did not stop cleanly: exit %d\n%s", code, run.out)
 	}
 	pl, err := os.ReadFile(filepath.Join(out, "live.m3u8"))
 	if err != nil {
@@ -433,8 +378,8 @@ func TestLiveHLS(t *testing.T) {
 	if got["audio"].CodecName != "aac" {
 		t.Errorf("HLS has no AAC audio: %+v", got)
 	}
-	if strings.Contains(se.String(), "level=ERROR") {
-		t.Errorf("errors logged:\n%s", se.String())
+	if strings.Contains(run.out.String(), "level=ERROR") {
+		t.Errorf("errors logged:\n%s", run.out)
 	}
 }
 
@@ -442,9 +387,7 @@ func TestLiveHLS(t *testing.T) {
 // realtime pacing: the output holds more frames than one pass, with time
 // running on (the muxer refuses timestamps that go back).
 func TestLoopAndHTTPSource(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	media := mediaDir(t)
 	clip := filepath.Join(media, "facecam", "hungry.mkv")
 	srv := httptest.NewServer(http.FileServer(http.Dir(filepath.Dir(clip))))
@@ -479,34 +422,19 @@ stages:
 // TestNATSServerDies kills the external NATS server mid-run: avflow must
 // stop with an error that says so, exit non-zero and leave no output.
 func TestNATSServerDies(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	port, srv := startNATSServer(t)
 	dir := t.TempDir()
 	p := writePipeline(t, dir, liveToMP4)
-	cmd := exec.Command(avflowBin, "run", "--nats", fmt.Sprintf("nats://127.0.0.1:%d", port), p)
-	var se bytes.Buffer
-	cmd.Stderr = &se
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	run := startAvflow(t, nil, "run", "--nats", fmt.Sprintf("nats://127.0.0.1:%d", port), p)
+	run.waitLog(t, "output opened", 20*time.Second)
+	_ = srv.cmd.Process.Kill()
+	<-srv.done
+	if code := run.wait(t, 30*time.Second); code == 0 {
+		t.Fatalf("run went on as if nothing happened:\n%s", run.out)
 	}
-	defer cmd.Process.Kill()
-	waitFor(t, func() bool { return strings.Contains(se.String(), "output opened") }, 20*time.Second, &se)
-	_ = srv.Process.Kill()
-	_, _ = srv.Process.Wait()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Fatalf("run went on as if nothing happened:\n%s", se.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("avflow did not stop after its NATS server died:\n%s", se.String())
-	}
-	if !strings.Contains(se.String(), "lost the connection to the NATS server") {
-		t.Errorf("error does not say the NATS server was lost:\n%s", se.String())
+	if !strings.Contains(run.out.String(), "lost the connection to the NATS server") {
+		t.Errorf("error does not say the NATS server was lost:\n%s", run.out)
 	}
 	for _, f := range []string{"live.mp4", "live.mp4.partial"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
@@ -517,14 +445,11 @@ func TestNATSServerDies(t *testing.T) {
 
 // startNATSServer starts a real nats-server process on a free loopback port;
 // it is killed when the test ends.
-func startNATSServer(t *testing.T) (int, *exec.Cmd) {
-	port := freePort(t)
-	srv := exec.Command(natsServerBin(t), "-a", "127.0.0.1", "-p", strconv.Itoa(port))
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Process.Kill(); _, _ = srv.Process.Wait() })
-	waitPort(t, port)
+func startNATSServer(t *testing.T) (int, *proc) {
+	bin := natsServerBin(t)
+	srv, port := startListening(t, "tcp", func(port int) *exec.Cmd {
+		return exec.Command(bin, "-a", "127.0.0.1", "-p", strconv.Itoa(port))
+	})
 	return port, srv
 }
 
@@ -543,20 +468,16 @@ func natsServerBin(t *testing.T) string {
 // pipeline before it starts, naming the model or card and the expected vs
 // actual value.
 func TestBadModels(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	media := mediaDir(t)
-	models, _ := filepath.Abs("../../../shared/models")
-	good := filepath.Join(models, "ultraface", "version-RFB-320.onnx")
+	good := filepath.Join(e2e.Models(t), "ultraface", "version-RFB-320.onnx")
 	data, err := os.ReadFile(good)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mirror := t.TempDir()
-	os.MkdirAll(filepath.Join(mirror, "ultraface"), 0o755)
-	os.WriteFile(filepath.Join(mirror, "ultraface", "truncated.onnx"), data[:len(data)/2], 0o644)
-	os.WriteFile(filepath.Join(mirror, "ultraface", "version-RFB-320.onnx"), data, 0o644)
+	writeFile(t, filepath.Join(mirror, "ultraface", "truncated.onnx"), data[:len(data)/2])
+	writeFile(t, filepath.Join(mirror, "ultraface", "version-RFB-320.onnx"), data)
 	sum := func(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }
 	card := func(file, sha, shape string) string {
 		return fmt.Sprintf(`name: my-faces
@@ -604,7 +525,7 @@ stages:
 		t.Run(tt.name, func(t *testing.T) {
 			d := t.TempDir()
 			if tt.card != "" {
-				os.WriteFile(filepath.Join(d, "card.yaml"), []byte(tt.card), 0o644)
+				writeFile(t, filepath.Join(d, "card.yaml"), []byte(tt.card))
 			}
 			p := writePipeline(t, d, pipelineFor(tt.model))
 			env := []string{"AVFLOW_MODEL_MIRROR=" + mirror, "AVFLOW_MODELS=" + t.TempDir(), "AVFLOW_OFFLINE=1"}
@@ -615,9 +536,7 @@ stages:
 
 // TestEncoders encodes a lavfi clip with each video encoder the issue names.
 func TestEncoders(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	tests := []struct {
 		codec, params, file, want string
 	}{
@@ -651,34 +570,26 @@ stages:
 // TestNetworkSinks pushes a stream to an ffmpeg CLI listening for RTMP and
 // for SRT on loopback, and checks what it received.
 func TestNetworkSinks(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	tests := []struct {
-		name, listen, push, ext string
+		name, proto, listen, push, ext string
 	}{
-		{"rtmp", "rtmp://127.0.0.1:%d/live/test", "rtmp://127.0.0.1:%d/live/test", "flv"},
-		{"srt", "srt://127.0.0.1:%d?mode=listener", "srt://127.0.0.1:%d?mode=caller", "ts"},
+		{"rtmp", "tcp", "rtmp://127.0.0.1:%d/live/test", "rtmp://127.0.0.1:%d/live/test", "flv"},
+		{"srt", "udp", "srt://127.0.0.1:%d?mode=listener", "srt://127.0.0.1:%d?mode=caller", "ts"},
 	}
+	ffmpeg := e2e.Tool(t, "ffmpeg")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			port := freePort(t)
 			got := filepath.Join(dir, "received."+tt.ext)
-			args := []string{"-v", "error", "-y"}
-			if tt.name == "rtmp" {
-				args = append(args, "-listen", "1")
-			}
-			args = append(args, "-i", fmt.Sprintf(tt.listen, port), "-c", "copy", got)
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			recv := exec.CommandContext(ctx, "ffmpeg", args...)
-			var rerr bytes.Buffer
-			recv.Stderr = &rerr
-			if err := recv.Start(); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(time.Second) // let the listener bind
+			// The receiver is pushed to once it has bound its port.
+			recv, port := startListening(t, tt.proto, func(port int) *exec.Cmd {
+				args := []string{"-v", "error", "-y"}
+				if tt.name == "rtmp" {
+					args = append(args, "-listen", "1")
+				}
+				return exec.Command(ffmpeg, append(args, "-i", fmt.Sprintf(tt.listen, port), "-c", "copy", got)...)
+			})
 			p := writePipeline(t, dir, fmt.Sprintf(`name: push
 stages:
   - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25", max_frames: 50, realtime: true}}
@@ -692,10 +603,10 @@ stages:
 			}
 			// An SRT listener reports the caller hanging up as an I/O error;
 			// what counts is what it wrote.
-			_ = recv.Wait()
+			recv.wait(t, 60*time.Second)
 			v := probe(t, got)["video"]
 			if v.CodecName != "h264" || v.Width != 320 || v.frames() != 50 {
-				t.Fatalf("received %+v, want 50 h264 320x240 frames\nreceiver: %s", v, rerr.String())
+				t.Fatalf("received %+v, want 50 h264 320x240 frames\nreceiver: %s", v, recv.out)
 			}
 		})
 	}
@@ -704,18 +615,16 @@ stages:
 // TestWrongRuntimeVersion builds a tiny library that says it is ONNX
 // Runtime 1.23.0: avflow must refuse it with both versions in the message.
 func TestWrongRuntimeVersion(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	dir := t.TempDir()
 	src := filepath.Join(dir, "fake.c")
-	os.WriteFile(src, []byte(`
+	writeFile(t, src, []byte(`
 typedef struct { const void *(*GetApi)(unsigned int); const char *(*GetVersionString)(void); } base_t;
 static const void *api(unsigned int v) { (void)v; return 0; }
 static const char *ver(void) { return "1.23.0"; }
 static const base_t base = { api, ver };
 const base_t *OrtGetApiBase(void) { return &base; }
-`), 0o644)
+`))
 	lib := filepath.Join(dir, "libonnxruntime.so.1")
 	if out, err := exec.Command("cc", "-shared", "-fPIC", "-o", lib, src).CombinedOutput(); err != nil {
 		t.Fatalf("cc: %v\n%s", err, out)
@@ -729,9 +638,7 @@ const base_t *OrtGetApiBase(void) { return &base; }
 // TestAcceleratorFallback: a stage that asks for a GPU on this CPU-only
 // machine runs on the CPU with one warning; with strict: true it fails.
 func TestAcceleratorFallback(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	pipe := func(extra string) string {
 		return `name: fb
 stages:
@@ -760,9 +667,7 @@ stages:
 // TestCalibratePlanRun: calibrate a pipeline on this machine's CPU, plan 2
 // streams from the profile, and run with the placement.
 func TestCalibratePlanRun(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	dir := t.TempDir()
 	p := writePipeline(t, dir, `name: cal
 stages:
@@ -777,7 +682,10 @@ stages:
 	if r.code != 0 {
 		t.Fatalf("calibrate: %d\n%s", r.code, r.stderr)
 	}
-	b, _ := os.ReadFile(profile)
+	b, err := os.ReadFile(profile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, want := range []string{"pipeline: cal", "- enc", "perf:", "cpu:", "fps:", "p99_ms:"} {
 		if !strings.Contains(string(b), want) {
 			t.Fatalf("profile lacks %q:\n%s", want, b)
@@ -843,9 +751,7 @@ stages:
 // every stage lands on the CPU, quietly (auto is not a fallback), the start
 // lines name each stage's device, and the MP4 is the transcode's.
 func TestAutoPlacementExample(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	media := mediaDir(t)
 	in := probe(t, filepath.Join(media, "car-detection.mp4"))
 	out := t.TempDir()
@@ -878,5 +784,130 @@ func TestFlagsFirst(t *testing.T) {
 		if got := strings.Join(flagsFirst(app, strings.Fields(tt.in)), " "); got != tt.want {
 			t.Errorf("%q: got %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+// TestProgressIntervalMustBePositive: a zero or negative --progress-interval
+// is a command-line mistake (exit 2, one line saying so), not a panic.
+func TestProgressIntervalMustBePositive(t *testing.T) {
+	dir := t.TempDir()
+	p := writePipeline(t, dir, `name: pi
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=160x120:rate=10", max_frames: 3}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: enc, kind: encode, inputs: [dec], params: {codec: libx264}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: out/pi.mkv}}
+`)
+	for _, every := range []string{"0s", "-1s"} {
+		t.Run(every, func(t *testing.T) {
+			r := avflow(t, nil, "run", "--progress-interval", every, p)
+			want := "avflow run: --progress-interval must be more than 0, got " + every
+			if r.code != exitInvalid || !strings.Contains(r.stderr, want) || strings.Contains(r.stderr, "panic") {
+				t.Fatalf("exit %d, want %d with %q:\n%s", r.code, exitInvalid, want, r.stderr)
+			}
+			assertNoOutput(t, filepath.Join(dir, "out"))
+		})
+	}
+}
+
+// TestStopSignals: one SIGINT, SIGTERM or SIGHUP stops a live run cleanly
+// (the MP4 is finalised), also when GNU timeout delivers its SIGTERM twice
+// (to the child, then to its process group); a second signal aborts.
+func TestStopSignals(t *testing.T) {
+	e2e.Long(t)
+	timeout := e2e.Tool(t, "timeout")
+	tests := []struct {
+		name string
+		// start runs avflow on the pipeline; stop signals it once frames flow.
+		start func(t *testing.T, p string) *proc
+		stop  func(t *testing.T, run *proc)
+	}{
+		{"SIGINT", avflowRun, sendSignal(syscall.SIGINT)},
+		{"SIGHUP", avflowRun, sendSignal(syscall.SIGHUP)},
+		{"SIGTERM", avflowRun, sendSignal(syscall.SIGTERM)},
+		// GNU timeout relays a signal it gets exactly as it sends its own
+		// when the time is up: to avflow, then to their process group.
+		{"SIGTERM relayed by timeout", func(t *testing.T, p string) *proc {
+			return startProc(t, exec.Command(timeout, "-s", "TERM", "600", avflowBin, "run", "--progress-interval", "100ms", p))
+		}, sendSignal(syscall.SIGTERM)},
+		{"timeout -s TERM 5", func(t *testing.T, p string) *proc {
+			return startProc(t, exec.Command(timeout, "-s", "TERM", "5", avflowBin, "run", "--progress-interval", "100ms", p))
+		}, func(*testing.T, *proc) {}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			run := tt.start(t, writePipeline(t, dir, liveToMP4))
+			waitFor(t, func() bool { return framesDone(run.out.String()) >= 15 }, 30*time.Second, run.out)
+			tt.stop(t, run)
+			code := run.wait(t, 30*time.Second)
+			log := run.out.String()
+			if strings.Contains(log, "aborting") || !strings.Contains(log, "stopping") {
+				t.Errorf("one signal must stop the run, not abort it:\n%s", log)
+			}
+			if code != 0 && code != 124 { // timeout's own code when the time was up
+				t.Errorf("exit %d:\n%s", code, log)
+			}
+			if n := probe(t, filepath.Join(dir, "live.mp4"))["video"].frames(); n < 15 {
+				t.Errorf("the stopped run's MP4 has %d frames, want a finalised file with at least 15", n)
+			}
+		})
+	}
+}
+
+func avflowRun(t *testing.T, p string) *proc {
+	return startAvflow(t, nil, "run", "--progress-interval", "100ms", p)
+}
+
+func sendSignal(sig syscall.Signal) func(*testing.T, *proc) {
+	return func(t *testing.T, run *proc) {
+		if err := run.cmd.Process.Signal(sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestSecondSignalAborts: a run that takes its time to finish the frames in
+// flight (a filter that lets two frames through a second) is aborted by a
+// second signal, of any kind, coming after the first: it exits at once
+// with an error and leaves no output.
+func TestSecondSignalAborts(t *testing.T) {
+	e2e.Long(t)
+	for _, sigs := range [][2]syscall.Signal{{syscall.SIGINT, syscall.SIGINT}, {syscall.SIGTERM, syscall.SIGHUP}} {
+		t.Run(sigs[0].String()+" then "+sigs[1].String(), func(t *testing.T) {
+			dir := t.TempDir()
+			run := avflowRun(t, writePipeline(t, dir, `name: slow
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=160x120:rate=10"}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: slow, kind: filter, inputs: [dec], params: {graph: "setpts=5*PTS,realtime"}}
+  - {name: enc, kind: encode, inputs: [slow], params: {codec: libx264, preset: ultrafast}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: out/slow.mp4}}
+`))
+			run.waitLog(t, "output opened", 30*time.Second)
+			sendSignal(sigs[0])(t, run)
+			run.waitLog(t, "stopping", 10*time.Second)
+			stopped := time.Now()
+			// A repeat within the repeat window is the same request
+			// (GNU timeout signals twice); this one is a new one.
+			waitFor(t, func() bool { return time.Since(stopped) > 2*signalRepeat }, 10*time.Second, run.out)
+			select {
+			case <-run.done:
+				t.Fatalf("the run ended before the second signal:\n%s", run.out)
+			default:
+			}
+			sendSignal(sigs[1])(t, run)
+			aborted := time.Now()
+			if code := run.wait(t, 10*time.Second); code != exitRun {
+				t.Errorf("exit %d, want %d:\n%s", code, exitRun, run.out)
+			}
+			if d := time.Since(aborted); d > 5*time.Second {
+				t.Errorf("the abort took %s", d)
+			}
+			if !strings.Contains(run.out.String(), "aborting") {
+				t.Errorf("no abort logged:\n%s", run.out)
+			}
+			assertNoOutput(t, filepath.Join(dir, "out"))
+		})
 	}
 }

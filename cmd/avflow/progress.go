@@ -11,12 +11,14 @@ import (
 
 // progressBar draws frames, fps and ETA on the terminal (schollz/progressbar:
 // a maintained bar that handles terminal width, rates and ETA).
-func progressBar(r *pipeline.Runner, done <-chan struct{}) {
+func progressBar(r *pipeline.Runner, done, failed <-chan struct{}) {
 	m := r.Metrics()
 	total := m.ExpectedFrames()
 	max := total
-	if max <= 0 {
-		max = -1 // spinner for live or unknown length
+	if _, ok := eta(0, total, 1); !ok {
+		// A spinner for live or unknown length, and for a max_frames
+		// beyond any run's length, whose ETA would overflow.
+		max = -1
 	}
 	bar := progressbar.NewOptions64(max,
 		progressbar.OptionSetWriter(os.Stderr),
@@ -34,6 +36,9 @@ func progressBar(r *pipeline.Runner, done <-chan struct{}) {
 		select {
 		case <-done:
 			_ = bar.Set64(m.Progress())
+			fmt.Fprintln(os.Stderr)
+			return
+		case <-failed:
 			fmt.Fprintln(os.Stderr)
 			return
 		case <-t.C:

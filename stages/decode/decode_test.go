@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -15,22 +13,9 @@ import (
 	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
 	_ "github.com/avflow/avflow/stages/all"
 )
-
-// media finds a clip of the shared test media ($AVFLOW_SHARED, else the
-// shared/ folder beside the checkout).
-func media(t *testing.T, name string) string {
-	root := os.Getenv("AVFLOW_SHARED")
-	if root == "" {
-		root = "../../../shared"
-	}
-	p, _ := filepath.Abs(filepath.Join(root, "media", name))
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("test media: %v", err)
-	}
-	return p
-}
 
 // planes keeps a copy of each decoded picture's Y, U and V planes.
 type planes struct {
@@ -109,11 +94,12 @@ stages:
 // 40 dB PSNR. Machines without a usable GPU skip it, saying why; the GPU
 // check (scripts/gpu-check.sh) runs it on one.
 func TestGPUDecodeMatchesCPU(t *testing.T) {
+	e2e.Long(t)
 	inv := accelerators.Machine("")
 	if len(inv.Usable(accelerators.GPU)) == 0 {
 		t.Skipf("no usable GPU here: %s", inv.Why(accelerators.GPU))
 	}
-	clip := media(t, "car-detection.mp4")
+	clip := e2e.Media(t, "car-detection.mp4")
 	cpu, cpuTime, err := decodeAll(t, clip, "cpu", true)
 	if err != nil {
 		t.Fatal(err)
@@ -154,11 +140,12 @@ func TestGPUDecodeMatchesCPU(t *testing.T) {
 // decoder bound strictly to the GPU refuses to start, naming the stage and
 // why; without strict it decodes on the CPU.
 func TestGPUDecodeStrictWithoutGPU(t *testing.T) {
+	e2e.Long(t)
 	inv := accelerators.Machine("")
 	if len(inv.Usable(accelerators.GPU)) > 0 {
 		t.Skip("this machine has a usable GPU")
 	}
-	clip := media(t, "car-detection.mp4")
+	clip := e2e.Media(t, "car-detection.mp4")
 	_, _, err := decodeAll(t, clip, "gpu", true)
 	if !errors.Is(err, accelerators.ErrUnavailable) {
 		t.Fatalf("want ErrUnavailable, got %v", err)
