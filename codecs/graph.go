@@ -56,9 +56,6 @@ func NewDeviceGraph(spec string, threads int, dev *astiav.HardwareDeviceContext,
 	return g
 }
 
-// TimeBase is the time base of the frames the graph emits (after the first frame).
-func (g *Graph) TimeBase() astiav.Rational { return g.outTB }
-
 func (g *Graph) build(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) (err error) {
 	g.g = astiav.AllocFilterGraph()
 	if g.g == nil {
