@@ -8,6 +8,7 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 
 	"github.com/asticode/go-astiav"
@@ -18,11 +19,18 @@ import (
 var ErrFilter = errors.New("filter graph failed")
 
 // Graph is a one-input, one-output FFmpeg filter graph, configured from the
-// format of the first frame it sees.
+// format of the first frame it sees, and configured again (as the ffmpeg
+// CLI does) whenever a frame comes in another format: another size or
+// pixel format (or device frame pool), another sample rate, sample format
+// or channel layout. The frames the old graph still holds come out first.
 type Graph struct {
+	// Log, if set, is told each time the graph is configured again for a
+	// new input format.
+	Log     *slog.Logger
 	spec    string
 	threads int
 	media   envelope.Media
+	in      FrameFormat // the input format the graph is configured for
 	g       *astiav.FilterGraph
 	src     *astiav.FilterContext
 	sink    *astiav.FilterContext
@@ -131,6 +139,7 @@ func (g *Graph) build(f *astiav.Frame, media envelope.Media, tb, frameRate astia
 	}
 	g.outTB = g.sink.Inputs()[0].TimeBase()
 	g.media, g.rate = media, frameRate
+	g.in = FormatOf(f, media)
 	return nil
 }
 
@@ -141,20 +150,40 @@ func sar(r astiav.Rational) astiav.Rational {
 	return r
 }
 
-// Push sends a frame (nil: end of stream) and returns the frames that are ready.
+// Push sends a frame (nil: end of stream) and returns the frames that are
+// ready. A frame in another format than the graph was configured for ends
+// the graph (its last frames come out first) and configures a new one.
 func (g *Graph) Push(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) ([]*envelope.Envelope, error) {
+	var out []*envelope.Envelope
+	if f != nil && g.g != nil {
+		if in := FormatOf(f, media); in != g.in {
+			var err error
+			if out, err = g.send(out, nil); err != nil {
+				return out, err
+			}
+			if g.Log != nil {
+				g.Log.Info("filter graph configured again: the input format changed", "graph", g.spec, "from", g.in.String(), "to", in.String())
+			}
+			g.g.Free()
+			g.g = nil
+		}
+	}
 	if g.g == nil {
 		if f == nil {
-			return nil, nil
+			return out, nil
 		}
 		if err := g.build(f, media, tb, frameRate); err != nil {
-			return nil, err
+			return out, err
 		}
 	}
+	return g.send(out, f)
+}
+
+// send feeds f (nil: end of stream) and appends the frames that are ready.
+func (g *Graph) send(out []*envelope.Envelope, f *astiav.Frame) ([]*envelope.Envelope, error) {
 	if err := g.src.BuffersrcAddFrame(f, astiav.NewBuffersrcFlags(astiav.BuffersrcFlagKeepRef)); err != nil {
-		return nil, fmt.Errorf("%w: feeding %q: %w", ErrFilter, g.spec, err)
+		return out, fmt.Errorf("%w: feeding %q: %w", ErrFilter, g.spec, err)
 	}
-	var out []*envelope.Envelope
 	for {
 		if err := g.sink.BuffersinkGetFrame(g.frame, astiav.NewBuffersinkFlags()); err != nil {
 			if errors.Is(err, astiav.ErrEagain) || errors.Is(err, astiav.ErrEof) {

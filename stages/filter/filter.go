@@ -95,6 +95,7 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 		if err == nil {
 			f.dev = dev
 			f.g = codecs.NewDeviceGraph(graph, threads, dev, uploads[kind])
+			f.g.Log = in.Log
 			// FFmpeg 5.1's Vulkan filter output read back after its graph
 			// has gone on to the next frame comes back with wrong pixels
 			// now and then (seen with Mesa's lavapipe, even with every
@@ -119,6 +120,7 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 		graph = cpu
 	}
 	f.g = codecs.NewGraph(graph, threads)
+	f.g.Log = in.Log
 	return f, nil
 }
 
