@@ -24,6 +24,9 @@ var (
 	ErrUnknownEncoder = errors.New("encode: unknown encoder")
 	ErrOpen           = errors.New("encode: opening encoder failed")
 	ErrEncode         = errors.New("encode: encoding failed")
+	// ErrChromaSize reports a picture whose width or height is not a
+	// multiple of its pixel format's chroma subsampling (641x481 in 4:2:0).
+	ErrChromaSize = errors.New("picture size does not fit the chroma subsampling")
 )
 
 func init() {
@@ -330,6 +333,11 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 		if enc.input == inputDevice {
 			enc.target = codecs.SoftwareFormat(f)
 		}
+		if _, hw := familyOf(enc.codec.Name()); hw || slices.Contains(wholeChroma, enc.codec.Name()) {
+			if err := chromaSizeError(enc.codec.Name(), f.Width(), f.Height(), enc.target); err != nil {
+				return err
+			}
+		}
 		cc.SetWidth(f.Width())
 		cc.SetHeight(f.Height())
 		cc.SetSampleAspectRatio(f.SampleAspectRatio())
@@ -392,6 +400,11 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 		}
 	}
 	if err := cc.Open(enc.codec, d); err != nil {
+		if enc.media == envelope.MediaVideo {
+			if serr := chromaSizeError(enc.codec.Name(), f.Width(), f.Height(), enc.target); serr != nil {
+				return fmt.Errorf("%w (%w)", serr, err)
+			}
+		}
 		return fmt.Errorf("%w: %s (%dx%d %s): %w", ErrOpen, enc.codec.Name(), f.Width(), f.Height(), cc.PixelFormat().Name(), err)
 	}
 	if left := d.Get("", nil, astiav.NewDictionaryFlags(astiav.DictionaryFlagIgnoreSuffix)); left != nil {
@@ -658,4 +671,36 @@ func softwareFormats(c *astiav.Codec) []astiav.PixelFormat {
 		}
 	}
 	return out
+}
+
+// wholeChroma are the software encoders that refuse a picture whose size
+// is not a multiple of its chroma subsampling (x264 says only "Generic
+// error in an external library"); hardware encoders refuse it too. Others
+// (libvpx-vp9, libaom-av1, mpeg4) take it.
+var wholeChroma = []string{"libx264", "libx264rgb", "libx265", "libsvtav1", "libkvazaar", "libopenh264"}
+
+// subsampling names chroma subsampling by its shifts (width, height).
+var subsampling = map[[2]int]string{{1, 1}: "4:2:0", {1, 0}: "4:2:2", {2, 0}: "4:1:1", {2, 2}: "4:1:0", {0, 1}: "4:4:0"}
+
+// chromaSizeError says why a w x h picture in pf cannot be encoded when its
+// size is not a multiple of pf's chroma subsampling, and how to fix it; nil
+// when it is.
+func chromaSizeError(codec string, w, h int, pf astiav.PixelFormat) error {
+	sw, sh, ok := codecs.ChromaShift(pf)
+	mw, mh := 1<<sw, 1<<sh
+	if !ok || (w%mw == 0 && h%mh == 0) {
+		return nil
+	}
+	fit := func(dim string, m int) string {
+		if m == 1 {
+			return dim
+		}
+		return fmt.Sprintf("trunc(%s/%d)*%d", dim, m, m)
+	}
+	what := subsampling[[2]int{sw, sh}]
+	if what == "" {
+		what = fmt.Sprintf("1/%d of the width, 1/%d of the height", mw, mh)
+	}
+	return fmt.Errorf("%w: %w: %s cannot encode %dx%d %s: its chroma is subsampled (%s), so the width must be a multiple of %d and the height of %d; scale to such a size first, e.g. a filter stage before the encoder with graph: \"scale=%s:%s\"",
+		ErrOpen, ErrChromaSize, codec, w, h, pf.Name(), what, mw, mh, fit("iw", mw), fit("ih", mh))
 }
