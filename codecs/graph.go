@@ -2,6 +2,18 @@ package codecs
 
 /*
 #include "hwctx.h"
+#include <libavfilter/buffersink.h>
+#include <libavutil/imgutils.h>
+
+// avf_sink_size gives the size and format of the frames a video graph's
+// buffersink gives, and their size in bytes (-1: unknown).
+static int64_t avf_sink_size(const AVFilterContext *sink, int *w, int *h, int *fmt) {
+	*w = av_buffersink_get_w(sink);
+	*h = av_buffersink_get_h(sink);
+	*fmt = av_buffersink_get_format(sink);
+	int n = av_image_get_buffer_size(*fmt, *w, *h, 1);
+	return n < 0 ? -1 : n;
+}
 */
 import "C"
 
@@ -15,8 +27,13 @@ import (
 	"github.com/avflow/avflow/pipeline/envelope"
 )
 
-// ErrFilter reports a filter graph that cannot be built or run.
-var ErrFilter = errors.New("filter graph failed")
+// Sentinel errors.
+var (
+	// ErrFilter reports a filter graph that cannot be built or run.
+	ErrFilter = errors.New("filter graph failed")
+	// ErrTooLarge reports a graph that makes frames over its MaxPixels.
+	ErrTooLarge = errors.New("frames too large")
+)
 
 // Graph is a one-input, one-output FFmpeg filter graph, configured from the
 // format of the first frame it sees, and configured again (as the ffmpeg
@@ -26,17 +43,21 @@ var ErrFilter = errors.New("filter graph failed")
 type Graph struct {
 	// Log, if set, is told each time the graph is configured again for a
 	// new input format.
-	Log     *slog.Logger
-	spec    string
-	threads int
-	media   envelope.Media
-	in      FrameFormat // the input format the graph is configured for
-	g       *astiav.FilterGraph
-	src     *astiav.FilterContext
-	sink    *astiav.FilterContext
-	frame   *astiav.Frame
-	outTB   astiav.Rational
-	rate    astiav.Rational
+	Log *slog.Logger
+	// MaxPixels, if positive, bounds the frames a video graph may make
+	// (width x height): a graph configured to make larger ones fails with
+	// ErrTooLarge before it makes any.
+	MaxPixels int
+	spec      string
+	threads   int
+	media     envelope.Media
+	in        FrameFormat // the input format the graph is configured for
+	g         *astiav.FilterGraph
+	src       *astiav.FilterContext
+	sink      *astiav.FilterContext
+	frame     *astiav.Frame
+	outTB     astiav.Rational
+	rate      astiav.Rational
 	// dev is the device the graph's filters run on (nil: the CPU);
 	// upload is put in front of spec when frames come from system memory.
 	dev    *astiav.HardwareDeviceContext
@@ -137,10 +158,34 @@ func (g *Graph) build(f *astiav.Frame, media envelope.Media, tb, frameRate astia
 	if err := g.g.Configure(); err != nil {
 		return fmt.Errorf("%w: configuring %q: %w", ErrFilter, spec, err)
 	}
+	if media == envelope.MediaVideo {
+		if err := g.checkSize(f); err != nil {
+			return err
+		}
+	}
 	g.outTB = g.sink.Inputs()[0].TimeBase()
 	g.media, g.rate = media, frameRate
 	g.in = FormatOf(f, media)
 	return nil
+}
+
+// checkSize refuses a graph whose frames are over MaxPixels.
+func (g *Graph) checkSize(in *astiav.Frame) error {
+	var w, h, pf C.int
+	size := C.avf_sink_size(filterPtr(g.sink), &w, &h, &pf)
+	if g.MaxPixels <= 0 || int64(w)*int64(h) <= int64(g.MaxPixels) {
+		return nil
+	}
+	bytes := "size unknown"
+	switch {
+	case size >= 1<<20:
+		bytes = fmt.Sprintf("%d MiB each", int64(size)>>20)
+	case size >= 0:
+		bytes = fmt.Sprintf("%d KiB each", int64(size)>>10)
+	}
+	return fmt.Errorf("%w: %w: %q makes %dx%d %s frames from %dx%d (%.1f megapixels, %s), over the limit of %d pixels",
+		ErrFilter, ErrTooLarge, g.spec, w, h, astiav.PixelFormat(pf).Name(), in.Width(), in.Height(),
+		float64(w)*float64(h)/1e6, bytes, g.MaxPixels)
 }
 
 func sar(r astiav.Rational) astiav.Rational {
@@ -173,6 +218,10 @@ func (g *Graph) Push(f *astiav.Frame, media envelope.Media, tb, frameRate astiav
 			return out, nil
 		}
 		if err := g.build(f, media, tb, frameRate); err != nil {
+			if g.g != nil {
+				g.g.Free()
+				g.g = nil
+			}
 			return out, err
 		}
 	}

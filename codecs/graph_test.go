@@ -2,6 +2,7 @@ package codecs
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -176,5 +177,28 @@ func TestDeviceGraphConfiguresAgainOnANewPool(t *testing.T) {
 			t.Errorf("%dx%d in, %dx%d out, want half", s[0], s[1], f.Width(), f.Height())
 		}
 		out[0].Release()
+	}
+}
+
+// TestGraphMaxPixels: a graph configured to make frames over MaxPixels
+// fails with ErrTooLarge, also when a new input size configures it again.
+func TestGraphMaxPixels(t *testing.T) {
+	g := NewGraph("scale=iw*2:ih*2", 1)
+	g.MaxPixels = 640 * 480
+	defer g.Close()
+	for _, s := range []struct {
+		w, h int
+		want bool // fails
+	}{{320, 240, false}, {160, 120, false}, {640, 480, true}} {
+		out, err := g.Push(videoFrame(t, s.w, s.h, 0), envelope.MediaVideo, astiav.NewRational(1, 25), astiav.NewRational(25, 1))
+		for _, e := range out {
+			e.Release()
+		}
+		if got := errors.Is(err, ErrTooLarge); got != s.want {
+			t.Fatalf("%dx%d in: %v, want ErrTooLarge: %v", s.w, s.h, err, s.want)
+		}
+		if s.want && !strings.Contains(err.Error(), "1280x960 yuv420p frames from 640x480") {
+			t.Errorf("error %q does not say which frames", err)
+		}
 	}
 }
