@@ -113,7 +113,7 @@ func FrameOf(e *envelope.Envelope) (*astiav.Frame, error) {
 	}
 	if ret := C.avf_frame_from_buffer(cframe(f), C.int(video), src, C.int(len(e.Payload))); ret < 0 {
 		f.Free()
-		return nil, fmt.Errorf("%w: %d bytes: %v", ErrPayload, len(e.Payload), astiav.Error(ret))
+		return nil, fmt.Errorf("%w: %d bytes: %w", ErrPayload, len(e.Payload), astiav.Error(ret))
 	}
 	f.SetPts(e.PTS)
 	f.SetKeyFrame(e.Key)
@@ -157,7 +157,7 @@ func (f *Frame) WritePayload(dst []byte) error {
 		return nil
 	}
 	if n := C.avf_frame_to_buffer(cframe(f.F), f.video(), (*C.uint8_t)(unsafe.Pointer(&dst[0])), C.int(len(dst))); n < 0 {
-		return fmt.Errorf("%w: copying frame failed: %v", ErrFormat, astiav.Error(n))
+		return fmt.Errorf("%w: copying frame failed: %w", ErrFormat, astiav.Error(n))
 	}
 	return nil
 }
@@ -166,7 +166,7 @@ func (f *Frame) WritePayload(dst []byte) error {
 // reference shares them), so a stage may draw on it.
 func MakeWritable(f *astiav.Frame) error {
 	if ret := C.avf_make_writable(cframe(f)); ret < 0 {
-		return fmt.Errorf("codecs: making frame writable failed: %v", astiav.Error(ret))
+		return fmt.Errorf("codecs: making frame writable failed: %w", astiav.Error(ret))
 	}
 	return nil
 }
