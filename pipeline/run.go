@@ -56,8 +56,11 @@ type Runner struct {
 	firstErr error
 	cancel   context.CancelFunc
 
-	embedded *server.Server
-	ready    chan struct{}
+	// subOwners maps the run's NATS subscriptions to the stages they
+	// belong to, for the connections' error handler.
+	subOwners sync.Map
+	embedded  *server.Server
+	ready     chan struct{}
 }
 
 // NewRunner validates cfg (if needed) and prepares a run.
@@ -140,18 +143,20 @@ func (r *Runner) err() error {
 }
 
 type node struct {
-	cfg     *StageConfig
-	stage   Stage
-	q       *queue
-	pubs    map[string]publisher
-	ports   []Port
-	subs    []*natsSubscriber
-	nc      *nats.Conn
-	m       *stageMetrics
-	seq     map[string]uint64
-	log     *slog.Logger
-	nInputs int
-	extra   []Stage // replicas beyond the first (StageConfig.Replicas)
+	cfg   *StageConfig
+	stage Stage
+	q     *queue
+	pubs  map[string]publisher
+	ports []Port
+	subs  []*natsSubscriber
+	nc    *nats.Conn // shared with other nodes (connPool); nil over the local transport
+	// inSubjects are the NATS subjects of the stage's inputs, in order.
+	inSubjects []string
+	m          *stageMetrics
+	seq        map[string]uint64
+	log        *slog.Logger
+	nInputs    int
+	extra      []Stage // replicas beyond the first (StageConfig.Replicas)
 }
 
 // instances is the stage and its replicas (none before they are built).
@@ -184,83 +189,29 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		r.log.Info("embedded NATS server started", "url", srv.ClientURL())
 	}
 
-	nodes := make([]*node, 0, len(r.cfg.order))
-	byName := map[string]*node{}
+	nodes, byName := r.newNodes()
+	var pool *connPool
 	defer func() {
 		for _, n := range nodes {
-			for _, s := range n.subs {
-				s.Close()
-			}
-			for _, p := range n.pubs {
-				p.Close()
-			}
-			if n.q != nil {
-				n.q.drain()
-			}
-			if n.nc != nil {
-				n.nc.Close()
-			}
+			n.closeTransport()
 		}
+		pool.Close()
 	}()
-
-	// Queues and connections first, so every consumer exists before anything is published.
-	for _, sc := range r.cfg.order {
-		n := &node{cfg: sc, pubs: map[string]publisher{}, ports: sc.outputs, seq: map[string]uint64{}, nInputs: len(sc.Inputs),
-			log: r.log.With("stage", sc.Name, "kind", sc.Kind)}
-		n.m = &stageMetrics{name: sc.Name, kind: sc.Kind, terminal: len(sc.outputs) == 0}
-		if n.nInputs > 0 {
-			n.q = newQueue(r.cfg.Queue*n.nInputs, r.nodeFlow(sc))
-			n.m.q = n.q
+	if useNATS {
+		var err error
+		if pool, err = connectPool(r.embedded, r.opts.NATSURL, "avflow "+r.cfg.Name, len(nodes), r.natsError); err != nil {
+			return err
 		}
-		if useNATS {
-			nc, err := connect(r.embedded, r.opts.NATSURL, "avflow "+r.cfg.Name+" "+sc.Name, func(err error) {
-				if r.cfg.Flow == FlowBlock || !errors.Is(err, nats.ErrSlowConsumer) {
-					r.fail(fmt.Errorf("stage %q: %w", sc.Name, err))
-				}
-			})
-			if err != nil {
-				return err
-			}
-			n.nc = nc
-		}
-		nodes = append(nodes, n)
-		byName[sc.Name] = n
-		r.metrics.stages = append(r.metrics.stages, n.m)
-	}
-	// Subscriptions and publishers.
-	consumers := map[string][]consumerRef{} // "stage.port" -> consumers
-	for _, n := range nodes {
-		for i, in := range n.cfg.Inputs {
-			src := byName[in.Stage]
-			port, _ := findPort(src.ports, in.Port)
-			ref := consumerRef{stage: n.cfg.Name, input: i, q: n.q}
-			consumers[in.Stage+"."+port.Name] = append(consumers[in.Stage+"."+port.Name], ref)
-			if useNATS {
-				s, err := newNATSSubscriber(ctx, n.nc, Subject(r.cfg.Name, in.Stage, port.Name), ref, r.edgeFlow(port.Type), r.cfg.Queue, r.fail)
-				if err != nil {
-					return err
-				}
-				n.subs = append(n.subs, s)
-			}
+		for i, n := range nodes {
+			n.nc = pool.conn(i)
 		}
 	}
-	for _, n := range nodes {
-		for _, p := range n.ports {
-			cs := consumers[n.cfg.Name+"."+p.Name]
-			if !useNATS {
-				n.pubs[p.Name] = &localPublisher{consumers: cs}
-				continue
-			}
-			pub, err := newNATSPublisher(n.nc, Subject(r.cfg.Name, n.cfg.Name, p.Name), cs, r.edgeFlow(p.Type), r.cfg.Queue)
-			if err != nil {
-				return err
-			}
-			n.pubs[p.Name] = pub
-		}
-		if n.nc != nil {
-			if err := n.nc.Flush(); err != nil {
-				return fmt.Errorf("%w: flushing subscriptions of stage %q failed: %v", ErrTransport, n.cfg.Name, err)
-			}
+	if err := r.wire(ctx, nodes, byName); err != nil {
+		return err
+	}
+	if pool != nil {
+		if err := pool.Flush(); err != nil {
+			return fmt.Errorf("%w: flushing the subscriptions failed: %v", ErrTransport, err)
 		}
 	}
 
@@ -358,10 +309,10 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 				return err
 			}
 			services = append(services, svc)
-			// Discovery must answer as soon as Ready says the stage exists.
-			if err := n.nc.Flush(); err != nil {
-				return fmt.Errorf("%w: stage %q: %v", ErrTransport, n.cfg.Name, err)
-			}
+		}
+		// Discovery must answer as soon as Ready says the stages exist.
+		if err := pool.Flush(); err != nil {
+			return fmt.Errorf("%w: registering the stages' services failed: %v", ErrTransport, err)
 		}
 	}
 	close(r.ready)
@@ -384,6 +335,97 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("%w: %v", ErrCanceled, context.Cause(ctx))
 	}
 	return nil
+}
+
+// newNodes makes a node, with its input queue and metrics, for every stage
+// in topological order, so every consumer exists before anything is published.
+func (r *Runner) newNodes() ([]*node, map[string]*node) {
+	nodes := make([]*node, 0, len(r.cfg.order))
+	byName := make(map[string]*node, len(r.cfg.order))
+	for _, sc := range r.cfg.order {
+		n := &node{cfg: sc, pubs: map[string]publisher{}, ports: sc.outputs, seq: map[string]uint64{}, nInputs: len(sc.Inputs),
+			log: r.log.With("stage", sc.Name, "kind", sc.Kind)}
+		n.m = &stageMetrics{name: sc.Name, kind: sc.Kind, terminal: len(sc.outputs) == 0}
+		if n.nInputs > 0 {
+			n.q = newQueue(r.cfg.Queue*n.nInputs, r.nodeFlow(sc))
+			n.m.q = n.q
+		}
+		nodes = append(nodes, n)
+		byName[sc.Name] = n
+		r.metrics.stages = append(r.metrics.stages, n.m)
+	}
+	return nodes, byName
+}
+
+// wire subscribes every stage to its inputs and makes the publishers of
+// its output ports, over NATS when the nodes have a connection.
+func (r *Runner) wire(ctx context.Context, nodes []*node, byName map[string]*node) error {
+	consumers := map[string][]consumerRef{} // "stage.port" -> consumers
+	for _, n := range nodes {
+		for i, in := range n.cfg.Inputs {
+			port, _ := findPort(byName[in.Stage].ports, in.Port)
+			ref := consumerRef{stage: n.cfg.Name, input: i, q: n.q}
+			consumers[in.Stage+"."+port.Name] = append(consumers[in.Stage+"."+port.Name], ref)
+			subject := Subject(r.cfg.Name, in.Stage, port.Name)
+			n.inSubjects = append(n.inSubjects, subject)
+			if n.nc == nil {
+				continue
+			}
+			s, err := newNATSSubscriber(ctx, n.nc, subject, ref, r.edgeFlow(port.Type), r.cfg.Queue, r.fail)
+			if err != nil {
+				return err
+			}
+			r.subOwners.Store(s.sub, n.cfg.Name)
+			n.subs = append(n.subs, s)
+		}
+	}
+	for _, n := range nodes {
+		for _, p := range n.ports {
+			cs := consumers[n.cfg.Name+"."+p.Name]
+			if n.nc == nil {
+				n.pubs[p.Name] = &localPublisher{consumers: cs}
+				continue
+			}
+			pub, err := newNATSPublisher(n.nc, Subject(r.cfg.Name, n.cfg.Name, p.Name), cs, r.edgeFlow(p.Type), r.cfg.Queue)
+			if err != nil {
+				return err
+			}
+			if pub.ackSub != nil {
+				r.subOwners.Store(pub.ackSub, n.cfg.Name)
+			}
+			n.pubs[p.Name] = pub
+		}
+	}
+	return nil
+}
+
+// natsError handles an asynchronous error of a NATS connection: it fails
+// the run, naming the stage whose subscription it concerns. A slow
+// consumer in drop-oldest flow is what that flow allows.
+func (r *Runner) natsError(sub *nats.Subscription, err error) {
+	if r.cfg.Flow != FlowBlock && errors.Is(err, nats.ErrSlowConsumer) {
+		return
+	}
+	if sub != nil {
+		if name, ok := r.subOwners.Load(sub); ok {
+			err = fmt.Errorf("stage %q: %w", name, err)
+		}
+	}
+	r.fail(err)
+}
+
+// closeTransport ends the node's subscriptions and publishers and releases
+// what is left in its queue; the connection is the pool's.
+func (n *node) closeTransport() {
+	for _, s := range n.subs {
+		s.Close()
+	}
+	for _, p := range n.pubs {
+		p.Close()
+	}
+	if n.q != nil {
+		n.q.drain()
+	}
 }
 
 // edgeFlow is the flow control of an edge. drop-oldest applies to raw
@@ -507,7 +549,7 @@ func (r *Runner) publish(ctx context.Context, n *node, out Batch) error {
 		}
 		e.Seq = n.seq[port]
 		n.seq[port]++
-		e.Stamps = append(e.Stamps, envelope.Stamp{Stage: n.cfg.Name, At: now})
+		e.Stamps = addStamp(e.Stamps, envelope.Stamp{Stage: n.cfg.Name, At: now})
 		if !n.m.terminal {
 			n.m.observeLatency(e, now)
 		}
@@ -518,6 +560,26 @@ func (r *Runner) publish(ctx context.Context, n *node, out Batch) error {
 		n.m.out.Add(1)
 	}
 	return nil
+}
+
+// MaxStamps bounds the stamps a message carries: the first (its source's,
+// from which latency is measured) and the MaxStamps-1 latest. In a longer
+// chain the stamps in between are dropped, so a message does not grow with
+// every stage it passes (it did: a chain of 10,000 stages carried 10,000
+// stamps per message, each marshalled again at every hop).
+const MaxStamps = 16
+
+// addStamp appends s to stamps, dropping the oldest stamp after the first
+// beyond MaxStamps. It never writes into a full slice's array, which other
+// copies of the message may share.
+func addStamp(stamps []envelope.Stamp, s envelope.Stamp) []envelope.Stamp {
+	if len(stamps) < MaxStamps {
+		return append(stamps, s)
+	}
+	out := make([]envelope.Stamp, 0, MaxStamps)
+	out = append(out, stamps[0])
+	out = append(out, stamps[len(stamps)-MaxStamps+2:]...)
+	return append(out, s)
 }
 
 // inheritStamps gives outputs that a stage built from scratch (a decoder's

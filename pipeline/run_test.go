@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -113,7 +114,7 @@ var (
 	relays   []*relay
 )
 
-func testEnv(t *testing.T, col *collector) *pipeline.Environment {
+func testEnv(t testing.TB, col *collector) *pipeline.Environment {
 	env := pipeline.NewEnvironment()
 	must := func(err error) {
 		if err != nil {
@@ -570,5 +571,114 @@ stages:
 				t.Fatalf("Consumers = %v, want out: %v", readers, want)
 			}
 		})
+	}
+}
+
+// chainOf is a pipeline of n stages in a line: gen, relays, collect.
+func chainOf(name string, n, messages int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "name: %s\nstages:\n  - {name: s0, kind: gen, params: {n: %d}}\n", name, messages)
+	for i := 1; i < n-1; i++ {
+		fmt.Fprintf(&b, "  - {name: s%d, kind: relay, inputs: [s%d]}\n", i, i-1)
+	}
+	fmt.Fprintf(&b, "  - {name: s%d, kind: collect, inputs: [s%d]}\n", n-1, n-2)
+	return b.String()
+}
+
+// TestThousandStages: a chain of 1,000 stages starts, carries every
+// message in order and finishes, over both transports, well within a
+// minute, and leaves no goroutine behind.
+func TestThousandStages(t *testing.T) {
+	for _, transport := range []string{"nats", "local"} {
+		t.Run(transport, func(t *testing.T) {
+			noLeaks(t)
+			col := &collector{}
+			const n = 20
+			cfg, err := pipeline.Parse([]byte(chainOf("thousand", 1000, n)), "thousand.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := testEnv(t, col)
+			if err := env.Validate(cfg); err != nil {
+				t.Fatal(err)
+			}
+			r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Transport: transport, Log: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := r.Run(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if len(col.got) != n {
+				t.Fatalf("got %d of %d messages", len(col.got), n)
+			}
+			for i, e := range col.got {
+				if got := binary.BigEndian.Uint64(e.Payload); got != uint64(i) {
+					t.Fatalf("message %d carries number %d: out of order", i, got)
+				}
+			}
+		})
+	}
+}
+
+// TestStampsAreBounded: a message through a chain longer than MaxStamps
+// keeps its source's stamp (latency is measured from it) and the latest
+// ones, not one stamp per stage it passed.
+func TestStampsAreBounded(t *testing.T) {
+	for _, transport := range []string{"nats", "local"} {
+		t.Run(transport, func(t *testing.T) {
+			col := &collector{}
+			const stages = 3 * pipeline.MaxStamps
+			if _, err := runYAML(t, testEnv(t, col), chainOf("stamps", stages, 3), pipeline.Options{Transport: transport}, nil); err != nil {
+				t.Fatal(err)
+			}
+			if len(col.got) != 3 {
+				t.Fatalf("got %d of 3 messages", len(col.got))
+			}
+			for _, e := range col.got {
+				if len(e.Stamps) != pipeline.MaxStamps {
+					t.Fatalf("a message through %d stages carries %d stamps, want %d", stages, len(e.Stamps), pipeline.MaxStamps)
+				}
+				want := []string{"s0"}
+				for i := stages - pipeline.MaxStamps; i < stages-1; i++ {
+					want = append(want, fmt.Sprintf("s%d", i))
+				}
+				var got []string
+				for _, s := range e.Stamps {
+					got = append(got, s.Stage)
+				}
+				if !slices.Equal(got, want) {
+					t.Fatalf("stamps of %v, want %v", got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestStagesShareConnections: the stages of a run share a few NATS
+// connections (one per CPU at most), not one each.
+func TestStagesShareConnections(t *testing.T) {
+	noLeaks(t)
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	col := &collector{}
+	clients := 0
+	_, err = runYAML(t, testEnv(t, col), chainOf("share", 50, 5), pipeline.Options{NATSURL: s.ClientURL()}, func(*pipeline.Runner) {
+		clients = s.NumClients()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := runtime.GOMAXPROCS(0); clients == 0 || clients > want {
+		t.Fatalf("50 stages held %d NATS connections, want 1 to %d", clients, want)
 	}
 }

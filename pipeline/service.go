@@ -20,24 +20,12 @@ func ServiceName(pipeline, stage string) string { return pipeline + "-" + stage 
 // ($SRV.PING/INFO/STATS), its subjects in the metadata, custom stats with
 // the stage's counters, and a "metrics" endpoint that answers them on request.
 func (r *Runner) addService(n *node) (micro.Service, error) {
-	var ins []string
-	for _, in := range n.cfg.Inputs {
-		src := r.cfg.Stage(in.Stage)
-		port, _ := findPort(src.outputs, in.Port)
-		ins = append(ins, Subject(r.cfg.Name, in.Stage, port.Name))
-	}
+	ins := n.inSubjects
 	var outs []string
 	for _, p := range n.ports {
 		outs = append(outs, Subject(r.cfg.Name, n.cfg.Name, p.Name))
 	}
-	stats := func() StageStats {
-		for _, s := range r.metrics.Snapshot() {
-			if s.Name == n.cfg.Name {
-				return s
-			}
-		}
-		return StageStats{}
-	}
+	stats := func() StageStats { return r.metrics.stageStats(n.m) }
 	svc, err := micro.AddService(n.nc, micro.Config{
 		Name:        ServiceName(r.cfg.Name, n.cfg.Name),
 		Version:     ServiceVersion,

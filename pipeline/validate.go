@@ -6,6 +6,15 @@ import (
 	"strings"
 )
 
+// MaxStages is the most stages a pipeline may have. Each stage costs about
+// 60 KB and 14 goroutines in the runner over NATS (its subscriptions and
+// its NATS micro service), more with its own buffers and the frames in
+// flight on its edges: a chain of 10,000 trivial stages took about 1 GB
+// and a few seconds to start, real FFmpeg stages 1.3 to 2 GB. 2,000 keeps
+// a pipeline well under a gigabyte with five times the room a pipeline of
+// 64 cameras of 6 stages needs; split a larger one into several pipelines.
+const MaxStages = 2000
+
 // Validate checks a parsed pipeline against the environment's stage kinds:
 // kinds, params and their types, edges and their media types, cycles, and
 // each kind's own checks (missing files). It reports every problem found,
@@ -14,6 +23,10 @@ func (e *Environment) Validate(c *Config) error {
 	var ps Problems
 	bad := func(p Pos, f string, a ...any) { ps = append(ps, &PosError{Pos: p, Msg: fmt.Sprintf(f, a...)}) }
 
+	if len(c.Stages) > MaxStages {
+		bad(c.Stages[MaxStages].Pos, "stage %q is stage %d of %d: a pipeline holds at most %d stages (split it into several pipelines)",
+			c.Stages[MaxStages].Name, MaxStages+1, len(c.Stages), MaxStages)
+	}
 	byName := map[string]*StageConfig{}
 	for _, s := range c.Stages {
 		if prev, dup := byName[s.Name]; dup {
@@ -154,12 +167,16 @@ func (e *Environment) Validate(c *Config) error {
 // Warnings lists legal but suspicious things in a validated pipeline, such
 // as an output port nothing consumes (its data is dropped).
 func (c *Config) Warnings() []string {
+	byName := make(map[string]*StageConfig, len(c.Stages))
+	for _, s := range c.Stages {
+		byName[s.Name] = s
+	}
 	used := map[string]bool{}
 	for _, s := range c.Stages {
 		for _, in := range s.Inputs {
 			used[in.Stage+"."+in.Port] = true
-			if in.Port == "" && len(c.Stage(in.Stage).outputs) > 0 {
-				used[in.Stage+"."+c.Stage(in.Stage).outputs[0].Name] = true
+			if src := byName[in.Stage]; in.Port == "" && src != nil && len(src.outputs) > 0 {
+				used[in.Stage+"."+src.outputs[0].Name] = true
 			}
 		}
 	}

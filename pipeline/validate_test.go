@@ -2,6 +2,7 @@ package pipeline_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -249,4 +250,31 @@ func sharedMedia(t testing.TB) string {
 		t.Fatalf("test media not found in %s (set AVFLOW_MEDIA): %v", dir, err)
 	}
 	return dir
+}
+
+// TestTooManyStages: a pipeline beyond MaxStages is refused at validation,
+// at the first stage beyond the limit.
+func TestTooManyStages(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(header)
+	for i := range pipeline.MaxStages + 1 {
+		fmt.Fprintf(&b, "  - {name: s%d, kind: source, params: {url: \"lavfi:testsrc2\"}}\n", i)
+	}
+	cfg, err := pipeline.Parse([]byte(b.String()), "big.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = pipeline.Default.Validate(cfg)
+	if !errors.Is(err, pipeline.ErrInvalid) {
+		t.Fatalf("got %v, want a validation error", err)
+	}
+	want := fmt.Sprintf("big.yaml:%d:5: stage \"s%d\" is stage %d of %d: a pipeline holds at most %d stages", pipeline.MaxStages+3, pipeline.MaxStages, pipeline.MaxStages+1, pipeline.MaxStages+1, pipeline.MaxStages)
+	if !strings.Contains(err.Error(), want) {
+		t.Fatalf("error lacks %q:\n%v", want, err)
+	}
+	// The limit itself is allowed.
+	cfg.Stages = cfg.Stages[:pipeline.MaxStages]
+	if err := pipeline.Default.Validate(cfg); err != nil {
+		t.Fatalf("%d stages refused: %v", pipeline.MaxStages, err)
+	}
 }
