@@ -38,7 +38,9 @@ func TestFileRules(t *testing.T) {
 		name  string
 		setup setup
 		// end: "finish" (every packet, then Flush), "abort" (some packets,
-		// then Close), "fail" (Flush with no packet: an error), "none" (Close at once).
+		// then Close), "cancel" (every packet, then Flush as the run is
+		// cancelled), "fail" (Flush with no packet: an error), "none" (Close
+		// at once).
 		end          string
 		wantOut      bool // a complete output at the real name
 		wantOldKept  bool // the older output is still there
@@ -47,12 +49,15 @@ func TestFileRules(t *testing.T) {
 		{name: "finished", end: "finish", wantOut: true},
 		{name: "aborted mid-run", end: "abort"},
 		{name: "failed", end: "fail"},
+		{name: "cancelled while finishing", end: "cancel"},
 		{name: "closed before any packet", end: "none"},
 		{name: "older output replaced when finished", end: "finish", wantOut: true,
 			setup: func(t *testing.T, dir, out string) string { writeFile(t, out, oldContent); return "" }},
 		{name: "older output kept when aborted", end: "abort", wantOldKept: true,
 			setup: func(t *testing.T, dir, out string) string { writeFile(t, out, oldContent); return "" }},
 		{name: "older output kept when failed", end: "fail", wantOldKept: true,
+			setup: func(t *testing.T, dir, out string) string { writeFile(t, out, oldContent); return "" }},
+		{name: "older output kept when cancelled while finishing", end: "cancel", wantOldKept: true,
 			setup: func(t *testing.T, dir, out string) string { writeFile(t, out, oldContent); return "" }},
 		{name: "symlink at the partial name", end: "finish", wantOut: true, setup: symlinkAt("out.mp4.partial"), wantLinkKept: "out.mp4.partial"},
 		{name: "symlink at the partial name, aborted", end: "abort", setup: symlinkAt("out.mp4.partial"), wantLinkKept: "out.mp4.partial"},
@@ -88,14 +93,15 @@ func TestFileRules(t *testing.T) {
 			if target != "" {
 				before, _ = readMaybe(target)
 			}
-			ctx := context.Background()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
 			logs := &syncBuffer{}
 			st, err := newSink(ctx, t, params(t, fmt.Sprintf("path: %q", out)), logs)
 			if err != nil {
 				t.Fatalf("New: %v", err)
 			}
 			switch c.end {
-			case "finish", "abort":
+			case "finish", "abort", "cancel":
 				n := len(pkts)
 				if c.end == "abort" {
 					n = 20
@@ -115,9 +121,15 @@ func TestFileRules(t *testing.T) {
 				if len(planted) == 0 && partials[0] != "out.mp4.partial" {
 					t.Errorf("the output is written as %s, want out.mp4.partial", partials[0])
 				}
-				if c.end == "finish" {
+				switch c.end {
+				case "finish":
 					if _, err := st.(pipeline.Flusher).Flush(ctx); err != nil {
 						t.Fatalf("Flush: %v\n%s", err, logs)
+					}
+				case "cancel":
+					cancel()
+					if _, err := st.(pipeline.Flusher).Flush(ctx); !errors.Is(err, context.Canceled) {
+						t.Fatalf("Flush of a cancelled run: %v, want context.Canceled", err)
 					}
 				}
 			case "fail":

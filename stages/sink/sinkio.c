@@ -15,6 +15,7 @@
 // renamed to final when closed, unless the muxer writes a .tmp of its own.
 typedef struct AvfFile {
     AvfSinkIO *io;
+    AVIOInterruptCB int_cb; // the run's: a stopping run stops long writes too
     int fd;
     char *path;
     char *final; // NULL: path is the file's name
@@ -63,9 +64,15 @@ int avf_sink_io_set_net_opt(AvfSinkIO *io, const char *key, const char *value) {
     return av_dict_set(&io->net_opts, key, value, 0);
 }
 
+static int interrupted(const AvfFile *f) {
+    return f->int_cb.callback && f->int_cb.callback(f->int_cb.opaque);
+}
+
 static int file_write(void *opaque, uint8_t *buf, int size) {
     AvfFile *f = opaque;
     int done = 0;
+    if (interrupted(f))
+        return AVERROR_EXIT;
     while (done < size) {
         ssize_t n = write(f->fd, buf + done, size - done);
         if (n < 0) {
@@ -82,6 +89,8 @@ static int file_write(void *opaque, uint8_t *buf, int size) {
 
 static int file_read(void *opaque, uint8_t *buf, int size) {
     AvfFile *f = opaque;
+    if (interrupted(f))
+        return AVERROR_EXIT;
     for (;;) {
         ssize_t n = read(f->fd, buf, size);
         if (n < 0 && errno == EINTR)
@@ -110,8 +119,8 @@ static void free_file(AvfFile *f) {
     av_free(f);
 }
 
-// wrap_fd makes an AVIOContext of fd (which it owns from then on).
-static int wrap_fd(AvfSinkIO *io, int fd, const char *path, const char *final, int write, AVIOContext **pb) {
+// wrap_fd makes an AVIOContext of fd (which it owns from then on) for s.
+static int wrap_fd(AVFormatContext *s, int fd, const char *path, const char *final, int write, AVIOContext **pb) {
     AvfFile *f = av_mallocz(sizeof(*f));
     uint8_t *buf = av_malloc(AVF_IO_BUF);
     if (f) {
@@ -124,7 +133,8 @@ static int wrap_fd(AvfSinkIO *io, int fd, const char *path, const char *final, i
         close(fd);
         return AVERROR(ENOMEM);
     }
-    f->io = io;
+    f->io = s->opaque;
+    f->int_cb = s->interrupt_callback;
     f->fd = fd;
     *pb = avio_alloc_context(buf, AVF_IO_BUF, write, f, write ? NULL : file_read, write ? file_write : NULL, file_seek);
     if (!*pb) {
@@ -167,10 +177,11 @@ static int create_new(const char *path) {
 // writing is written as <path>.tmp and renamed to path when it is closed
 // complete (a name ending in .tmp is the muxer's own temporary file, which
 // it renames itself).
-static int open_file(AvfSinkIO *io, const char *path, int flags, AVIOContext **pb) {
+static int open_file(AVFormatContext *s, const char *path, int flags, AVIOContext **pb) {
+    AvfSinkIO *io = s->opaque;
     if (!(flags & AVIO_FLAG_WRITE)) {
         int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        return fd < 0 ? AVERROR(errno) : wrap_fd(io, fd, path, NULL, 0, pb);
+        return fd < 0 ? AVERROR(errno) : wrap_fd(s, fd, path, NULL, 0, pb);
     }
     char *tmp = ends_with(path, ".tmp") ? NULL : av_asprintf("%s.tmp", path);
     const char *name = tmp ? tmp : path;
@@ -181,7 +192,7 @@ static int open_file(AvfSinkIO *io, const char *path, int flags, AVIOContext **p
         av_free(tmp);
         return err;
     }
-    int ret = wrap_fd(io, fd, name, tmp ? path : NULL, 1, pb);
+    int ret = wrap_fd(s, fd, name, tmp ? path : NULL, 1, pb);
     av_free(tmp);
     return ret;
 }
@@ -216,11 +227,10 @@ static int open_net(AVFormatContext *s, AvfSinkIO *io, AVIOContext **pb, const c
 }
 
 static int io_open(AVFormatContext *s, AVIOContext **pb, const char *url, int flags, AVDictionary **options) {
-    AvfSinkIO *io = s->opaque;
     const char *path = file_path(url);
     if (path)
-        return open_file(io, path, flags, pb);
-    return open_net(s, io, pb, url, flags, options);
+        return open_file(s, path, flags, pb);
+    return open_net(s, s->opaque, pb, url, flags, options);
 }
 
 // take_net forgets a network pb and returns its URL (to be freed), or NULL.
@@ -289,7 +299,7 @@ int avf_sink_set_url(AVFormatContext *s, const char *url) {
 }
 
 int avf_sink_open_fd(AVFormatContext *s, int fd, const char *path) {
-    return wrap_fd(s->opaque, fd, path, NULL, 1, &s->pb);
+    return wrap_fd(s, fd, path, NULL, 1, &s->pb);
 }
 
 int avf_sink_open_url(AVFormatContext *s, const char *url, AVDictionary **opts) {
