@@ -269,6 +269,10 @@ func TestBadInput(t *testing.T) {
 		noise[i] = byte(i*7919 + i/13)
 	}
 	writeFile(t, random, noise)
+	tone := filepath.Join(dir, "tone.m4a")
+	if out, err := exec.Command(e2e.Tool(t, "ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", tone).CombinedOutput(); err != nil {
+		t.Fatalf("ffmpeg: %v\n%s", err, out)
+	}
 	// A NATS server that hangs up on every client.
 	hangs := listenLoopback(t)
 	serveConns(t, hangs, hangUp)
@@ -294,6 +298,8 @@ stages:
 		{"missing input file", transcode("missing.mp4"), nil, 2, []string{"p.yaml:3:5:", "input file not found", "missing.mp4"}},
 		{"truncated mp4", transcode(truncated), nil, 1, []string{`stage "src"`, "source: input is truncated or corrupt", "truncated.mp4", "partial output removed"}},
 		{"random bytes", transcode(random), nil, 1, []string{`stage "src"`, "source: opening input failed", "random.mp4"}},
+		{"audio-only input", transcode(tone), nil, 1, []string{`stage "src"`, "tone.m4a has no video stream, but stage dec reads src.video"}},
+		{"directory as input", transcode(dir), nil, 2, []string{"input is not a media file", "is a directory"}},
 		{"unsupported codec", strings.Replace(transcode(filepath.Join(media, "car-detection.mp4")), "libx264", "libfoo", 1), nil, 2, []string{`unknown encoder "libfoo"`}},
 		{"unreachable nats", transcode(filepath.Join(media, "car-detection.mp4")), []string{"--nats", fmt.Sprintf("nats://127.0.0.1:%d", portOf(hangs))}, 1, []string{"connecting to NATS at nats://127.0.0.1:", "failed"}},
 		{"bad encoder option", strings.Replace(transcode(filepath.Join(media, "car-detection.mp4")), "preset: ultrafast", "preset: ultrafast, options: {nosuch: 1}", 1), nil, 1, []string{`stage "enc"`, `does not know option "nosuch"`}},

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/accelerators"
@@ -67,7 +68,8 @@ type Decoder struct {
 	tb        astiav.Rational
 	frameRate astiav.Rational
 	codec     string
-	bad       int
+	bad       int          // undecodable packets in a row
+	skipped   atomic.Int64 // undecodable packets in all
 	frames    int64
 	hw        *hardware // nil: decoding on the CPU
 	// CPUFallback reports the CPU when FFmpeg has no hardware path for
@@ -256,6 +258,7 @@ func (d *Decoder) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch,
 		}
 		if err := d.cc.SendPacket(pkt); err != nil && !errors.Is(err, astiav.ErrEagain) {
 			d.bad++
+			d.skipped.Add(1)
 			if d.bad >= maxBadPackets {
 				return out, fmt.Errorf("%w: %d %s packets in a row could not be decoded: %w", ErrDecode, d.bad, d.codec, err)
 			}
@@ -293,6 +296,11 @@ func (d *Decoder) receive(out pipeline.Batch) (pipeline.Batch, error) {
 		out = append(out, codecs.FrameEnvelope(f, d.media, d.tb, d.frameRate))
 		d.frames++
 	}
+}
+
+// Counts are the decoder's own counters, for the run's metrics.
+func (d *Decoder) Counts() map[string]int64 {
+	return map[string]int64{"undecodable_packets": d.skipped.Load()}
 }
 
 // Flush drains the decoder's delayed frames.

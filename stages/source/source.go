@@ -7,8 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/asticode/go-astiav"
@@ -21,24 +24,40 @@ import (
 var (
 	ErrOpen     = errors.New("source: opening input failed")
 	ErrNoInput  = errors.New("source: input file not found")
+	ErrNotFile  = errors.New("source: input is not a media file")
 	ErrNoStream = errors.New("source: input has no usable stream")
 	ErrCorrupt  = errors.New("source: input is truncated or corrupt")
+)
+
+// ioTimeout is how long a network input may send nothing before it fails,
+// unless its options say otherwise.
+const ioTimeout = 10 * time.Second
+
+// What a source does with a damaged packet (on_corrupt).
+const (
+	corruptConceal = "conceal" // pass it on: the decoder hides the damage
+	corruptDrop    = "drop"    // leave it out
+	corruptFail    = "fail"    // stop the run
 )
 
 func init() {
 	astiav.RegisterAllDevices()
 	pipeline.MustRegister(pipeline.Spec{
 		Kind:    "source",
-		Summary: "Demux a file, URL (http, rtsp, rtmp, srt...) or lavfi test source into video and audio packets.",
+		Summary: "Demux a file, FIFO, URL (http, rtsp, rtmp, srt...) or lavfi test source into video and audio packets.",
 		Params: []pipeline.Param{
-			{Name: "url", Type: pipeline.TypeString, Required: true, Doc: "file path (relative to the pipeline file), URL, or lavfi:<graph> such as lavfi:testsrc2=size=1280x720:rate=30"},
-			{Name: "format", Type: pipeline.TypeString, Doc: "force the input format (e.g. lavfi, mpegts); empty probes it"},
-			{Name: "options", Type: pipeline.TypeMap, Doc: "demuxer and protocol options, e.g. {rtsp_transport: tcp}"},
+			{Name: "url", Type: pipeline.TypeString, Required: true, Doc: "file path (relative to the pipeline file), URL, or lavfi:<graph> such as lavfi:testsrc2=size=1280x720:rate=30; a FIFO (named pipe) is read as a stream, waiting for its writer"},
+			{Name: "format", Type: pipeline.TypeString, Doc: "force the input format (e.g. lavfi, mpegts, v4l2 for a camera device); empty probes it"},
+			{Name: "options", Type: pipeline.TypeMap, Doc: "demuxer and protocol options, e.g. {rtsp_transport: tcp}. A network input fails after " + ioTimeout.String() +
+				" without data: rw_timeout: " + micros(ioTimeout) + " (microseconds) is set for http(s), rtmp, tcp, tls and other protocols, timeout: " + micros(ioTimeout) +
+				" for rtsp, srt and rist; set the same option here to change it (0: wait for ever). udp and rtp inputs wait for a sender"},
 			{Name: "realtime", Type: pipeline.TypeBool, Default: false, Doc: "pace packets at the media's own rate (live simulation)"},
 			{Name: "loop", Type: pipeline.TypeBool, Default: false, Doc: "start again at the end, with continuous timestamps"},
 			{Name: "max_frames", Type: pipeline.TypeInt, Default: 0, Doc: "stop after this many video packets (0: no limit)"},
-			{Name: "video", Type: pipeline.TypeBool, Default: true, Doc: "read the first video stream"},
-			{Name: "audio", Type: pipeline.TypeBool, Default: true, Doc: "read the first audio stream"},
+			{Name: "video", Type: pipeline.TypeBool, Default: true, Doc: "read the first video stream (when a stage reads the video port)"},
+			{Name: "audio", Type: pipeline.TypeBool, Default: true, Doc: "read the first audio stream (when a stage reads the audio port)"},
+			{Name: "on_corrupt", Type: pipeline.TypeString, Default: corruptConceal, Enum: []string{corruptConceal, corruptDrop, corruptFail},
+				Doc: "a damaged packet (a lost or broken TS packet): conceal passes it to the decoder, which hides the damage as the ffmpeg CLI does; drop leaves it out; fail stops the run. Each is logged and counted"},
 		},
 		MinInputs: 0, MaxInputs: 0,
 		Ports: func(p pipeline.Params, _ []pipeline.PortType) ([]pipeline.Port, error) {
@@ -48,12 +67,12 @@ func init() {
 			}, nil
 		},
 		Check: func(p pipeline.Params, dir string) error {
+			if p.Int("max_frames") < 0 {
+				return fmt.Errorf("source: max_frames is %d: want 0 (no limit) or more", p.Int("max_frames"))
+			}
 			url, format := p.String("url"), p.String("format")
 			if isLocalFile(url, format) {
-				path := pipeline.ResolvePath(dir, url)
-				if _, err := os.Stat(path); err != nil {
-					return fmt.Errorf("%w: %s", ErrNoInput, path)
-				}
+				return checkLocal(pipeline.ResolvePath(dir, url))
 			}
 			return nil
 		},
@@ -61,8 +80,86 @@ func init() {
 	})
 }
 
+func micros(d time.Duration) string { return strconv.FormatInt(d.Microseconds(), 10) }
+
+// isLocalFile says whether url names a file the source resolves against
+// the pipeline's folder (no URL scheme, no lavfi graph, no forced format).
 func isLocalFile(url, format string) bool {
 	return format == "" && !strings.HasPrefix(url, "lavfi:") && !strings.Contains(url, "://")
+}
+
+// checkLocal checks a local input before the run: it exists, and is a
+// file or a FIFO. Devices and sockets are read with a format (v4l2...).
+func checkLocal(path string) error {
+	fi, err := os.Stat(path)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: %s", ErrNoInput, path)
+	case fi.IsDir():
+		return fmt.Errorf("%w: %s is a directory", ErrNotFile, path)
+	case fi.Mode().IsRegular() || fi.Mode()&fs.ModeNamedPipe != 0:
+		return nil
+	}
+	return fmt.Errorf("%w: %s is a %s: name its format (e.g. format: v4l2 for a camera) to read a device", ErrNotFile, path, fileKind(fi.Mode()))
+}
+
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeCharDevice != 0:
+		return "character device"
+	case m&fs.ModeDevice != 0:
+		return "block device"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	}
+	return "special file"
+}
+
+// resolve turns the url and format params into what FFmpeg opens.
+func resolve(in pipeline.Init) (url, format string) {
+	url, format = in.Params.String("url"), in.Params.String("format")
+	switch {
+	case strings.HasPrefix(url, "lavfi:"):
+		return strings.TrimPrefix(url, "lavfi:"), "lavfi"
+	case isLocalFile(url, format):
+		return in.Path(url), format
+	}
+	return url, format
+}
+
+// scheme is a URL's protocol, lower case ("" for a path or a lavfi graph).
+func scheme(url string) string {
+	i := strings.Index(url, "://")
+	if i <= 0 {
+		return ""
+	}
+	return strings.ToLower(url[:i])
+}
+
+// timeoutOption is the option that bounds how long a protocol waits for
+// data, "" for those that have none to set: files, and udp and rtp, which
+// wait for a sender (rtmp's own timeout would make it listen).
+func timeoutOption(url string) string {
+	switch scheme(url) {
+	case "", "file", "pipe", "udp", "udplite", "rtp":
+		return ""
+	case "rtsp", "rtsps", "srt", "rist":
+		return "timeout"
+	}
+	return "rw_timeout"
+}
+
+// openOptions are the options FFmpeg opens url with: the default I/O
+// timeout of its protocol, then the user's options, which win.
+func openOptions(url string, user map[string]string) map[string]string {
+	opts := map[string]string{}
+	if k := timeoutOption(url); k != "" {
+		opts[k] = micros(ioTimeout)
+	}
+	for k, v := range user {
+		opts[k] = v
+	}
+	return opts
 }
 
 type stream struct {
@@ -80,91 +177,52 @@ type stream struct {
 }
 
 type Source struct {
-	in       pipeline.Init
-	url      string
-	fc       *astiav.FormatContext
-	intr     astiav.IOInterrupter
-	streams  map[int]*stream
-	pkt      *astiav.Packet
-	realtime bool
-	loop     bool
-	max      int
-	vcount   int
-	total    int64
-	declared int64 // video packets the container's index announces (0: unknown)
-	start    time.Time
-	stopIntr func() bool
-	eof      bool
+	in        pipeline.Init
+	url       string // what FFmpeg opens
+	display   string // url for logs and errors, credentials hidden
+	fc        *astiav.FormatContext
+	intr      astiav.IOInterrupter
+	fifo      *fifo // the input is a FIFO read through avflow's own I/O
+	streams   map[int]*stream
+	pkt       *astiav.Packet
+	realtime  bool
+	loop      bool
+	max       int
+	onCorrupt string
+	vcount    int
+	total     int64
+	declared  int64 // video packets the container's index announces (0: unknown)
+	start     time.Time
+	stops     []func() bool // context.AfterFunc registrations, undone by Close
+	reading   bool
+	eof       bool
+	corrupt   atomic.Int64 // damaged packets met
+	warned    time.Time    // last damaged-packet warning
 }
 
-// New opens the input.
+// New opens the input. ctx (the run's) interrupts the opening: a server
+// that never answers, a FIFO nobody writes to.
 func New(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
 	s := &Source{in: in, streams: map[int]*stream{}, realtime: in.Params.Bool("realtime"),
-		loop: in.Params.Bool("loop"), max: in.Params.Int("max_frames")}
-	url, format := in.Params.String("url"), in.Params.String("format")
-	var ifmt *astiav.InputFormat
-	if strings.HasPrefix(url, "lavfi:") {
-		url, format = strings.TrimPrefix(url, "lavfi:"), "lavfi"
-	} else if isLocalFile(url, format) {
-		url = in.Path(url)
+		loop: in.Params.Bool("loop"), max: in.Params.Int("max_frames"), onCorrupt: in.Params.String("on_corrupt")}
+	if s.onCorrupt == "" {
+		s.onCorrupt = corruptConceal
 	}
-	s.url = url
+	url, format := resolve(in)
+	s.url, s.display = url, pipeline.RedactURL(url)
+	var ifmt *astiav.InputFormat
 	if format != "" {
 		if ifmt = astiav.FindInputFormat(format); ifmt == nil {
-			return nil, fmt.Errorf("%w: %s: unknown input format %q", ErrOpen, url, format)
+			return nil, fmt.Errorf("%w: %s: unknown input format %q", ErrOpen, s.display, format)
 		}
 	}
-	d := astiav.NewDictionary()
-	defer d.Free()
-	for k, v := range in.Params.Map("options") {
-		if err := d.Set(k, v, 0); err != nil {
-			return nil, fmt.Errorf("%w: option %s: %w", ErrOpen, k, err)
-		}
-	}
-	s.fc = astiav.AllocFormatContext()
-	if s.fc == nil {
-		return nil, fmt.Errorf("%w: allocating format context", ErrOpen)
-	}
-	s.intr = s.fc.SetInterruptCallback()
-	if err := s.fc.OpenInput(url, ifmt, d); err != nil {
-		s.fc.Free()
-		s.fc = nil
-		return nil, fmt.Errorf("%w: %s: %w", ErrOpen, url, err)
-	}
-	if err := s.fc.FindStreamInfo(nil); err != nil {
+	if err := s.open(ctx, ifmt, openOptions(url, in.Params.Map("options"))); err != nil {
 		s.Close()
-		return nil, fmt.Errorf("%w: %s: reading stream info: %w", ErrOpen, url, err)
+		return nil, err
 	}
-	wantVideo, wantAudio := in.Params.Bool("video"), in.Params.Bool("audio")
-	for _, st := range s.fc.Streams() {
-		cp := st.CodecParameters()
-		media := codecs.MediaOf(cp.MediaType())
-		switch {
-		case media == envelope.MediaVideo && wantVideo && !s.has(media):
-			fr := st.AvgFrameRate()
-			if fr.Num() == 0 {
-				fr = st.RFrameRate()
-			}
-			s.streams[st.Index()] = &stream{index: st.Index(), media: media, port: "video", tb: st.TimeBase(), params: codecs.Params(cp, fr)}
-			if n := st.NbFrames(); n > 0 {
-				s.total, s.declared = n, n
-			} else if d := s.fc.Duration(); d > 0 && fr.Num() > 0 {
-				s.total = int64(float64(d) / 1e6 * fr.Float64())
-			}
-		case media == envelope.MediaAudio && wantAudio && !s.has(media):
-			s.streams[st.Index()] = &stream{index: st.Index(), media: media, port: "audio", tb: st.TimeBase(), params: codecs.Params(cp, astiav.NewRational(0, 1))}
-		}
-	}
-	if len(s.streams) == 0 {
+	if err := s.selectStreams(); err != nil {
 		s.Close()
-		return nil, fmt.Errorf("%w: %s has no video or audio stream", ErrNoStream, url)
-	}
-	for _, st := range s.streams {
-		in.Log.Info("input stream", "url", url, "port", st.port, "codec", st.params.Codec, "width", st.params.Width, "height", st.params.Height,
-			"sample_rate", st.params.SampleRate, "time_base", st.tb.String())
-	}
-	if !s.has(envelope.MediaAudio) && wantAudio {
-		in.Log.Info("input has no audio stream: the audio port ends at once", "url", url)
+		return nil, err
 	}
 	if s.loop || format == "lavfi" {
 		s.total = 0
@@ -174,6 +232,169 @@ func New(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
 	}
 	s.pkt = astiav.AllocPacket()
 	return s, nil
+}
+
+// open opens the input and reads its stream info, interruptibly.
+func (s *Source) open(ctx context.Context, ifmt *astiav.InputFormat, opts map[string]string) error {
+	d := astiav.NewDictionary()
+	defer d.Free()
+	for k, v := range opts {
+		if err := d.Set(k, v, 0); err != nil {
+			return fmt.Errorf("%w: option %s: %w", ErrOpen, k, err)
+		}
+	}
+	s.fc = astiav.AllocFormatContext()
+	if s.fc == nil {
+		return fmt.Errorf("%w: allocating format context", ErrOpen)
+	}
+	s.intr = s.fc.SetInterruptCallback()
+	if isFIFO(s.url) {
+		f, err := openFIFO(s.url)
+		if err != nil {
+			return fmt.Errorf("%w: %s: %w", ErrOpen, s.display, err)
+		}
+		s.fifo = f
+		s.fc.SetPb(f.pb)
+		s.in.Log.Info("input is a FIFO: reading it as a stream once its writer sends data", "path", s.display)
+	}
+	s.stopOn(ctx)
+	if err := s.fc.OpenInput(s.url, ifmt, d); err != nil {
+		// avformat_open_input freed the context.
+		s.fc = nil
+		return s.openError(ctx, "", err, opts)
+	}
+	if err := s.fc.FindStreamInfo(nil); err != nil {
+		return s.openError(ctx, "reading stream info: ", err, opts)
+	}
+	return nil
+}
+
+// stopOn interrupts the input's I/O when ctx ends.
+func (s *Source) stopOn(ctx context.Context) {
+	intr, f := s.intr, s.fifo
+	s.stops = append(s.stops, context.AfterFunc(ctx, func() {
+		intr.Interrupt()
+		if f != nil {
+			f.interrupt()
+		}
+	}))
+}
+
+// openError says why opening failed: stopped, timed out, or FFmpeg's reason.
+func (s *Source) openError(ctx context.Context, what string, err error, opts map[string]string) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: %s: %sstopped: %w", ErrOpen, s.display, what, context.Cause(ctx))
+	}
+	if k := timeoutOption(s.url); k != "" && errors.Is(err, astiav.ErrEtimedout) {
+		return fmt.Errorf("%w: %s: %snothing received for %s (options: {%s: %s} sets the limit in microseconds): %w", ErrOpen, s.display, what, timeoutText(opts[k]), k, opts[k], err)
+	}
+	return fmt.Errorf("%w: %s: %s%w", ErrOpen, s.display, what, err)
+}
+
+// timeoutText shows a timeout option's microseconds as a duration.
+func timeoutText(us string) string {
+	n, err := strconv.ParseInt(us, 10, 64)
+	if err != nil {
+		return us + "µs"
+	}
+	return (time.Duration(n) * time.Microsecond).String()
+}
+
+// selectStreams picks the first video and audio streams the pipeline
+// reads, and says at once when a stream a stage reads is missing.
+func (s *Source) selectStreams() error {
+	for _, st := range s.fc.Streams() {
+		cp := st.CodecParameters()
+		media := codecs.MediaOf(cp.MediaType())
+		if (media != envelope.MediaVideo && media != envelope.MediaAudio) || s.has(media) {
+			continue
+		}
+		port := portOf(media)
+		if !s.read(port) {
+			continue
+		}
+		fr := astiav.NewRational(0, 1)
+		if media == envelope.MediaVideo {
+			if fr = st.AvgFrameRate(); fr.Num() == 0 {
+				fr = st.RFrameRate()
+			}
+			if n := st.NbFrames(); n > 0 {
+				s.total, s.declared = n, n
+			} else if d := s.fc.Duration(); d > 0 && fr.Num() > 0 {
+				s.total = int64(float64(d) / 1e6 * fr.Float64())
+			}
+		}
+		s.streams[st.Index()] = &stream{index: st.Index(), media: media, port: port, tb: st.TimeBase(), params: codecs.Params(cp, fr)}
+	}
+	if err := s.checkPorts(); err != nil {
+		return err
+	}
+	if len(s.streams) == 0 {
+		return fmt.Errorf("%w: %s has no video or audio stream", ErrNoStream, s.display)
+	}
+	for _, st := range s.streams {
+		s.in.Log.Info("input stream", "url", s.display, "port", st.port, "codec", st.params.Codec, "width", st.params.Width, "height", st.params.Height,
+			"sample_rate", st.params.SampleRate, "time_base", st.tb.String())
+	}
+	return nil
+}
+
+func portOf(m envelope.Media) string {
+	if m == envelope.MediaVideo {
+		return "video"
+	}
+	return "audio"
+}
+
+// readers are the stages that read a port; nil when the runner does not
+// say (every port is read then).
+func (s *Source) readers(port string) []string {
+	if s.in.Consumers == nil {
+		return nil
+	}
+	return s.in.Consumers[port]
+}
+
+// read says whether the source reads a port's stream: the video or audio
+// param allows it, and a stage reads the port (when the runner says who
+// reads what: over NATS an outside client may read a port no stage
+// reads, but the runner then names no reader for any port).
+func (s *Source) read(port string) bool {
+	return s.in.Params.Bool(port) && (s.in.Consumers == nil || len(s.in.Consumers[port]) > 0)
+}
+
+// checkPorts says what happens to each port whose stream is not read: a
+// video stream a stage reads must be there; a missing audio stream ends
+// its port at once; a stream no stage reads is left alone.
+func (s *Source) checkPorts() error {
+	for _, media := range []envelope.Media{envelope.MediaVideo, envelope.MediaAudio} {
+		port := portOf(media)
+		asked := s.in.Params.Bool(port)
+		readers := s.readers(port)
+		who := strings.Join(readers, ", ")
+		switch {
+		case s.has(media):
+		case len(readers) > 0 && !asked:
+			return fmt.Errorf("%w: %s is false, but stage %s reads %s.%s", ErrNoStream, port, who, s.in.Name, port)
+		case len(readers) > 0 && media == envelope.MediaVideo:
+			return fmt.Errorf("%w: %s has no video stream, but stage %s reads %s.video", ErrNoStream, s.display, who, s.in.Name)
+		case len(readers) > 0 || (asked && s.in.Consumers == nil):
+			s.in.Log.Info("input has no "+port+" stream: the "+port+" port ends at once", "url", s.display, "readers", who)
+		case asked && s.streamOf(media):
+			s.in.Log.Info("the input's "+port+" stream is not read: no stage reads "+s.in.Name+"."+port, "url", s.display)
+		}
+	}
+	return nil
+}
+
+// streamOf says whether the input has a stream of this media at all.
+func (s *Source) streamOf(m envelope.Media) bool {
+	for _, st := range s.fc.Streams() {
+		if codecs.MediaOf(st.CodecParameters().MediaType()) == m {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Source) has(m envelope.Media) bool {
@@ -188,10 +409,12 @@ func (s *Source) has(m envelope.Media) bool {
 // TotalFrames is the expected number of video packets (0: unknown or endless).
 func (s *Source) TotalFrames() int64 { return s.total }
 
-// Process reads the next packet of a selected stream.
+// Process reads the next packet of a selected stream. ctx (the source's:
+// Drain ends it) interrupts a read that waits for data.
 func (s *Source) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch, error) {
-	if s.stopIntr == nil {
-		s.stopIntr = context.AfterFunc(ctx, s.intr.Interrupt)
+	if !s.reading {
+		s.reading = true
+		s.stopOn(ctx)
 		s.start = time.Now()
 	}
 	if s.eof || (s.max > 0 && s.vcount >= s.max) {
@@ -203,62 +426,109 @@ func (s *Source) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch,
 				if s.loop && s.rewind() == nil {
 					continue
 				}
-				s.eof = true
-				// A container whose index announces more frames than it holds was cut short.
-				if s.max == 0 && s.declared > 0 && float64(s.vcount) < 0.99*float64(s.declared) {
-					return nil, fmt.Errorf("%w: %s ended after %d of the %d video frames its index announces", ErrCorrupt, s.url, s.vcount, s.declared)
-				}
-				return nil, io.EOF
+				return nil, s.ended()
 			}
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			return nil, fmt.Errorf("source: reading %s failed: %w", s.url, err)
+			return nil, fmt.Errorf("source: reading %s failed: %w", s.display, err)
 		}
 		st, ok := s.streams[s.pkt.StreamIndex()]
 		if !ok {
 			s.pkt.Unref()
 			continue
 		}
-		if s.pkt.Flags().Has(astiav.PacketFlagCorrupt) && !s.in.Live {
-			s.pkt.Unref()
-			return nil, fmt.Errorf("%w: %s: %s packet %d is damaged (the file may be cut short)", ErrCorrupt, s.url, st.port, s.vcount)
-		}
-		p := astiav.AllocPacket()
-		p.MoveRef(s.pkt)
-		if st.offset != 0 {
-			if p.Pts() != astiav.NoPtsValue {
-				p.SetPts(p.Pts() + st.offset)
-			}
-			if p.Dts() != astiav.NoPtsValue {
-				p.SetDts(p.Dts() + st.offset)
-			}
-		}
-		if ts := p.Pts(); ts != astiav.NoPtsValue {
-			if st.offset == 0 && (!st.seenPTS || ts < st.firstPTS) {
-				st.firstPTS, st.seenPTS = ts, true
-			}
-			st.maxEnd = max(st.maxEnd, ts+p.Duration())
-		}
-		if p.Dts() != astiav.NoPtsValue {
-			if !st.started {
-				st.firstDTS, st.started = p.Dts(), true
-			}
-			st.maxEnd = max(st.maxEnd, p.Dts()+p.Duration())
-			if s.realtime {
-				if err := s.pace(ctx, st, p.Dts()); err != nil {
-					p.Free()
+		if s.pkt.Flags().Has(astiav.PacketFlagCorrupt) {
+			if err := s.damaged(st); err != nil || s.onCorrupt == corruptDrop {
+				s.pkt.Unref()
+				if err != nil {
 					return nil, err
 				}
+				continue
 			}
 		}
-		e := codecs.PacketEnvelope(p, st.media, st.params, st.tb)
-		e.Port = st.port
-		if st.media == envelope.MediaVideo {
-			s.vcount++
+		e, err := s.emit(ctx, st)
+		if err != nil {
+			return nil, err
 		}
 		return pipeline.Batch{e}, nil
 	}
+}
+
+// ended is the end of the input: io.EOF, or ErrCorrupt for a container
+// whose index announces more frames than it holds (it was cut short).
+func (s *Source) ended() error {
+	s.eof = true
+	if n := s.corrupt.Load(); n > 0 {
+		s.in.Log.Warn("input ended; it had damaged packets", "url", s.display, "damaged", n, "on_corrupt", s.onCorrupt)
+	}
+	if s.max == 0 && s.declared > 0 && float64(s.vcount) < 0.99*float64(s.declared) {
+		return fmt.Errorf("%w: %s ended after %d of the %d video frames its index announces", ErrCorrupt, s.display, s.vcount, s.declared)
+	}
+	return io.EOF
+}
+
+// damaged counts a packet the demuxer flagged as damaged (a lost TS
+// packet, a short read) and says so; with on_corrupt: fail it is the end.
+func (s *Source) damaged(st *stream) error {
+	n := s.corrupt.Add(1)
+	if s.onCorrupt == corruptFail {
+		return fmt.Errorf("%w: %s: %s packet %d is damaged (on_corrupt: fail)", ErrCorrupt, s.display, st.port, s.vcount)
+	}
+	// One warning, then one every few seconds, not one per packet.
+	if n == 1 || time.Since(s.warned) > 5*time.Second {
+		s.warned = time.Now()
+		what := "passed to the decoder, which conceals the damage"
+		if s.onCorrupt == corruptDrop {
+			what = "dropped"
+		}
+		s.in.Log.Warn("damaged packet "+what, "url", s.display, "port", st.port, "pts", s.pkt.Pts(), "damaged", n, "on_corrupt", s.onCorrupt)
+	}
+	return nil
+}
+
+// Counts are the source's own counters, for the run's metrics.
+func (s *Source) Counts() map[string]int64 {
+	return map[string]int64{"corrupt_packets": s.corrupt.Load()}
+}
+
+// emit turns the packet read into an envelope: timestamps moved on after a
+// loop, paced in real time when asked.
+func (s *Source) emit(ctx context.Context, st *stream) (*envelope.Envelope, error) {
+	p := astiav.AllocPacket()
+	p.MoveRef(s.pkt)
+	if st.offset != 0 {
+		if p.Pts() != astiav.NoPtsValue {
+			p.SetPts(p.Pts() + st.offset)
+		}
+		if p.Dts() != astiav.NoPtsValue {
+			p.SetDts(p.Dts() + st.offset)
+		}
+	}
+	if ts := p.Pts(); ts != astiav.NoPtsValue {
+		if st.offset == 0 && (!st.seenPTS || ts < st.firstPTS) {
+			st.firstPTS, st.seenPTS = ts, true
+		}
+		st.maxEnd = max(st.maxEnd, ts+p.Duration())
+	}
+	if p.Dts() != astiav.NoPtsValue {
+		if !st.started {
+			st.firstDTS, st.started = p.Dts(), true
+		}
+		st.maxEnd = max(st.maxEnd, p.Dts()+p.Duration())
+		if s.realtime {
+			if err := s.pace(ctx, st, p.Dts()); err != nil {
+				p.Free()
+				return nil, err
+			}
+		}
+	}
+	e := codecs.PacketEnvelope(p, st.media, st.params, st.tb)
+	e.Port = st.port
+	if st.media == envelope.MediaVideo {
+		s.vcount++
+	}
+	return e, nil
 }
 
 // pace sleeps until the packet's media time has come on the wall clock.
@@ -290,9 +560,10 @@ func (s *Source) rewind() error {
 
 // Close releases the input.
 func (s *Source) Close() error {
-	if s.stopIntr != nil {
-		s.stopIntr()
+	for _, stop := range s.stops {
+		stop()
 	}
+	s.stops = nil
 	if s.pkt != nil {
 		s.pkt.Free()
 		s.pkt = nil
@@ -301,6 +572,10 @@ func (s *Source) Close() error {
 		s.fc.CloseInput()
 		s.fc.Free()
 		s.fc = nil
+	}
+	if s.fifo != nil {
+		s.fifo.close()
+		s.fifo = nil
 	}
 	return nil
 }
