@@ -308,6 +308,10 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 		return fmt.Errorf("%w: allocating %s", ErrOpen, enc.codec.Name())
 	}
 	enc.cc = cc
+	for _, g := range enc.conv { // from a hardware encoder that did not open
+		g.Close()
+	}
+	enc.conv = nil
 	var convSpec string
 	switch enc.media {
 	case envelope.MediaVideo:
