@@ -39,7 +39,8 @@ func init() {
 			{Name: "tune", Type: pipeline.TypeString, Doc: "encoder tune (x264: film, zerolatency, ...)"},
 			{Name: "crf", Type: pipeline.TypeInt, Doc: "constant quality (x264/x265 0-51, vp9/av1 0-63); unset: encoder default"},
 			{Name: "bitrate", Type: pipeline.TypeString, Doc: `target bitrate, e.g. "3M" or "128k"`},
-			{Name: "gop", Type: pipeline.TypeInt, Default: 0, Doc: "keyframe interval in frames (0: encoder default)"},
+			{Name: "gop", Type: pipeline.TypeInt, Default: 0, Doc: "keyframe interval in frames (0: encoder default); see gop_duration for keyframes by time"},
+			{Name: "gop_duration", Type: pipeline.TypeDuration, Doc: "video: force a keyframe at the first frame whose time reaches each multiple of this interval after the first frame (like ffmpeg -force_key_frames expr:gte(t,n_forced*2)), so HLS segments keep their length when frames are dropped; default: 2s in live runs (flow: drop-oldest; the sink's default hls_time), off for files; 0s: off"},
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "encoder threads (0: encoder default)"},
 			{Name: "pixel_format", Type: pipeline.TypeString, Doc: "convert frames to this pixel format first (default: keep, or the encoder's first)"},
 			{Name: "sample_rate", Type: pipeline.TypeInt, Default: 0, Doc: "audio: resample to this rate (0: keep)"},
@@ -48,6 +49,7 @@ func init() {
 		},
 		MinInputs: 1, MaxInputs: 1,
 		Ports:        ports,
+		Check:        checkParams,
 		New:          New,
 		Accelerators: []accelerators.Kind{accelerators.CPU, accelerators.GPU},
 		AcceleratorsFor: func(in []pipeline.PortType) []accelerators.Kind {
@@ -140,6 +142,7 @@ type Encoder struct {
 	target  astiav.PixelFormat
 	resize  *codecs.Graph
 	changed bool
+	keys    *keyClock // keyframes by time (nil: by the encoder's GOP)
 	pkt     *astiav.Packet
 	media   envelope.Media
 	tb      astiav.Rational
@@ -305,6 +308,10 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 		return fmt.Errorf("%w: allocating %s", ErrOpen, enc.codec.Name())
 	}
 	enc.cc = cc
+	for _, g := range enc.conv { // from a hardware encoder that did not open
+		g.Close()
+	}
+	enc.conv = nil
 	var convSpec string
 	switch enc.media {
 	case envelope.MediaVideo:
@@ -347,6 +354,10 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 		}
 		if g := p.Int("gop"); g > 0 {
 			cc.SetGopSize(g)
+		}
+		enc.keys = nil
+		if d := keyInterval(enc.in); d > 0 {
+			enc.keys = newKeyClock(d, enc.tb)
 		}
 	case envelope.MediaAudio:
 		sf := f.SampleFormat()
@@ -394,6 +405,11 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 	if dropped := hardwareOptions(opts, enc.codec.Name(), enc.in.Device.ID); len(dropped) > 0 {
 		enc.in.Log.Warn("software-encoder options dropped for the hardware encoder", "encoder", enc.codec.Name(), "options", strings.Join(dropped, " "))
 	}
+	if o := forcedIDR(enc.codec.Name()); o != "" && enc.keys != nil {
+		if _, set := opts[o]; !set {
+			opts[o] = "1"
+		}
+	}
 	for k, v := range opts {
 		if err := d.Set(k, v, 0); err != nil {
 			return fmt.Errorf("%w: option %s=%s: %w", ErrOpen, k, v, err)
@@ -428,8 +444,16 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 		rate = codecs.AVRat(e.Video.FrameRate)
 	}
 	enc.params = codecs.Params(cp, rate)
-	enc.in.Log.Info("encoder opened", "codec", enc.codec.Name(), "width", cc.Width(), "height", cc.Height(),
-		"pixel_format", cc.PixelFormat().Name(), "sample_rate", cc.SampleRate(), "convert", convSpec, "input", enc.input.String())
+	attrs := []any{"codec", enc.codec.Name(), "width", cc.Width(), "height", cc.Height(),
+		"pixel_format", cc.PixelFormat().Name(), "sample_rate", cc.SampleRate(), "convert", convSpec, "input", enc.input.String()}
+	if enc.media == envelope.MediaVideo {
+		keys := "by frame count (gop)"
+		if enc.keys != nil {
+			keys = "every " + keyInterval(enc.in).String()
+		}
+		attrs = append(attrs, "keyframes", keys)
+	}
+	enc.in.Log.Info("encoder opened", attrs...)
 	return nil
 }
 
@@ -590,7 +614,11 @@ func release(es []*envelope.Envelope) {
 
 func (enc *Encoder) encode(out pipeline.Batch, f *astiav.Frame) (pipeline.Batch, error) {
 	if f != nil {
-		f.SetPictureType(astiav.PictureTypeNone)
+		pt := astiav.PictureTypeNone
+		if enc.keys != nil && enc.keys.due(f.Pts()) {
+			pt = astiav.PictureTypeI
+		}
+		f.SetPictureType(pt)
 		if enc.input == inputUpload || (enc.input == inputDevice && !codecs.IsHardwarePixelFormat(f.PixelFormat())) {
 			if err := codecs.Upload(enc.cc, enc.up, f); err != nil {
 				return out, fmt.Errorf("%w: %s: %w", ErrEncode, enc.codec.Name(), err)
