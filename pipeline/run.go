@@ -322,9 +322,12 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		wg.Add(1)
 		go func(n *node) {
 			defer wg.Done()
-			if err := r.runNode(ctx, n); err != nil && !errors.Is(err, context.Canceled) {
+			err := r.runNode(ctx, n)
+			// A stage's own "canceled" while the run goes on is a failure too.
+			if err != nil && (ctx.Err() == nil || !errors.Is(err, context.Canceled)) {
 				r.fail(fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err))
 			}
+			n.ended()
 		}(n)
 	}
 	wg.Wait()
@@ -383,10 +386,10 @@ func (r *Runner) wire(ctx context.Context, nodes []*node, byName map[string]*nod
 		for _, p := range n.ports {
 			cs := consumers[n.cfg.Name+"."+p.Name]
 			if n.nc == nil {
-				n.pubs[p.Name] = &localPublisher{consumers: cs}
+				n.pubs[p.Name] = &localPublisher{port: n.cfg.Name + "." + p.Name, consumers: cs, log: n.log, gone: map[string]bool{}}
 				continue
 			}
-			pub, err := newNATSPublisher(n.nc, Subject(r.cfg.Name, n.cfg.Name, p.Name), cs, r.edgeFlow(p.Type), r.cfg.Queue)
+			pub, err := newNATSPublisher(n.nc, Subject(r.cfg.Name, n.cfg.Name, p.Name), cs, r.edgeFlow(p.Type), r.cfg.Queue, n.log)
 			if err != nil {
 				return err
 			}
@@ -412,6 +415,18 @@ func (r *Runner) natsError(sub *nats.Subscription, err error) {
 		}
 	}
 	r.fail(err)
+}
+
+// ended tells the node's producers that it takes nothing more (after its
+// error, if it failed, is recorded): they stop waiting for its room or its
+// credits, and what they still send it is dropped.
+func (n *node) ended() {
+	if n.q != nil {
+		n.q.close()
+	}
+	for _, s := range n.subs {
+		s.ended()
+	}
 }
 
 // closeTransport ends the node's subscriptions and publishers and releases

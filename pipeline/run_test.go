@@ -61,7 +61,9 @@ type relay struct {
 	delay  time.Duration
 	jitter time.Duration // extra random delay per call, so replicas finish out of order
 	failAt int
+	quitAt int // return an error wrapping context.Canceled (its own, not the run's)
 	seen   int
+	hold   <-chan struct{} // when set, the first call waits until it is closed
 }
 
 var errBoom = errors.New("boom")
@@ -70,6 +72,16 @@ func (r *relay) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch,
 	r.seen++
 	if r.failAt > 0 && r.seen == r.failAt {
 		return nil, errBoom
+	}
+	if r.quitAt > 0 && r.seen == r.quitAt {
+		return nil, fmt.Errorf("gave up: %w", context.Canceled)
+	}
+	if r.hold != nil && r.seen == 1 {
+		select {
+		case <-r.hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	d := r.delay
 	if r.jitter > 0 {
@@ -114,6 +126,10 @@ var (
 	relays   []*relay
 )
 
+// holdRelays holds the relays made with hold: true in their first call
+// until a test closes it (set before the run).
+var holdRelays <-chan struct{}
+
 func testEnv(t testing.TB, col *collector) *pipeline.Environment {
 	env := pipeline.NewEnvironment()
 	must := func(err error) {
@@ -140,13 +156,18 @@ func testEnv(t testing.TB, col *collector) *pipeline.Environment {
 		Params: []pipeline.Param{
 			{Name: "delay", Type: pipeline.TypeDuration, Default: "0s"},
 			{Name: "fail_at", Type: pipeline.TypeInt, Default: 0},
+			{Name: "quit_at", Type: pipeline.TypeInt, Default: 0},
 			{Name: "jitter", Type: pipeline.TypeDuration, Default: "0s"},
+			{Name: "hold", Type: pipeline.TypeBool, Default: false},
 		},
 		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
 			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 		},
 		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
-			r := &relay{delay: in.Params.Duration("delay"), jitter: in.Params.Duration("jitter"), failAt: in.Params.Int("fail_at")}
+			r := &relay{delay: in.Params.Duration("delay"), jitter: in.Params.Duration("jitter"), failAt: in.Params.Int("fail_at"), quitAt: in.Params.Int("quit_at")}
+			if in.Params.Bool("hold") {
+				r.hold = holdRelays
+			}
 			relaysMu.Lock()
 			relays = append(relays, r)
 			relaysMu.Unlock()
@@ -164,6 +185,13 @@ func testEnv(t testing.TB, col *collector) *pipeline.Environment {
 
 func runYAML(t *testing.T, env *pipeline.Environment, yaml string, opts pipeline.Options, during func(*pipeline.Runner)) (*pipeline.Runner, error) {
 	t.Helper()
+	return runWithin(t, time.Minute, env, yaml, opts, during)
+}
+
+// runWithin is runYAML that fails the test when the run has not ended
+// within limit (a hang); it then cancels the run and waits for it.
+func runWithin(t *testing.T, limit time.Duration, env *pipeline.Environment, yaml string, opts pipeline.Options, during func(*pipeline.Runner)) (*pipeline.Runner, error) {
+	t.Helper()
 	cfg, err := pipeline.Parse([]byte(yaml), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -178,10 +206,12 @@ func runYAML(t *testing.T, env *pipeline.Environment, yaml string, opts pipeline
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
+	hung := time.NewTimer(limit)
+	defer hung.Stop()
 	if during != nil {
 		select {
 		case <-r.Ready():
@@ -190,7 +220,79 @@ func runYAML(t *testing.T, env *pipeline.Environment, yaml string, opts pipeline
 			return r, err
 		}
 	}
-	return r, <-done
+	select {
+	case err := <-done:
+		return r, err
+	case <-hung.C:
+	}
+	t.Errorf("the run did not end within %s: it hangs", limit)
+	cancel()
+	select {
+	case err := <-done:
+		return r, err
+	case <-time.After(10 * time.Second):
+		t.Fatal("the run did not end within 10s of its cancellation either")
+		return r, nil
+	}
+}
+
+// logRecorder collects a run's text logs and lets a test wait for a line.
+type logRecorder struct {
+	mu      sync.Mutex
+	lines   []string
+	changed chan struct{} // closed and replaced at every write
+}
+
+func newLogRecorder() *logRecorder { return &logRecorder{changed: make(chan struct{})} }
+
+func (l *logRecorder) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, strings.TrimSpace(string(p)))
+	close(l.changed)
+	l.changed = make(chan struct{})
+	return len(p), nil
+}
+
+func (l *logRecorder) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+
+// find returns the first line holding every one of parts, and a channel
+// that is closed when more is written.
+func (l *logRecorder) find(parts ...string) (string, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+next:
+	for _, line := range l.lines {
+		for _, p := range parts {
+			if !strings.Contains(line, p) {
+				continue next
+			}
+		}
+		return line, nil
+	}
+	return "", l.changed
+}
+
+// wait waits up to limit for a line holding every one of parts; the test
+// fails (and goes on) when none comes.
+func (l *logRecorder) wait(t *testing.T, limit time.Duration, parts ...string) string {
+	t.Helper()
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	for {
+		line, changed := l.find(parts...)
+		if changed == nil {
+			return line
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			t.Errorf("no log line with %q within %s; the logs:\n%s", parts, limit, strings.Join(l.lines, "\n"))
+			return ""
+		}
+	}
 }
 
 // smallPayloadServer starts a NATS server with a 64 KiB max payload, so
@@ -680,5 +782,106 @@ func TestStagesShareConnections(t *testing.T) {
 	}
 	if want := runtime.GOMAXPROCS(0); clients == 0 || clients > want {
 		t.Fatalf("50 stages held %d NATS connections, want 1 to %d", clients, want)
+	}
+}
+
+// TestEndedConsumerReleasesProducer: a stage that stops with its own
+// "canceled" error while the run goes on fails the run, naming it, and
+// its producer, which was waiting for its room (local) or credits (NATS),
+// is released: the run ends instead of hanging.
+func TestEndedConsumerReleasesProducer(t *testing.T) {
+	for _, transport := range []string{"nats", "local"} {
+		t.Run(transport, func(t *testing.T) {
+			noLeaks(t)
+			col := &collector{}
+			_, err := runWithin(t, 20*time.Second, testEnv(t, col), `name: quit
+stages:
+  - {name: g, kind: gen, params: {n: 1000}}
+  - {name: r, kind: relay, inputs: [g], params: {quit_at: 3}}
+  - {name: c, kind: collect, inputs: [r]}
+`, pipeline.Options{Transport: transport}, nil)
+			if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), `stage "r" (relay): gave up`) {
+				t.Fatalf("got %v, want stage r's own error", err)
+			}
+			if col.flushed {
+				t.Error("the sink was finalised after a stage failed")
+			}
+		})
+	}
+}
+
+// TestConsumerEndReleasesWaitingProducer: a consumer that ends while its
+// producer still sends (here: an end of stream published on its input
+// subject from outside) tells the producer, which stops waiting for its
+// credits and warns, naming the subject and the consumer; Drain then ends
+// the run.
+func TestConsumerEndReleasesWaitingProducer(t *testing.T) {
+	noLeaks(t)
+	logs := newLogRecorder()
+	col := &collector{}
+	_, err := runWithin(t, 20*time.Second, testEnv(t, col), `name: early
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: c, kind: collect, inputs: [g]}
+`, pipeline.Options{Log: logs.logger()}, func(r *pipeline.Runner) {
+		defer r.Drain()
+		nc, err := nats.Connect(r.NATSURL())
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer nc.Close()
+		eos, err := envelope.Marshal(&envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Stream: "g.out"})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if err := nc.Publish(pipeline.Subject("early", "g", "out"), eos); err != nil {
+			t.Error(err)
+			return
+		}
+		logs.wait(t, 10*time.Second, "a consumer has ended", "subject=avflow.early.g.out", "consumer=c", "stage=g")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSlowConsumerWarns: a producer that waits long for a consumer (its
+// room in the local queue, its credits over NATS) warns, naming itself,
+// the port or subject and the consumer, and goes on once the consumer
+// takes again: nothing is lost.
+func TestSlowConsumerWarns(t *testing.T) {
+	defer pipeline.SetSlowConsumerAfter(50 * time.Millisecond)()
+	for _, tt := range []struct {
+		transport string
+		want      []string
+	}{
+		{"nats", []string{"slow consumer: waiting for credits", "stage=g", "subject=avflow.slow.g.out", "waiting_for=[h]"}},
+		{"local", []string{"slow consumer: waiting for room in its input queue", "stage=g", "port=g.out", "waiting_for=h"}},
+	} {
+		t.Run(tt.transport, func(t *testing.T) {
+			noLeaks(t)
+			hold := make(chan struct{})
+			holdRelays = hold
+			logs := newLogRecorder()
+			col := &collector{}
+			const n = 50
+			_, err := runWithin(t, 30*time.Second, testEnv(t, col), fmt.Sprintf(`name: slow
+stages:
+  - {name: g, kind: gen, params: {n: %d}}
+  - {name: h, kind: relay, inputs: [g], params: {hold: true}}
+  - {name: c, kind: collect, inputs: [h]}
+`, n), pipeline.Options{Transport: tt.transport, Log: logs.logger()}, func(*pipeline.Runner) {
+				defer close(hold)
+				logs.wait(t, 10*time.Second, tt.want...)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(col.got) != n {
+				t.Fatalf("got %d of %d messages", len(col.got), n)
+			}
+		})
 	}
 }

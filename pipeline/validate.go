@@ -36,7 +36,11 @@ func (e *Environment) Validate(c *Config) error {
 		byName[s.Name] = s
 		spec, err := e.Lookup(s.Kind)
 		if err != nil {
-			bad(s.Pos, "stage %q: unknown kind %q (known: %s)", s.Name, s.Kind, strings.Join(e.kinds(), ", "))
+			pos := s.kindPos
+			if pos.Line == 0 {
+				pos = s.Pos
+			}
+			bad(pos, "stage %q: unknown kind %q (known: %s)", s.Name, s.Kind, strings.Join(e.kinds(), ", "))
 			continue
 		}
 		s.spec = spec

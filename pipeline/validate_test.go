@@ -33,7 +33,8 @@ func TestValidate(t *testing.T) {
 		{"missing name and stages", "flow: block\n", []string{"missing name", "missing stages"}},
 		{"unknown top key", "name: t\nstagez: []\nstages:\n  - {name: a, kind: source, params: {url: lavfi:testsrc2}}\n", []string{":2:1: unknown key \"stagez\""}},
 		{"bad flow", "name: t\nflow: fast\nstages: []\n", []string{":2:7: flow \"fast\""}},
-		{"unknown kind", header + "  - {name: a, kind: sourse}\n", []string{":3:5: stage \"a\": unknown kind \"sourse\""}},
+		{"unknown kind", header + "  - {name: a, kind: sourse}\n", []string{":3:21: stage \"a\": unknown kind \"sourse\""}},
+		{"unknown kind, block style", header + "  - name: a\n    kind: sourse\n", []string{":4:11: stage \"a\": unknown kind \"sourse\""}},
 		{"unknown param", header + "  - name: a\n    kind: source\n    params:\n      url: lavfi:testsrc2\n      urll: x\n", []string{":7:13: stage \"a\": unknown param \"urll\""}},
 		{"wrong type", header + `
   - {name: src, kind: source, params: {url: "lavfi:testsrc2", realtime: maybe}}
@@ -103,7 +104,7 @@ func TestValidate(t *testing.T) {
 		{"several problems at once", header + `
   - {name: a, kind: nope}
   - {name: b, kind: source, params: {url: "lavfi:x", bogus: 1}}
-`, []string{"unknown kind \"nope\"", "unknown param \"bogus\""}},
+`, []string{":4:21: stage \"a\": unknown kind \"nope\"", "unknown param \"bogus\""}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
