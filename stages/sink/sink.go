@@ -456,6 +456,12 @@ func (s *Sink) muxerOptions() map[string]string {
 // call's own error and on any I/O failure met meanwhile (a segment the HLS
 // muxer could not write, a full disk), naming the file or URL.
 func (s *Sink) call(ctx context.Context, sentinel error, what string, f func() error) error {
+	if ctx.Err() != nil {
+		// The interrupt comes from the context asynchronously: a run that
+		// has stopped does no more I/O, whoever wins that race.
+		s.interrupt()
+		return fmt.Errorf("%w: %s: %s: %w", sentinel, s.url, what, context.Cause(ctx))
+	}
 	if s.dog != nil {
 		s.dog.begin(what)
 	}
