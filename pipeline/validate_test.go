@@ -1,10 +1,12 @@
 package pipeline_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -277,5 +279,56 @@ func TestTooManyStages(t *testing.T) {
 	cfg.Stages = cfg.Stages[:pipeline.MaxStages]
 	if err := pipeline.Default.Validate(cfg); err != nil {
 		t.Fatalf("%d stages refused: %v", pipeline.MaxStages, err)
+	}
+}
+
+// TestWarningsSayWhatBecomesOfUnreadPorts: a port no stage reads is
+// published on its subject over NATS and dropped in-process; a port the
+// stage skips when unread says so; a port its params turned off is quiet.
+func TestWarningsSayWhatBecomesOfUnreadPorts(t *testing.T) {
+	env := testEnv(t, &collector{})
+	if err := env.Register(pipeline.Spec{
+		Kind: "ports",
+		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
+			return []pipeline.Port{
+				{Name: "out", Type: dataPort},
+				{Name: "meta", Type: dataPort},
+				{Name: "audio", Type: dataPort, Unread: pipeline.UnreadSkipped},
+				{Name: "off", Type: dataPort, Unread: pipeline.UnreadQuiet},
+			}, nil
+		},
+		New: func(context.Context, pipeline.Init) (pipeline.Stage, error) { return &gen{}, nil },
+	}); err != nil {
+		t.Fatal(err)
+	}
+	file := "w.yaml"
+	const yaml = "name: warn\ntransport: %s\nstages:\n  - {name: p, kind: ports}\n  - {name: c, kind: collect, inputs: [p]}\n"
+	meta := `w.yaml:4:5: stage "p" port "meta" (any datas) is read by no stage: `
+	audio := `w.yaml:4:5: stage "p" port "audio" (any datas) is read by no stage: the stage does not produce it (its stream is not read from the input)`
+	for _, tt := range []struct {
+		name, fileTransport, override string
+		want                          []string
+	}{
+		{"nats", "nats", "", []string{meta + "it is published on avflow.warn.p.meta for outside consumers", audio}},
+		{"local", "local", "", []string{meta + "its data is dropped (transport local: nothing outside the process can read it)", audio}},
+		{"--transport local over a nats file", "nats", "local", []string{meta + "its data is dropped (transport local: nothing outside the process can read it)", audio}},
+		{"--transport nats over a local file", "local", "nats", []string{meta + "it is published on avflow.warn.p.meta for outside consumers", audio}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := pipeline.Parse([]byte(fmt.Sprintf(yaml, tt.fileTransport)), file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := env.Validate(cfg); err != nil {
+				t.Fatal(err)
+			}
+			got := cfg.WarningsFor(tt.override)
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+			if tt.override == "" && !slices.Equal(cfg.Warnings(), got) {
+				t.Fatalf("Warnings() = %q, want the file's transport's %q", cfg.Warnings(), got)
+			}
+		})
 	}
 }
