@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"runtime"
 	"slices"
 	"strings"
@@ -440,6 +441,10 @@ stages:
 		if !strings.Contains(err.Error(), `stage "bad" (relay)`) {
 			t.Errorf("%s: error does not name the stage: %v", transport, err)
 		}
+		var se *pipeline.StageError
+		if !errors.Is(err, pipeline.ErrStage) || !errors.As(err, &se) || se.Stage != "bad" || se.Kind != "relay" {
+			t.Errorf("%s: error %v is not a StageError of stage bad matching ErrStage", transport, err)
+		}
 		if col.flushed {
 			t.Errorf("%s: the sink was flushed (finalised) after a failure", transport)
 		}
@@ -483,10 +488,11 @@ stages:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { <-r.Ready(); time.Sleep(50 * time.Millisecond); cancel() }()
-	if err := r.Run(ctx); !errors.Is(err, pipeline.ErrCanceled) {
-		t.Fatalf("got %v, want ErrCanceled", err)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	errStop := errors.New("stopped by the test")
+	go func() { <-r.Ready(); time.Sleep(50 * time.Millisecond); cancel(errStop) }()
+	if err := r.Run(ctx); !errors.Is(err, pipeline.ErrCanceled) || !errors.Is(err, errStop) {
+		t.Fatalf("got %v, want ErrCanceled wrapping the cancellation's cause", err)
 	}
 	if col.flushed {
 		t.Fatal("a cancelled run finalised its sink")
@@ -494,14 +500,52 @@ stages:
 }
 
 func TestUnreachableNATS(t *testing.T) {
+	// A port nothing listens on: taken from the system, then let go.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "nats://" + ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
 	col := &collector{}
-	_, err := runYAML(t, testEnv(t, col), `name: dead
+	_, err = runYAML(t, testEnv(t, col), `name: dead
 stages:
   - {name: g, kind: gen}
   - {name: c, kind: collect, inputs: [g]}
-`, pipeline.Options{NATSURL: "nats://127.0.0.1:1"}, nil)
-	if !errors.Is(err, pipeline.ErrTransport) || !strings.Contains(err.Error(), "nats://127.0.0.1:1") {
-		t.Fatalf("got %v, want a transport error naming the URL", err)
+`, pipeline.Options{NATSURL: url}, nil)
+	if !errors.Is(err, pipeline.ErrTransport) || !errors.Is(err, nats.ErrNoServers) || !strings.Contains(err.Error(), url) {
+		t.Fatalf("got %v, want a transport error naming the URL, wrapping nats.ErrNoServers", err)
+	}
+}
+
+// TestNATSErrorsStayInTheChain: an asynchronous NATS error (the server
+// refuses the stages' subscriptions) fails the run with the NATS error
+// itself in the chain, not only its text.
+func TestNATSErrorsStayInTheChain(t *testing.T) {
+	noLeaks(t)
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+		Users: []*server.User{{Username: "u", Password: "p", Permissions: &server.Permissions{
+			Subscribe: &server.SubjectPermission{Deny: []string{"avflow.>"}},
+		}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	url := strings.Replace(s.ClientURL(), "nats://", "nats://u:p@", 1)
+	col := &collector{}
+	_, err = runWithin(t, 20*time.Second, testEnv(t, col), `name: denied
+stages:
+  - {name: g, kind: gen}
+  - {name: c, kind: collect, inputs: [g]}
+`, pipeline.Options{NATSURL: url}, nil)
+	if !errors.Is(err, pipeline.ErrTransport) || !errors.Is(err, nats.ErrPermissionViolation) {
+		t.Fatalf("got %v, want a transport error wrapping nats.ErrPermissionViolation", err)
 	}
 }
 

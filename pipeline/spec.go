@@ -162,7 +162,7 @@ func (e *Environment) Register(s Spec) error {
 		seen[p.Name] = true
 		if p.Default != nil {
 			if _, err := convertParam(p, p.Default); err != nil {
-				return fmt.Errorf("%w: %q param %q default: %v", ErrBadSpec, s.Kind, p.Name, err)
+				return fmt.Errorf("%w: %q param %q default: %w", ErrBadSpec, s.Kind, p.Name, err)
 			}
 		}
 	}

@@ -46,8 +46,8 @@ type Init struct {
 	Inputs      []PortType // types of the input edges, in order
 	Outputs     []Port     // the stage's output ports
 	Dir         string     // folder of the pipeline file; relative paths resolve against it
-	Accelerator string     // the device kind the stage is bound to ("cpu", "gpu", "npu")
-	Device      accelerators.Device
+	// Device is the device the stage is bound to (its Kind: cpu, gpu, npu).
+	Device accelerators.Device
 	// Strict is the stage's strict setting: a stage that finds at run time
 	// that it cannot use its device fails instead of falling back.
 	Strict bool
