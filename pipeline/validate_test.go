@@ -11,13 +11,14 @@ import (
 	"testing"
 
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
 	_ "github.com/avflow/avflow/stages/all"
 )
 
 const header = "name: t\nstages:\n"
 
 func TestValidate(t *testing.T) {
-	media := filepath.Join(sharedMedia(t), "car-detection.mp4")
+	media := e2e.Media(t, "car-detection.mp4")
 	tests := []struct {
 		name string
 		yaml string
@@ -191,7 +192,7 @@ func TestRegisterDuplicate(t *testing.T) {
 
 // Every example pipeline in the repository parses and validates.
 func TestExamplesValidate(t *testing.T) {
-	t.Setenv("AVFLOW_MEDIA", sharedMedia(t))
+	t.Setenv("AVFLOW_MEDIA", e2e.MediaDir(t))
 	files, _ := filepath.Glob("../examples/*/*.yaml")
 	if len(files) < 2 {
 		t.Fatalf("found %d example pipelines, want at least 2", len(files))
@@ -219,9 +220,11 @@ func TestExamplesValidate(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	seeds, _ := filepath.Glob("../examples/*/*.yaml")
 	for _, s := range seeds {
-		if b, err := os.ReadFile(s); err == nil {
-			f.Add(b)
+		b, err := os.ReadFile(s)
+		if err != nil {
+			f.Fatal(err)
 		}
+		f.Add(b)
 	}
 	f.Add([]byte(header + "  - {name: a, kind: source, params: {url: x}}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -238,21 +241,6 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("validate returned a non-validation error: %v", err)
 		}
 	})
-}
-
-// sharedMedia is the folder of test media beside the checkout.
-func sharedMedia(t testing.TB) string {
-	dir, err := filepath.Abs("../../shared/media")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v := os.Getenv("AVFLOW_MEDIA"); v != "" {
-		dir = v
-	}
-	if _, err := os.Stat(filepath.Join(dir, "car-detection.mp4")); err != nil {
-		t.Fatalf("test media not found in %s (set AVFLOW_MEDIA): %v", dir, err)
-	}
-	return dir
 }
 
 // TestTooManyStages: a pipeline beyond MaxStages is refused at validation,
