@@ -138,7 +138,7 @@ func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mo
 		}
 		sub, err := nc.Subscribe(subject+".ack", p.onAck)
 		if err != nil {
-			return nil, fmt.Errorf("%w: subscribing to %s.ack failed: %v", ErrTransport, subject, err)
+			return nil, fmt.Errorf("%w: subscribing to %s.ack failed: %w", ErrTransport, subject, err)
 		}
 		p.ackSub = sub
 	}
@@ -213,7 +213,7 @@ func (p *natsPublisher) Publish(ctx context.Context, e *envelope.Envelope) error
 		}
 	}
 	if err := p.send(data); err != nil {
-		return fmt.Errorf("%w: publishing on %s failed: %v", ErrTransport, p.subject, err)
+		return fmt.Errorf("%w: publishing on %s failed: %w", ErrTransport, p.subject, err)
 	}
 	if e.Kind != envelope.KindEOS {
 		p.mu.Lock()
@@ -301,11 +301,11 @@ func newNATSSubscriber(ctx context.Context, nc *nats.Conn, subject string, ref c
 	s.ackEvery = uint64(max(1, window/4))
 	sub, err := nc.Subscribe(subject, s.onMsg)
 	if err != nil {
-		return nil, fmt.Errorf("%w: subscribing to %s failed: %v", ErrTransport, subject, err)
+		return nil, fmt.Errorf("%w: subscribing to %s failed: %w", ErrTransport, subject, err)
 	}
 	// Credits bound what is in flight; the client must never drop on its own.
 	if err := sub.SetPendingLimits(-1, -1); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrTransport, err)
+		return nil, fmt.Errorf("%w: setting the pending limits of %s failed: %w", ErrTransport, subject, err)
 	}
 	s.sub = sub
 	return s, nil
@@ -319,7 +319,7 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 			data, err = s.reasm.Add(envelope.Chunk{ID: id, Index: idx, Count: n, Data: m.Data})
 		}
 		if err != nil {
-			s.fail(fmt.Errorf("%w: stage %q input %d (%s): %v", ErrTransport, s.ref.stage, s.ref.input, s.subject, err))
+			s.fail(fmt.Errorf("%w: stage %q input %d (%s): %w", ErrTransport, s.ref.stage, s.ref.input, s.subject, err))
 			return
 		}
 		if data == nil {
@@ -328,7 +328,7 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 	}
 	e, err := envelope.Unmarshal(data)
 	if err != nil {
-		s.fail(fmt.Errorf("%w: stage %q input %d (%s): %v", ErrTransport, s.ref.stage, s.ref.input, s.subject, err))
+		s.fail(fmt.Errorf("%w: stage %q input %d (%s): %w", ErrTransport, s.ref.stage, s.ref.input, s.subject, err))
 		return
 	}
 	e.Input = s.ref.input

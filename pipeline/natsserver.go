@@ -31,7 +31,7 @@ func StartEmbeddedNATS() (*server.Server, error) {
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("%w: starting embedded NATS server failed: %v", ErrTransport, err)
+		return nil, fmt.Errorf("%w: starting embedded NATS server failed: %w", ErrTransport, err)
 	}
 	go s.Start()
 	if !s.ReadyForConnections(10 * time.Second) {
@@ -96,7 +96,7 @@ func connect(srv *server.Server, url, name string, onErr func(*nats.Subscription
 			if sub != nil {
 				subj = " on " + sub.Subject
 			}
-			onErr(sub, fmt.Errorf("%w: NATS error%s: %v", ErrTransport, subj, err))
+			onErr(sub, fmt.Errorf("%w: NATS error%s: %w", ErrTransport, subj, err))
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {

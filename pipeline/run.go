@@ -18,9 +18,35 @@ import (
 
 // Sentinel errors of a run.
 var (
+	// ErrStage matches every error of a stage (a StageError): binding it
+	// to a device, building it, or running it.
 	ErrStage    = errors.New("stage failed")
 	ErrCanceled = errors.New("run cancelled")
 )
+
+// StageError is a stage's failure, naming it: "stage "x" (kind): cause".
+// errors.Is(err, ErrStage) matches it; errors.Is and errors.As see the cause.
+type StageError struct {
+	Stage, Kind string
+	Replica     int // the failing replica beyond the first, 0 for the stage (or its first instance)
+	Err         error
+}
+
+func (e *StageError) Error() string {
+	if e.Replica > 0 {
+		return fmt.Sprintf("stage %q (%s) replica %d: %v", e.Stage, e.Kind, e.Replica, e.Err)
+	}
+	return fmt.Sprintf("stage %q (%s): %v", e.Stage, e.Kind, e.Err)
+}
+
+func (e *StageError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrStage) true.
+func (e *StageError) Is(target error) bool { return target == ErrStage }
+
+func stageError(n *node, replica int, err error) error {
+	return &StageError{Stage: n.cfg.Name, Kind: n.cfg.Kind, Replica: replica, Err: err}
+}
 
 // TotalFramer is implemented by sources that know how many video frames they
 // will produce (files); the CLI shows progress and an ETA from it.
@@ -211,7 +237,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	}
 	if pool != nil {
 		if err := pool.Flush(); err != nil {
-			return fmt.Errorf("%w: flushing the subscriptions failed: %v", ErrTransport, err)
+			return fmt.Errorf("%w: flushing the subscriptions failed: %w", ErrTransport, err)
 		}
 	}
 
@@ -231,7 +257,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		}
 		b, err := accelerators.Bind(*inv, req)
 		if err != nil {
-			return fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err)
+			return stageError(n, 0, err)
 		}
 		binds[n] = b
 		n.m.device = b.Device.ID
@@ -257,7 +283,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		b := binds[n]
 		in := Init{
 			Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
-			Outputs: n.ports, Dir: r.cfg.Dir, Accelerator: string(b.Device.Kind), Device: b.Device, Strict: n.cfg.Strict, Log: n.log,
+			Outputs: n.ports, Dir: r.cfg.Dir, Device: b.Device, Strict: n.cfg.Strict, Log: n.log,
 			Live: r.cfg.Flow == FlowDropOldest, Downstream: downstream[n.cfg.Name], Consumers: readers[n.cfg.Name],
 		}
 		for i := range max(1, n.cfg.Replicas) {
@@ -271,10 +297,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 						_ = st.Close()
 					}
 				}
-				if i > 0 {
-					return fmt.Errorf("stage %q (%s) replica %d: %w", n.cfg.Name, n.cfg.Kind, i, err)
-				}
-				return fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err)
+				return stageError(n, i, err)
 			}
 			if i == 0 {
 				n.stage = st
@@ -312,7 +335,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		}
 		// Discovery must answer as soon as Ready says the stages exist.
 		if err := pool.Flush(); err != nil {
-			return fmt.Errorf("%w: registering the stages' services failed: %v", ErrTransport, err)
+			return fmt.Errorf("%w: registering the stages' services failed: %w", ErrTransport, err)
 		}
 	}
 	close(r.ready)
@@ -325,7 +348,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 			err := r.runNode(ctx, n)
 			// A stage's own "canceled" while the run goes on is a failure too.
 			if err != nil && (ctx.Err() == nil || !errors.Is(err, context.Canceled)) {
-				r.fail(fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err))
+				r.fail(stageError(n, 0, err))
 			}
 			n.ended()
 		}(n)
@@ -335,7 +358,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		return err
 	}
 	if ctx.Err() != nil {
-		return fmt.Errorf("%w: %v", ErrCanceled, context.Cause(ctx))
+		return fmt.Errorf("%w: %w", ErrCanceled, context.Cause(ctx))
 	}
 	return nil
 }

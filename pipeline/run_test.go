@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"runtime"
 	"slices"
 	"strings"
@@ -52,10 +53,35 @@ func (g *gen) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch, er
 	for i := 8; i < len(p); i++ {
 		p[i] = byte(g.sent + i)
 	}
+	flowProbe.add(true, g.sent)
 	g.sent++
 	return pipeline.Batch{{Kind: envelope.KindData, Payload: p, Meta: map[string]string{"sum": fmt.Sprintf("%x", sha256.Sum256(p))}}}, nil
 }
 func (g *gen) Close() error { return nil }
+
+// flowProbe, when set, records the order in which gen makes messages and
+// relay takes them (TestBlockWaitsForSlowStage).
+var flowProbe *eventLog
+
+// eventLog is an ordered record of events from several goroutines.
+type eventLog struct {
+	mu     sync.Mutex
+	events []flowEvent
+}
+
+type flowEvent struct {
+	made bool // gen made message n; else relay took message n
+	n    int
+}
+
+func (l *eventLog) add(made bool, n int) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	l.events = append(l.events, flowEvent{made, n})
+	l.mu.Unlock()
+}
 
 type relay struct {
 	delay  time.Duration
@@ -69,6 +95,9 @@ type relay struct {
 var errBoom = errors.New("boom")
 
 func (r *relay) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	for _, e := range in {
+		flowProbe.add(false, int(binary.BigEndian.Uint64(e.Payload)))
+	}
 	r.seen++
 	if r.failAt > 0 && r.seen == r.failAt {
 		return nil, errBoom
@@ -87,7 +116,15 @@ func (r *relay) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch,
 	if r.jitter > 0 {
 		d += time.Duration(rand.Int64N(int64(r.jitter)))
 	}
-	time.Sleep(d)
+	if d > 0 { // simulated work
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+	}
 	out := make(pipeline.Batch, len(in))
 	for i, e := range in {
 		cp := *e
@@ -103,11 +140,38 @@ type collector struct {
 	got     []*envelope.Envelope
 	flushed bool
 	closed  bool
+	arrived chan struct{} // closed at the first message (see first)
+}
+
+// first is closed once a message has arrived.
+func (c *collector) first() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.arrived == nil {
+		c.arrived = make(chan struct{})
+	}
+	return c.arrived
+}
+
+// waitFirst waits up to 10s for the first message.
+func (c *collector) waitFirst(t *testing.T) {
+	t.Helper()
+	select {
+	case <-c.first():
+	case <-time.After(10 * time.Second):
+		t.Error("no message reached the collector within 10s")
+	}
 }
 
 func (c *collector) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(in) > 0 && len(c.got) == 0 {
+		if c.arrived == nil {
+			c.arrived = make(chan struct{})
+		}
+		close(c.arrived)
+	}
 	for _, e := range in {
 		if e.Local != nil {
 			return nil, errors.New("unexpected in-process object")
@@ -406,22 +470,49 @@ stages:
 	}
 }
 
+// TestBlockWaitsForSlowStage: in block flow a fast producer runs at most
+// a window (queue: 3) ahead of a slow consumer: gen makes message m only
+// after relay took message m-4 (one more for the credit, sent as relay
+// takes a message, that can come before relay notes it), and it did run
+// that far ahead, so it waited; nothing is lost. Over both transports.
 func TestBlockWaitsForSlowStage(t *testing.T) {
-	col := &collector{}
-	r, err := runYAML(t, testEnv(t, col), `name: block
-queue: 3
+	const window, n = 3, 80
+	for _, transport := range []string{"nats", "local"} {
+		t.Run(transport, func(t *testing.T) {
+			probe := &eventLog{}
+			flowProbe = probe
+			defer func() { flowProbe = nil }()
+			col := &collector{}
+			_, err := runYAML(t, testEnv(t, col), fmt.Sprintf(`name: block
+queue: %d
 stages:
-  - {name: g, kind: gen, params: {n: 80}}
-  - {name: r, kind: relay, inputs: [g], params: {delay: 1ms}}
+  - {name: g, kind: gen, params: {n: %d}}
+  - {name: r, kind: relay, inputs: [g], params: {delay: 2ms}}
   - {name: c, kind: collect, inputs: [r]}
-`, pipeline.Options{}, nil)
-	if err != nil {
-		t.Fatal(err)
+`, window, n), pipeline.Options{Transport: transport}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(col.got) != n {
+				t.Fatalf("got %d of %d", len(col.got), n)
+			}
+			took, maxLead := 0, 0
+			for _, ev := range probe.events {
+				if !ev.made {
+					took = ev.n + 1
+					continue
+				}
+				lead := ev.n - took
+				if lead > window+1 {
+					t.Fatalf("gen made message %d when relay had taken %d: %d ahead, more than the window of %d allows", ev.n, took, lead, window)
+				}
+				maxLead = max(maxLead, lead)
+			}
+			if maxLead < window-1 {
+				t.Fatalf("gen was never more than %d messages ahead of the slow relay: nothing had to wait", maxLead)
+			}
+		})
 	}
-	if len(col.got) != 80 {
-		t.Fatalf("got %d of 80", len(col.got))
-	}
-	_ = r
 }
 
 func TestStageErrorStopsRun(t *testing.T) {
@@ -439,6 +530,10 @@ stages:
 		}
 		if !strings.Contains(err.Error(), `stage "bad" (relay)`) {
 			t.Errorf("%s: error does not name the stage: %v", transport, err)
+		}
+		var se *pipeline.StageError
+		if !errors.Is(err, pipeline.ErrStage) || !errors.As(err, &se) || se.Stage != "bad" || se.Kind != "relay" {
+			t.Errorf("%s: error %v is not a StageError of stage bad matching ErrStage", transport, err)
 		}
 		if col.flushed {
 			t.Errorf("%s: the sink was flushed (finalised) after a failure", transport)
@@ -458,7 +553,7 @@ stages:
   - {name: g, kind: gen, params: {forever: true}}
   - {name: c, kind: collect, inputs: [g]}
 `, pipeline.Options{}, func(r *pipeline.Runner) {
-		time.Sleep(100 * time.Millisecond)
+		col.waitFirst(t)
 		r.Drain()
 		r.Drain() // twice is fine
 	})
@@ -483,10 +578,18 @@ stages:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { <-r.Ready(); time.Sleep(50 * time.Millisecond); cancel() }()
-	if err := r.Run(ctx); !errors.Is(err, pipeline.ErrCanceled) {
-		t.Fatalf("got %v, want ErrCanceled", err)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	errStop := errors.New("stopped by the test")
+	go func() {
+		<-r.Ready()
+		select {
+		case <-col.first(): // the run is under way
+		case <-time.After(10 * time.Second):
+		}
+		cancel(errStop)
+	}()
+	if err := r.Run(ctx); !errors.Is(err, pipeline.ErrCanceled) || !errors.Is(err, errStop) {
+		t.Fatalf("got %v, want ErrCanceled wrapping the cancellation's cause", err)
 	}
 	if col.flushed {
 		t.Fatal("a cancelled run finalised its sink")
@@ -494,14 +597,52 @@ stages:
 }
 
 func TestUnreachableNATS(t *testing.T) {
+	// A port nothing listens on: taken from the system, then let go.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "nats://" + ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
 	col := &collector{}
-	_, err := runYAML(t, testEnv(t, col), `name: dead
+	_, err = runYAML(t, testEnv(t, col), `name: dead
 stages:
   - {name: g, kind: gen}
   - {name: c, kind: collect, inputs: [g]}
-`, pipeline.Options{NATSURL: "nats://127.0.0.1:1"}, nil)
-	if !errors.Is(err, pipeline.ErrTransport) || !strings.Contains(err.Error(), "nats://127.0.0.1:1") {
-		t.Fatalf("got %v, want a transport error naming the URL", err)
+`, pipeline.Options{NATSURL: url}, nil)
+	if !errors.Is(err, pipeline.ErrTransport) || !errors.Is(err, nats.ErrNoServers) || !strings.Contains(err.Error(), url) {
+		t.Fatalf("got %v, want a transport error naming the URL, wrapping nats.ErrNoServers", err)
+	}
+}
+
+// TestNATSErrorsStayInTheChain: an asynchronous NATS error (the server
+// refuses the stages' subscriptions) fails the run with the NATS error
+// itself in the chain, not only its text.
+func TestNATSErrorsStayInTheChain(t *testing.T) {
+	noLeaks(t)
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+		Users: []*server.User{{Username: "u", Password: "p", Permissions: &server.Permissions{
+			Subscribe: &server.SubjectPermission{Deny: []string{"avflow.>"}},
+		}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	url := strings.Replace(s.ClientURL(), "nats://", "nats://u:p@", 1)
+	col := &collector{}
+	_, err = runWithin(t, 20*time.Second, testEnv(t, col), `name: denied
+stages:
+  - {name: g, kind: gen}
+  - {name: c, kind: collect, inputs: [g]}
+`, pipeline.Options{NATSURL: url}, nil)
+	if !errors.Is(err, pipeline.ErrTransport) || !errors.Is(err, nats.ErrPermissionViolation) {
+		t.Fatalf("got %v, want a transport error wrapping nats.ErrPermissionViolation", err)
 	}
 }
 
@@ -543,20 +684,17 @@ stages:
 		if info.Name != "svc-c" || info.Metadata["inputs"] != "avflow.svc.g.out" || info.Metadata["device"] != "cpu:0" {
 			t.Errorf("info: %+v", info)
 		}
+		// The stage counts a message before the collector gets it.
+		col.waitFirst(t)
 		var st pipeline.StageStats
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			msg, err = nc.Request("avflow.svc.c.$metrics", nil, 2*time.Second)
-			if err != nil {
-				t.Errorf("metrics endpoint: %v", err)
-				return
-			}
-			if err := json.Unmarshal(msg.Data, &st); err != nil || st.Name != "c" {
-				t.Errorf("metrics: %s (%v)", msg.Data, err)
-				return
-			}
-			if st.In > 0 {
-				break
-			}
+		msg, err = nc.Request("avflow.svc.c.$metrics", nil, 2*time.Second)
+		if err != nil {
+			t.Errorf("metrics endpoint: %v", err)
+			return
+		}
+		if err := json.Unmarshal(msg.Data, &st); err != nil || st.Name != "c" {
+			t.Errorf("metrics: %s (%v)", msg.Data, err)
+			return
 		}
 		if st.In == 0 {
 			t.Errorf("metrics endpoint never counted a message: %+v", st)

@@ -37,7 +37,7 @@ func (r *Runner) addService(n *node) (micro.Service, error) {
 		StatsHandler: func(*micro.Endpoint) any { return stats() },
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: registering stage %q as a NATS micro service failed: %v", ErrTransport, n.cfg.Name, err)
+		return nil, fmt.Errorf("%w: registering stage %q as a NATS micro service failed: %w", ErrTransport, n.cfg.Name, err)
 	}
 	err = svc.AddEndpoint("metrics", micro.HandlerFunc(func(req micro.Request) {
 		b, _ := json.Marshal(stats())
@@ -45,7 +45,7 @@ func (r *Runner) addService(n *node) (micro.Service, error) {
 	}), micro.WithEndpointSubject("avflow."+r.cfg.Name+"."+n.cfg.Name+".$metrics"))
 	if err != nil {
 		_ = svc.Stop()
-		return nil, fmt.Errorf("%w: stage %q metrics endpoint: %v", ErrTransport, n.cfg.Name, err)
+		return nil, fmt.Errorf("%w: stage %q metrics endpoint: %w", ErrTransport, n.cfg.Name, err)
 	}
 	return svc, nil
 }

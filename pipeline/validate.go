@@ -168,9 +168,16 @@ func (e *Environment) Validate(c *Config) error {
 	return nil
 }
 
-// Warnings lists legal but suspicious things in a validated pipeline, such
-// as an output port nothing consumes (its data is dropped).
-func (c *Config) Warnings() []string {
+// Warnings is WarningsFor the pipeline file's own transport.
+func (c *Config) Warnings() []string { return c.WarningsFor("") }
+
+// WarningsFor lists legal but suspicious things in a validated pipeline run
+// over transport ("nats" or "local"; "" is the file's own, as Options.Transport),
+// such as an output port no stage reads, saying what becomes of its data.
+func (c *Config) WarningsFor(transport string) []string {
+	if transport == "" {
+		transport = c.Transport
+	}
 	byName := make(map[string]*StageConfig, len(c.Stages))
 	for _, s := range c.Stages {
 		byName[s.Name] = s
@@ -187,12 +194,28 @@ func (c *Config) Warnings() []string {
 	var w []string
 	for _, s := range c.Stages {
 		for _, p := range s.outputs {
-			if !used[s.Name+"."+p.Name] {
-				w = append(w, fmt.Sprintf("%s: stage %q port %q (%s) is not connected: its data is dropped", s.Pos, s.Name, p.Name, p.Type))
+			if used[s.Name+"."+p.Name] {
+				continue
+			}
+			if what := unreadFate(c.Name, s.Name, p, transport); what != "" {
+				w = append(w, fmt.Sprintf("%s: stage %q port %q (%s) is read by no stage: %s", s.Pos, s.Name, p.Name, p.Type, what))
 			}
 		}
 	}
 	return w
+}
+
+// unreadFate says what becomes of an output port no stage reads ("": nothing to warn about).
+func unreadFate(pipeline, stage string, p Port, transport string) string {
+	switch {
+	case p.Unread == UnreadQuiet:
+		return ""
+	case p.Unread == UnreadSkipped:
+		return "the stage does not produce it (its stream is not read from the input)"
+	case transport == TransportNATS:
+		return "it is published on " + Subject(pipeline, stage, p.Name) + " for outside consumers"
+	}
+	return "its data is dropped (transport local: nothing outside the process can read it)"
 }
 
 func findPort(ports []Port, name string) (Port, bool) {
