@@ -6,9 +6,11 @@ import (
 	"strings"
 
 	"github.com/asticode/go-astiav"
+	"github.com/avflow/avflow/pipeline/secret"
 )
 
-// RouteLogs sends FFmpeg's own log lines to log as structured records.
+// RouteLogs sends FFmpeg's own log lines to log as structured records,
+// with the credentials of any URL in them hidden.
 // FFmpeg messages above maxLevel (by FFmpeg's scale, e.g. astiav.LogLevelWarning)
 // are dropped before formatting.
 func RouteLogs(log *slog.Logger, maxLevel astiav.LogLevel) {
@@ -17,7 +19,7 @@ func RouteLogs(log *slog.Logger, maxLevel astiav.LogLevel) {
 		if l > maxLevel {
 			return
 		}
-		msg = strings.TrimSpace(msg)
+		msg = secret.Text(strings.TrimSpace(msg)) // FFmpeg names URLs, credentials and all
 		if msg == "" {
 			return
 		}
