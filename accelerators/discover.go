@@ -25,10 +25,10 @@ const (
 	NPU Kind = "npu"
 )
 
-// Device is one device (or one way to reach it), with what it can do.
 // CPUID is the ID discovery gives the machine's CPUs (one device for all cores).
 const CPUID = "cpu:0"
 
+// Device is one device (or one way to reach it), with what it can do.
 type Device struct {
 	Kind   Kind
 	ID     string // cpu:0, cuda:0, vaapi:/dev/dri/renderD128, npu:0, ort:CUDAExecutionProvider

@@ -83,7 +83,7 @@ func channelMask(l astiav.ChannelLayout) uint64 {
 // The returned layout belongs to the given scratch frame; copy it before freeing.
 func setLayout(f *astiav.Frame, mask uint64, n int) error {
 	if ret := C.avf_set_layout(cframe(f), C.uint64_t(mask), C.int(n)); ret < 0 {
-		return fmt.Errorf("%w: channel layout mask %#x, %d channels: %v", ErrFormat, mask, n, astiav.Error(ret))
+		return fmt.Errorf("%w: channel layout mask %#x, %d channels: %w", ErrFormat, mask, n, astiav.Error(ret))
 	}
 	return nil
 }

@@ -16,23 +16,6 @@ import (
 // Frame is an FFmpeg frame travelling with an envelope inside one process.
 type Frame struct{ F *astiav.Frame }
 
-// Fill copies the frame's planes into e.Payload, tightly packed.
-func (f *Frame) Fill(e *envelope.Envelope) error {
-	if err := f.ToHost(e); err != nil {
-		return err
-	}
-	n, err := f.PayloadSize()
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, n)
-	if err := f.WritePayload(buf); err != nil {
-		return err
-	}
-	e.Payload = buf
-	return nil
-}
-
 // Clone returns a new reference to the same buffers.
 func (f *Frame) Clone() (envelope.Local, error) {
 	c := f.F.Clone()
@@ -130,7 +113,7 @@ func FrameOf(e *envelope.Envelope) (*astiav.Frame, error) {
 	}
 	if ret := C.avf_frame_from_buffer(cframe(f), C.int(video), src, C.int(len(e.Payload))); ret < 0 {
 		f.Free()
-		return nil, fmt.Errorf("%w: %d bytes: %v", ErrPayload, len(e.Payload), astiav.Error(ret))
+		return nil, fmt.Errorf("%w: %d bytes: %w", ErrPayload, len(e.Payload), astiav.Error(ret))
 	}
 	f.SetPts(e.PTS)
 	f.SetKeyFrame(e.Key)
@@ -163,7 +146,7 @@ func (f *Frame) video() C.int {
 func (f *Frame) PayloadSize() (int, error) {
 	size := C.avf_frame_size(cframe(f.F), f.video())
 	if size < 0 {
-		return 0, fmt.Errorf("%w: %v", ErrFormat, astiav.Error(size))
+		return 0, fmt.Errorf("%w: %w", ErrFormat, astiav.Error(size))
 	}
 	return int(size), nil
 }
@@ -174,7 +157,7 @@ func (f *Frame) WritePayload(dst []byte) error {
 		return nil
 	}
 	if n := C.avf_frame_to_buffer(cframe(f.F), f.video(), (*C.uint8_t)(unsafe.Pointer(&dst[0])), C.int(len(dst))); n < 0 {
-		return fmt.Errorf("%w: copying frame failed: %v", ErrFormat, astiav.Error(n))
+		return fmt.Errorf("%w: copying frame failed: %w", ErrFormat, astiav.Error(n))
 	}
 	return nil
 }
@@ -183,7 +166,7 @@ func (f *Frame) WritePayload(dst []byte) error {
 // reference shares them), so a stage may draw on it.
 func MakeWritable(f *astiav.Frame) error {
 	if ret := C.avf_make_writable(cframe(f)); ret < 0 {
-		return fmt.Errorf("codecs: making frame writable failed: %v", astiav.Error(ret))
+		return fmt.Errorf("codecs: making frame writable failed: %w", astiav.Error(ret))
 	}
 	return nil
 }

@@ -2,33 +2,62 @@ package codecs
 
 /*
 #include "hwctx.h"
+#include <libavfilter/buffersink.h>
+#include <libavutil/imgutils.h>
+
+// avf_sink_size gives the size and format of the frames a video graph's
+// buffersink gives, and their size in bytes (-1: unknown).
+static int64_t avf_sink_size(const AVFilterContext *sink, int *w, int *h, int *fmt) {
+	*w = av_buffersink_get_w(sink);
+	*h = av_buffersink_get_h(sink);
+	*fmt = av_buffersink_get_format(sink);
+	int n = av_image_get_buffer_size(*fmt, *w, *h, 1);
+	return n < 0 ? -1 : n;
+}
 */
 import "C"
 
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/pipeline/envelope"
 )
 
-// ErrFilter reports a filter graph that cannot be built or run.
-var ErrFilter = errors.New("filter graph failed")
+// Sentinel errors.
+var (
+	// ErrFilter reports a filter graph that cannot be built or run.
+	ErrFilter = errors.New("filter graph failed")
+	// ErrTooLarge reports a graph that makes frames over its MaxPixels.
+	ErrTooLarge = errors.New("frames too large")
+)
 
 // Graph is a one-input, one-output FFmpeg filter graph, configured from the
-// format of the first frame it sees.
+// format of the first frame it sees, and configured again (as the ffmpeg
+// CLI does) whenever a frame comes in another format: another size or
+// pixel format (or device frame pool), another sample rate, sample format
+// or channel layout. The frames the old graph still holds come out first.
 type Graph struct {
-	spec    string
-	threads int
-	media   envelope.Media
-	g       *astiav.FilterGraph
-	src     *astiav.FilterContext
-	sink    *astiav.FilterContext
-	frame   *astiav.Frame
-	outTB   astiav.Rational
-	rate    astiav.Rational
+	// Log, if set, is told each time the graph is configured again for a
+	// new input format.
+	Log *slog.Logger
+	// MaxPixels, if positive, bounds the frames a video graph may make
+	// (width x height): a graph configured to make larger ones fails with
+	// ErrTooLarge before it makes any.
+	MaxPixels int
+	spec      string
+	threads   int
+	media     envelope.Media
+	in        FrameFormat // the input format the graph is configured for
+	g         *astiav.FilterGraph
+	src       *astiav.FilterContext
+	sink      *astiav.FilterContext
+	frame     *astiav.Frame
+	outTB     astiav.Rational
+	rate      astiav.Rational
 	// dev is the device the graph's filters run on (nil: the CPU);
 	// upload is put in front of spec when frames come from system memory.
 	dev    *astiav.HardwareDeviceContext
@@ -55,9 +84,6 @@ func NewDeviceGraph(spec string, threads int, dev *astiav.HardwareDeviceContext,
 	g.dev, g.upload = dev, upload
 	return g
 }
-
-// TimeBase is the time base of the frames the graph emits (after the first frame).
-func (g *Graph) TimeBase() astiav.Rational { return g.outTB }
 
 func (g *Graph) build(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) (err error) {
 	g.g = astiav.AllocFilterGraph()
@@ -132,9 +158,34 @@ func (g *Graph) build(f *astiav.Frame, media envelope.Media, tb, frameRate astia
 	if err := g.g.Configure(); err != nil {
 		return fmt.Errorf("%w: configuring %q: %w", ErrFilter, spec, err)
 	}
+	if media == envelope.MediaVideo {
+		if err := g.checkSize(f); err != nil {
+			return err
+		}
+	}
 	g.outTB = g.sink.Inputs()[0].TimeBase()
 	g.media, g.rate = media, frameRate
+	g.in = FormatOf(f, media)
 	return nil
+}
+
+// checkSize refuses a graph whose frames are over MaxPixels.
+func (g *Graph) checkSize(in *astiav.Frame) error {
+	var w, h, pf C.int
+	size := C.avf_sink_size(filterPtr(g.sink), &w, &h, &pf)
+	if g.MaxPixels <= 0 || int64(w)*int64(h) <= int64(g.MaxPixels) {
+		return nil
+	}
+	bytes := "size unknown"
+	switch {
+	case size >= 1<<20:
+		bytes = fmt.Sprintf("%d MiB each", int64(size)>>20)
+	case size >= 0:
+		bytes = fmt.Sprintf("%d KiB each", int64(size)>>10)
+	}
+	return fmt.Errorf("%w: %w: %q makes %dx%d %s frames from %dx%d (%.1f megapixels, %s), over the limit of %d pixels",
+		ErrFilter, ErrTooLarge, g.spec, w, h, astiav.PixelFormat(pf).Name(), in.Width(), in.Height(),
+		float64(w)*float64(h)/1e6, bytes, g.MaxPixels)
 }
 
 func sar(r astiav.Rational) astiav.Rational {
@@ -144,20 +195,44 @@ func sar(r astiav.Rational) astiav.Rational {
 	return r
 }
 
-// Push sends a frame (nil: end of stream) and returns the frames that are ready.
+// Push sends a frame (nil: end of stream) and returns the frames that are
+// ready. A frame in another format than the graph was configured for ends
+// the graph (its last frames come out first) and configures a new one.
 func (g *Graph) Push(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) ([]*envelope.Envelope, error) {
+	var out []*envelope.Envelope
+	if f != nil && g.g != nil {
+		if in := FormatOf(f, media); in != g.in {
+			var err error
+			if out, err = g.send(out, nil); err != nil {
+				return out, err
+			}
+			if g.Log != nil {
+				g.Log.Info("filter graph configured again: the input format changed", "graph", g.spec, "from", g.in.String(), "to", in.String())
+			}
+			g.g.Free()
+			g.g = nil
+		}
+	}
 	if g.g == nil {
 		if f == nil {
-			return nil, nil
+			return out, nil
 		}
 		if err := g.build(f, media, tb, frameRate); err != nil {
-			return nil, err
+			if g.g != nil {
+				g.g.Free()
+				g.g = nil
+			}
+			return out, err
 		}
 	}
+	return g.send(out, f)
+}
+
+// send feeds f (nil: end of stream) and appends the frames that are ready.
+func (g *Graph) send(out []*envelope.Envelope, f *astiav.Frame) ([]*envelope.Envelope, error) {
 	if err := g.src.BuffersrcAddFrame(f, astiav.NewBuffersrcFlags(astiav.BuffersrcFlagKeepRef)); err != nil {
-		return nil, fmt.Errorf("%w: feeding %q: %w", ErrFilter, g.spec, err)
+		return out, fmt.Errorf("%w: feeding %q: %w", ErrFilter, g.spec, err)
 	}
-	var out []*envelope.Envelope
 	for {
 		if err := g.sink.BuffersinkGetFrame(g.frame, astiav.NewBuffersinkFlags()); err != nil {
 			if errors.Is(err, astiav.ErrEagain) || errors.Is(err, astiav.ErrEof) {

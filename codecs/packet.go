@@ -10,12 +10,6 @@ import (
 // Packet is an FFmpeg packet travelling with an envelope inside one process.
 type Packet struct{ P *astiav.Packet }
 
-// Fill copies the packet data into e.Payload.
-func (p *Packet) Fill(e *envelope.Envelope) error {
-	e.Payload = append([]byte(nil), p.P.Data()...)
-	return nil
-}
-
 // PayloadSize is the packet's size.
 func (p *Packet) PayloadSize() (int, error) { return p.P.Size(), nil }
 

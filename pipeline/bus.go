@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,7 +43,12 @@ func (c consumerRef) id() string { return c.stage + "/" + strconv.Itoa(c.input) 
 
 // ---- in-process transport (zero-copy) ----
 
-type localPublisher struct{ consumers []consumerRef }
+type localPublisher struct {
+	port      string // stage.port, for the log
+	consumers []consumerRef
+	log       *slog.Logger
+	gone      map[string]bool // consumers found ended, warned about once
+}
 
 func (p *localPublisher) Publish(ctx context.Context, e *envelope.Envelope) error {
 	for i, c := range p.consumers {
@@ -59,7 +66,18 @@ func (p *localPublisher) Publish(ctx context.Context, e *envelope.Envelope) erro
 			m = &cp
 		}
 		m.Input = c.input
-		if err := c.q.Push(ctx, m); err != nil {
+		stalled := func(waited time.Duration) {
+			p.log.Warn("slow consumer: waiting for room in its input queue", "port", p.port, "waiting_for", c.stage, "waited", waited.Round(time.Second))
+		}
+		err := c.q.Push(ctx, m, stalled)
+		if errors.Is(err, errConsumerEnded) {
+			if ctx.Err() == nil && !p.gone[c.id()] && e.Kind != envelope.KindEOS {
+				p.log.Warn("a consumer has ended: what this port sends it from now on is dropped", "port", p.port, "consumer", c.stage)
+			}
+			p.gone[c.id()] = true
+			continue
+		}
+		if err != nil {
 			if i < len(p.consumers)-1 {
 				e.Release()
 			}
@@ -78,7 +96,11 @@ func (p *localPublisher) Close() {}
 
 // natsPublisher publishes one port on its subject, chunking messages larger
 // than the server's max payload. In block mode it holds at most window
-// unacknowledged messages per known consumer.
+// unacknowledged messages per known consumer that has not ended.
+//
+// Credits travel on the subject with ".ack" appended, as "<consumer> <n>"
+// (the consumer, stage/input, has taken n messages) or "<consumer> end"
+// (it has ended and takes nothing more: the publisher stops waiting for it).
 type natsPublisher struct {
 	nc      *nats.Conn
 	subject string
@@ -86,22 +108,23 @@ type natsPublisher struct {
 	window  uint64
 	maxPart int
 	chunkID uint64
+	log     *slog.Logger
 
 	mu     sync.Mutex
 	sent   uint64
-	acked  map[string]uint64
+	acked  map[string]uint64 // consumers that have not ended -> messages they took
+	names  map[string]string // consumer id -> stage name
+	ended  []string          // consumers that ended, not yet warned about
+	eos    bool              // the port has ended
 	credit chan struct{}
 	ackSub *nats.Subscription
 	buf    []byte
-	// consumers is how many known consumers send credits, fixed at start
-	// (acked is written by the ack callback and read under mu).
-	consumers int
 }
 
-func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mode FlowMode, window int) (*natsPublisher, error) {
+func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mode FlowMode, window int, log *slog.Logger) (*natsPublisher, error) {
 	p := &natsPublisher{
-		nc: nc, subject: subject, block: mode == FlowBlock, window: uint64(window),
-		acked: map[string]uint64{}, credit: make(chan struct{}, 1),
+		nc: nc, subject: subject, block: mode == FlowBlock, window: uint64(window), log: log,
+		acked: map[string]uint64{}, names: map[string]string{}, credit: make(chan struct{}, 1),
 	}
 	// Leave room for headers and protocol overhead.
 	p.maxPart = int(nc.MaxPayload()) - 1024
@@ -109,43 +132,67 @@ func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mo
 		return nil, fmt.Errorf("%w: server max payload %d is too small", ErrTransport, nc.MaxPayload())
 	}
 	if p.block && len(consumers) > 0 {
-		p.consumers = len(consumers)
 		for _, c := range consumers {
 			p.acked[c.id()] = 0
+			p.names[c.id()] = c.stage
 		}
-		sub, err := nc.Subscribe(subject+".ack", func(m *nats.Msg) {
-			id, n, ok := strings.Cut(string(m.Data), " ")
-			if !ok {
-				return
-			}
-			count, err := strconv.ParseUint(n, 10, 64)
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			if prev, known := p.acked[id]; known && count > prev {
-				p.acked[id] = count
-			}
-			p.mu.Unlock()
-			signal(p.credit)
-		})
+		sub, err := nc.Subscribe(subject+".ack", p.onAck)
 		if err != nil {
-			return nil, fmt.Errorf("%w: subscribing to %s.ack failed: %v", ErrTransport, subject, err)
+			return nil, fmt.Errorf("%w: subscribing to %s.ack failed: %w", ErrTransport, subject, err)
 		}
 		p.ackSub = sub
 	}
 	return p, nil
 }
 
-func (p *natsPublisher) minAcked() uint64 {
-	first := true
-	var m uint64
-	for _, v := range p.acked {
-		if first || v < m {
-			m, first = v, false
+// onAck takes a credit or a consumer's end (see natsPublisher).
+func (p *natsPublisher) onAck(m *nats.Msg) {
+	id, n, ok := strings.Cut(string(m.Data), " ")
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	prev, known := p.acked[id]
+	switch {
+	case !known:
+	case n == ackEnd:
+		delete(p.acked, id)
+		if !p.eos {
+			p.ended = append(p.ended, id)
+		}
+	default:
+		if count, err := strconv.ParseUint(n, 10, 64); err == nil && count > prev {
+			p.acked[id] = count
 		}
 	}
-	return m
+	p.mu.Unlock()
+	signal(p.credit)
+}
+
+// ackEnd is the credit a consumer sends when it has ended.
+const ackEnd = "end"
+
+// lagging returns the consumers the publisher must wait for before it may
+// send one more message (none: it may send). Called with mu held.
+func (p *natsPublisher) lagging() []string {
+	first := true
+	var least uint64
+	for _, v := range p.acked {
+		if first || v < least {
+			least, first = v, false
+		}
+	}
+	if first || p.sent-least < p.window {
+		return nil
+	}
+	var out []string
+	for id, v := range p.acked {
+		if v == least {
+			out = append(out, p.names[id])
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (p *natsPublisher) Publish(ctx context.Context, e *envelope.Envelope) error {
@@ -156,27 +203,17 @@ func (p *natsPublisher) Publish(ctx context.Context, e *envelope.Envelope) error
 		return err
 	}
 	p.buf = data
-	if p.block && e.Kind != envelope.KindEOS && p.consumers > 0 {
-		for {
-			p.mu.Lock()
-			ok := p.sent-p.minAcked() < p.window
-			p.mu.Unlock()
-			if ok {
-				break
-			}
-			select {
-			case <-p.credit:
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Second):
-				if p.nc.IsClosed() {
-					return fmt.Errorf("%w: NATS connection closed while waiting for %s consumers", ErrTransport, p.subject)
-				}
-			}
+	if e.Kind == envelope.KindEOS {
+		p.mu.Lock()
+		p.eos = true
+		p.mu.Unlock()
+	} else if p.block {
+		if err := p.waitCredit(ctx); err != nil {
+			return err
 		}
 	}
 	if err := p.send(data); err != nil {
-		return fmt.Errorf("%w: publishing on %s failed: %v", ErrTransport, p.subject, err)
+		return fmt.Errorf("%w: publishing on %s failed: %w", ErrTransport, p.subject, err)
 	}
 	if e.Kind != envelope.KindEOS {
 		p.mu.Lock()
@@ -184,6 +221,39 @@ func (p *natsPublisher) Publish(ctx context.Context, e *envelope.Envelope) error
 		p.mu.Unlock()
 	}
 	return nil
+}
+
+// waitCredit waits until every consumer that has not ended has room for
+// one more message, warning when the wait is long (a slow consumer).
+func (p *natsPublisher) waitCredit(ctx context.Context) error {
+	var w slowWait
+	defer w.stop()
+	for {
+		p.mu.Lock()
+		lagging, ended := p.lagging(), p.ended
+		p.ended = nil
+		p.mu.Unlock()
+		for _, id := range ended {
+			if ctx.Err() == nil {
+				p.log.Warn("a consumer has ended: what this port sends it from now on is not read", "subject", p.subject, "consumer", p.names[id])
+			}
+		}
+		if lagging == nil {
+			return nil
+		}
+		select {
+		case <-p.credit:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.tick():
+			if p.nc.IsClosed() {
+				return fmt.Errorf("%w: NATS connection closed while waiting for %s consumers", ErrTransport, p.subject)
+			}
+			if waited, due := w.due(); due {
+				p.log.Warn("slow consumer: waiting for credits", "subject", p.subject, "waiting_for", lagging, "waited", waited.Round(time.Second))
+			}
+		}
+	}
 }
 
 func (p *natsPublisher) send(data []byte) error {
@@ -231,11 +301,11 @@ func newNATSSubscriber(ctx context.Context, nc *nats.Conn, subject string, ref c
 	s.ackEvery = uint64(max(1, window/4))
 	sub, err := nc.Subscribe(subject, s.onMsg)
 	if err != nil {
-		return nil, fmt.Errorf("%w: subscribing to %s failed: %v", ErrTransport, subject, err)
+		return nil, fmt.Errorf("%w: subscribing to %s failed: %w", ErrTransport, subject, err)
 	}
 	// Credits bound what is in flight; the client must never drop on its own.
 	if err := sub.SetPendingLimits(-1, -1); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrTransport, err)
+		return nil, fmt.Errorf("%w: setting the pending limits of %s failed: %w", ErrTransport, subject, err)
 	}
 	s.sub = sub
 	return s, nil
@@ -249,7 +319,7 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 			data, err = s.reasm.Add(envelope.Chunk{ID: id, Index: idx, Count: n, Data: m.Data})
 		}
 		if err != nil {
-			s.fail(fmt.Errorf("%w: stage %q input %d (%s): %v", ErrTransport, s.ref.stage, s.ref.input, s.subject, err))
+			s.fail(fmt.Errorf("%w: stage %q input %d (%s): %w", ErrTransport, s.ref.stage, s.ref.input, s.subject, err))
 			return
 		}
 		if data == nil {
@@ -258,11 +328,19 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 	}
 	e, err := envelope.Unmarshal(data)
 	if err != nil {
-		s.fail(fmt.Errorf("%w: stage %q input %d (%s): %v", ErrTransport, s.ref.stage, s.ref.input, s.subject, err))
+		s.fail(fmt.Errorf("%w: stage %q input %d (%s): %w", ErrTransport, s.ref.stage, s.ref.input, s.subject, err))
 		return
 	}
 	e.Input = s.ref.input
-	_ = s.ref.q.Push(s.ctx, e)
+	_ = s.ref.q.Push(s.ctx, e, nil)
+}
+
+// ended tells the edge's producer that this consumer takes nothing more,
+// so it stops waiting for its credits.
+func (s *natsSubscriber) ended() {
+	if s.block {
+		_ = s.nc.Publish(s.subject+".ack", []byte(s.ref.id()+" "+ackEnd))
+	}
 }
 
 // took is called when the stage takes a message of this input from its queue.

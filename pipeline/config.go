@@ -106,6 +106,7 @@ type StageConfig struct {
 	outputs     []Port
 	inTypes     []PortType
 	replicasPos Pos
+	kindPos     Pos // where the kind's value is written
 }
 
 // Outputs returns the stage's output ports (after validation).
@@ -280,6 +281,7 @@ func parseStage(n *yaml.Node, file string, bad func(*yaml.Node, string, ...any))
 			s.Name = scalar(v, bad)
 		case "kind":
 			s.Kind = scalar(v, bad)
+			s.kindPos = Pos{file, v.Line, v.Column}
 		case "accelerator":
 			s.Accelerator = scalar(v, bad)
 			switch s.Accelerator {

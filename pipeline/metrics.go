@@ -123,28 +123,39 @@ func (m *Metrics) Snapshot() []StageStats {
 	el := time.Since(m.start).Seconds()
 	out := make([]StageStats, 0, len(m.stages))
 	for _, s := range m.stages {
-		st := StageStats{Name: s.name, Kind: s.kind, Device: s.deviceNow(), In: s.in.Load(), Out: s.out.Load(), VideoIn: s.videoIn.Load(), Terminal: s.terminal}
-		if el > 0 {
-			st.FPS = float64(st.Out) / el
-			if st.Terminal {
-				st.FPS = float64(st.In) / el
-			}
-		}
-		if st.In > 0 {
-			st.BusyMs = float64(s.busyNS.Load()) / float64(st.In) / 1e6
-		}
-		st.BusyP50Ms, st.BusyP99Ms = s.busyPercentiles()
-		if n := s.latCount.Load(); n > 0 {
-			st.LatencyMs = float64(s.latSumNS.Load()) / float64(n) / 1e6
-		}
-		st.MaxLatMs = float64(s.latMaxNS.Load()) / 1e6
-		if s.q != nil {
-			st.Depth = s.q.Len()
-			st.Drops = s.q.drops.Load()
-		}
-		out = append(out, st)
+		out = append(out, s.stats(el))
 	}
 	return out
+}
+
+// stageStats returns one stage's numbers (a stage's metrics endpoint asks
+// for its own, not for the whole pipeline's).
+func (m *Metrics) stageStats(s *stageMetrics) StageStats {
+	return s.stats(time.Since(m.start).Seconds())
+}
+
+// stats are the stage's numbers after el seconds of run time.
+func (s *stageMetrics) stats(el float64) StageStats {
+	st := StageStats{Name: s.name, Kind: s.kind, Device: s.deviceNow(), In: s.in.Load(), Out: s.out.Load(), VideoIn: s.videoIn.Load(), Terminal: s.terminal}
+	if el > 0 {
+		st.FPS = float64(st.Out) / el
+		if st.Terminal {
+			st.FPS = float64(st.In) / el
+		}
+	}
+	if st.In > 0 {
+		st.BusyMs = float64(s.busyNS.Load()) / float64(st.In) / 1e6
+	}
+	st.BusyP50Ms, st.BusyP99Ms = s.busyPercentiles()
+	if n := s.latCount.Load(); n > 0 {
+		st.LatencyMs = float64(s.latSumNS.Load()) / float64(n) / 1e6
+	}
+	st.MaxLatMs = float64(s.latMaxNS.Load()) / 1e6
+	if s.q != nil {
+		st.Depth = s.q.Len()
+		st.Drops = s.q.drops.Load()
+	}
+	return st
 }
 
 // Progress returns the video frames that reached the sinks (the least of them).

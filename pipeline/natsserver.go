@@ -2,6 +2,8 @@ package pipeline
 
 import (
 	"fmt"
+	"runtime"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -29,7 +31,7 @@ func StartEmbeddedNATS() (*server.Server, error) {
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("%w: starting embedded NATS server failed: %v", ErrTransport, err)
+		return nil, fmt.Errorf("%w: starting embedded NATS server failed: %w", ErrTransport, err)
 	}
 	go s.Start()
 	if !s.ReadyForConnections(10 * time.Second) {
@@ -39,8 +41,53 @@ func StartEmbeddedNATS() (*server.Server, error) {
 	return s, nil
 }
 
+// connPool is a run's NATS connections, shared by its stages: one per CPU
+// at most (they parse and copy messages in parallel), not one per stage,
+// whose buffers, goroutines and server-side clients made a pipeline of
+// thousands of stages cost gigabytes.
+type connPool struct{ conns []*nats.Conn }
+
+// connectPool opens min(stages, GOMAXPROCS) connections. onErr gets the
+// asynchronous errors of a connection, with the subscription they concern
+// (nil for the connection's own).
+func connectPool(srv *server.Server, url, name string, stages int, onErr func(*nats.Subscription, error)) (*connPool, error) {
+	p := &connPool{}
+	for i := range max(1, min(stages, runtime.GOMAXPROCS(0))) {
+		nc, err := connect(srv, url, name+" "+strconv.Itoa(i), onErr)
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		p.conns = append(p.conns, nc)
+	}
+	return p, nil
+}
+
+// conn is the connection of the i-th stage.
+func (p *connPool) conn(i int) *nats.Conn { return p.conns[i%len(p.conns)] }
+
+// Flush waits until the server has processed everything sent on every connection.
+func (p *connPool) Flush() error {
+	for _, nc := range p.conns {
+		if err := nc.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close closes every connection; a nil pool is fine.
+func (p *connPool) Close() {
+	if p == nil {
+		return
+	}
+	for _, nc := range p.conns {
+		nc.Close()
+	}
+}
+
 // connect opens a NATS connection, in-process when srv is set.
-func connect(srv *server.Server, url, name string, onErr func(error)) (*nats.Conn, error) {
+func connect(srv *server.Server, url, name string, onErr func(*nats.Subscription, error)) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.Timeout(5 * time.Second),
@@ -49,11 +96,11 @@ func connect(srv *server.Server, url, name string, onErr func(error)) (*nats.Con
 			if sub != nil {
 				subj = " on " + sub.Subject
 			}
-			onErr(fmt.Errorf("%w: NATS error%s: %v", ErrTransport, subj, err))
+			onErr(sub, fmt.Errorf("%w: NATS error%s: %w", ErrTransport, subj, err))
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				onErr(fmt.Errorf("%w: lost the connection to the NATS server at %s: %w", ErrTransport, RedactURL(url), err))
+				onErr(nil, fmt.Errorf("%w: lost the connection to the NATS server at %s: %w", ErrTransport, RedactURL(url), err))
 			}
 		}),
 	}

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,7 +12,8 @@ import (
 
 // queue is a stage's bounded input queue. In block mode Push waits for room;
 // in drop-oldest mode Push drops (and releases) the oldest message.
-// One consumer pops; any number of producers push.
+// One consumer pops; any number of producers push. Once the consumer has
+// ended (close), Push releases what it is given and never waits.
 type queue struct {
 	mu      sync.Mutex
 	items   []*envelope.Envelope
@@ -21,6 +23,8 @@ type queue struct {
 	drops   atomic.Int64
 	hasData chan struct{}
 	hasRoom chan struct{}
+	ended   chan struct{} // closed by close
+	once    sync.Once
 }
 
 func newQueue(capacity int, mode FlowMode) *queue {
@@ -29,6 +33,21 @@ func newQueue(capacity int, mode FlowMode) *queue {
 		drop:    mode == FlowDropOldest,
 		hasData: make(chan struct{}, 1),
 		hasRoom: make(chan struct{}, 1),
+		ended:   make(chan struct{}),
+	}
+}
+
+// close says the consumer has ended: it takes nothing more, so producers
+// waiting for room are released and what they push is dropped.
+func (q *queue) close() { q.once.Do(func() { close(q.ended) }) }
+
+// closed reports whether the consumer has ended.
+func (q *queue) closed() bool {
+	select {
+	case <-q.ended:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -48,9 +67,18 @@ func (q *queue) Len() int {
 	return q.lenLocked()
 }
 
-// Push adds e. EOS messages are never dropped and never wait.
-func (q *queue) Push(ctx context.Context, e *envelope.Envelope) error {
+// Push adds e. EOS messages are never dropped and never wait. A full
+// queue in block mode makes Push wait for room; stalled, when set, is
+// called while the wait lasts (see slowWait). Pushing to a queue whose
+// consumer has ended releases e and returns errConsumerEnded.
+func (q *queue) Push(ctx context.Context, e *envelope.Envelope, stalled func(waited time.Duration)) error {
+	var w slowWait
+	defer w.stop()
 	for {
+		if q.closed() {
+			e.Release()
+			return errConsumerEnded
+		}
 		q.mu.Lock()
 		n := q.lenLocked()
 		if n < q.cap || e.Kind == envelope.KindEOS {
@@ -84,10 +112,58 @@ func (q *queue) Push(ctx context.Context, e *envelope.Envelope) error {
 		q.mu.Unlock()
 		select {
 		case <-q.hasRoom:
+		case <-q.ended:
+		case <-w.tick():
+			if waited, due := w.due(); due && stalled != nil {
+				stalled(waited)
+			}
 		case <-ctx.Done():
 			e.Release()
 			return ctx.Err()
 		}
+	}
+}
+
+// errConsumerEnded is what a push to an ended consumer returns: the message
+// was dropped, as nobody will read it.
+var errConsumerEnded = errors.New("the consumer has ended")
+
+// slowConsumerAfter is how long a producer waits for a consumer before it
+// warns that the consumer is slow; it warns again each time the wait doubles.
+var slowConsumerAfter = 5 * time.Second
+
+// slowWait times one wait of a producer for its consumers: tick fires
+// while it lasts, due says when to warn. The zero value is ready to use.
+type slowWait struct {
+	start  time.Time
+	next   time.Duration
+	ticker *time.Ticker
+}
+
+// tick starts the wait's clock on first use and returns its ticks (at
+// least once a second, for callers that poll something else too).
+func (w *slowWait) tick() <-chan time.Time {
+	if w.ticker == nil {
+		w.start, w.next = time.Now(), slowConsumerAfter
+		w.ticker = time.NewTicker(min(time.Second, slowConsumerAfter))
+	}
+	return w.ticker.C
+}
+
+// due reports how long the wait has lasted and whether to warn now.
+func (w *slowWait) due() (time.Duration, bool) {
+	waited := time.Since(w.start)
+	if waited < w.next {
+		return waited, false
+	}
+	w.next *= 2
+	return waited, true
+}
+
+// stop ends the wait's clock.
+func (w *slowWait) stop() {
+	if w.ticker != nil {
+		w.ticker.Stop()
 	}
 }
 

@@ -18,9 +18,35 @@ import (
 
 // Sentinel errors of a run.
 var (
+	// ErrStage matches every error of a stage (a StageError): binding it
+	// to a device, building it, or running it.
 	ErrStage    = errors.New("stage failed")
 	ErrCanceled = errors.New("run cancelled")
 )
+
+// StageError is a stage's failure, naming it: "stage "x" (kind): cause".
+// errors.Is(err, ErrStage) matches it; errors.Is and errors.As see the cause.
+type StageError struct {
+	Stage, Kind string
+	Replica     int // the failing replica beyond the first, 0 for the stage (or its first instance)
+	Err         error
+}
+
+func (e *StageError) Error() string {
+	if e.Replica > 0 {
+		return fmt.Sprintf("stage %q (%s) replica %d: %v", e.Stage, e.Kind, e.Replica, e.Err)
+	}
+	return fmt.Sprintf("stage %q (%s): %v", e.Stage, e.Kind, e.Err)
+}
+
+func (e *StageError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrStage) true.
+func (e *StageError) Is(target error) bool { return target == ErrStage }
+
+func stageError(n *node, replica int, err error) error {
+	return &StageError{Stage: n.cfg.Name, Kind: n.cfg.Kind, Replica: replica, Err: err}
+}
 
 // TotalFramer is implemented by sources that know how many video frames they
 // will produce (files); the CLI shows progress and an ETA from it.
@@ -56,8 +82,11 @@ type Runner struct {
 	firstErr error
 	cancel   context.CancelFunc
 
-	embedded *server.Server
-	ready    chan struct{}
+	// subOwners maps the run's NATS subscriptions to the stages they
+	// belong to, for the connections' error handler.
+	subOwners sync.Map
+	embedded  *server.Server
+	ready     chan struct{}
 }
 
 // NewRunner validates cfg (if needed) and prepares a run.
@@ -140,18 +169,20 @@ func (r *Runner) err() error {
 }
 
 type node struct {
-	cfg     *StageConfig
-	stage   Stage
-	q       *queue
-	pubs    map[string]publisher
-	ports   []Port
-	subs    []*natsSubscriber
-	nc      *nats.Conn
-	m       *stageMetrics
-	seq     map[string]uint64
-	log     *slog.Logger
-	nInputs int
-	extra   []Stage // replicas beyond the first (StageConfig.Replicas)
+	cfg   *StageConfig
+	stage Stage
+	q     *queue
+	pubs  map[string]publisher
+	ports []Port
+	subs  []*natsSubscriber
+	nc    *nats.Conn // shared with other nodes (connPool); nil over the local transport
+	// inSubjects are the NATS subjects of the stage's inputs, in order.
+	inSubjects []string
+	m          *stageMetrics
+	seq        map[string]uint64
+	log        *slog.Logger
+	nInputs    int
+	extra      []Stage // replicas beyond the first (StageConfig.Replicas)
 }
 
 // instances is the stage and its replicas (none before they are built).
@@ -184,83 +215,29 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		r.log.Info("embedded NATS server started", "url", srv.ClientURL())
 	}
 
-	nodes := make([]*node, 0, len(r.cfg.order))
-	byName := map[string]*node{}
+	nodes, byName := r.newNodes()
+	var pool *connPool
 	defer func() {
 		for _, n := range nodes {
-			for _, s := range n.subs {
-				s.Close()
-			}
-			for _, p := range n.pubs {
-				p.Close()
-			}
-			if n.q != nil {
-				n.q.drain()
-			}
-			if n.nc != nil {
-				n.nc.Close()
-			}
+			n.closeTransport()
 		}
+		pool.Close()
 	}()
-
-	// Queues and connections first, so every consumer exists before anything is published.
-	for _, sc := range r.cfg.order {
-		n := &node{cfg: sc, pubs: map[string]publisher{}, ports: sc.outputs, seq: map[string]uint64{}, nInputs: len(sc.Inputs),
-			log: r.log.With("stage", sc.Name, "kind", sc.Kind)}
-		n.m = &stageMetrics{name: sc.Name, kind: sc.Kind, terminal: len(sc.outputs) == 0}
-		if n.nInputs > 0 {
-			n.q = newQueue(r.cfg.Queue*n.nInputs, r.nodeFlow(sc))
-			n.m.q = n.q
+	if useNATS {
+		var err error
+		if pool, err = connectPool(r.embedded, r.opts.NATSURL, "avflow "+r.cfg.Name, len(nodes), r.natsError); err != nil {
+			return err
 		}
-		if useNATS {
-			nc, err := connect(r.embedded, r.opts.NATSURL, "avflow "+r.cfg.Name+" "+sc.Name, func(err error) {
-				if r.cfg.Flow == FlowBlock || !errors.Is(err, nats.ErrSlowConsumer) {
-					r.fail(fmt.Errorf("stage %q: %w", sc.Name, err))
-				}
-			})
-			if err != nil {
-				return err
-			}
-			n.nc = nc
-		}
-		nodes = append(nodes, n)
-		byName[sc.Name] = n
-		r.metrics.stages = append(r.metrics.stages, n.m)
-	}
-	// Subscriptions and publishers.
-	consumers := map[string][]consumerRef{} // "stage.port" -> consumers
-	for _, n := range nodes {
-		for i, in := range n.cfg.Inputs {
-			src := byName[in.Stage]
-			port, _ := findPort(src.ports, in.Port)
-			ref := consumerRef{stage: n.cfg.Name, input: i, q: n.q}
-			consumers[in.Stage+"."+port.Name] = append(consumers[in.Stage+"."+port.Name], ref)
-			if useNATS {
-				s, err := newNATSSubscriber(ctx, n.nc, Subject(r.cfg.Name, in.Stage, port.Name), ref, r.edgeFlow(port.Type), r.cfg.Queue, r.fail)
-				if err != nil {
-					return err
-				}
-				n.subs = append(n.subs, s)
-			}
+		for i, n := range nodes {
+			n.nc = pool.conn(i)
 		}
 	}
-	for _, n := range nodes {
-		for _, p := range n.ports {
-			cs := consumers[n.cfg.Name+"."+p.Name]
-			if !useNATS {
-				n.pubs[p.Name] = &localPublisher{consumers: cs}
-				continue
-			}
-			pub, err := newNATSPublisher(n.nc, Subject(r.cfg.Name, n.cfg.Name, p.Name), cs, r.edgeFlow(p.Type), r.cfg.Queue)
-			if err != nil {
-				return err
-			}
-			n.pubs[p.Name] = pub
-		}
-		if n.nc != nil {
-			if err := n.nc.Flush(); err != nil {
-				return fmt.Errorf("%w: flushing subscriptions of stage %q failed: %v", ErrTransport, n.cfg.Name, err)
-			}
+	if err := r.wire(ctx, nodes, byName); err != nil {
+		return err
+	}
+	if pool != nil {
+		if err := pool.Flush(); err != nil {
+			return fmt.Errorf("%w: flushing the subscriptions failed: %w", ErrTransport, err)
 		}
 	}
 
@@ -280,7 +257,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		}
 		b, err := accelerators.Bind(*inv, req)
 		if err != nil {
-			return fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err)
+			return stageError(n, 0, err)
 		}
 		binds[n] = b
 		n.m.device = b.Device.ID
@@ -306,7 +283,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		b := binds[n]
 		in := Init{
 			Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
-			Outputs: n.ports, Dir: r.cfg.Dir, Accelerator: string(b.Device.Kind), Device: b.Device, Strict: n.cfg.Strict, Log: n.log,
+			Outputs: n.ports, Dir: r.cfg.Dir, Device: b.Device, Strict: n.cfg.Strict, Log: n.log,
 			Live: r.cfg.Flow == FlowDropOldest, Downstream: downstream[n.cfg.Name], Consumers: readers[n.cfg.Name],
 		}
 		for i := range max(1, n.cfg.Replicas) {
@@ -320,10 +297,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 						_ = st.Close()
 					}
 				}
-				if i > 0 {
-					return fmt.Errorf("stage %q (%s) replica %d: %w", n.cfg.Name, n.cfg.Kind, i, err)
-				}
-				return fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err)
+				return stageError(n, i, err)
 			}
 			if i == 0 {
 				n.stage = st
@@ -358,10 +332,10 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 				return err
 			}
 			services = append(services, svc)
-			// Discovery must answer as soon as Ready says the stage exists.
-			if err := n.nc.Flush(); err != nil {
-				return fmt.Errorf("%w: stage %q: %v", ErrTransport, n.cfg.Name, err)
-			}
+		}
+		// Discovery must answer as soon as Ready says the stages exist.
+		if err := pool.Flush(); err != nil {
+			return fmt.Errorf("%w: registering the stages' services failed: %w", ErrTransport, err)
 		}
 	}
 	close(r.ready)
@@ -371,9 +345,12 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		wg.Add(1)
 		go func(n *node) {
 			defer wg.Done()
-			if err := r.runNode(ctx, n); err != nil && !errors.Is(err, context.Canceled) {
-				r.fail(fmt.Errorf("stage %q (%s): %w", n.cfg.Name, n.cfg.Kind, err))
+			err := r.runNode(ctx, n)
+			// A stage's own "canceled" while the run goes on is a failure too.
+			if err != nil && (ctx.Err() == nil || !errors.Is(err, context.Canceled)) {
+				r.fail(stageError(n, 0, err))
 			}
+			n.ended()
 		}(n)
 	}
 	wg.Wait()
@@ -381,9 +358,112 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		return err
 	}
 	if ctx.Err() != nil {
-		return fmt.Errorf("%w: %v", ErrCanceled, context.Cause(ctx))
+		return fmt.Errorf("%w: %w", ErrCanceled, context.Cause(ctx))
 	}
 	return nil
+}
+
+// newNodes makes a node, with its input queue and metrics, for every stage
+// in topological order, so every consumer exists before anything is published.
+func (r *Runner) newNodes() ([]*node, map[string]*node) {
+	nodes := make([]*node, 0, len(r.cfg.order))
+	byName := make(map[string]*node, len(r.cfg.order))
+	for _, sc := range r.cfg.order {
+		n := &node{cfg: sc, pubs: map[string]publisher{}, ports: sc.outputs, seq: map[string]uint64{}, nInputs: len(sc.Inputs),
+			log: r.log.With("stage", sc.Name, "kind", sc.Kind)}
+		n.m = &stageMetrics{name: sc.Name, kind: sc.Kind, terminal: len(sc.outputs) == 0}
+		if n.nInputs > 0 {
+			n.q = newQueue(r.cfg.Queue*n.nInputs, r.nodeFlow(sc))
+			n.m.q = n.q
+		}
+		nodes = append(nodes, n)
+		byName[sc.Name] = n
+		r.metrics.stages = append(r.metrics.stages, n.m)
+	}
+	return nodes, byName
+}
+
+// wire subscribes every stage to its inputs and makes the publishers of
+// its output ports, over NATS when the nodes have a connection.
+func (r *Runner) wire(ctx context.Context, nodes []*node, byName map[string]*node) error {
+	consumers := map[string][]consumerRef{} // "stage.port" -> consumers
+	for _, n := range nodes {
+		for i, in := range n.cfg.Inputs {
+			port, _ := findPort(byName[in.Stage].ports, in.Port)
+			ref := consumerRef{stage: n.cfg.Name, input: i, q: n.q}
+			consumers[in.Stage+"."+port.Name] = append(consumers[in.Stage+"."+port.Name], ref)
+			subject := Subject(r.cfg.Name, in.Stage, port.Name)
+			n.inSubjects = append(n.inSubjects, subject)
+			if n.nc == nil {
+				continue
+			}
+			s, err := newNATSSubscriber(ctx, n.nc, subject, ref, r.edgeFlow(port.Type), r.cfg.Queue, r.fail)
+			if err != nil {
+				return err
+			}
+			r.subOwners.Store(s.sub, n.cfg.Name)
+			n.subs = append(n.subs, s)
+		}
+	}
+	for _, n := range nodes {
+		for _, p := range n.ports {
+			cs := consumers[n.cfg.Name+"."+p.Name]
+			if n.nc == nil {
+				n.pubs[p.Name] = &localPublisher{port: n.cfg.Name + "." + p.Name, consumers: cs, log: n.log, gone: map[string]bool{}}
+				continue
+			}
+			pub, err := newNATSPublisher(n.nc, Subject(r.cfg.Name, n.cfg.Name, p.Name), cs, r.edgeFlow(p.Type), r.cfg.Queue, n.log)
+			if err != nil {
+				return err
+			}
+			if pub.ackSub != nil {
+				r.subOwners.Store(pub.ackSub, n.cfg.Name)
+			}
+			n.pubs[p.Name] = pub
+		}
+	}
+	return nil
+}
+
+// natsError handles an asynchronous error of a NATS connection: it fails
+// the run, naming the stage whose subscription it concerns. A slow
+// consumer in drop-oldest flow is what that flow allows.
+func (r *Runner) natsError(sub *nats.Subscription, err error) {
+	if r.cfg.Flow != FlowBlock && errors.Is(err, nats.ErrSlowConsumer) {
+		return
+	}
+	if sub != nil {
+		if name, ok := r.subOwners.Load(sub); ok {
+			err = fmt.Errorf("stage %q: %w", name, err)
+		}
+	}
+	r.fail(err)
+}
+
+// ended tells the node's producers that it takes nothing more (after its
+// error, if it failed, is recorded): they stop waiting for its room or its
+// credits, and what they still send it is dropped.
+func (n *node) ended() {
+	if n.q != nil {
+		n.q.close()
+	}
+	for _, s := range n.subs {
+		s.ended()
+	}
+}
+
+// closeTransport ends the node's subscriptions and publishers and releases
+// what is left in its queue; the connection is the pool's.
+func (n *node) closeTransport() {
+	for _, s := range n.subs {
+		s.Close()
+	}
+	for _, p := range n.pubs {
+		p.Close()
+	}
+	if n.q != nil {
+		n.q.drain()
+	}
 }
 
 // edgeFlow is the flow control of an edge. drop-oldest applies to raw
@@ -507,7 +587,7 @@ func (r *Runner) publish(ctx context.Context, n *node, out Batch) error {
 		}
 		e.Seq = n.seq[port]
 		n.seq[port]++
-		e.Stamps = append(e.Stamps, envelope.Stamp{Stage: n.cfg.Name, At: now})
+		e.Stamps = addStamp(e.Stamps, envelope.Stamp{Stage: n.cfg.Name, At: now})
 		if !n.m.terminal {
 			n.m.observeLatency(e, now)
 		}
@@ -518,6 +598,26 @@ func (r *Runner) publish(ctx context.Context, n *node, out Batch) error {
 		n.m.out.Add(1)
 	}
 	return nil
+}
+
+// MaxStamps bounds the stamps a message carries: the first (its source's,
+// from which latency is measured) and the MaxStamps-1 latest. In a longer
+// chain the stamps in between are dropped, so a message does not grow with
+// every stage it passes (it did: a chain of 10,000 stages carried 10,000
+// stamps per message, each marshalled again at every hop).
+const MaxStamps = 16
+
+// addStamp appends s to stamps, dropping the oldest stamp after the first
+// beyond MaxStamps. It never writes into a full slice's array, which other
+// copies of the message may share.
+func addStamp(stamps []envelope.Stamp, s envelope.Stamp) []envelope.Stamp {
+	if len(stamps) < MaxStamps {
+		return append(stamps, s)
+	}
+	out := make([]envelope.Stamp, 0, MaxStamps)
+	out = append(out, stamps[0])
+	out = append(out, stamps[len(stamps)-MaxStamps+2:]...)
+	return append(out, s)
 }
 
 // inheritStamps gives outputs that a stage built from scratch (a decoder's

@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -51,30 +53,78 @@ func (g *gen) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch, er
 	for i := 8; i < len(p); i++ {
 		p[i] = byte(g.sent + i)
 	}
+	flowProbe.add(true, g.sent)
 	g.sent++
 	return pipeline.Batch{{Kind: envelope.KindData, Payload: p, Meta: map[string]string{"sum": fmt.Sprintf("%x", sha256.Sum256(p))}}}, nil
 }
 func (g *gen) Close() error { return nil }
 
+// flowProbe, when set, records the order in which gen makes messages and
+// relay takes them (TestBlockWaitsForSlowStage).
+var flowProbe *eventLog
+
+// eventLog is an ordered record of events from several goroutines.
+type eventLog struct {
+	mu     sync.Mutex
+	events []flowEvent
+}
+
+type flowEvent struct {
+	made bool // gen made message n; else relay took message n
+	n    int
+}
+
+func (l *eventLog) add(made bool, n int) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	l.events = append(l.events, flowEvent{made, n})
+	l.mu.Unlock()
+}
+
 type relay struct {
 	delay  time.Duration
 	jitter time.Duration // extra random delay per call, so replicas finish out of order
 	failAt int
+	quitAt int // return an error wrapping context.Canceled (its own, not the run's)
 	seen   int
+	hold   <-chan struct{} // when set, the first call waits until it is closed
 }
 
 var errBoom = errors.New("boom")
 
 func (r *relay) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	for _, e := range in {
+		flowProbe.add(false, int(binary.BigEndian.Uint64(e.Payload)))
+	}
 	r.seen++
 	if r.failAt > 0 && r.seen == r.failAt {
 		return nil, errBoom
+	}
+	if r.quitAt > 0 && r.seen == r.quitAt {
+		return nil, fmt.Errorf("gave up: %w", context.Canceled)
+	}
+	if r.hold != nil && r.seen == 1 {
+		select {
+		case <-r.hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	d := r.delay
 	if r.jitter > 0 {
 		d += time.Duration(rand.Int64N(int64(r.jitter)))
 	}
-	time.Sleep(d)
+	if d > 0 { // simulated work
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+	}
 	out := make(pipeline.Batch, len(in))
 	for i, e := range in {
 		cp := *e
@@ -90,11 +140,38 @@ type collector struct {
 	got     []*envelope.Envelope
 	flushed bool
 	closed  bool
+	arrived chan struct{} // closed at the first message (see first)
+}
+
+// first is closed once a message has arrived.
+func (c *collector) first() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.arrived == nil {
+		c.arrived = make(chan struct{})
+	}
+	return c.arrived
+}
+
+// waitFirst waits up to 10s for the first message.
+func (c *collector) waitFirst(t *testing.T) {
+	t.Helper()
+	select {
+	case <-c.first():
+	case <-time.After(10 * time.Second):
+		t.Error("no message reached the collector within 10s")
+	}
 }
 
 func (c *collector) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(in) > 0 && len(c.got) == 0 {
+		if c.arrived == nil {
+			c.arrived = make(chan struct{})
+		}
+		close(c.arrived)
+	}
 	for _, e := range in {
 		if e.Local != nil {
 			return nil, errors.New("unexpected in-process object")
@@ -113,7 +190,11 @@ var (
 	relays   []*relay
 )
 
-func testEnv(t *testing.T, col *collector) *pipeline.Environment {
+// holdRelays holds the relays made with hold: true in their first call
+// until a test closes it (set before the run).
+var holdRelays <-chan struct{}
+
+func testEnv(t testing.TB, col *collector) *pipeline.Environment {
 	env := pipeline.NewEnvironment()
 	must := func(err error) {
 		if err != nil {
@@ -139,13 +220,18 @@ func testEnv(t *testing.T, col *collector) *pipeline.Environment {
 		Params: []pipeline.Param{
 			{Name: "delay", Type: pipeline.TypeDuration, Default: "0s"},
 			{Name: "fail_at", Type: pipeline.TypeInt, Default: 0},
+			{Name: "quit_at", Type: pipeline.TypeInt, Default: 0},
 			{Name: "jitter", Type: pipeline.TypeDuration, Default: "0s"},
+			{Name: "hold", Type: pipeline.TypeBool, Default: false},
 		},
 		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
 			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 		},
 		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
-			r := &relay{delay: in.Params.Duration("delay"), jitter: in.Params.Duration("jitter"), failAt: in.Params.Int("fail_at")}
+			r := &relay{delay: in.Params.Duration("delay"), jitter: in.Params.Duration("jitter"), failAt: in.Params.Int("fail_at"), quitAt: in.Params.Int("quit_at")}
+			if in.Params.Bool("hold") {
+				r.hold = holdRelays
+			}
 			relaysMu.Lock()
 			relays = append(relays, r)
 			relaysMu.Unlock()
@@ -163,6 +249,13 @@ func testEnv(t *testing.T, col *collector) *pipeline.Environment {
 
 func runYAML(t *testing.T, env *pipeline.Environment, yaml string, opts pipeline.Options, during func(*pipeline.Runner)) (*pipeline.Runner, error) {
 	t.Helper()
+	return runWithin(t, time.Minute, env, yaml, opts, during)
+}
+
+// runWithin is runYAML that fails the test when the run has not ended
+// within limit (a hang); it then cancels the run and waits for it.
+func runWithin(t *testing.T, limit time.Duration, env *pipeline.Environment, yaml string, opts pipeline.Options, during func(*pipeline.Runner)) (*pipeline.Runner, error) {
+	t.Helper()
 	cfg, err := pipeline.Parse([]byte(yaml), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -177,10 +270,12 @@ func runYAML(t *testing.T, env *pipeline.Environment, yaml string, opts pipeline
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
+	hung := time.NewTimer(limit)
+	defer hung.Stop()
 	if during != nil {
 		select {
 		case <-r.Ready():
@@ -189,7 +284,79 @@ func runYAML(t *testing.T, env *pipeline.Environment, yaml string, opts pipeline
 			return r, err
 		}
 	}
-	return r, <-done
+	select {
+	case err := <-done:
+		return r, err
+	case <-hung.C:
+	}
+	t.Errorf("the run did not end within %s: it hangs", limit)
+	cancel()
+	select {
+	case err := <-done:
+		return r, err
+	case <-time.After(10 * time.Second):
+		t.Fatal("the run did not end within 10s of its cancellation either")
+		return r, nil
+	}
+}
+
+// logRecorder collects a run's text logs and lets a test wait for a line.
+type logRecorder struct {
+	mu      sync.Mutex
+	lines   []string
+	changed chan struct{} // closed and replaced at every write
+}
+
+func newLogRecorder() *logRecorder { return &logRecorder{changed: make(chan struct{})} }
+
+func (l *logRecorder) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, strings.TrimSpace(string(p)))
+	close(l.changed)
+	l.changed = make(chan struct{})
+	return len(p), nil
+}
+
+func (l *logRecorder) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+
+// find returns the first line holding every one of parts, and a channel
+// that is closed when more is written.
+func (l *logRecorder) find(parts ...string) (string, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+next:
+	for _, line := range l.lines {
+		for _, p := range parts {
+			if !strings.Contains(line, p) {
+				continue next
+			}
+		}
+		return line, nil
+	}
+	return "", l.changed
+}
+
+// wait waits up to limit for a line holding every one of parts; the test
+// fails (and goes on) when none comes.
+func (l *logRecorder) wait(t *testing.T, limit time.Duration, parts ...string) string {
+	t.Helper()
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	for {
+		line, changed := l.find(parts...)
+		if changed == nil {
+			return line
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			t.Errorf("no log line with %q within %s; the logs:\n%s", parts, limit, strings.Join(l.lines, "\n"))
+			return ""
+		}
+	}
 }
 
 // smallPayloadServer starts a NATS server with a 64 KiB max payload, so
@@ -303,22 +470,49 @@ stages:
 	}
 }
 
+// TestBlockWaitsForSlowStage: in block flow a fast producer runs at most
+// a window (queue: 3) ahead of a slow consumer: gen makes message m only
+// after relay took message m-4 (one more for the credit, sent as relay
+// takes a message, that can come before relay notes it), and it did run
+// that far ahead, so it waited; nothing is lost. Over both transports.
 func TestBlockWaitsForSlowStage(t *testing.T) {
-	col := &collector{}
-	r, err := runYAML(t, testEnv(t, col), `name: block
-queue: 3
+	const window, n = 3, 80
+	for _, transport := range []string{"nats", "local"} {
+		t.Run(transport, func(t *testing.T) {
+			probe := &eventLog{}
+			flowProbe = probe
+			defer func() { flowProbe = nil }()
+			col := &collector{}
+			_, err := runYAML(t, testEnv(t, col), fmt.Sprintf(`name: block
+queue: %d
 stages:
-  - {name: g, kind: gen, params: {n: 80}}
-  - {name: r, kind: relay, inputs: [g], params: {delay: 1ms}}
+  - {name: g, kind: gen, params: {n: %d}}
+  - {name: r, kind: relay, inputs: [g], params: {delay: 2ms}}
   - {name: c, kind: collect, inputs: [r]}
-`, pipeline.Options{}, nil)
-	if err != nil {
-		t.Fatal(err)
+`, window, n), pipeline.Options{Transport: transport}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(col.got) != n {
+				t.Fatalf("got %d of %d", len(col.got), n)
+			}
+			took, maxLead := 0, 0
+			for _, ev := range probe.events {
+				if !ev.made {
+					took = ev.n + 1
+					continue
+				}
+				lead := ev.n - took
+				if lead > window+1 {
+					t.Fatalf("gen made message %d when relay had taken %d: %d ahead, more than the window of %d allows", ev.n, took, lead, window)
+				}
+				maxLead = max(maxLead, lead)
+			}
+			if maxLead < window-1 {
+				t.Fatalf("gen was never more than %d messages ahead of the slow relay: nothing had to wait", maxLead)
+			}
+		})
 	}
-	if len(col.got) != 80 {
-		t.Fatalf("got %d of 80", len(col.got))
-	}
-	_ = r
 }
 
 func TestStageErrorStopsRun(t *testing.T) {
@@ -336,6 +530,10 @@ stages:
 		}
 		if !strings.Contains(err.Error(), `stage "bad" (relay)`) {
 			t.Errorf("%s: error does not name the stage: %v", transport, err)
+		}
+		var se *pipeline.StageError
+		if !errors.Is(err, pipeline.ErrStage) || !errors.As(err, &se) || se.Stage != "bad" || se.Kind != "relay" {
+			t.Errorf("%s: error %v is not a StageError of stage bad matching ErrStage", transport, err)
 		}
 		if col.flushed {
 			t.Errorf("%s: the sink was flushed (finalised) after a failure", transport)
@@ -355,7 +553,7 @@ stages:
   - {name: g, kind: gen, params: {forever: true}}
   - {name: c, kind: collect, inputs: [g]}
 `, pipeline.Options{}, func(r *pipeline.Runner) {
-		time.Sleep(100 * time.Millisecond)
+		col.waitFirst(t)
 		r.Drain()
 		r.Drain() // twice is fine
 	})
@@ -380,10 +578,18 @@ stages:
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { <-r.Ready(); time.Sleep(50 * time.Millisecond); cancel() }()
-	if err := r.Run(ctx); !errors.Is(err, pipeline.ErrCanceled) {
-		t.Fatalf("got %v, want ErrCanceled", err)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	errStop := errors.New("stopped by the test")
+	go func() {
+		<-r.Ready()
+		select {
+		case <-col.first(): // the run is under way
+		case <-time.After(10 * time.Second):
+		}
+		cancel(errStop)
+	}()
+	if err := r.Run(ctx); !errors.Is(err, pipeline.ErrCanceled) || !errors.Is(err, errStop) {
+		t.Fatalf("got %v, want ErrCanceled wrapping the cancellation's cause", err)
 	}
 	if col.flushed {
 		t.Fatal("a cancelled run finalised its sink")
@@ -391,14 +597,52 @@ stages:
 }
 
 func TestUnreachableNATS(t *testing.T) {
+	// A port nothing listens on: taken from the system, then let go.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "nats://" + ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
 	col := &collector{}
-	_, err := runYAML(t, testEnv(t, col), `name: dead
+	_, err = runYAML(t, testEnv(t, col), `name: dead
 stages:
   - {name: g, kind: gen}
   - {name: c, kind: collect, inputs: [g]}
-`, pipeline.Options{NATSURL: "nats://127.0.0.1:1"}, nil)
-	if !errors.Is(err, pipeline.ErrTransport) || !strings.Contains(err.Error(), "nats://127.0.0.1:1") {
-		t.Fatalf("got %v, want a transport error naming the URL", err)
+`, pipeline.Options{NATSURL: url}, nil)
+	if !errors.Is(err, pipeline.ErrTransport) || !errors.Is(err, nats.ErrNoServers) || !strings.Contains(err.Error(), url) {
+		t.Fatalf("got %v, want a transport error naming the URL, wrapping nats.ErrNoServers", err)
+	}
+}
+
+// TestNATSErrorsStayInTheChain: an asynchronous NATS error (the server
+// refuses the stages' subscriptions) fails the run with the NATS error
+// itself in the chain, not only its text.
+func TestNATSErrorsStayInTheChain(t *testing.T) {
+	noLeaks(t)
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+		Users: []*server.User{{Username: "u", Password: "p", Permissions: &server.Permissions{
+			Subscribe: &server.SubjectPermission{Deny: []string{"avflow.>"}},
+		}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	url := strings.Replace(s.ClientURL(), "nats://", "nats://u:p@", 1)
+	col := &collector{}
+	_, err = runWithin(t, 20*time.Second, testEnv(t, col), `name: denied
+stages:
+  - {name: g, kind: gen}
+  - {name: c, kind: collect, inputs: [g]}
+`, pipeline.Options{NATSURL: url}, nil)
+	if !errors.Is(err, pipeline.ErrTransport) || !errors.Is(err, nats.ErrPermissionViolation) {
+		t.Fatalf("got %v, want a transport error wrapping nats.ErrPermissionViolation", err)
 	}
 }
 
@@ -440,20 +684,17 @@ stages:
 		if info.Name != "svc-c" || info.Metadata["inputs"] != "avflow.svc.g.out" || info.Metadata["device"] != "cpu:0" {
 			t.Errorf("info: %+v", info)
 		}
+		// The stage counts a message before the collector gets it.
+		col.waitFirst(t)
 		var st pipeline.StageStats
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			msg, err = nc.Request("avflow.svc.c.$metrics", nil, 2*time.Second)
-			if err != nil {
-				t.Errorf("metrics endpoint: %v", err)
-				return
-			}
-			if err := json.Unmarshal(msg.Data, &st); err != nil || st.Name != "c" {
-				t.Errorf("metrics: %s (%v)", msg.Data, err)
-				return
-			}
-			if st.In > 0 {
-				break
-			}
+		msg, err = nc.Request("avflow.svc.c.$metrics", nil, 2*time.Second)
+		if err != nil {
+			t.Errorf("metrics endpoint: %v", err)
+			return
+		}
+		if err := json.Unmarshal(msg.Data, &st); err != nil || st.Name != "c" {
+			t.Errorf("metrics: %s (%v)", msg.Data, err)
+			return
 		}
 		if st.In == 0 {
 			t.Errorf("metrics endpoint never counted a message: %+v", st)
@@ -568,6 +809,216 @@ stages:
 			// Consumers names the readers of each port over both transports.
 			if want := []string{"a", "b"}; !slices.Equal(readers["out"], want) || len(readers) != 1 {
 				t.Fatalf("Consumers = %v, want out: %v", readers, want)
+			}
+		})
+	}
+}
+
+// chainOf is a pipeline of n stages in a line: gen, relays, collect.
+func chainOf(name string, n, messages int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "name: %s\nstages:\n  - {name: s0, kind: gen, params: {n: %d}}\n", name, messages)
+	for i := 1; i < n-1; i++ {
+		fmt.Fprintf(&b, "  - {name: s%d, kind: relay, inputs: [s%d]}\n", i, i-1)
+	}
+	fmt.Fprintf(&b, "  - {name: s%d, kind: collect, inputs: [s%d]}\n", n-1, n-2)
+	return b.String()
+}
+
+// TestThousandStages: a chain of 1,000 stages starts, carries every
+// message in order and finishes, over both transports, well within a
+// minute, and leaves no goroutine behind.
+func TestThousandStages(t *testing.T) {
+	for _, transport := range []string{"nats", "local"} {
+		t.Run(transport, func(t *testing.T) {
+			noLeaks(t)
+			col := &collector{}
+			const n = 20
+			cfg, err := pipeline.Parse([]byte(chainOf("thousand", 1000, n)), "thousand.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := testEnv(t, col)
+			if err := env.Validate(cfg); err != nil {
+				t.Fatal(err)
+			}
+			r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Transport: transport, Log: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := r.Run(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if len(col.got) != n {
+				t.Fatalf("got %d of %d messages", len(col.got), n)
+			}
+			for i, e := range col.got {
+				if got := binary.BigEndian.Uint64(e.Payload); got != uint64(i) {
+					t.Fatalf("message %d carries number %d: out of order", i, got)
+				}
+			}
+		})
+	}
+}
+
+// TestStampsAreBounded: a message through a chain longer than MaxStamps
+// keeps its source's stamp (latency is measured from it) and the latest
+// ones, not one stamp per stage it passed.
+func TestStampsAreBounded(t *testing.T) {
+	for _, transport := range []string{"nats", "local"} {
+		t.Run(transport, func(t *testing.T) {
+			col := &collector{}
+			const stages = 3 * pipeline.MaxStamps
+			if _, err := runYAML(t, testEnv(t, col), chainOf("stamps", stages, 3), pipeline.Options{Transport: transport}, nil); err != nil {
+				t.Fatal(err)
+			}
+			if len(col.got) != 3 {
+				t.Fatalf("got %d of 3 messages", len(col.got))
+			}
+			for _, e := range col.got {
+				if len(e.Stamps) != pipeline.MaxStamps {
+					t.Fatalf("a message through %d stages carries %d stamps, want %d", stages, len(e.Stamps), pipeline.MaxStamps)
+				}
+				want := []string{"s0"}
+				for i := stages - pipeline.MaxStamps; i < stages-1; i++ {
+					want = append(want, fmt.Sprintf("s%d", i))
+				}
+				var got []string
+				for _, s := range e.Stamps {
+					got = append(got, s.Stage)
+				}
+				if !slices.Equal(got, want) {
+					t.Fatalf("stamps of %v, want %v", got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestStagesShareConnections: the stages of a run share a few NATS
+// connections (one per CPU at most), not one each.
+func TestStagesShareConnections(t *testing.T) {
+	noLeaks(t)
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	col := &collector{}
+	clients := 0
+	_, err = runYAML(t, testEnv(t, col), chainOf("share", 50, 5), pipeline.Options{NATSURL: s.ClientURL()}, func(*pipeline.Runner) {
+		clients = s.NumClients()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := runtime.GOMAXPROCS(0); clients == 0 || clients > want {
+		t.Fatalf("50 stages held %d NATS connections, want 1 to %d", clients, want)
+	}
+}
+
+// TestEndedConsumerReleasesProducer: a stage that stops with its own
+// "canceled" error while the run goes on fails the run, naming it, and
+// its producer, which was waiting for its room (local) or credits (NATS),
+// is released: the run ends instead of hanging.
+func TestEndedConsumerReleasesProducer(t *testing.T) {
+	for _, transport := range []string{"nats", "local"} {
+		t.Run(transport, func(t *testing.T) {
+			noLeaks(t)
+			col := &collector{}
+			_, err := runWithin(t, 20*time.Second, testEnv(t, col), `name: quit
+stages:
+  - {name: g, kind: gen, params: {n: 1000}}
+  - {name: r, kind: relay, inputs: [g], params: {quit_at: 3}}
+  - {name: c, kind: collect, inputs: [r]}
+`, pipeline.Options{Transport: transport}, nil)
+			if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), `stage "r" (relay): gave up`) {
+				t.Fatalf("got %v, want stage r's own error", err)
+			}
+			if col.flushed {
+				t.Error("the sink was finalised after a stage failed")
+			}
+		})
+	}
+}
+
+// TestConsumerEndReleasesWaitingProducer: a consumer that ends while its
+// producer still sends (here: an end of stream published on its input
+// subject from outside) tells the producer, which stops waiting for its
+// credits and warns, naming the subject and the consumer; Drain then ends
+// the run.
+func TestConsumerEndReleasesWaitingProducer(t *testing.T) {
+	noLeaks(t)
+	logs := newLogRecorder()
+	col := &collector{}
+	_, err := runWithin(t, 20*time.Second, testEnv(t, col), `name: early
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: c, kind: collect, inputs: [g]}
+`, pipeline.Options{Log: logs.logger()}, func(r *pipeline.Runner) {
+		defer r.Drain()
+		nc, err := nats.Connect(r.NATSURL())
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer nc.Close()
+		eos, err := envelope.Marshal(&envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Stream: "g.out"})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if err := nc.Publish(pipeline.Subject("early", "g", "out"), eos); err != nil {
+			t.Error(err)
+			return
+		}
+		logs.wait(t, 10*time.Second, "a consumer has ended", "subject=avflow.early.g.out", "consumer=c", "stage=g")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSlowConsumerWarns: a producer that waits long for a consumer (its
+// room in the local queue, its credits over NATS) warns, naming itself,
+// the port or subject and the consumer, and goes on once the consumer
+// takes again: nothing is lost.
+func TestSlowConsumerWarns(t *testing.T) {
+	defer pipeline.SetSlowConsumerAfter(50 * time.Millisecond)()
+	for _, tt := range []struct {
+		transport string
+		want      []string
+	}{
+		{"nats", []string{"slow consumer: waiting for credits", "stage=g", "subject=avflow.slow.g.out", "waiting_for=[h]"}},
+		{"local", []string{"slow consumer: waiting for room in its input queue", "stage=g", "port=g.out", "waiting_for=h"}},
+	} {
+		t.Run(tt.transport, func(t *testing.T) {
+			noLeaks(t)
+			hold := make(chan struct{})
+			holdRelays = hold
+			logs := newLogRecorder()
+			col := &collector{}
+			const n = 50
+			_, err := runWithin(t, 30*time.Second, testEnv(t, col), fmt.Sprintf(`name: slow
+stages:
+  - {name: g, kind: gen, params: {n: %d}}
+  - {name: h, kind: relay, inputs: [g], params: {hold: true}}
+  - {name: c, kind: collect, inputs: [h]}
+`, n), pipeline.Options{Transport: tt.transport, Log: logs.logger()}, func(*pipeline.Runner) {
+				defer close(hold)
+				logs.wait(t, 10*time.Second, tt.want...)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(col.got) != n {
+				t.Fatalf("got %d of %d messages", len(col.got), n)
 			}
 		})
 	}

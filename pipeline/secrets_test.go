@@ -5,6 +5,8 @@ import (
 	"net"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go"
 )
 
 func TestRedactURL(t *testing.T) {
@@ -49,7 +51,7 @@ func TestConnectErrorHidesPassword(t *testing.T) {
 		}
 	}()
 	url := "nats://u:s3cret@" + ln.Addr().String()
-	_, err = connect(nil, url, "test", func(error) {})
+	_, err = connect(nil, url, "test", func(*nats.Subscription, error) {})
 	if err == nil {
 		t.Fatal("connected to a server that hangs up")
 	}

@@ -20,24 +20,12 @@ func ServiceName(pipeline, stage string) string { return pipeline + "-" + stage 
 // ($SRV.PING/INFO/STATS), its subjects in the metadata, custom stats with
 // the stage's counters, and a "metrics" endpoint that answers them on request.
 func (r *Runner) addService(n *node) (micro.Service, error) {
-	var ins []string
-	for _, in := range n.cfg.Inputs {
-		src := r.cfg.Stage(in.Stage)
-		port, _ := findPort(src.outputs, in.Port)
-		ins = append(ins, Subject(r.cfg.Name, in.Stage, port.Name))
-	}
+	ins := n.inSubjects
 	var outs []string
 	for _, p := range n.ports {
 		outs = append(outs, Subject(r.cfg.Name, n.cfg.Name, p.Name))
 	}
-	stats := func() StageStats {
-		for _, s := range r.metrics.Snapshot() {
-			if s.Name == n.cfg.Name {
-				return s
-			}
-		}
-		return StageStats{}
-	}
+	stats := func() StageStats { return r.metrics.stageStats(n.m) }
 	svc, err := micro.AddService(n.nc, micro.Config{
 		Name:        ServiceName(r.cfg.Name, n.cfg.Name),
 		Version:     ServiceVersion,
@@ -49,7 +37,7 @@ func (r *Runner) addService(n *node) (micro.Service, error) {
 		StatsHandler: func(*micro.Endpoint) any { return stats() },
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: registering stage %q as a NATS micro service failed: %v", ErrTransport, n.cfg.Name, err)
+		return nil, fmt.Errorf("%w: registering stage %q as a NATS micro service failed: %w", ErrTransport, n.cfg.Name, err)
 	}
 	err = svc.AddEndpoint("metrics", micro.HandlerFunc(func(req micro.Request) {
 		b, _ := json.Marshal(stats())
@@ -57,7 +45,7 @@ func (r *Runner) addService(n *node) (micro.Service, error) {
 	}), micro.WithEndpointSubject("avflow."+r.cfg.Name+"."+n.cfg.Name+".$metrics"))
 	if err != nil {
 		_ = svc.Stop()
-		return nil, fmt.Errorf("%w: stage %q metrics endpoint: %v", ErrTransport, n.cfg.Name, err)
+		return nil, fmt.Errorf("%w: stage %q metrics endpoint: %w", ErrTransport, n.cfg.Name, err)
 	}
 	return svc, nil
 }

@@ -59,7 +59,27 @@ func (t PortType) String() string {
 type Port struct {
 	Name string
 	Type PortType
+	// Unread says what the stage does with the port when no stage of the
+	// pipeline reads it (the zero value: UnreadPublished).
+	Unread Unread
 }
+
+// Unread is what a stage does with an output port no stage of the pipeline
+// reads; Config.WarningsFor says it to the user.
+type Unread int
+
+const (
+	// UnreadPublished: the stage produces the port's data anyway. Over the
+	// NATS transport it is published on the port's subject, for outside
+	// consumers; over the local transport it is dropped.
+	UnreadPublished Unread = iota
+	// UnreadSkipped: the stage does not produce it (a source does not
+	// read that stream from its input; see Init.Consumers). Warned about.
+	UnreadSkipped
+	// UnreadQuiet: as UnreadSkipped, but what the stage's params asked for
+	// (a source with audio: false): no warning.
+	UnreadQuiet
+)
 
 // Spec describes a stage kind: its docs, params, typing and constructor.
 type Spec struct {
@@ -142,7 +162,7 @@ func (e *Environment) Register(s Spec) error {
 		seen[p.Name] = true
 		if p.Default != nil {
 			if _, err := convertParam(p, p.Default); err != nil {
-				return fmt.Errorf("%w: %q param %q default: %v", ErrBadSpec, s.Kind, p.Name, err)
+				return fmt.Errorf("%w: %q param %q default: %w", ErrBadSpec, s.Kind, p.Name, err)
 			}
 		}
 	}

@@ -40,14 +40,14 @@ type Flusher interface {
 
 // Init is what a stage constructor gets.
 type Init struct {
-	Name        string     // the stage's name in the pipeline
-	Pipeline    string     // the pipeline's name
-	Params      Params     // validated params, defaults applied
-	Inputs      []PortType // types of the input edges, in order
-	Outputs     []Port     // the stage's output ports
-	Dir         string     // folder of the pipeline file; relative paths resolve against it
-	Accelerator string     // the device kind the stage is bound to ("cpu", "gpu", "npu")
-	Device      accelerators.Device
+	Name     string     // the stage's name in the pipeline
+	Pipeline string     // the pipeline's name
+	Params   Params     // validated params, defaults applied
+	Inputs   []PortType // types of the input edges, in order
+	Outputs  []Port     // the stage's output ports
+	Dir      string     // folder of the pipeline file; relative paths resolve against it
+	// Device is the device the stage is bound to (its Kind: cpu, gpu, npu).
+	Device accelerators.Device
 	// Strict is the stage's strict setting: a stage that finds at run time
 	// that it cannot use its device fails instead of falling back.
 	Strict bool

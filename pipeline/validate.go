@@ -6,6 +6,15 @@ import (
 	"strings"
 )
 
+// MaxStages is the most stages a pipeline may have. Each stage costs about
+// 60 KB and 14 goroutines in the runner over NATS (its subscriptions and
+// its NATS micro service), more with its own buffers and the frames in
+// flight on its edges: a chain of 10,000 trivial stages took about 1 GB
+// and a few seconds to start, real FFmpeg stages 1.3 to 2 GB. 2,000 keeps
+// a pipeline well under a gigabyte with five times the room a pipeline of
+// 64 cameras of 6 stages needs; split a larger one into several pipelines.
+const MaxStages = 2000
+
 // Validate checks a parsed pipeline against the environment's stage kinds:
 // kinds, params and their types, edges and their media types, cycles, and
 // each kind's own checks (missing files). It reports every problem found,
@@ -14,6 +23,10 @@ func (e *Environment) Validate(c *Config) error {
 	var ps Problems
 	bad := func(p Pos, f string, a ...any) { ps = append(ps, &PosError{Pos: p, Msg: fmt.Sprintf(f, a...)}) }
 
+	if len(c.Stages) > MaxStages {
+		bad(c.Stages[MaxStages].Pos, "stage %q is stage %d of %d: a pipeline holds at most %d stages (split it into several pipelines)",
+			c.Stages[MaxStages].Name, MaxStages+1, len(c.Stages), MaxStages)
+	}
 	byName := map[string]*StageConfig{}
 	for _, s := range c.Stages {
 		if prev, dup := byName[s.Name]; dup {
@@ -23,7 +36,11 @@ func (e *Environment) Validate(c *Config) error {
 		byName[s.Name] = s
 		spec, err := e.Lookup(s.Kind)
 		if err != nil {
-			bad(s.Pos, "stage %q: unknown kind %q (known: %s)", s.Name, s.Kind, strings.Join(e.kinds(), ", "))
+			pos := s.kindPos
+			if pos.Line == 0 {
+				pos = s.Pos
+			}
+			bad(pos, "stage %q: unknown kind %q (known: %s)", s.Name, s.Kind, strings.Join(e.kinds(), ", "))
 			continue
 		}
 		s.spec = spec
@@ -151,27 +168,54 @@ func (e *Environment) Validate(c *Config) error {
 	return nil
 }
 
-// Warnings lists legal but suspicious things in a validated pipeline, such
-// as an output port nothing consumes (its data is dropped).
-func (c *Config) Warnings() []string {
+// Warnings is WarningsFor the pipeline file's own transport.
+func (c *Config) Warnings() []string { return c.WarningsFor("") }
+
+// WarningsFor lists legal but suspicious things in a validated pipeline run
+// over transport ("nats" or "local"; "" is the file's own, as Options.Transport),
+// such as an output port no stage reads, saying what becomes of its data.
+func (c *Config) WarningsFor(transport string) []string {
+	if transport == "" {
+		transport = c.Transport
+	}
+	byName := make(map[string]*StageConfig, len(c.Stages))
+	for _, s := range c.Stages {
+		byName[s.Name] = s
+	}
 	used := map[string]bool{}
 	for _, s := range c.Stages {
 		for _, in := range s.Inputs {
 			used[in.Stage+"."+in.Port] = true
-			if in.Port == "" && len(c.Stage(in.Stage).outputs) > 0 {
-				used[in.Stage+"."+c.Stage(in.Stage).outputs[0].Name] = true
+			if src := byName[in.Stage]; in.Port == "" && src != nil && len(src.outputs) > 0 {
+				used[in.Stage+"."+src.outputs[0].Name] = true
 			}
 		}
 	}
 	var w []string
 	for _, s := range c.Stages {
 		for _, p := range s.outputs {
-			if !used[s.Name+"."+p.Name] {
-				w = append(w, fmt.Sprintf("%s: stage %q port %q (%s) is not connected: its data is dropped", s.Pos, s.Name, p.Name, p.Type))
+			if used[s.Name+"."+p.Name] {
+				continue
+			}
+			if what := unreadFate(c.Name, s.Name, p, transport); what != "" {
+				w = append(w, fmt.Sprintf("%s: stage %q port %q (%s) is read by no stage: %s", s.Pos, s.Name, p.Name, p.Type, what))
 			}
 		}
 	}
 	return w
+}
+
+// unreadFate says what becomes of an output port no stage reads ("": nothing to warn about).
+func unreadFate(pipeline, stage string, p Port, transport string) string {
+	switch {
+	case p.Unread == UnreadQuiet:
+		return ""
+	case p.Unread == UnreadSkipped:
+		return "the stage does not produce it (its stream is not read from the input)"
+	case transport == TransportNATS:
+		return "it is published on " + Subject(pipeline, stage, p.Name) + " for outside consumers"
+	}
+	return "its data is dropped (transport local: nothing outside the process can read it)"
 }
 
 func findPort(ports []Port, name string) (Port, bool) {

@@ -1,20 +1,24 @@
 package pipeline_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
 	_ "github.com/avflow/avflow/stages/all"
 )
 
 const header = "name: t\nstages:\n"
 
 func TestValidate(t *testing.T) {
-	media := filepath.Join(sharedMedia(t), "car-detection.mp4")
+	media := e2e.Media(t, "car-detection.mp4")
 	tests := []struct {
 		name string
 		yaml string
@@ -32,7 +36,8 @@ func TestValidate(t *testing.T) {
 		{"missing name and stages", "flow: block\n", []string{"missing name", "missing stages"}},
 		{"unknown top key", "name: t\nstagez: []\nstages:\n  - {name: a, kind: source, params: {url: lavfi:testsrc2}}\n", []string{":2:1: unknown key \"stagez\""}},
 		{"bad flow", "name: t\nflow: fast\nstages: []\n", []string{":2:7: flow \"fast\""}},
-		{"unknown kind", header + "  - {name: a, kind: sourse}\n", []string{":3:5: stage \"a\": unknown kind \"sourse\""}},
+		{"unknown kind", header + "  - {name: a, kind: sourse}\n", []string{":3:21: stage \"a\": unknown kind \"sourse\""}},
+		{"unknown kind, block style", header + "  - name: a\n    kind: sourse\n", []string{":4:11: stage \"a\": unknown kind \"sourse\""}},
 		{"unknown param", header + "  - name: a\n    kind: source\n    params:\n      url: lavfi:testsrc2\n      urll: x\n", []string{":7:13: stage \"a\": unknown param \"urll\""}},
 		{"wrong type", header + `
   - {name: src, kind: source, params: {url: "lavfi:testsrc2", realtime: maybe}}
@@ -102,7 +107,7 @@ func TestValidate(t *testing.T) {
 		{"several problems at once", header + `
   - {name: a, kind: nope}
   - {name: b, kind: source, params: {url: "lavfi:x", bogus: 1}}
-`, []string{"unknown kind \"nope\"", "unknown param \"bogus\""}},
+`, []string{":4:21: stage \"a\": unknown kind \"nope\"", "unknown param \"bogus\""}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -187,7 +192,7 @@ func TestRegisterDuplicate(t *testing.T) {
 
 // Every example pipeline in the repository parses and validates.
 func TestExamplesValidate(t *testing.T) {
-	t.Setenv("AVFLOW_MEDIA", sharedMedia(t))
+	t.Setenv("AVFLOW_MEDIA", e2e.MediaDir(t))
 	files, _ := filepath.Glob("../examples/*/*.yaml")
 	if len(files) < 2 {
 		t.Fatalf("found %d example pipelines, want at least 2", len(files))
@@ -215,9 +220,11 @@ func TestExamplesValidate(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	seeds, _ := filepath.Glob("../examples/*/*.yaml")
 	for _, s := range seeds {
-		if b, err := os.ReadFile(s); err == nil {
-			f.Add(b)
+		b, err := os.ReadFile(s)
+		if err != nil {
+			f.Fatal(err)
 		}
+		f.Add(b)
 	}
 	f.Add([]byte(header + "  - {name: a, kind: source, params: {url: x}}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -236,17 +243,80 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// sharedMedia is the folder of test media beside the checkout.
-func sharedMedia(t testing.TB) string {
-	dir, err := filepath.Abs("../../shared/media")
+// TestTooManyStages: a pipeline beyond MaxStages is refused at validation,
+// at the first stage beyond the limit.
+func TestTooManyStages(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(header)
+	for i := range pipeline.MaxStages + 1 {
+		fmt.Fprintf(&b, "  - {name: s%d, kind: source, params: {url: \"lavfi:testsrc2\"}}\n", i)
+	}
+	cfg, err := pipeline.Parse([]byte(b.String()), "big.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v := os.Getenv("AVFLOW_MEDIA"); v != "" {
-		dir = v
+	err = pipeline.Default.Validate(cfg)
+	if !errors.Is(err, pipeline.ErrInvalid) {
+		t.Fatalf("got %v, want a validation error", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "car-detection.mp4")); err != nil {
-		t.Fatalf("test media not found in %s (set AVFLOW_MEDIA): %v", dir, err)
+	want := fmt.Sprintf("big.yaml:%d:5: stage \"s%d\" is stage %d of %d: a pipeline holds at most %d stages", pipeline.MaxStages+3, pipeline.MaxStages, pipeline.MaxStages+1, pipeline.MaxStages+1, pipeline.MaxStages)
+	if !strings.Contains(err.Error(), want) {
+		t.Fatalf("error lacks %q:\n%v", want, err)
 	}
-	return dir
+	// The limit itself is allowed.
+	cfg.Stages = cfg.Stages[:pipeline.MaxStages]
+	if err := pipeline.Default.Validate(cfg); err != nil {
+		t.Fatalf("%d stages refused: %v", pipeline.MaxStages, err)
+	}
+}
+
+// TestWarningsSayWhatBecomesOfUnreadPorts: a port no stage reads is
+// published on its subject over NATS and dropped in-process; a port the
+// stage skips when unread says so; a port its params turned off is quiet.
+func TestWarningsSayWhatBecomesOfUnreadPorts(t *testing.T) {
+	env := testEnv(t, &collector{})
+	if err := env.Register(pipeline.Spec{
+		Kind: "ports",
+		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
+			return []pipeline.Port{
+				{Name: "out", Type: dataPort},
+				{Name: "meta", Type: dataPort},
+				{Name: "audio", Type: dataPort, Unread: pipeline.UnreadSkipped},
+				{Name: "off", Type: dataPort, Unread: pipeline.UnreadQuiet},
+			}, nil
+		},
+		New: func(context.Context, pipeline.Init) (pipeline.Stage, error) { return &gen{}, nil },
+	}); err != nil {
+		t.Fatal(err)
+	}
+	file := "w.yaml"
+	const yaml = "name: warn\ntransport: %s\nstages:\n  - {name: p, kind: ports}\n  - {name: c, kind: collect, inputs: [p]}\n"
+	meta := `w.yaml:4:5: stage "p" port "meta" (any datas) is read by no stage: `
+	audio := `w.yaml:4:5: stage "p" port "audio" (any datas) is read by no stage: the stage does not produce it (its stream is not read from the input)`
+	for _, tt := range []struct {
+		name, fileTransport, override string
+		want                          []string
+	}{
+		{"nats", "nats", "", []string{meta + "it is published on avflow.warn.p.meta for outside consumers", audio}},
+		{"local", "local", "", []string{meta + "its data is dropped (transport local: nothing outside the process can read it)", audio}},
+		{"--transport local over a nats file", "nats", "local", []string{meta + "its data is dropped (transport local: nothing outside the process can read it)", audio}},
+		{"--transport nats over a local file", "local", "nats", []string{meta + "it is published on avflow.warn.p.meta for outside consumers", audio}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := pipeline.Parse([]byte(fmt.Sprintf(yaml, tt.fileTransport)), file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := env.Validate(cfg); err != nil {
+				t.Fatal(err)
+			}
+			got := cfg.WarningsFor(tt.override)
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+			if tt.override == "" && !slices.Equal(cfg.Warnings(), got) {
+				t.Fatalf("Warnings() = %q, want the file's transport's %q", cfg.Warnings(), got)
+			}
+		})
+	}
 }

@@ -3,19 +3,18 @@ package main
 import (
 	"context"
 	"log/slog"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/avflow/avflow/pipeline/e2e"
 )
 
 func TestCustomStage(t *testing.T) {
-	media := os.Getenv("AVFLOW_MEDIA")
-	if media == "" {
-		media, _ = filepath.Abs("../../../shared/media")
-	}
+	e2e.Long(t)
+	media := e2e.MediaDir(t)
 	t.Setenv("AVFLOW_MEDIA", media)
 	out := t.TempDir()
 	t.Setenv("AVFLOW_OUT", out)
@@ -25,7 +24,7 @@ func TestCustomStage(t *testing.T) {
 	}
 	// ffprobe counts the frames of the input and of the output.
 	count := func(p string) int {
-		b, err := exec.Command("ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
+		b, err := exec.Command(e2e.Tool(t, "ffprobe"), "-v", "error", "-count_frames", "-select_streams", "v:0",
 			"-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", p).Output()
 		if err != nil {
 			t.Fatalf("ffprobe %s: %v", p, err)

@@ -13,7 +13,8 @@
 // than [Version] is refused with [ErrVersion].
 //
 // A message larger than the server's max payload is split into chunks; see
-// [Chunker] and [Reassembler].
+// [Split] and [Reassembler]. docs/envelope.md documents every key, type,
+// unit and sentinel, with example bytes.
 package envelope
 
 import (
@@ -164,11 +165,10 @@ type Segment struct {
 
 // Local is an in-process object (an FFmpeg frame or packet) that travels with
 // an envelope between stages of one process without being serialised.
-// The transport turns it into Payload before a message leaves the process.
+// [AppendMarshal] writes its media straight into the message when one
+// leaves the process.
 type Local interface {
-	// Fill writes the object into e.Payload (and format fields) for the wire.
-	Fill(e *Envelope) error
-	// PayloadSize is the number of bytes Fill would write.
+	// PayloadSize is the number of bytes WritePayload writes.
 	PayloadSize() (int, error)
 	// WritePayload writes the payload into dst (PayloadSize bytes), so the
 	// transport can copy media straight into an outgoing message.
@@ -223,18 +223,6 @@ func (e *Envelope) Release() {
 		e.Local.Free()
 		e.Local = nil
 	}
-}
-
-// Materialize moves an in-process object into Payload so the envelope can be marshalled.
-func (e *Envelope) Materialize() error {
-	if e.Local == nil {
-		return nil
-	}
-	if err := e.Local.Fill(e); err != nil {
-		return fmt.Errorf("envelope: materializing payload failed: %w", err)
-	}
-	e.Release()
-	return nil
 }
 
 // Marshal encodes the envelope. An in-process object is written straight
@@ -296,7 +284,7 @@ func Unmarshal(b []byte) (*Envelope, error) {
 	e := new(Envelope)
 	r := bytes.NewReader(b[1:])
 	if err := msgpack.NewDecoder(r).Decode(e); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	rest := b[len(b)-r.Len():]
 	var n, h int

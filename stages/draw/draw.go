@@ -11,6 +11,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/stages/infer/detections"
 )
 
 func init() {
@@ -31,7 +32,8 @@ func init() {
 		},
 		Replicable: func(pipeline.Params) error { return nil }, // each frame on its own
 		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
-			return &Stage{thick: max(1, in.Params.Int("thickness")), scale: max(1, in.Params.Int("scale")), labels: in.Params.Bool("labels")}, nil
+			return &Stage{thick: max(1, in.Params.Int("thickness")), scale: max(1, in.Params.Int("scale")), labels: in.Params.Bool("labels"),
+				guard: detections.Guard{Log: in.Log, Stage: in.Name}}, nil
 		},
 	})
 }
@@ -40,6 +42,7 @@ func init() {
 type Stage struct {
 	thick, scale int
 	labels       bool
+	guard        detections.Guard // detections are outside bytes: checked before drawing
 }
 
 // colour is a Y, U, V triple.
@@ -59,6 +62,7 @@ var palette = []colour{
 func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
 	out := make(pipeline.Batch, 0, len(in))
 	for _, e := range in {
+		s.guard.Check(e)
 		if len(e.Detections) > 0 {
 			if err := s.draw(e); err != nil {
 				return out, err
@@ -83,11 +87,7 @@ func (s *Stage) draw(e *envelope.Envelope) error {
 	}
 	c := canvas{pl: pl, st: st, w: f.Width(), h: f.Height()}
 	for _, d := range e.Detections {
-		key := int(d.Class)
-		if d.Track > 0 {
-			key = int(d.Track)
-		}
-		col := palette[key%len(palette)]
+		col := colourOf(d)
 		x1, y1 := int(d.X1*float32(c.w)), int(d.Y1*float32(c.h))
 		x2, y2 := int(d.X2*float32(c.w)), int(d.Y2*float32(c.h))
 		for t := 0; t < s.thick; t++ {
@@ -98,6 +98,17 @@ func (s *Stage) draw(e *envelope.Envelope) error {
 		}
 	}
 	return nil
+}
+
+// colourOf is a detection's colour: its track's, or its class's (any
+// class, negative ones too).
+func colourOf(d envelope.Detection) colour {
+	key := int64(d.Class)
+	if d.Track > 0 {
+		key = d.Track
+	}
+	n := int64(len(palette))
+	return palette[(key%n+n)%n]
 }
 
 // Label is the text drawn above a detection: label (or recognised text),
@@ -150,6 +161,9 @@ func (c canvas) text(x, y, scale int, s string, col colour) {
 		y = 0
 	}
 	for _, r := range s {
+		if x >= c.w {
+			return // the rest is off the frame
+		}
 		g, ok := font5x7[unicode.ToUpper(r)]
 		if !ok {
 			x += 6 * scale

@@ -24,6 +24,9 @@ var (
 	ErrUnknownEncoder = errors.New("encode: unknown encoder")
 	ErrOpen           = errors.New("encode: opening encoder failed")
 	ErrEncode         = errors.New("encode: encoding failed")
+	// ErrChromaSize reports a picture whose width or height is not a
+	// multiple of its pixel format's chroma subsampling (641x481 in 4:2:0).
+	ErrChromaSize = errors.New("picture size does not fit the chroma subsampling")
 )
 
 func init() {
@@ -36,7 +39,8 @@ func init() {
 			{Name: "tune", Type: pipeline.TypeString, Doc: "encoder tune (x264: film, zerolatency, ...)"},
 			{Name: "crf", Type: pipeline.TypeInt, Doc: "constant quality (x264/x265 0-51, vp9/av1 0-63); unset: encoder default"},
 			{Name: "bitrate", Type: pipeline.TypeString, Doc: `target bitrate, e.g. "3M" or "128k"`},
-			{Name: "gop", Type: pipeline.TypeInt, Default: 0, Doc: "keyframe interval in frames (0: encoder default)"},
+			{Name: "gop", Type: pipeline.TypeInt, Default: 0, Doc: "keyframe interval in frames (0: encoder default); see gop_duration for keyframes by time"},
+			{Name: "gop_duration", Type: pipeline.TypeDuration, Doc: "video: force a keyframe at the first frame whose time reaches each multiple of this interval after the first frame (like ffmpeg -force_key_frames expr:gte(t,n_forced*2)), so HLS segments keep their length when frames are dropped; default: 2s in live runs (flow: drop-oldest; the sink's default hls_time), off for files; 0s: off"},
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "encoder threads (0: encoder default)"},
 			{Name: "pixel_format", Type: pipeline.TypeString, Doc: "convert frames to this pixel format first (default: keep, or the encoder's first)"},
 			{Name: "sample_rate", Type: pipeline.TypeInt, Default: 0, Doc: "audio: resample to this rate (0: keep)"},
@@ -45,6 +49,7 @@ func init() {
 		},
 		MinInputs: 1, MaxInputs: 1,
 		Ports:        ports,
+		Check:        checkParams,
 		New:          New,
 		Accelerators: []accelerators.Kind{accelerators.CPU, accelerators.GPU},
 		AcceleratorsFor: func(in []pipeline.PortType) []accelerators.Kind {
@@ -122,16 +127,27 @@ func parseBitrate(s string) (int64, error) {
 
 // Encoder encodes one stream.
 type Encoder struct {
-	in     pipeline.Init
-	copy   bool
-	codec  *astiav.Codec
-	cc     *astiav.CodecContext
-	conv   *codecs.Graph // format/rate/frame-size adaptation, if needed
-	pkt    *astiav.Packet
-	media  envelope.Media
-	tb     astiav.Rational
-	params *envelope.CodecParams
-	frames int64
+	in    pipeline.Init
+	copy  bool
+	codec *astiav.Codec
+	cc    *astiav.CodecContext
+	// conv adapts frames to the encoder: pixel format; sample format,
+	// rate and layout, then frame size (two graphs, so that a change of
+	// the input's audio format, which ends the first, cuts no frame short).
+	conv []*codecs.Graph
+	// opened is the format of the frames the encoder opened on; frames of
+	// another size or pixel format are scaled to it by resize, to target
+	// (the system-memory format it encodes, or uploads), after one warning.
+	opened  codecs.FrameFormat
+	target  astiav.PixelFormat
+	resize  *codecs.Graph
+	changed bool
+	keys    *keyClock // keyframes by time (nil: by the encoder's GOP)
+	pkt     *astiav.Packet
+	media   envelope.Media
+	tb      astiav.Rational
+	params  *envelope.CodecParams
+	frames  int64
 	// soft is the software encoder to fall back to when the hardware
 	// encoder the stage was bound to does not open (nil on the CPU).
 	soft *astiav.Codec
@@ -292,6 +308,10 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 		return fmt.Errorf("%w: allocating %s", ErrOpen, enc.codec.Name())
 	}
 	enc.cc = cc
+	for _, g := range enc.conv { // from a hardware encoder that did not open
+		g.Close()
+	}
+	enc.conv = nil
 	var convSpec string
 	switch enc.media {
 	case envelope.MediaVideo:
@@ -316,6 +336,15 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 		if enc.input == inputHost {
 			cc.SetPixelFormat(sw)
 		}
+		enc.target = sw
+		if enc.input == inputDevice {
+			enc.target = codecs.SoftwareFormat(f)
+		}
+		if _, hw := familyOf(enc.codec.Name()); hw || slices.Contains(wholeChroma, enc.codec.Name()) {
+			if err := chromaSizeError(enc.codec.Name(), f.Width(), f.Height(), enc.target); err != nil {
+				return err
+			}
+		}
 		cc.SetWidth(f.Width())
 		cc.SetHeight(f.Height())
 		cc.SetSampleAspectRatio(f.SampleAspectRatio())
@@ -325,6 +354,10 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 		}
 		if g := p.Int("gop"); g > 0 {
 			cc.SetGopSize(g)
+		}
+		enc.keys = nil
+		if d := keyInterval(enc.in); d > 0 {
+			enc.keys = newKeyClock(d, enc.tb)
 		}
 	case envelope.MediaAudio:
 		sf := f.SampleFormat()
@@ -339,7 +372,7 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 		cc.SetSampleRate(rate)
 		cc.SetChannelLayout(f.ChannelLayout())
 		enc.tb = astiav.NewRational(1, rate)
-		convSpec = fmt.Sprintf("aresample=%d,aformat=sample_fmts=%s", rate, sf.Name())
+		convSpec = fmt.Sprintf("aresample=%d,aformat=sample_fmts=%s:channel_layouts=%s", rate, sf.Name(), cc.ChannelLayout().String())
 	}
 	cc.SetTimeBase(enc.tb)
 	if br, _ := parseBitrate(p.String("bitrate")); br > 0 {
@@ -372,23 +405,35 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 	if dropped := hardwareOptions(opts, enc.codec.Name(), enc.in.Device.ID); len(dropped) > 0 {
 		enc.in.Log.Warn("software-encoder options dropped for the hardware encoder", "encoder", enc.codec.Name(), "options", strings.Join(dropped, " "))
 	}
+	if o := forcedIDR(enc.codec.Name()); o != "" && enc.keys != nil {
+		if _, set := opts[o]; !set {
+			opts[o] = "1"
+		}
+	}
 	for k, v := range opts {
 		if err := d.Set(k, v, 0); err != nil {
 			return fmt.Errorf("%w: option %s=%s: %w", ErrOpen, k, v, err)
 		}
 	}
 	if err := cc.Open(enc.codec, d); err != nil {
+		if enc.media == envelope.MediaVideo {
+			if serr := chromaSizeError(enc.codec.Name(), f.Width(), f.Height(), enc.target); serr != nil {
+				return fmt.Errorf("%w (%w)", serr, err)
+			}
+		}
 		return fmt.Errorf("%w: %s (%dx%d %s): %w", ErrOpen, enc.codec.Name(), f.Width(), f.Height(), cc.PixelFormat().Name(), err)
 	}
 	if left := d.Get("", nil, astiav.NewDictionaryFlags(astiav.DictionaryFlagIgnoreSuffix)); left != nil {
 		return fmt.Errorf("%w: %s does not know option %q", ErrOpen, enc.codec.Name(), left.Key())
 	}
+	if convSpec != "" {
+		enc.conv = append(enc.conv, codecs.NewGraph(convSpec, 1))
+	}
 	if enc.media == envelope.MediaAudio && cc.FrameSize() > 0 {
+		enc.conv = append(enc.conv, codecs.NewGraph(fmt.Sprintf("asetnsamples=n=%d:p=0", cc.FrameSize()), 1))
 		convSpec += fmt.Sprintf(",asetnsamples=n=%d:p=0", cc.FrameSize())
 	}
-	if convSpec != "" {
-		enc.conv = codecs.NewGraph(convSpec, 1)
-	}
+	enc.opened = codecs.FormatOf(f, enc.media)
 	cp := astiav.AllocCodecParameters()
 	defer cp.Free()
 	if err := cp.FromCodecContext(cc); err != nil {
@@ -399,8 +444,16 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 		rate = codecs.AVRat(e.Video.FrameRate)
 	}
 	enc.params = codecs.Params(cp, rate)
-	enc.in.Log.Info("encoder opened", "codec", enc.codec.Name(), "width", cc.Width(), "height", cc.Height(),
-		"pixel_format", cc.PixelFormat().Name(), "sample_rate", cc.SampleRate(), "convert", convSpec, "input", enc.input.String())
+	attrs := []any{"codec", enc.codec.Name(), "width", cc.Width(), "height", cc.Height(),
+		"pixel_format", cc.PixelFormat().Name(), "sample_rate", cc.SampleRate(), "convert", convSpec, "input", enc.input.String()}
+	if enc.media == envelope.MediaVideo {
+		keys := "by frame count (gop)"
+		if enc.keys != nil {
+			keys = "every " + keyInterval(enc.in).String()
+		}
+		attrs = append(attrs, "keyframes", keys)
+	}
+	enc.in.Log.Info("encoder opened", attrs...)
 	return nil
 }
 
@@ -423,6 +476,11 @@ func (enc *Encoder) Process(_ context.Context, in pipeline.Batch) (pipeline.Batc
 			if f, err = enc.open(f, e); err != nil {
 				return out, err
 			}
+		} else if enc.formatChanged(f) {
+			if out, err = enc.scale(out, e); err != nil {
+				return out, err
+			}
+			continue
 		}
 		if out, err = enc.send(out, f, e); err != nil {
 			return out, err
@@ -431,43 +489,136 @@ func (enc *Encoder) Process(_ context.Context, in pipeline.Batch) (pipeline.Batc
 	return out, nil
 }
 
-// send encodes f (nil: flush), through the conversion graph if there is one.
-func (enc *Encoder) send(out pipeline.Batch, f *astiav.Frame, e *envelope.Envelope) (pipeline.Batch, error) {
-	if enc.conv != nil {
-		var tb, rate astiav.Rational
-		if e != nil {
-			tb = codecs.AVRat(e.TimeBase)
-			if e.Video != nil {
-				rate = codecs.AVRat(e.Video.FrameRate)
-			}
+// formatChanged reports a frame whose format differs from the one the
+// encoder opened on (warning once): a video frame of another size or pixel
+// format, which scale brings to the encoder's; or audio of another sample
+// format, rate or layout, which the conversion graph resamples (it
+// configures itself again for the new format).
+func (enc *Encoder) formatChanged(f *astiav.Frame) bool {
+	in := codecs.FormatOf(f, enc.media)
+	var changed bool
+	if enc.media == envelope.MediaVideo {
+		changed = !in.SameSize(enc.opened)
+	} else {
+		changed = in != enc.opened
+	}
+	if changed && !enc.changed {
+		enc.changed = true
+		msg := "the input's picture size or pixel format changed mid-stream: frames are scaled to the size the encoder opened with"
+		if enc.media == envelope.MediaAudio {
+			msg = "the input's audio format changed mid-stream: it is resampled to the format the encoder opened with"
 		}
-		conv, err := enc.conv.Push(f, enc.media, tb, rate)
+		enc.in.Log.Warn(msg, "encoder", enc.codec.Name(), "opened", enc.opened.String(), "now", in.String())
+	}
+	return changed && enc.media == envelope.MediaVideo
+}
+
+// scale encodes a video frame of another size or pixel format than the
+// encoder opened on, scaled (swscale, bicubic, as the ffmpeg CLI's
+// autoscale does: the picture is stretched to fill the frame) to the
+// encoder's size and format, in system memory.
+func (enc *Encoder) scale(out pipeline.Batch, e *envelope.Envelope) (pipeline.Batch, error) {
+	f, err := codecs.FrameOf(e) // a GPU frame is copied off its device
+	if err != nil {
+		return out, err
+	}
+	if enc.resize == nil {
+		enc.resize = codecs.NewGraph(fmt.Sprintf("scale=%d:%d,format=%s", enc.opened.Width, enc.opened.Height, enc.target.Name()), 1)
+	}
+	tb, rate := timing(e)
+	res, err := enc.resize.Push(f, enc.media, tb, rate)
+	out, eerr := enc.encodeAll(out, res)
+	if err != nil {
+		return out, fmt.Errorf("%w: scaling %s to %dx%d: %w", ErrEncode, codecs.FormatOf(f, enc.media), enc.opened.Width, enc.opened.Height, err)
+	}
+	return out, eerr
+}
+
+// timing is the time base and frame rate of e's frame (zero for nil).
+func timing(e *envelope.Envelope) (tb, rate astiav.Rational) {
+	if e == nil {
+		return tb, rate
+	}
+	if e.Video != nil {
+		rate = codecs.AVRat(e.Video.FrameRate)
+	}
+	return codecs.AVRat(e.TimeBase), rate
+}
+
+// send encodes f (nil: flush), through the conversion graphs if there are any.
+func (enc *Encoder) send(out pipeline.Batch, f *astiav.Frame, e *envelope.Envelope) (pipeline.Batch, error) {
+	tb, rate := timing(e)
+	if len(enc.conv) == 0 {
+		if f != nil && tb != enc.tb {
+			f.SetPts(astiav.RescaleQ(f.Pts(), tb, enc.tb))
+		}
+		return enc.encode(out, f)
+	}
+	res, err := enc.convert(enc.conv, f, tb, rate)
+	out, eerr := enc.encodeAll(out, res)
+	if err == nil {
+		err = eerr
+	}
+	if err != nil || f != nil {
+		return out, err
+	}
+	return enc.encode(out, nil)
+}
+
+// convert runs f (nil: end of stream) through the graphs of chain in
+// turn and returns what comes out of the last.
+func (enc *Encoder) convert(chain []*codecs.Graph, f *astiav.Frame, tb, rate astiav.Rational) ([]*envelope.Envelope, error) {
+	res, err := chain[0].Push(f, enc.media, tb, rate)
+	if err != nil || len(chain) == 1 {
+		return res, err
+	}
+	var out []*envelope.Envelope
+	for i, r := range res {
+		rf, _ := codecs.FrameOf(r) // the graph's own frame
+		more, err := enc.convert(chain[1:], rf, codecs.AVRat(r.TimeBase), rate)
+		out = append(out, more...)
+		r.Release()
 		if err != nil {
+			release(res[i+1:])
 			return out, err
 		}
-		for _, c := range conv {
-			cf, _ := codecs.FrameOf(c)
-			cf.SetPts(astiav.RescaleQ(cf.Pts(), codecs.AVRat(c.TimeBase), enc.tb))
-			out, err = enc.encode(out, cf)
-			c.Release()
-			if err != nil {
-				return out, err
-			}
-		}
-		if f != nil {
-			return out, nil
-		}
-		return enc.encode(out, nil)
 	}
-	if f != nil && e != nil && codecs.AVRat(e.TimeBase) != enc.tb {
-		f.SetPts(astiav.RescaleQ(f.Pts(), codecs.AVRat(e.TimeBase), enc.tb))
+	if f != nil {
+		return out, nil
 	}
-	return enc.encode(out, f)
+	more, err := enc.convert(chain[1:], nil, tb, rate)
+	return append(out, more...), err
+}
+
+// encodeAll encodes the frames of a conversion graph, releasing them.
+func (enc *Encoder) encodeAll(out pipeline.Batch, frames []*envelope.Envelope) (pipeline.Batch, error) {
+	for i, c := range frames {
+		cf, _ := codecs.FrameOf(c) // the graph's own frame
+		cf.SetPts(astiav.RescaleQ(cf.Pts(), codecs.AVRat(c.TimeBase), enc.tb))
+		var err error
+		out, err = enc.encode(out, cf)
+		c.Release()
+		if err != nil {
+			release(frames[i+1:])
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+func release(es []*envelope.Envelope) {
+	for _, e := range es {
+		e.Release()
+	}
 }
 
 func (enc *Encoder) encode(out pipeline.Batch, f *astiav.Frame) (pipeline.Batch, error) {
 	if f != nil {
-		f.SetPictureType(astiav.PictureTypeNone)
+		pt := astiav.PictureTypeNone
+		if enc.keys != nil && enc.keys.due(f.Pts()) {
+			pt = astiav.PictureTypeI
+		}
+		f.SetPictureType(pt)
 		if enc.input == inputUpload || (enc.input == inputDevice && !codecs.IsHardwarePixelFormat(f.PixelFormat())) {
 			if err := codecs.Upload(enc.cc, enc.up, f); err != nil {
 				return out, fmt.Errorf("%w: %s: %w", ErrEncode, enc.codec.Name(), err)
@@ -500,13 +651,24 @@ func (enc *Encoder) Flush(context.Context) (pipeline.Batch, error) {
 	if enc.copy || enc.cc == nil {
 		return nil, nil
 	}
-	return enc.send(nil, nil, nil)
+	var out pipeline.Batch
+	if enc.resize != nil {
+		res, err := enc.resize.Push(nil, enc.media, astiav.Rational{}, astiav.Rational{})
+		out, eerr := enc.encodeAll(out, res)
+		if err = errors.Join(err, eerr); err != nil {
+			return out, err
+		}
+	}
+	return enc.send(out, nil, nil)
 }
 
 // Close frees the encoder.
 func (enc *Encoder) Close() error {
-	if enc.conv != nil {
-		enc.conv.Close()
+	for _, g := range enc.conv {
+		g.Close()
+	}
+	if enc.resize != nil {
+		enc.resize.Close()
 	}
 	if enc.cc != nil {
 		enc.cc.Free()
@@ -537,4 +699,36 @@ func softwareFormats(c *astiav.Codec) []astiav.PixelFormat {
 		}
 	}
 	return out
+}
+
+// wholeChroma are the software encoders that refuse a picture whose size
+// is not a multiple of its chroma subsampling (x264 says only "Generic
+// error in an external library"); hardware encoders refuse it too. Others
+// (libvpx-vp9, libaom-av1, mpeg4) take it.
+var wholeChroma = []string{"libx264", "libx264rgb", "libx265", "libsvtav1", "libkvazaar", "libopenh264"}
+
+// subsampling names chroma subsampling by its shifts (width, height).
+var subsampling = map[[2]int]string{{1, 1}: "4:2:0", {1, 0}: "4:2:2", {2, 0}: "4:1:1", {2, 2}: "4:1:0", {0, 1}: "4:4:0"}
+
+// chromaSizeError says why a w x h picture in pf cannot be encoded when its
+// size is not a multiple of pf's chroma subsampling, and how to fix it; nil
+// when it is.
+func chromaSizeError(codec string, w, h int, pf astiav.PixelFormat) error {
+	sw, sh, ok := codecs.ChromaShift(pf)
+	mw, mh := 1<<sw, 1<<sh
+	if !ok || (w%mw == 0 && h%mh == 0) {
+		return nil
+	}
+	fit := func(dim string, m int) string {
+		if m == 1 {
+			return dim
+		}
+		return fmt.Sprintf("trunc(%s/%d)*%d", dim, m, m)
+	}
+	what := subsampling[[2]int{sw, sh}]
+	if what == "" {
+		what = fmt.Sprintf("1/%d of the width, 1/%d of the height", mw, mh)
+	}
+	return fmt.Errorf("%w: %w: %s cannot encode %dx%d %s: its chroma is subsampled (%s), so the width must be a multiple of %d and the height of %d; scale to such a size first, e.g. a filter stage before the encoder with graph: \"scale=%s:%s\"",
+		ErrOpen, ErrChromaSize, codec, w, h, pf.Name(), what, mw, mh, fit("iw", mw), fit("ih", mh))
 }

@@ -22,6 +22,11 @@ import (
 // ErrDevice reports a graph that cannot run where the stage is bound.
 var ErrDevice = errors.New("filter: graph and device do not match")
 
+// DefaultMaxPixels is the largest frame a filter stage makes unless its
+// max_pixels says otherwise: 8192x8192, above 8K UHD (7680x4320) and the
+// largest pictures H.264 and HEVC levels allow (8192x4320).
+const DefaultMaxPixels = 8192 * 8192
+
 func init() {
 	pipeline.MustRegister(pipeline.Spec{
 		Kind:    "filter",
@@ -30,6 +35,7 @@ func init() {
 			{Name: "graph", Type: pipeline.TypeString, Required: true, Doc: `FFmpeg filter graph, e.g. "scale=1280:720" or "fps=30,format=yuv420p" (audio: "aresample=48000"); on a GPU, its device filters: "scale_cuda=1280:720", "scale_vaapi=w=1280:h=720"`},
 			{Name: "cpu_graph", Type: pipeline.TypeString, Doc: "the graph to run when a stage whose graph uses GPU filters ends up on the CPU (fallback), e.g. scale=1280:720"},
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "filter graph threads (0: FFmpeg's default)"},
+			{Name: "max_pixels", Type: pipeline.TypeInt, Default: DefaultMaxPixels, Doc: "refuse, at the first frame, a graph that makes video frames of more pixels than this (width x height; default 8192x8192; 0: no limit): scale=16000:16000 makes 384 MB frames, too large to encode in reasonable time or to carry over NATS"},
 		},
 		MinInputs: 1, MaxInputs: 1,
 		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
@@ -95,6 +101,7 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 		if err == nil {
 			f.dev = dev
 			f.g = codecs.NewDeviceGraph(graph, threads, dev, uploads[kind])
+			f.g.Log, f.g.MaxPixels = in.Log, in.Params.Int("max_pixels")
 			// FFmpeg 5.1's Vulkan filter output read back after its graph
 			// has gone on to the next frame comes back with wrong pixels
 			// now and then (seen with Mesa's lavapipe, even with every
@@ -119,6 +126,7 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 		graph = cpu
 	}
 	f.g = codecs.NewGraph(graph, threads)
+	f.g.Log, f.g.MaxPixels = in.Log, in.Params.Int("max_pixels")
 	return f, nil
 }
 
@@ -159,6 +167,9 @@ func (f *Filter) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, 
 			}
 		}
 		out = append(out, res...)
+		if errors.Is(err, codecs.ErrTooLarge) {
+			return out, fmt.Errorf("%w (the stage's max_pixels): make them smaller, or raise max_pixels if such frames are meant", err)
+		}
 		if err != nil {
 			return out, err
 		}

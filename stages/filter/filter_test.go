@@ -14,6 +14,7 @@ import (
 	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/pipeline/pipelinetest"
 	_ "github.com/avflow/avflow/stages/all"
 )
@@ -161,6 +162,7 @@ func psnr(t *testing.T, a, b string) float64 {
 // that takes them as they are, and copied off by the encoder, against the
 // CPU decoding and scaling it. Scalers differ, so the bar is 30 dB.
 func TestCUDAFilterMatchesCPU(t *testing.T) {
+	e2e.Long(t)
 	inv := accelerators.Machine("")
 	var gpu bool
 	for _, d := range inv.Usable(accelerators.GPU) {
@@ -169,10 +171,7 @@ func TestCUDAFilterMatchesCPU(t *testing.T) {
 	if !gpu {
 		t.Skipf("no usable CUDA GPU here: %s", inv.Why(accelerators.GPU))
 	}
-	clip := filepath.Join(os.Getenv("AVFLOW_SHARED"), "media", "car-detection.mp4")
-	if os.Getenv("AVFLOW_SHARED") == "" {
-		clip = "../../../shared/media/car-detection.mp4"
-	}
+	clip := e2e.Media(t, "car-detection.mp4")
 	raw := func(name, dec, filter string) ([]byte, string) {
 		out := filepath.Join(t.TempDir(), name+".yuv")
 		_, logs, err := pipelinetest.Run(t, &inv, name+".yaml", fmt.Sprintf(`name: %s

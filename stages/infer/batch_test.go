@@ -9,6 +9,7 @@ import (
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
 )
 
 // stripes makes a white yuv420p frame with dark bars: text-like blocks for DBNet.
@@ -45,9 +46,7 @@ func stripes(t *testing.T, shift int) *astiav.Frame {
 // TestDetectBatchMatchesSingle: frames run together through a model with a
 // dynamic batch give what they give one by one.
 func TestDetectBatchMatchesSingle(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs the PP-OCR model")
-	}
+	e2e.Long(t) // the PP-OCR model
 	in := pipeline.Init{Name: "t", Params: pipeline.Params{"threads": 1, "optimization": "all"}, Log: slog.New(slog.DiscardHandler)}
 	d, err := NewDetector(context.Background(), in, "ppocr-v4-det", 0)
 	if err != nil {

@@ -6,14 +6,13 @@ import (
 	"testing"
 
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
 )
 
 // TestOCRReadsDrawnText draws a scoreboard into a lavfi frame with
 // drawtext, then PP-OCR det + rec must read it back.
 func TestOCRReadsDrawnText(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	for _, text := range []string{"SCORE 1234", "LAP 3 OF 12"} {
 		t.Run(text, func(t *testing.T) {
 			c := &collector{}

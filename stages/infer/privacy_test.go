@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -16,19 +15,12 @@ import (
 
 	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/pipeline/envelope"
 	_ "github.com/avflow/avflow/stages/all"
 	"github.com/avflow/avflow/stages/infer/onnx"
 	"github.com/nats-io/nats.go"
 )
-
-func sharedDir(t *testing.T, sub string) string {
-	d, _ := filepath.Abs(filepath.Join("../../../shared", sub))
-	if _, err := os.Stat(d); err != nil {
-		t.Fatalf("%s not found: %v", d, err)
-	}
-	return d
-}
 
 // collector gathers the detections of every frame that reaches it.
 type collector struct {
@@ -114,12 +106,10 @@ func ssim(t *testing.T, a, b string) float64 {
 // face that UltraFace RFB-320 itself finds above 0.5 on any frame, and keeps
 // the rest of the picture (SSIM against the input at least 0.90).
 func TestPrivacyExample(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
-	media := sharedDir(t, "media")
+	e2e.Long(t)
+	media := e2e.MediaDir(t)
 	t.Setenv("AVFLOW_MEDIA", media)
-	t.Setenv("AVFLOW_MODEL_MIRROR", sharedDir(t, "models"))
+	t.Setenv("AVFLOW_MODEL_MIRROR", e2e.Models(t))
 	t.Setenv("AVFLOW_MODELS", t.TempDir())
 	clips, _ := filepath.Glob(filepath.Join(media, "facecam", "*.mkv"))
 	if len(clips) == 0 {
@@ -168,11 +158,9 @@ func TestPrivacyExample(t *testing.T) {
 // TestMetaSubject: an outside NATS client sees the detections on the
 // stage's meta subject, as msgpack envelopes.
 func TestMetaSubject(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
-	t.Setenv("AVFLOW_MODEL_MIRROR", sharedDir(t, "models"))
-	clip := filepath.Join(sharedDir(t, "media"), "facecam", "hungry.mkv")
+	e2e.Long(t)
+	t.Setenv("AVFLOW_MODEL_MIRROR", e2e.Models(t))
+	clip := e2e.Media(t, "facecam/hungry.mkv")
 	cfg, err := pipeline.Parse([]byte(fmt.Sprintf(`name: meta
 stages:
   - {name: cam, kind: source, params: {url: %q, realtime: true}}
@@ -241,7 +229,9 @@ stages:
 // frames while the model runs) and with two replicas of the stage, every
 // frame still leaves, in order, with the same boxes as one plain instance.
 func TestOverlapAndReplicasMatchSerial(t *testing.T) {
-	clip := filepath.Join(sharedDir(t, "media/facecam"), "book.mkv")
+	e2e.Long(t)
+	t.Setenv("AVFLOW_MODEL_MIRROR", e2e.Models(t))
+	clip := e2e.Media(t, "facecam/book.mkv")
 	run1 := func(extra string) *collector {
 		c := &collector{}
 		cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: ov
@@ -292,6 +282,7 @@ stages:
 // installs), runs on the CPU with one warning and says so in its metrics;
 // with strict it refuses to start, naming the provider.
 func TestProviderFallback(t *testing.T) {
+	t.Setenv("AVFLOW_MODEL_MIRROR", e2e.Models(t))
 	inv := accelerators.Inventory{Devices: []accelerators.Device{
 		{Kind: accelerators.CPU, ID: "cpu:0", Usable: true},
 		{Kind: accelerators.GPU, ID: "cuda:0", Usable: true},

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
 )
 
 // speechExtent returns where the audible part of a file starts and ends (s),
@@ -42,9 +43,7 @@ func speechExtent(t *testing.T, path string) (float64, float64) {
 // TestVADFindsSpeech puts espeak-ng speech between 1.5 s of silence on
 // each side: Silero VAD must find it, with both boundaries within 100 ms.
 func TestVADFindsSpeech(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end")
-	}
+	e2e.Long(t)
 	dir := t.TempDir()
 	speech := filepath.Join(dir, "speech.wav")
 	if out, err := exec.Command("espeak-ng", "-w", speech, "The quick brown fox jumps over the lazy dog near the river bank").CombinedOutput(); err != nil {

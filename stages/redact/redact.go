@@ -4,14 +4,20 @@ package redact
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
 	"github.com/avflow/avflow/stages/infer"
+	"github.com/avflow/avflow/stages/infer/detections"
 )
+
+// ErrParams reports redact params that cannot work.
+var ErrParams = errors.New("redact: bad params")
 
 func init() {
 	pipeline.MustRegister(pipeline.Spec{
@@ -37,11 +43,12 @@ func init() {
 			}
 			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 		},
+		Check:      check,
 		Replicable: func(pipeline.Params) error { return nil }, // each frame on its own
 		New: func(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
 			r := &Stage{mode: in.Params.String("mode"), margin: float32(in.Params.Float("margin")),
 				strength: float32(in.Params.Float("strength")), minScore: float32(in.Params.Float("min_score")), labels: map[string]bool{},
-				passes: in.Params.Int("verify_passes")}
+				passes: in.Params.Int("verify_passes"), guard: detections.Guard{Log: in.Log, Stage: in.Name}}
 			for _, l := range strings.Split(in.Params.String("labels"), ",") {
 				if l = strings.TrimSpace(l); l != "" {
 					r.labels[l] = true
@@ -59,6 +66,17 @@ func init() {
 	})
 }
 
+// check refuses a margin or strength that would hide nothing or hang.
+func check(p pipeline.Params, _ string) error {
+	if m := p.Float("margin"); math.IsNaN(m) || math.IsInf(m, 0) || m < 0 {
+		return fmt.Errorf("%w: margin must be a finite number >= 0 (a fraction of the box size), got %v", ErrParams, m)
+	}
+	if v := p.Float("strength"); math.IsNaN(v) || math.IsInf(v, 0) || v <= 0 {
+		return fmt.Errorf("%w: strength must be a finite number > 0 (a fraction of the box size), got %v", ErrParams, v)
+	}
+	return nil
+}
+
 // Stage hides detected regions.
 type Stage struct {
 	mode     string
@@ -69,6 +87,7 @@ type Stage struct {
 	tmp      []int32
 	verify   *infer.Detector
 	passes   int
+	guard    detections.Guard // detections are outside bytes: checked before hiding
 	Hidden   int64
 	Verified int64 // regions the verify pass found and hid
 }
@@ -77,6 +96,7 @@ type Stage struct {
 func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
 	out := make(pipeline.Batch, 0, len(in))
 	for _, e := range in {
+		s.guard.Check(e)
 		if len(e.Detections) > 0 {
 			if err := s.hide(e, e.Detections); err != nil {
 				return out, err
@@ -111,7 +131,7 @@ func (s *Stage) recheck(e *envelope.Envelope) error {
 			return err
 		}
 		s.Verified += int64(len(found))
-		e.Detections = append(e.Detections, found...)
+		e.Detections = append(e.Detections[:len(e.Detections):len(e.Detections)], found...) // never into a shared array
 	}
 	return nil
 }
@@ -128,49 +148,86 @@ func (s *Stage) hide(e *envelope.Envelope, dets []envelope.Detection) error {
 	if err != nil {
 		return fmt.Errorf("redact: %w", err)
 	}
-	W, H := f.Width(), f.Height()
 	for _, d := range dets {
 		if d.Score < s.minScore || (len(s.labels) > 0 && !s.labels[d.Label]) {
 			continue
 		}
-		bw, bh := d.X2-d.X1, d.Y2-d.Y1
-		x1 := int((d.X1 - bw*s.margin) * float32(W))
-		y1 := int((d.Y1 - bh*s.margin) * float32(H))
-		x2 := int((d.X2+bw*s.margin)*float32(W) + 0.5)
-		y2 := int((d.Y2+bh*s.margin)*float32(H) + 0.5)
-		x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)
-		if x2-x1 < 2 || y2-y1 < 2 {
+		r, ok := region(d, s.margin, f.Width(), f.Height())
+		if !ok {
 			continue
 		}
-		size := int(s.strength * float32(max(x2-x1, y2-y1)))
-		size = max(size, 2)
+		size := blurSize(s.strength, r)
 		for p := 0; p < 3; p++ {
-			sh := 0
+			pr, sz := r, size
 			if p > 0 {
-				sh = 1
+				pr, sz = r.chroma(), max(size>>1, 1)
 			}
-			r := rect{x1 >> sh, y1 >> sh, (x2 + sh) >> sh, (y2 + sh) >> sh}
-			sz := max(size>>sh, 1)
-			switch s.mode {
-			case "pixelate":
-				pixelate(planes[p], strides[p], r, sz)
-			case "fill":
-				fill(planes[p], strides[p], r, p)
-			default:
-				// Three box blurs approximate a gaussian; each pass covers the whole region.
-				for pass := 0; pass < 3; pass++ {
-					s.tmp = boxBlur(planes[p], strides[p], r, sz, s.tmp)
-				}
-			}
+			s.hideRect(planes[p], strides[p], pr, sz, p)
 		}
 		s.Hidden++
 	}
 	return nil
 }
 
+// hideRect hides r of one plane (p: 0 luma, 1 and 2 chroma) with the
+// stage's mode; size is the blur radius or pixel block.
+func (s *Stage) hideRect(pl []byte, stride int, r rect, size, p int) {
+	switch s.mode {
+	case "pixelate":
+		pixelate(pl, stride, r, size)
+	case "fill":
+		fill(pl, stride, r, p)
+	default:
+		// Three box blurs approximate a gaussian; each pass covers the whole region.
+		for pass := 0; pass < 3; pass++ {
+			s.tmp = boxBlur(pl, stride, r, size, s.tmp)
+		}
+	}
+}
+
+// region is the luma rectangle hidden for d in a w x h frame: the box
+// grown by margin times its size on every side, clamped to the frame.
+// False when less than 2 pixels of it either way are inside the frame.
+func region(d envelope.Detection, margin float32, w, h int) (rect, bool) {
+	bw, bh := d.X2-d.X1, d.Y2-d.Y1
+	r := rect{
+		x1: pixel(d.X1-bw*margin, w, 0), y1: pixel(d.Y1-bh*margin, h, 0),
+		x2: pixel(d.X2+bw*margin, w, 0.5), y2: pixel(d.Y2+bh*margin, h, 0.5),
+	}
+	return r, r.x2-r.x1 >= 2 && r.y2-r.y1 >= 2
+}
+
+// pixel turns a frame-normalised coordinate into a pixel index in [0, n]:
+// v*n + round, truncated; NaN and anything below the frame give 0,
+// anything beyond it n (the float is clamped before it becomes an int).
+func pixel(v float32, n int, round float32) int {
+	f := v*float32(n) + round
+	switch {
+	case !(f > 0):
+		return 0
+	case f >= float32(n):
+		return n
+	}
+	return int(f)
+}
+
+// blurSize is the blur radius (or pixel block) for a region: strength
+// times its larger side, at least 2 and at most that side.
+func blurSize(strength float32, r rect) int {
+	side := max(r.x2-r.x1, r.y2-r.y1)
+	return max(pixel(strength, side, 0), 2)
+}
+
 type rect struct{ x1, y1, x2, y2 int }
 
+// chroma is the rectangle of a 4:2:0 chroma plane that covers every luma
+// pixel of r (half the size, rounded outwards).
+func (r rect) chroma() rect { return rect{r.x1 >> 1, r.y1 >> 1, (r.x2 + 1) >> 1, (r.y2 + 1) >> 1} }
+
+// pixelate replaces each block x block square of r by its average (a
+// block of 1 would change nothing: it is at least 2).
 func pixelate(pl []byte, stride int, r rect, block int) {
+	block = max(block, 2)
 	for by := r.y1; by < r.y2; by += block {
 		for bx := r.x1; bx < r.x2; bx += block {
 			ex, ey := min(bx+block, r.x2), min(by+block, r.y2)

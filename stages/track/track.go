@@ -11,6 +11,7 @@ import (
 
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/stages/infer/detections"
 )
 
 func init() {
@@ -31,7 +32,7 @@ func init() {
 		},
 		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 			return &Stage{cfg: Config{IoU: float32(in.Params.Float("iou")), MaxAge: in.Params.Int("max_age"), Grow: float32(in.Params.Float("grow"))},
-				trackers: map[string]*Tracker{}}, nil
+				trackers: map[string]*Tracker{}, guard: detections.Guard{Log: in.Log, Stage: in.Name}}, nil
 		},
 	})
 }
@@ -169,6 +170,7 @@ func (t *Tracker) expire() {
 type Stage struct {
 	cfg      Config
 	trackers map[string]*Tracker
+	guard    detections.Guard // detections are outside bytes: checked before tracking
 }
 
 // Process attaches tracked boxes to each frame.
@@ -187,6 +189,7 @@ func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 				inferred = true
 			}
 		}
+		s.guard.Check(e)
 		cp := e.Pass()
 		cp.Detections = t.Update(e.Detections, inferred)
 		out = append(out, cp)

@@ -6,14 +6,16 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/avflow/avflow/pipeline/e2e"
 )
 
+// mirror is the offline model mirror: $AVFLOW_MODEL_MIRROR, else ../shared/models.
 func mirror(t *testing.T) string {
-	dir, _ := filepath.Abs("../../../../shared/models")
 	if d := os.Getenv(EnvMirror); d != "" {
-		dir = d
+		return d
 	}
-	return dir
+	return e2e.Models(t)
 }
 
 func TestBuiltinCardsParse(t *testing.T) {
@@ -83,8 +85,12 @@ func TestPullTruncatedCacheRefetches(t *testing.T) {
 	cache := t.TempDir()
 	t.Setenv("AVFLOW_MODELS", cache)
 	c, _ := Lookup("ultraface-slim-320")
-	os.MkdirAll(filepath.Join(cache, c.Name), 0o755)
-	os.WriteFile(filepath.Join(cache, c.Name, c.File), []byte("truncated"), 0o644)
+	if err := os.MkdirAll(filepath.Join(cache, c.Name), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cache, c.Name, c.File), []byte("truncated"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	f, err := Pull(c, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -7,12 +7,13 @@ import (
 	"testing"
 
 	"github.com/avflow/avflow/accelerators"
+	"github.com/avflow/avflow/pipeline/e2e"
 )
 
 func ultraface(t testing.TB) string {
 	dir := os.Getenv("AVFLOW_MODEL_MIRROR")
 	if dir == "" {
-		dir, _ = filepath.Abs("../../../../shared/models")
+		dir = e2e.Models(t)
 	}
 	p := filepath.Join(dir, "ultraface", "version-RFB-320.onnx")
 	if _, err := os.Stat(p); err != nil {
@@ -46,7 +47,9 @@ func TestRunUltraFace(t *testing.T) {
 
 func TestOpenRejectsBadModel(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.onnx")
-	os.WriteFile(bad, []byte("not a model"), 0o644)
+	if err := os.WriteFile(bad, []byte("not a model"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := Open(bad, Options{}); !errors.Is(err, ErrModel) {
 		t.Fatalf("got %v, want ErrModel", err)
 	}

@@ -1,0 +1,94 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/avflow/avflow/pipeline/envelope"
+)
+
+// countedLocal is an in-process object that counts its Free calls.
+type countedLocal struct{ freed *int }
+
+func (c countedLocal) Fill(*envelope.Envelope) error  { return nil }
+func (c countedLocal) PayloadSize() (int, error)      { return 0, nil }
+func (c countedLocal) WritePayload([]byte) error      { return nil }
+func (c countedLocal) Clone() (envelope.Local, error) { return c, nil }
+func (c countedLocal) Free()                          { *c.freed++ }
+
+// pushStalled pushes e into q from another goroutine and returns once the
+// push waits (its stall is reported), with the channel of its result.
+func pushStalled(t *testing.T, q *queue, e *envelope.Envelope) <-chan error {
+	t.Helper()
+	stalled := make(chan time.Duration, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- q.Push(context.Background(), e, func(d time.Duration) {
+			select {
+			case stalled <- d:
+			default:
+			}
+		})
+	}()
+	select {
+	case d := <-stalled:
+		if d < slowConsumerAfter {
+			t.Fatalf("stalled after %s, before the %s threshold", d, slowConsumerAfter)
+		}
+	case err := <-done:
+		t.Fatalf("a push into a full queue did not wait: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a push waiting for room never reported its stall")
+	}
+	return done
+}
+
+// TestQueuePushWaitsAndWarns: a push into a full queue waits, reports
+// its stall, and goes on once the consumer takes a message.
+func TestQueuePushWaitsAndWarns(t *testing.T) {
+	defer SetSlowConsumerAfter(20 * time.Millisecond)()
+	q := newQueue(1, FlowBlock)
+	if err := q.Push(context.Background(), &envelope.Envelope{Kind: envelope.KindData}, nil); err != nil {
+		t.Fatal(err)
+	}
+	done := pushStalled(t, q, &envelope.Envelope{Kind: envelope.KindData})
+	if q.TryPop() == nil {
+		t.Fatal("queue empty")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if q.Len() != 1 {
+		t.Fatalf("queue holds %d, want the pushed message", q.Len())
+	}
+}
+
+// TestQueueCloseReleasesPush: a producer waiting for room in a full queue
+// is released when the consumer ends; what it pushed, and what is pushed
+// after, is dropped (freed), not left for nobody.
+func TestQueueCloseReleasesPush(t *testing.T) {
+	defer SetSlowConsumerAfter(20 * time.Millisecond)()
+	q := newQueue(1, FlowBlock)
+	if err := q.Push(context.Background(), &envelope.Envelope{Kind: envelope.KindData}, nil); err != nil {
+		t.Fatal(err)
+	}
+	freed := 0
+	done := pushStalled(t, q, &envelope.Envelope{Kind: envelope.KindData, Local: countedLocal{&freed}})
+	q.close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, errConsumerEnded) {
+			t.Fatalf("push into an ended consumer's queue: %v, want errConsumerEnded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("closing the queue did not release the waiting push")
+	}
+	if err := q.Push(context.Background(), &envelope.Envelope{Kind: envelope.KindData, Local: countedLocal{&freed}}, nil); !errors.Is(err, errConsumerEnded) {
+		t.Fatalf("push after close: %v, want errConsumerEnded", err)
+	}
+	if freed != 2 {
+		t.Fatalf("%d of the 2 dropped messages were freed", freed)
+	}
+}
