@@ -56,7 +56,7 @@ func run(args []string) int {
 			if c.String("log-format") == "json" {
 				h = slog.NewJSONHandler(os.Stderr, opts)
 			}
-			slog.SetDefault(slog.New(h))
+			slog.SetDefault(slog.New(redactHandler{h}))
 			ff := astiav.LogLevelWarning
 			if lvl <= slog.LevelDebug {
 				ff = astiav.LogLevelVerbose
@@ -75,11 +75,11 @@ func run(args []string) int {
 			var ec cli.ExitCoder
 			if errors.As(err, &ec) {
 				if msg := err.Error(); msg != "" {
-					fmt.Fprintln(os.Stderr, msg)
+					fmt.Fprintln(os.Stderr, redactText(msg))
 				}
 				return
 			}
-			fmt.Fprintln(os.Stderr, "avflow:", err)
+			fmt.Fprintln(os.Stderr, "avflow:", redactText(err.Error()))
 		},
 	}
 	if err := app.Run(flagsFirst(app, args)); err != nil {
@@ -89,7 +89,7 @@ func run(args []string) int {
 		}
 		// urfave/cli returns command-line mistakes (a required flag
 		// missing) without handing them to ExitErrHandler.
-		fmt.Fprintln(os.Stderr, "avflow:", err)
+		fmt.Fprintln(os.Stderr, "avflow:", redactText(err.Error()))
 		return exitInvalid
 	}
 	return 0
@@ -280,7 +280,7 @@ func validateCmd() *cli.Command {
 					continue
 				}
 				for _, w := range cfg.Warnings() {
-					fmt.Fprintln(os.Stderr, "warning:", w)
+					fmt.Fprintln(os.Stderr, "warning:", redactText(w))
 				}
 				fmt.Printf("%s: ok (%d stages)\n", path, len(cfg.Stages))
 			}

@@ -293,7 +293,7 @@ stages:
 		wants []string
 	}{
 		{"malformed yaml", "name: bad\nstages:\n  - {name: a, kind: source\n", nil, 2, []string{"p.yaml:2:1: malformed YAML"}},
-		{"unknown stage kind", "name: bad\nstages:\n  - {name: a, kind: decoder}\n", nil, 2, []string{"p.yaml:3:5:", `unknown kind "decoder"`}},
+		{"unknown stage kind", "name: bad\nstages:\n  - {name: a, kind: decoder}\n", nil, 2, []string{"p.yaml:3:21:", `unknown kind "decoder"`}},
 		{"unknown param", "name: bad\nstages:\n  - {name: a, kind: source, params: {uri: x}}\n", nil, 2, []string{"p.yaml:3:43:", `unknown param "uri"`}},
 		{"missing input file", transcode("missing.mp4"), nil, 2, []string{"p.yaml:3:5:", "input file not found", "missing.mp4"}},
 		{"truncated mp4", transcode(truncated), nil, 1, []string{`stage "src"`, "source: input is truncated or corrupt", "truncated.mp4", "partial output removed"}},

@@ -36,7 +36,7 @@ func modelsCmd() *cli.Command {
 						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", card.Name, card.Decoder.Type, card.License, cached, card.Description)
 					}
 					tw.Flush()
-					fmt.Printf("\ncache: %s (AVFLOW_MODELS); mirror: %s (%s)\n", model.CacheDir(), os.Getenv(model.EnvMirror), model.EnvMirror)
+					fmt.Printf("\ncache: %s (AVFLOW_MODELS); mirror: %s (%s)\n", model.CacheDir(), redactText(os.Getenv(model.EnvMirror)), model.EnvMirror)
 					return nil
 				},
 			},

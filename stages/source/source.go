@@ -62,8 +62,8 @@ func init() {
 		MinInputs: 0, MaxInputs: 0,
 		Ports: func(p pipeline.Params, _ []pipeline.PortType) ([]pipeline.Port, error) {
 			return []pipeline.Port{
-				{Name: "video", Type: pipeline.PortType{Kind: envelope.KindPacket, Media: envelope.MediaVideo}},
-				{Name: "audio", Type: pipeline.PortType{Kind: envelope.KindPacket, Media: envelope.MediaAudio}},
+				{Name: "video", Type: pipeline.PortType{Kind: envelope.KindPacket, Media: envelope.MediaVideo}, Unread: unread(p, "video")},
+				{Name: "audio", Type: pipeline.PortType{Kind: envelope.KindPacket, Media: envelope.MediaAudio}, Unread: unread(p, "audio")},
 			}, nil
 		},
 		Check: func(p pipeline.Params, dir string) error {
@@ -78,6 +78,15 @@ func init() {
 		},
 		New: New,
 	})
+}
+
+// unread is what the source does with a port no stage reads: it does not
+// read that stream from the input, quietly when its param turned it off.
+func unread(p pipeline.Params, port string) pipeline.Unread {
+	if !p.Bool(port) {
+		return pipeline.UnreadQuiet
+	}
+	return pipeline.UnreadSkipped
 }
 
 func micros(d time.Duration) string { return strconv.FormatInt(d.Microseconds(), 10) }

@@ -602,3 +602,39 @@ func TestPortsAndReaders(t *testing.T) {
 		})
 	}
 }
+
+// TestUnreadPortWarnings: validation says the truth about a source port no
+// stage reads: its stream is not read (warned), or not at all asked for
+// (audio: false, quiet).
+func TestUnreadPortWarnings(t *testing.T) {
+	tests := []struct {
+		params string
+		want   string // in the warnings, "" for none about the audio port
+	}{
+		{`{url: "lavfi:testsrc2"}`, `port "audio" (audio packets) is read by no stage: the stage does not produce it (its stream is not read from the input)`},
+		{`{url: "lavfi:testsrc2", audio: false}`, ""},
+	}
+	for _, tt := range tests {
+		cfg, err := pipeline.Parse([]byte(`name: unread
+stages:
+  - {name: src, kind: source, params: `+tt.params+`}
+  - {name: count, kind: count, inputs: [src.video]}
+`), "p.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := pipeline.Default.Clone()
+		if err := env.Register(pipeline.Spec{Kind: "count", MinInputs: 1, MaxInputs: 1,
+			Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
+			New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return &counter{}, nil }}); err != nil {
+			t.Fatal(err)
+		}
+		if err := env.Validate(cfg); err != nil {
+			t.Fatal(err)
+		}
+		w := strings.Join(cfg.Warnings(), "\n")
+		if tt.want == "" && strings.Contains(w, `"audio"`) || !strings.Contains(w, tt.want) {
+			t.Errorf("%s: warnings\n%s\nwant %q", tt.params, w, tt.want)
+		}
+	}
+}
