@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"fmt"
+	"github.com/avflow/avflow/pipeline/secret"
 	"runtime"
 	"strconv"
 	"time"
@@ -100,7 +101,7 @@ func connect(srv *server.Server, url, name string, onErr func(*nats.Subscription
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				onErr(nil, fmt.Errorf("%w: lost the connection to the NATS server at %s: %w", ErrTransport, RedactURL(url), err))
+				onErr(nil, fmt.Errorf("%w: lost the connection to the NATS server at %s: %w", ErrTransport, secret.URL(url), err))
 			}
 		}),
 	}
@@ -112,7 +113,7 @@ func connect(srv *server.Server, url, name string, onErr func(*nats.Subscription
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("%w: connecting to NATS at %s failed: %w", ErrTransport, RedactURL(url), err)
+		return nil, fmt.Errorf("%w: connecting to NATS at %s failed: %w", ErrTransport, secret.URL(url), err)
 	}
 	return nc, nil
 }

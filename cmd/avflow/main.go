@@ -19,6 +19,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/secret"
 	_ "github.com/avflow/avflow/stages/all"
 	"github.com/avflow/avflow/stages/infer/onnx"
 	"github.com/urfave/cli/v2"
@@ -56,7 +57,7 @@ func run(args []string) int {
 			if c.String("log-format") == "json" {
 				h = slog.NewJSONHandler(os.Stderr, opts)
 			}
-			slog.SetDefault(slog.New(redactHandler{h}))
+			slog.SetDefault(slog.New(secret.Handler(h)))
 			ff := astiav.LogLevelWarning
 			if lvl <= slog.LevelDebug {
 				ff = astiav.LogLevelVerbose
@@ -75,11 +76,11 @@ func run(args []string) int {
 			var ec cli.ExitCoder
 			if errors.As(err, &ec) {
 				if msg := err.Error(); msg != "" {
-					fmt.Fprintln(os.Stderr, redactText(msg))
+					fmt.Fprintln(os.Stderr, secret.Text(msg))
 				}
 				return
 			}
-			fmt.Fprintln(os.Stderr, "avflow:", redactText(err.Error()))
+			fmt.Fprintln(os.Stderr, "avflow:", secret.Text(err.Error()))
 		},
 	}
 	if err := app.Run(flagsFirst(app, args)); err != nil {
@@ -89,7 +90,7 @@ func run(args []string) int {
 		}
 		// urfave/cli returns command-line mistakes (a required flag
 		// missing) without handing them to ExitErrHandler.
-		fmt.Fprintln(os.Stderr, "avflow:", redactText(err.Error()))
+		fmt.Fprintln(os.Stderr, "avflow:", secret.Text(err.Error()))
 		return exitInvalid
 	}
 	return 0
@@ -280,7 +281,7 @@ func validateCmd() *cli.Command {
 					continue
 				}
 				for _, w := range cfg.Warnings() {
-					fmt.Fprintln(os.Stderr, "warning:", redactText(w))
+					fmt.Fprintln(os.Stderr, "warning:", secret.Text(w))
 				}
 				fmt.Printf("%s: ok (%d stages)\n", path, len(cfg.Stages))
 			}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/avflow/avflow/pipeline/secret"
 	"github.com/avflow/avflow/stages/infer"
 	"github.com/avflow/avflow/stages/infer/model"
 	"github.com/avflow/avflow/stages/infer/onnx"
@@ -36,7 +37,7 @@ func modelsCmd() *cli.Command {
 						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", card.Name, card.Decoder.Type, card.License, cached, card.Description)
 					}
 					tw.Flush()
-					fmt.Printf("\ncache: %s (AVFLOW_MODELS); mirror: %s (%s)\n", model.CacheDir(), redactText(os.Getenv(model.EnvMirror)), model.EnvMirror)
+					fmt.Printf("\ncache: %s (AVFLOW_MODELS); mirror: %s (%s)\n", model.CacheDir(), secret.Text(os.Getenv(model.EnvMirror)), model.EnvMirror)
 					return nil
 				},
 			},

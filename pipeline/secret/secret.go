@@ -78,14 +78,18 @@ func redactOne(s string) string {
 	return u.String()
 }
 
-// urlInText finds URLs inside free text, such as FFmpeg's log lines
-// ("Failed to open 'rtmp://host/app/key'").
-var urlInText = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.\-]*://[^\s'"<>()\[\]]+`)
+// urlInText finds URLs inside free text (log messages, errors, FFmpeg's
+// own lines such as "Connection to srt://host?passphrase=... failed").
+var urlInText = regexp.MustCompile(`[A-Za-z][A-Za-z0-9+.\-]*://[^\s"'<>]+`)
 
 // Text returns s with every URL in it redacted as [URL] does.
 func Text(s string) string {
 	if !strings.Contains(s, "://") {
 		return s
 	}
-	return urlInText.ReplaceAllStringFunc(s, redactOne)
+	return urlInText.ReplaceAllStringFunc(s, func(u string) string {
+		// Punctuation after a URL ("failed: rtmp://h/app/key: refused") is the text's.
+		url := strings.TrimRight(u, ".,:;)]}!?")
+		return redactOne(url) + u[len(url):]
+	})
 }

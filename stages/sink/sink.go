@@ -19,6 +19,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/secret"
 )
 
 // Sentinel errors.
@@ -488,7 +489,7 @@ func (s *Sink) call(ctx context.Context, sentinel error, what string, f func() e
 		return fmt.Errorf("%w: %s: %s: %w", sentinel, s.url, what, context.Cause(ctx))
 	}
 	if fl := s.io.failure(); fl != nil {
-		return fmt.Errorf("%w: %s %s: %w", sentinel, fl.Op, pipeline.RedactURL(fl.URL), fl.Err)
+		return fmt.Errorf("%w: %s %s: %w", sentinel, fl.Op, secret.URL(fl.URL), fl.Err)
 	}
 	return fmt.Errorf("%w: %s: %s: %w", sentinel, s.url, what, err)
 }
@@ -497,7 +498,7 @@ func (s *Sink) display() string {
 	if s.path == "" {
 		return "null"
 	}
-	return pipeline.RedactURL(s.path)
+	return secret.URL(s.path)
 }
 
 func (s *Sink) write(ctx context.Context, e *envelope.Envelope) error {

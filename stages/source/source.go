@@ -18,6 +18,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/secret"
 )
 
 // Sentinel errors.
@@ -218,7 +219,7 @@ func New(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
 		s.onCorrupt = corruptConceal
 	}
 	url, format := resolve(in)
-	s.url, s.display = url, pipeline.RedactURL(url)
+	s.url, s.display = url, secret.URL(url)
 	var ifmt *astiav.InputFormat
 	if format != "" {
 		if ifmt = astiav.FindInputFormat(format); ifmt == nil {

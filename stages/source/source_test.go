@@ -21,6 +21,7 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/secret"
 	"go.uber.org/goleak"
 )
 
@@ -236,8 +237,8 @@ func TestSilentServerTimesOut(t *testing.T) {
 			start := time.Now()
 			_, err := open(context.Background(), t, map[string]any{"url": tt.url, "options": map[string]string{tt.option: "300000"}}, nil)
 			took := time.Since(start)
-			if !errors.Is(err, ErrOpen) || !strings.Contains(err.Error(), pipeline.RedactURL(tt.url)) {
-				t.Fatalf("error %v, want ErrOpen naming %s", err, pipeline.RedactURL(tt.url))
+			if !errors.Is(err, ErrOpen) || !strings.Contains(err.Error(), secret.URL(tt.url)) {
+				t.Fatalf("error %v, want ErrOpen naming %s", err, secret.URL(tt.url))
 			}
 			for _, secret := range []string{"s3cret", "t0k3n", "streamkey"} {
 				if strings.Contains(err.Error(), secret) {
