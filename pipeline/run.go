@@ -81,6 +81,7 @@ type Runner struct {
 	failMu   sync.Mutex
 	firstErr error
 	cancel   context.CancelFunc
+	failed   chan struct{} // closed with the first error
 
 	// subOwners maps the run's NATS subscriptions to the stages they
 	// belong to, for the connections' error handler.
@@ -110,7 +111,7 @@ func NewRunner(env *Environment, cfg *Config, opts Options) (*Runner, error) {
 		return nil, fmt.Errorf("pipeline: transport %q: want nats or local", opts.Transport)
 	}
 	return &Runner{env: env, cfg: cfg, opts: opts, log: log.With("pipeline", cfg.Name),
-		metrics: &Metrics{start: time.Now()}, drain: make(chan struct{}), ready: make(chan struct{})}, nil
+		metrics: &Metrics{start: time.Now()}, drain: make(chan struct{}), ready: make(chan struct{}), failed: make(chan struct{})}, nil
 }
 
 // Run validates and runs a pipeline in the Default environment until its
@@ -125,6 +126,10 @@ func Run(ctx context.Context, cfg *Config, opts Options) error {
 
 // Metrics returns the run's live counters.
 func (r *Runner) Metrics() *Metrics { return r.metrics }
+
+// Failed is closed as soon as a stage has failed, before Run returns (the
+// other stages may still be closing): a progress display stops there.
+func (r *Runner) Failed() <-chan struct{} { return r.failed }
 
 // Ready is closed once every stage is started and subscribed.
 func (r *Runner) Ready() <-chan struct{} { return r.ready }
@@ -157,6 +162,7 @@ func (r *Runner) fail(err error) {
 		return
 	}
 	r.firstErr = err
+	close(r.failed)
 	if r.cancel != nil {
 		r.cancel()
 	}

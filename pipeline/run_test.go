@@ -519,7 +519,7 @@ func TestStageErrorStopsRun(t *testing.T) {
 	noLeaks(t)
 	for _, transport := range []string{"nats", "local"} {
 		col := &collector{}
-		_, err := runYAML(t, testEnv(t, col), `name: fail
+		r, err := runYAML(t, testEnv(t, col), `name: fail
 stages:
   - {name: g, kind: gen, params: {n: 1000}}
   - {name: bad, kind: relay, inputs: [g], params: {fail_at: 10}}
@@ -527,6 +527,11 @@ stages:
 `, pipeline.Options{Transport: transport}, nil)
 		if !errors.Is(err, errBoom) {
 			t.Fatalf("%s: got %v, want the stage's error", transport, err)
+		}
+		select {
+		case <-r.Failed():
+		default:
+			t.Errorf("%s: Failed() is not closed after a failed run", transport)
 		}
 		if !strings.Contains(err.Error(), `stage "bad" (relay)`) {
 			t.Errorf("%s: error does not name the stage: %v", transport, err)
@@ -556,6 +561,11 @@ stages:
 		col.waitFirst(t)
 		r.Drain()
 		r.Drain() // twice is fine
+		select {
+		case <-r.Failed():
+			t.Error("Failed() is closed on a run that is draining cleanly")
+		default:
+		}
 	})
 	if err != nil {
 		t.Fatal(err)

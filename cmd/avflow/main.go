@@ -225,7 +225,7 @@ func runCmd() *cli.Command {
 			progressDone := make(chan struct{})
 			go func() {
 				defer close(progressDone)
-				showProgress(r, done, failed(r), c.Duration("progress-interval"))
+				showProgress(r, done, r.Failed(), c.Duration("progress-interval"))
 			}()
 			start := time.Now()
 			err = r.Run(ctx)
@@ -322,16 +322,6 @@ func versionCmd() *cli.Command {
 			return nil
 		},
 	}
-}
-
-// failed is closed when the run has failed, before Run returns: the
-// stages may still be closing then, and progress must stop. It comes from
-// the runner's Failed (nil, which never fires, where the runner has none).
-func failed(r *pipeline.Runner) <-chan struct{} {
-	if f, ok := any(r).(interface{ Failed() <-chan struct{} }); ok {
-		return f.Failed()
-	}
-	return nil
 }
 
 // showProgress draws a progress bar on a terminal, or logs progress lines,
