@@ -176,6 +176,10 @@ func (q *queue) Pop(ctx context.Context) (*envelope.Envelope, error) {
 // timeout waits for ever.
 func (q *queue) PopUntil(ctx context.Context, timeout <-chan time.Time) (*envelope.Envelope, error) {
 	for {
+		// An aborted run stops at once, not after the messages still queued.
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		if e := q.TryPop(); e != nil {
 			return e, nil
 		}

@@ -12,7 +12,6 @@ import (
 // countedLocal is an in-process object that counts its Free calls.
 type countedLocal struct{ freed *int }
 
-func (c countedLocal) Fill(*envelope.Envelope) error  { return nil }
 func (c countedLocal) PayloadSize() (int, error)      { return 0, nil }
 func (c countedLocal) WritePayload([]byte) error      { return nil }
 func (c countedLocal) Clone() (envelope.Local, error) { return c, nil }
@@ -90,5 +89,24 @@ func TestQueueCloseReleasesPush(t *testing.T) {
 	}
 	if freed != 2 {
 		t.Fatalf("%d of the 2 dropped messages were freed", freed)
+	}
+}
+
+// An aborted run's consumer gets the cancellation, not the messages still
+// queued: a slow stage would otherwise work through all of them first.
+func TestPopAfterCancelStops(t *testing.T) {
+	q := newQueue(4, FlowBlock)
+	for range 3 {
+		if err := q.Push(context.Background(), &envelope.Envelope{Kind: envelope.KindData}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if e, err := q.Pop(ctx); !errors.Is(err, context.Canceled) || e != nil {
+		t.Fatalf("Pop after cancel = %v, %v; want context.Canceled", e, err)
+	}
+	if q.Len() != 3 {
+		t.Fatalf("%d queued, want the 3 left for drain", q.Len())
 	}
 }

@@ -77,6 +77,10 @@ type Runner struct {
 	drainMu sync.Mutex
 	drained bool
 	drain   chan struct{}
+	// stopStart cancels the context stages are built with, while they are
+	// being built: a Drain then stops the start (a source opening a URL
+	// that never answers has nothing to finish).
+	stopStart context.CancelFunc
 
 	failMu   sync.Mutex
 	firstErr error
@@ -150,6 +154,9 @@ func (r *Runner) Drain() {
 	if !r.drained {
 		r.drained = true
 		close(r.drain)
+		if r.stopStart != nil {
+			r.stopStart()
+		}
 	}
 }
 
@@ -285,45 +292,12 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 			readers[in.Stage][port.Name] = append(readers[in.Stage][port.Name], n.cfg.Name)
 		}
 	}
-	for _, n := range nodes {
-		b := binds[n]
-		in := Init{
-			Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
-			Outputs: n.ports, Dir: r.cfg.Dir, Device: b.Device, Strict: n.cfg.Strict, Log: n.log,
-			Live: r.cfg.Flow == FlowDropOldest, Downstream: downstream[n.cfg.Name], Consumers: readers[n.cfg.Name],
-		}
-		for i := range max(1, n.cfg.Replicas) {
-			if i > 0 {
-				in.Log = n.log.With("replica", i)
-			}
-			st, err := n.cfg.spec.New(ctx, in)
-			if err != nil {
-				for _, m := range nodes {
-					for _, st := range m.instances() {
-						_ = st.Close()
-					}
-				}
-				return stageError(n, i, err)
-			}
-			if i == 0 {
-				n.stage = st
-			} else {
-				n.extra = append(n.extra, st)
-			}
-		}
-		st := n.stage
-		if dr, ok := st.(DeviceReporter); ok {
-			n.m.reporter = dr
-			if d := dr.Device(); d != "" && d != b.Device.ID {
-				b.Device.ID = d
-				binds[n] = b
-				n.m.device = b.Device.ID
-			}
-		}
-		if tf, ok := st.(TotalFramer); ok {
-			r.metrics.total.Add(tf.TotalFrames())
-		}
-		n.log.Info("stage ready", "device", binds[n].Device.ID, "transport", r.opts.Transport)
+	// Stages keep the context they are built with; a Drain cancels it only
+	// while they are being built.
+	startCtx, stopStart := context.WithCancel(ctx)
+	defer stopStart()
+	if err := r.build(startCtx, stopStart, nodes, binds, downstream, readers); err != nil {
+		return err
 	}
 	var services []micro.Service
 	defer func() {
@@ -470,6 +444,73 @@ func (n *node) closeTransport() {
 	if n.q != nil {
 		n.q.drain()
 	}
+}
+
+// build constructs every stage (and its replicas) on its bound device,
+// with startCtx, which a Drain cancels (stop) while they are being built.
+func (r *Runner) build(startCtx context.Context, stop context.CancelFunc, nodes []*node, binds map[*node]accelerators.Binding, downstream map[string][]string, readers map[string]map[string][]string) error {
+	r.drainMu.Lock()
+	if r.drained {
+		stop()
+	}
+	r.stopStart = stop
+	r.drainMu.Unlock()
+	defer func() {
+		r.drainMu.Lock()
+		r.stopStart = nil
+		r.drainMu.Unlock()
+	}()
+	for _, n := range nodes {
+		b := binds[n]
+		in := Init{
+			Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
+			Outputs: n.ports, Dir: r.cfg.Dir, Device: b.Device, Strict: n.cfg.Strict, Log: n.log,
+			Live: r.cfg.Flow == FlowDropOldest, Downstream: downstream[n.cfg.Name], Consumers: readers[n.cfg.Name],
+		}
+		for i := range max(1, n.cfg.Replicas) {
+			if i > 0 {
+				in.Log = n.log.With("replica", i)
+			}
+			st, err := n.cfg.spec.New(startCtx, in)
+			if err != nil {
+				for _, m := range nodes {
+					for _, st := range m.instances() {
+						_ = st.Close()
+					}
+				}
+				if r.drainedWhileStarting() {
+					return fmt.Errorf("%w: stopped while stage %q was starting: %w", ErrCanceled, n.cfg.Name, err)
+				}
+				return stageError(n, i, err)
+			}
+			if i == 0 {
+				n.stage = st
+			} else {
+				n.extra = append(n.extra, st)
+			}
+		}
+		st := n.stage
+		if dr, ok := st.(DeviceReporter); ok {
+			n.m.reporter = dr
+			if d := dr.Device(); d != "" && d != b.Device.ID {
+				b.Device.ID = d
+				binds[n] = b
+				n.m.device = b.Device.ID
+			}
+		}
+		if tf, ok := st.(TotalFramer); ok {
+			r.metrics.total.Add(tf.TotalFrames())
+		}
+		n.log.Info("stage ready", "device", binds[n].Device.ID, "transport", r.opts.Transport)
+	}
+	return nil
+}
+
+// drainedWhileStarting reports whether Drain was called before the stages were all built.
+func (r *Runner) drainedWhileStarting() bool {
+	r.drainMu.Lock()
+	defer r.drainMu.Unlock()
+	return r.drained && r.stopStart != nil
 }
 
 // edgeFlow is the flow control of an edge. drop-oldest applies to raw

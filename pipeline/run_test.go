@@ -1033,3 +1033,50 @@ stages:
 		})
 	}
 }
+
+// TestDrainWhileStarting: a Drain while a stage is still being built (a
+// source opening a server that never answers) cancels the context the stage
+// was given, and the run ends at once with ErrCanceled naming the stage.
+func TestDrainWhileStarting(t *testing.T) {
+	noLeaks(t)
+	for _, transport := range []string{"nats", "local"} {
+		t.Run(transport, func(t *testing.T) {
+			col := &collector{}
+			env := testEnv(t, col)
+			opening := make(chan struct{})
+			if err := env.Register(pipeline.Spec{
+				Kind: "opener",
+				Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
+					return []pipeline.Port{{Name: "out", Type: dataPort}}, nil
+				},
+				New: func(ctx context.Context, _ pipeline.Init) (pipeline.Stage, error) {
+					close(opening)
+					<-ctx.Done() // a server that never answers
+					return nil, fmt.Errorf("opening interrupted: %w", ctx.Err())
+				},
+			}); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := pipeline.Parse([]byte("name: starting\nstages:\n  - {name: o, kind: opener}\n  - {name: c, kind: collect, inputs: [o]}\n"), "test.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Transport: transport})
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- r.Run(context.Background()) }()
+			<-opening
+			r.Drain()
+			select {
+			case err := <-done:
+				if !errors.Is(err, pipeline.ErrCanceled) || !strings.Contains(err.Error(), `stage "o"`) {
+					t.Fatalf("got %v, want ErrCanceled naming stage o", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("Drain did not stop a stage that was starting")
+			}
+		})
+	}
+}
