@@ -18,6 +18,7 @@ type stageMetrics struct {
 	name, kind string
 	device     string
 	reporter   DeviceReporter // read at each snapshot, when the stage is one
+	counters   []EventCounter // the stage's instances that count events
 	in, out    atomic.Int64
 	videoIn    atomic.Int64
 	busyNS     atomic.Int64
@@ -91,6 +92,9 @@ type StageStats struct {
 	Depth      int   // messages waiting in the input queue
 	Drops      int64 // messages dropped by drop-oldest flow control
 	Terminal   bool  // the stage has no outputs (a sink)
+	// Events are the stage's own counters (EventCounter), summed over its
+	// replicas: corrupt_packets, undecodable_packets...
+	Events map[string]int64 `json:",omitempty"`
 }
 
 // Metrics are the live counters of a run.
@@ -155,7 +159,33 @@ func (s *stageMetrics) stats(el float64) StageStats {
 		st.Depth = s.q.Len()
 		st.Drops = s.q.drops.Load()
 	}
+	for _, c := range s.counters {
+		for k, v := range c.Counts() {
+			if st.Events == nil {
+				st.Events = map[string]int64{}
+			}
+			st.Events[k] += v
+		}
+	}
 	return st
+}
+
+// eventsText renders a stage's event counters for the end table, e.g.
+// "corrupt_packets=1" ("-" when there are none).
+func eventsText(ev map[string]int64) string {
+	if len(ev) == 0 {
+		return "-"
+	}
+	keys := make([]string, 0, len(ev))
+	for k := range ev {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, ev[k])
+	}
+	return strings.Join(parts, ",")
 }
 
 // Progress returns the video frames that reached the sinks (the least of them).
@@ -174,9 +204,9 @@ func (m *Metrics) Progress() int64 {
 // WriteTable prints the per-stage summary.
 func (m *Metrics) WriteTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "stage\tkind\tin\tout\tfps\tbusy ms\tlatency ms\tmax ms\tqueue\tdrops\tdevice\t")
+	fmt.Fprintln(tw, "stage\tkind\tin\tout\tfps\tbusy ms\tlatency ms\tmax ms\tqueue\tdrops\tdevice\tevents\t")
 	for _, s := range m.Snapshot() {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%.2f\t%.1f\t%.1f\t%d\t%d\t%s\t\n", s.Name, s.Kind, s.In, s.Out, s.FPS, s.BusyMs, s.LatencyMs, s.MaxLatMs, s.Depth, s.Drops, s.Device)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%.2f\t%.1f\t%.1f\t%d\t%d\t%s\t%s\t\n", s.Name, s.Kind, s.In, s.Out, s.FPS, s.BusyMs, s.LatencyMs, s.MaxLatMs, s.Depth, s.Drops, s.Device, eventsText(s.Events))
 	}
 	tw.Flush()
 }
@@ -199,14 +229,27 @@ func (m *Metrics) WritePrometheus(w io.Writer, pipeline string) {
 		{"avflow_stage_busy_seconds", "Mean processing time per input message.", "gauge", func(s StageStats) float64 { return s.BusyMs / 1e3 }},
 		{"avflow_stage_latency_seconds", "Mean time from the source to this stage's output.", "gauge", func(s StageStats) float64 { return s.LatencyMs / 1e3 }},
 	}
+	esc := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 	lbl := func(s StageStats) string {
-		esc := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 		return fmt.Sprintf(`{pipeline="%s",stage="%s",kind="%s",device="%s"}`, esc.Replace(pipeline), esc.Replace(s.Name), esc.Replace(s.Kind), esc.Replace(s.Device))
 	}
 	for _, se := range all {
 		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", se.name, se.help, se.name, se.typ)
 		for _, s := range snap {
 			fmt.Fprintf(w, "%s%s %g\n", se.name, lbl(s), se.val(s))
+		}
+	}
+	const events = "avflow_stage_events_total"
+	fmt.Fprintf(w, "# HELP %s Events a stage counts itself (corrupt_packets, undecodable_packets...).\n# TYPE %s counter\n", events, events)
+	for _, s := range snap {
+		keys := make([]string, 0, len(s.Events))
+		for k := range s.Events {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			l := lbl(s)
+			fmt.Fprintf(w, "%s%s,event=\"%s\"} %d\n", events, l[:len(l)-1], esc.Replace(k), s.Events[k])
 		}
 	}
 }

@@ -489,6 +489,11 @@ func (r *Runner) build(startCtx context.Context, stop context.CancelFunc, nodes 
 				n.extra = append(n.extra, st)
 			}
 		}
+		for _, inst := range n.instances() {
+			if c, ok := inst.(EventCounter); ok {
+				n.m.counters = append(n.m.counters, c)
+			}
+		}
 		st := n.stage
 		if dr, ok := st.(DeviceReporter); ok {
 			n.m.reporter = dr

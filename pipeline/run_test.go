@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1078,5 +1079,70 @@ func TestDrainWhileStarting(t *testing.T) {
 				t.Fatal("Drain did not stop a stage that was starting")
 			}
 		})
+	}
+}
+
+// countingStage passes messages on and counts every third one as an event.
+type countingStage struct{ seen atomic.Int64 }
+
+func (c *countingStage) Close() error { return nil }
+
+func (c *countingStage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	out := make(pipeline.Batch, 0, len(in))
+	for _, e := range in {
+		c.seen.Add(1)
+		out = append(out, e.Pass())
+	}
+	return out, nil
+}
+
+func (c *countingStage) Counts() map[string]int64 {
+	return map[string]int64{"thirds": c.seen.Load() / 3}
+}
+
+// TestEventCounters: a stage's own counters reach the snapshot (summed over
+// replicas), the end table and the Prometheus text.
+func TestEventCounters(t *testing.T) {
+	col := &collector{}
+	env := testEnv(t, col)
+	if err := env.Register(pipeline.Spec{
+		Kind: "counting", MinInputs: 1, MaxInputs: 1,
+		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
+			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
+		},
+		Replicable: func(pipeline.Params) error { return nil },
+		New:        func(context.Context, pipeline.Init) (pipeline.Stage, error) { return &countingStage{}, nil },
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := runYAML(t, env, `name: events
+transport: local
+stages:
+  - {name: g, kind: gen, params: {n: 30}}
+  - {name: k, kind: counting, inputs: [g], replicas: 2}
+  - {name: c, kind: collect, inputs: [k]}
+`, pipeline.Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got int64 = -1
+	for _, s := range r.Metrics().Snapshot() {
+		if s.Name == "k" {
+			got = s.Events["thirds"]
+		}
+	}
+	// 30 messages over two replicas: each counts a third of its share.
+	if got < 8 || got > 10 {
+		t.Fatalf("events of k: thirds=%d, want about 10", got)
+	}
+	var table, prom strings.Builder
+	r.Metrics().WriteTable(&table)
+	r.Metrics().WritePrometheus(&prom, "events")
+	if !strings.Contains(table.String(), fmt.Sprintf("thirds=%d", got)) {
+		t.Errorf("the table does not show the events:\n%s", table.String())
+	}
+	want := fmt.Sprintf(`avflow_stage_events_total{pipeline="events",stage="k",kind="counting",device="cpu:0",event="thirds"} %d`, got)
+	if !strings.Contains(prom.String(), want) {
+		t.Errorf("Prometheus text lacks %s:\n%s", want, prom.String())
 	}
 }

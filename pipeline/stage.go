@@ -94,6 +94,16 @@ type DeviceReporter interface {
 	Device() string
 }
 
+// EventCounter is implemented by stages that count events of their own,
+// beyond the messages the runner counts (damaged packets concealed,
+// packets the decoder could not decode, malformed detections dropped). The
+// runner reads Counts at every metrics snapshot (the end table, Prometheus,
+// `nats micro stats`), so it must be safe to call while the stage runs.
+// Keys are snake_case event names; values only grow.
+type EventCounter interface {
+	Counts() map[string]int64
+}
+
 // CPUFallback is a DeviceReporter for stages that move from their GPU to
 // the CPU while they run (a decoder meeting a stream its GPU cannot
 // decode, a hardware encoder that will not open): embed it and call

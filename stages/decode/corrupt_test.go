@@ -112,6 +112,7 @@ stages:
 		t.Fatal(err)
 	}
 	err = r.Run(context.Background())
+	r.Metrics().WriteTable(log) // the end table, with the stages' event counters
 	return c.n.Load(), log.String(), err
 }
 
@@ -147,6 +148,9 @@ func TestLostTSPacket(t *testing.T) {
 			}
 			if !strings.Contains(log, "input ended; it had damaged packets") || !strings.Contains(log, "damaged=1") {
 				t.Errorf("no count of damaged packets at the end:\n%s", log)
+			}
+			if !strings.Contains(log, "corrupt_packets=1") {
+				t.Errorf("the run's metrics do not count the damaged packet:\n%s", log)
 			}
 		})
 	}
