@@ -201,7 +201,7 @@ func runCmd() *cli.Command {
 					return cli.Exit("avflow: "+err.Error(), exitInvalid)
 				}
 			}
-			for _, w := range cfg.Warnings() {
+			for _, w := range cfg.WarningsFor(c.String("transport")) {
 				slog.Warn(w)
 			}
 			r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{NATSURL: c.String("nats"), Transport: c.String("transport")})

@@ -917,3 +917,39 @@ stages:
 		})
 	}
 }
+
+// TestRunWarnsForItsTransport: `avflow run --transport` changes what
+// becomes of a port no stage reads, and the warning says so.
+func TestRunWarnsForItsTransport(t *testing.T) {
+	e2e.Long(t)
+	dir := t.TempDir()
+	p := writePipeline(t, dir, `name: unread
+transport: nats
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=64x48:rate=10", max_frames: 3}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: enc, kind: encode, inputs: [dec], params: {codec: mpeg4}}
+`)
+	for _, tt := range []struct{ transport, want string }{
+		{"", "published on avflow.unread.enc.out"},
+		{"local", "dropped"},
+	} {
+		args := []string{"run"}
+		if tt.transport != "" {
+			args = append(args, "--transport", tt.transport)
+		}
+		r := avflow(t, nil, append(args, p)...)
+		if r.code != 0 {
+			t.Fatalf("%v: exit %d:\n%s", args, r.code, r.stderr)
+		}
+		var line string
+		for _, l := range strings.Split(r.stderr, "\n") {
+			if strings.Contains(l, `stage \"enc\" port \"out\"`) {
+				line = l
+			}
+		}
+		if !strings.Contains(line, tt.want) {
+			t.Errorf("%v: the warning for enc.out should say %q; stderr:\n%s", args, tt.want, r.stderr)
+		}
+	}
+}
