@@ -593,6 +593,11 @@ func (r *Runner) runSource(ctx context.Context, n *node) error {
 		case <-r.drain:
 			n.log.Info("draining: source stopped")
 			return nil
+		case <-ctx.Done():
+			// A failed or aborted run: a source whose reads ignore the
+			// interrupt (lavfi) and whose consumers no longer block it
+			// (drop-oldest, or an ended consumer) must still stop.
+			return ctx.Err()
 		default:
 		}
 		t0 := time.Now()

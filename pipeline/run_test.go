@@ -36,13 +36,14 @@ var dataPort = pipeline.PortType{Kind: envelope.KindData}
 type gen struct {
 	n, size, sent int
 	forever       bool
+	deaf          bool // ignores its context, as FFmpeg's lavfi reads do
 }
 
 func (g *gen) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch, error) {
 	if !g.forever && g.sent >= g.n {
 		return nil, io.EOF
 	}
-	if g.forever {
+	if g.forever && !g.deaf {
 		select {
 		case <-time.After(time.Millisecond):
 		case <-ctx.Done():
@@ -208,12 +209,13 @@ func testEnv(t testing.TB, col *collector) *pipeline.Environment {
 			{Name: "n", Type: pipeline.TypeInt, Default: 100},
 			{Name: "size", Type: pipeline.TypeInt, Default: 64},
 			{Name: "forever", Type: pipeline.TypeBool, Default: false},
+			{Name: "deaf", Type: pipeline.TypeBool, Default: false},
 		},
 		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
 			return []pipeline.Port{{Name: "out", Type: dataPort}}, nil
 		},
 		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
-			return &gen{n: in.Params.Int("n"), size: in.Params.Int("size"), forever: in.Params.Bool("forever")}, nil
+			return &gen{n: in.Params.Int("n"), size: in.Params.Int("size"), forever: in.Params.Bool("forever"), deaf: in.Params.Bool("deaf")}, nil
 		},
 	}))
 	must(env.Register(pipeline.Spec{
@@ -1144,5 +1146,25 @@ stages:
 	want := fmt.Sprintf(`avflow_stage_events_total{pipeline="events",stage="k",kind="counting",device="cpu:0",event="thirds"} %d`, got)
 	if !strings.Contains(prom.String(), want) {
 		t.Errorf("Prometheus text lacks %s:\n%s", want, prom.String())
+	}
+}
+
+// TestFailedRunStopsEndlessSource: a source that never blocks (drop-oldest
+// flow) and never looks at its context still stops when a stage fails.
+func TestFailedRunStopsEndlessSource(t *testing.T) {
+	noLeaks(t)
+	for _, transport := range []string{"local", "nats"} {
+		t.Run(transport, func(t *testing.T) {
+			_, err := runWithin(t, 20*time.Second, testEnv(t, &collector{}), `name: endless
+flow: drop-oldest
+stages:
+  - {name: g, kind: gen, params: {forever: true, deaf: true}}
+  - {name: bad, kind: relay, inputs: [g], params: {fail_at: 5}}
+  - {name: c, kind: collect, inputs: [bad]}
+`, pipeline.Options{Transport: transport}, nil)
+			if !errors.Is(err, errBoom) {
+				t.Fatalf("got %v, want the failing stage's error", err)
+			}
+		})
 	}
 }
