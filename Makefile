@@ -10,6 +10,15 @@ export AVFLOW_MODEL_MIRROR ?= $(abspath ../shared/models)
 
 .PHONY: all setup build demo test test-short bench fuzz lint clean
 
+# make test runs every package again under the race detector: in full where
+# the tests take seconds, and their quick (-short) tests where the full
+# ones run real models or the CLI end to end for minutes.
+RACE_PKGS := ./pipeline/... ./accelerators/... ./codecs/... ./examples/... \
+	./stages/decode ./stages/draw ./stages/encode ./stages/filter ./stages/redact \
+	./stages/sink ./stages/source ./stages/track ./stages/infer/detections \
+	./stages/infer/model ./stages/infer/onnx
+RACE_SHORT_PKGS := ./cmd/... ./stages/infer
+
 all: build
 
 # Debian 12 packages: pkg-config and the FFmpeg 5.1 -dev libraries that
@@ -43,7 +52,8 @@ test: build
 	$(GO) vet ./...
 	AVFLOW_BIN=$(CURDIR)/$(BIN)/avflow NATS_SERVER_BIN=$(CURDIR)/$(BIN)/nats-server \
 		$(GO) test -count=1 -timeout 20m ./...
-	$(GO) test -count=1 -race ./pipeline/...
+	$(GO) test -count=1 -race $(RACE_PKGS)
+	$(GO) test -count=1 -race -short $(RACE_SHORT_PKGS)
 
 test-short: build
 	$(GO) test -short -count=1 ./...

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -192,7 +193,8 @@ type Source struct {
 	display   string // url for logs and errors, credentials hidden
 	fc        *astiav.FormatContext
 	intr      astiav.IOInterrupter
-	fifo      *fifo // the input is a FIFO read through avflow's own I/O
+	intrMu    sync.Mutex // serialises the interrupter's callbacks (see stopOn)
+	fifo      *fifo      // the input is a FIFO read through avflow's own I/O
 	streams   map[int]*stream
 	pkt       *astiav.Packet
 	realtime  bool
@@ -279,10 +281,14 @@ func (s *Source) open(ctx context.Context, ifmt *astiav.InputFormat, opts map[st
 	return nil
 }
 
-// stopOn interrupts the input's I/O when ctx ends.
+// stopOn interrupts the input's I/O when ctx ends. New's context and the
+// run's may end at once: the interrupter's flag is a plain C int, so the
+// callbacks take turns setting it.
 func (s *Source) stopOn(ctx context.Context) {
 	intr, f := s.intr, s.fifo
 	s.stops = append(s.stops, context.AfterFunc(ctx, func() {
+		s.intrMu.Lock()
+		defer s.intrMu.Unlock()
 		intr.Interrupt()
 		if f != nil {
 			f.interrupt()
