@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/avflow/avflow/pipeline/e2e"
 )
 
 // syncBuffer is a bytes.Buffer a child process writes to (through os/exec's
@@ -101,13 +103,7 @@ func (p *proc) waitLog(t testing.TB, s string, d time.Duration) {
 // or when the condition cannot come any more.
 func waitFor(t testing.TB, cond func() bool, d time.Duration, log fmt.Stringer) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s:\n%s", d, log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	e2e.WaitFor(t, d, func() string { return "the condition; the log:\n" + log.String() }, cond)
 }
 
 var progressFrames = regexp.MustCompile(`msg=progress frames=(\d+)`)

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Long skips t under `go test -short`: it runs real media end to end.
@@ -111,4 +112,18 @@ func Tool(t testing.TB, name string) string {
 		t.Fatalf("e2e: %s is not installed (make setup installs it): %v", name, err)
 	}
 	return p
+}
+
+// WaitFor checks cond every 20 ms until it holds, failing the test after
+// limit with what it waited for (what is called then, so it can show a log
+// as it stands at the time).
+func WaitFor(t testing.TB, limit time.Duration, what func() string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", limit, what())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -105,13 +105,7 @@ stages:
 // waitFor polls cond until it holds or the limit passes.
 func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	e2e.WaitFor(t, limit, func() string { return what }, cond)
 }
 
 // topBoxes lists the top-level boxes of an MP4/MOV file (ISO BMFF: a
