@@ -21,9 +21,9 @@ import (
 func hangingInput(t *testing.T, kind string) (url string, ready func(run *proc) bool) {
 	switch kind {
 	case "silent http server":
-		l := listenLoopback(t)
+		l := e2e.Listen(t)
 		var accepted atomic.Bool
-		serveConns(t, l, func(c net.Conn) { accepted.Store(true); silent(c) })
+		e2e.Serve(t, l, func(c net.Conn) { accepted.Store(true); silent(c) })
 		return fmt.Sprintf("http://127.0.0.1:%d/live.ts", portOf(l)), func(*proc) bool { return accepted.Load() }
 	case "fifo without writer":
 		path := filepath.Join(t.TempDir(), "in.fifo")

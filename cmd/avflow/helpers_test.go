@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,37 +12,17 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/avflow/avflow/pipeline/e2e"
 )
 
-// syncBuffer is a bytes.Buffer a child process writes to (through os/exec's
-// copying goroutine) while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a child process the test runs in the background: its output is
 // kept (locked), its end is a channel, and it is killed when the test ends.
 type proc struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer // stdout and stderr
+	out  *e2e.Buffer // stdout and stderr
 	done chan struct{}
 	err  error // set when done is closed
 }
@@ -51,7 +30,7 @@ type proc struct {
 // startProc starts cmd in the background.
 func startProc(t testing.TB, cmd *exec.Cmd) *proc {
 	t.Helper()
-	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: cmd, out: &e2e.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", cmd.Path, err)
@@ -118,53 +97,7 @@ func framesDone(log string) int {
 	return n
 }
 
-// listenLoopback is a TCP listener on a free loopback port that the test
-// holds for as long as it runs (no other process can take the port).
-func listenLoopback(t testing.TB) net.Listener {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
-	return l
-}
-
 func portOf(l net.Listener) int { return l.Addr().(*net.TCPAddr).Port }
-
-// serveConns accepts connections on l and hands each to handle, until the
-// test ends; every connection is closed then.
-func serveConns(t testing.TB, l net.Listener, handle func(net.Conn)) {
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() { defer wg.Done(); handle(c) }()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-}
 
 // hangUp closes a connection at once.
 func hangUp(c net.Conn) { _ = c.Close() }

@@ -20,8 +20,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/urfave/cli/v2"
+
+	"github.com/avflow/avflow/pipeline/e2e"
 )
 
 var avflowBin string
@@ -274,8 +275,8 @@ func TestBadInput(t *testing.T) {
 		t.Fatalf("ffmpeg: %v\n%s", err, out)
 	}
 	// A NATS server that hangs up on every client.
-	hangs := listenLoopback(t)
-	serveConns(t, hangs, hangUp)
+	hangs := e2e.Listen(t)
+	e2e.Serve(t, hangs, hangUp)
 	transcode := func(url string) string {
 		return `name: bad
 stages:

@@ -15,8 +15,8 @@ import (
 // logs on: no password, passphrase, token or stream key reaches stderr.
 func TestSecretsNotShown(t *testing.T) {
 	e2e.Long(t)
-	l := listenLoopback(t)
-	serveConns(t, l, func(c net.Conn) { hangUp(c) })
+	l := e2e.Listen(t)
+	e2e.Serve(t, l, func(c net.Conn) { hangUp(c) })
 	port := portOf(l)
 	srtPort := unusedPort(t, "udp")
 	pipe := func(url string) string {

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -63,24 +62,6 @@ func (c *frameCounter) Process(_ context.Context, in pipeline.Batch) (pipeline.B
 
 func (c *frameCounter) Close() error { return nil }
 
-// logText keeps what a run logs.
-type logText struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logText) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logText) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // decodeFile runs source -> decode -> a frame counter on a file, with the
 // source's extra params, and returns the frames decoded, the log and Run's
 // error.
@@ -106,7 +87,7 @@ stages:
 	if err := env.Validate(cfg); err != nil {
 		t.Fatal(err)
 	}
-	log := &logText{}
+	log := &e2e.Buffer{}
 	r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Log: slog.New(slog.NewTextHandler(log, nil))})
 	if err != nil {
 		t.Fatal(err)

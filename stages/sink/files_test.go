@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/stages/sink"
 )
 
@@ -95,7 +96,7 @@ func TestFileRules(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			logs := &syncBuffer{}
+			logs := &e2e.Buffer{}
 			st, err := newSink(ctx, t, params(t, fmt.Sprintf("path: %q", out)), logs)
 			if err != nil {
 				t.Fatalf("New: %v", err)
@@ -192,7 +193,7 @@ func TestDirectoryAtOutputPath(t *testing.T) {
 			if err := os.Mkdir(out, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			st, err := newSink(context.Background(), t, params(t, fmt.Sprintf("path: %q", out)), &syncBuffer{})
+			st, err := newSink(context.Background(), t, params(t, fmt.Sprintf("path: %q", out)), &e2e.Buffer{})
 			if err == nil {
 				_ = st.Close()
 				t.Fatal("New accepted a directory as the output")
@@ -221,7 +222,7 @@ func TestHLSNeverWritesThroughLinks(t *testing.T) {
 				t.Fatal(err)
 			}
 			ctx := context.Background()
-			logs := &syncBuffer{}
+			logs := &e2e.Buffer{}
 			st, err := newSink(ctx, t, params(t, fmt.Sprintf("path: %q, hls_time: 300ms, hls_list_size: 0", filepath.Join(dir, "live.m3u8"))), logs)
 			if err != nil {
 				t.Fatal(err)

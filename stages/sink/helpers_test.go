@@ -1,13 +1,11 @@
 package sink_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,28 +24,8 @@ import (
 	"github.com/avflow/avflow/stages/source"
 )
 
-// syncBuffer holds a run's logs; the test may read them while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(s, nil)) }
-
 // build validates yaml and builds its runner (in-process transport).
-func build(t *testing.T, yaml string, logs *syncBuffer) *pipeline.Runner {
+func build(t *testing.T, yaml string, logs *e2e.Buffer) *pipeline.Runner {
 	t.Helper()
 	cfg, err := pipeline.Parse([]byte(yaml), "sink_test.yaml")
 	if err != nil {
@@ -56,7 +34,7 @@ func build(t *testing.T, yaml string, logs *syncBuffer) *pipeline.Runner {
 	if err := pipeline.Default.Validate(cfg); err != nil {
 		t.Fatal(err)
 	}
-	r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{Transport: "local", Log: logs.logger()})
+	r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{Transport: "local", Log: logs.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +42,7 @@ func build(t *testing.T, yaml string, logs *syncBuffer) *pipeline.Runner {
 }
 
 // run validates yaml and runs it in-process under ctx.
-func run(ctx context.Context, t *testing.T, yaml string, logs *syncBuffer) (*pipeline.Runner, error) {
+func run(ctx context.Context, t *testing.T, yaml string, logs *e2e.Buffer) (*pipeline.Runner, error) {
 	t.Helper()
 	r := build(t, yaml, logs)
 	return r, r.Run(ctx)
@@ -72,7 +50,7 @@ func run(ctx context.Context, t *testing.T, yaml string, logs *syncBuffer) (*pip
 
 // runWithin runs yaml and fails the test if the run has not returned
 // within limit (the run is left behind: that is the failure).
-func runWithin(ctx context.Context, t *testing.T, limit time.Duration, yaml string, logs *syncBuffer) error {
+func runWithin(ctx context.Context, t *testing.T, limit time.Duration, yaml string, logs *e2e.Buffer) error {
 	t.Helper()
 	done := make(chan error, 1)
 	go runIn(ctx, build(t, yaml, logs), done)
@@ -267,8 +245,8 @@ func clipPackets(t *testing.T) []*envelope.Envelope {
 	if err := pipeline.Default.Validate(cfg); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
-	st, err := source.New(context.Background(), pipeline.Init{Name: "src", Pipeline: "p", Params: cfg.Stage("src").Params, Log: logs.logger()})
+	logs := &e2e.Buffer{}
+	st, err := source.New(context.Background(), pipeline.Init{Name: "src", Pipeline: "p", Params: cfg.Stage("src").Params, Log: logs.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,10 +274,10 @@ func clipPackets(t *testing.T) []*envelope.Envelope {
 }
 
 // newSink builds a sink stage fed by one video input.
-func newSink(ctx context.Context, t *testing.T, p pipeline.Params, logs *syncBuffer) (pipeline.Stage, error) {
+func newSink(ctx context.Context, t *testing.T, p pipeline.Params, logs *e2e.Buffer) (pipeline.Stage, error) {
 	t.Helper()
 	return sink.New(ctx, pipeline.Init{Name: "out", Pipeline: "p", Params: p, Dir: t.TempDir(),
-		Inputs: []pipeline.PortType{{Kind: envelope.KindPacket, Media: envelope.MediaVideo}}, Log: logs.logger()})
+		Inputs: []pipeline.PortType{{Kind: envelope.KindPacket, Media: envelope.MediaVideo}}, Log: logs.Logger()})
 }
 
 // feed gives the sink the packets (copies: the sink may keep them) the way

@@ -16,9 +16,11 @@ import (
 	"time"
 
 	"github.com/asticode/go-astiav"
-	"github.com/avflow/avflow/codecs"
-	"github.com/avflow/avflow/stages/sink"
 	"go.uber.org/goleak"
+
+	"github.com/avflow/avflow/codecs"
+	"github.com/avflow/avflow/pipeline/e2e"
+	"github.com/avflow/avflow/stages/sink"
 )
 
 func TestMain(m *testing.M) {
@@ -62,7 +64,7 @@ func TestFaststart(t *testing.T) {
 			if c.params != "" {
 				params += ", " + c.params
 			}
-			logs := &syncBuffer{}
+			logs := &e2e.Buffer{}
 			if _, err := run(context.Background(), t, encoded("block", "max_frames: 60", 30, params), logs); err != nil {
 				t.Fatalf("%v\n%s", err, logs)
 			}
@@ -91,7 +93,7 @@ func TestFullDisk(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			dir := smallDisk(t, 256<<10)
 			out := filepath.Join(dir, name)
-			logs := &syncBuffer{}
+			logs := &e2e.Buffer{}
 			_, err := run(context.Background(), t, encoded("block", "max_frames: 300", 30, fmt.Sprintf("path: %q, hls_time: 1s", out)), logs)
 			if err == nil {
 				t.Fatalf("the run succeeded on a full disk; left %v\n%s", listDir(t, dir), logs)
@@ -122,7 +124,7 @@ func TestHLSUnwritable(t *testing.T) {
 			if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
 				t.Fatal(err)
 			}
-			logs := &syncBuffer{}
+			logs := &e2e.Buffer{}
 			_, err := run(context.Background(), t, encoded("block", "max_frames: 120", 15, fmt.Sprintf("path: %q, hls_time: 500ms", filepath.Join(dir, "live.m3u8"))), logs)
 			if err == nil {
 				t.Fatalf("the run succeeded; left %v\n%s", listDir(t, dir), logs)
@@ -143,7 +145,7 @@ func TestLiveHLSDeletesOldSegments(t *testing.T) {
 	for _, flow := range []string{"drop-oldest", "block"} {
 		t.Run(flow, func(t *testing.T) {
 			dir := t.TempDir()
-			logs := &syncBuffer{}
+			logs := &e2e.Buffer{}
 			// 8 s of video (at its own pace, as a live input comes) in
 			// segments of 0.3 s: 26 segments.
 			src := "max_frames: 240"
@@ -242,7 +244,7 @@ func TestStalledTCPOutput(t *testing.T) {
 	for _, flow := range []string{"block", "drop-oldest"} {
 		t.Run(flow, func(t *testing.T) {
 			url := "tcp://" + stalledReceiver(t)
-			logs := &syncBuffer{}
+			logs := &e2e.Buffer{}
 			start := time.Now()
 			err := runWithin(context.Background(), t, 60*time.Second,
 				encoded(flow, "max_frames: 1000000", 30, fmt.Sprintf("path: %q, timeout: 2s, options: {send_buffer_size: \"4096\"}", url)), logs)
@@ -269,7 +271,7 @@ func TestStalledTCPOutput(t *testing.T) {
 // reading returns as soon as the run is cancelled (no timeout set).
 func TestCancelUnblocksWrite(t *testing.T) {
 	url := "tcp://" + stalledReceiver(t)
-	logs := &syncBuffer{}
+	logs := &e2e.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -299,9 +301,9 @@ func TestRTMPCredentialsRedacted(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	_ = ln.Close() // nothing listens there now: the connect is refused
-	logs := &syncBuffer{}
+	logs := &e2e.Buffer{}
 	// FFmpeg's own lines too, as avflow run logs them.
-	codecs.RouteLogs(logs.logger(), astiav.LogLevelVerbose)
+	codecs.RouteLogs(logs.Logger(), astiav.LogLevelVerbose)
 	t.Cleanup(func() {
 		astiav.ResetLogCallback()
 		astiav.SetLogLevel(astiav.LogLevelError)

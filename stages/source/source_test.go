@@ -18,11 +18,12 @@ import (
 	"time"
 
 	"github.com/asticode/go-astiav"
+	"go.uber.org/goleak"
+
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/pipeline/envelope"
 	"github.com/avflow/avflow/pipeline/secret"
-	"go.uber.org/goleak"
 )
 
 func TestIsLocalFile(t *testing.T) {
@@ -182,39 +183,8 @@ func open(ctx context.Context, t testing.TB, set map[string]any, consumers map[s
 // silentServer accepts connections and never answers; it returns the
 // address. Connections are closed when the test ends.
 func silentServer(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() { defer wg.Done(); _, _ = io.Copy(io.Discard, c) }()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
+	l := e2e.Listen(t)
+	e2e.Serve(t, l, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 	return l.Addr().String()
 }
 
