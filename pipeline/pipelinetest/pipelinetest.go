@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 
 	"github.com/avflow/avflow/accelerators"
@@ -33,4 +34,31 @@ func Run(t testing.TB, inv *accelerators.Inventory, name, yaml string) (*pipelin
 	}
 	err = r.Run(context.Background())
 	return r, logs.String(), err
+}
+
+// Counter is a terminal stage that counts the messages it takes and
+// releases them.
+type Counter struct{ N atomic.Int64 }
+
+func (c *Counter) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	for _, e := range in {
+		c.N.Add(1)
+		e.Release()
+	}
+	return nil, nil
+}
+
+func (c *Counter) Close() error { return nil }
+
+// WithCounter returns a copy of the Default environment with a terminal
+// kind of that name whose every instance is c.
+func WithCounter(t testing.TB, kind string, c *Counter) *pipeline.Environment {
+	t.Helper()
+	env := pipeline.Default.Clone()
+	if err := env.Register(pipeline.Spec{Kind: kind, MinInputs: 1, MaxInputs: 1,
+		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
+		New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return c, nil }}); err != nil {
+		t.Fatal(err)
+	}
+	return env
 }

@@ -9,11 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
+	"github.com/avflow/avflow/pipeline/pipelinetest"
 	"github.com/avflow/avflow/stages/source"
 )
 
@@ -49,31 +49,13 @@ func tsWithLostPacket(t *testing.T) (whole, damaged string) {
 	return "", ""
 }
 
-// frameCounter counts decoded frames.
-type frameCounter struct{ n atomic.Int64 }
-
-func (c *frameCounter) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	for _, e := range in {
-		c.n.Add(1)
-		e.Release()
-	}
-	return nil, nil
-}
-
-func (c *frameCounter) Close() error { return nil }
-
 // decodeFile runs source -> decode -> a frame counter on a file, with the
 // source's extra params, and returns the frames decoded, the log and Run's
 // error.
 func decodeFile(t *testing.T, path, params string) (int64, string, error) {
 	t.Helper()
-	c := &frameCounter{}
-	env := pipeline.Default.Clone()
-	if err := env.Register(pipeline.Spec{Kind: "frames", MinInputs: 1, MaxInputs: 1,
-		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
-		New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return c, nil }}); err != nil {
-		t.Fatal(err)
-	}
+	c := &pipelinetest.Counter{}
+	env := pipelinetest.WithCounter(t, "frames", c)
 	cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: lost
 transport: local
 stages:
@@ -94,7 +76,7 @@ stages:
 	}
 	err = r.Run(context.Background())
 	r.Metrics().WriteTable(log) // the end table, with the stages' event counters
-	return c.n.Load(), log.String(), err
+	return c.N.Load(), log.String(), err
 }
 
 // TestLostTSPacket: a file job with one lost TS packet carries on as the

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/pipelinetest"
 	"github.com/avflow/avflow/pipeline/secret"
 )
 
@@ -365,30 +365,12 @@ func stallingServer(t testing.TB, data []byte) string {
 	return "http://" + l.Addr().String() + "/live.ts"
 }
 
-// counter is a stage counting the packets it takes.
-type counter struct{ n atomic.Int64 }
-
-func (c *counter) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	for _, e := range in {
-		c.n.Add(1)
-		e.Release()
-	}
-	return nil, nil
-}
-
-func (c *counter) Close() error { return nil }
-
 // runWithCounter runs a source feeding a counting stage on the local
 // transport, and returns the runner, the counter and Run's result.
-func runWithCounter(t testing.TB, source string) (*pipeline.Runner, *counter, <-chan error) {
+func runWithCounter(t testing.TB, source string) (*pipeline.Runner, *pipelinetest.Counter, <-chan error) {
 	t.Helper()
-	c := &counter{}
-	env := pipeline.Default.Clone()
-	if err := env.Register(pipeline.Spec{Kind: "count", MinInputs: 1, MaxInputs: 1,
-		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
-		New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return c, nil }}); err != nil {
-		t.Fatal(err)
-	}
+	c := &pipelinetest.Counter{}
+	env := pipelinetest.WithCounter(t, "count", c)
 	cfg, err := pipeline.Parse([]byte(`name: src
 transport: local
 stages:
@@ -428,14 +410,14 @@ func TestDrainWhileReading(t *testing.T) {
 	url := stallingServer(t, head)
 	r, c, done := runWithCounter(t, fmt.Sprintf(`{url: %q}`, url))
 	deadline := time.Now().Add(20 * time.Second)
-	for c.n.Load() < int64(want) {
+	for c.N.Load() < int64(want) {
 		select {
 		case err := <-done:
 			t.Fatalf("run ended before the stall: %v", err)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d packets arrived", c.n.Load())
+			t.Fatalf("only %d packets arrived", c.N.Load())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -594,12 +576,7 @@ stages:
 		if err != nil {
 			t.Fatal(err)
 		}
-		env := pipeline.Default.Clone()
-		if err := env.Register(pipeline.Spec{Kind: "count", MinInputs: 1, MaxInputs: 1,
-			Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
-			New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return &counter{}, nil }}); err != nil {
-			t.Fatal(err)
-		}
+		env := pipelinetest.WithCounter(t, "count", &pipelinetest.Counter{})
 		if err := env.Validate(cfg); err != nil {
 			t.Fatal(err)
 		}
