@@ -187,3 +187,6 @@ func (c canvas) text(x, y, scale int, s string, col colour) {
 
 // Close does nothing.
 func (s *Stage) Close() error { return nil }
+
+// Counts reports the detections dropped as unusable (pipeline.EventCounter).
+func (s *Stage) Counts() map[string]int64 { return s.guard.Counts() }

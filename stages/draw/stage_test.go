@@ -127,3 +127,26 @@ func FuzzDraw(f *testing.F) {
 		drawOn(t, max(int(w), 1), max(int(h), 1), dets, 20*time.Second)
 	})
 }
+
+// TestDrawCountsMalformedDetections: what the guard drops is counted for
+// the run's metrics (pipeline.EventCounter).
+func TestDrawCountsMalformedDetections(t *testing.T) {
+	s := &Stage{thick: 2, scale: 2}
+	var _ pipeline.EventCounter = s
+	nan := float32(math.NaN())
+	for range 2 {
+		e := frame(t, 64, 48)
+		e.Detections = []envelope.Detection{{X1: nan, Y1: 0, X2: 0.5, Y2: 0.5}, {X1: 0.1, Y1: 0.1, X2: 0.2, Y2: 0.2, Score: 1}}
+		out, err := s.Process(context.Background(), pipeline.Batch{e})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range out {
+			o.Release()
+		}
+		e.Release()
+	}
+	if got := s.Counts()["malformed_detections"]; got != 2 {
+		t.Fatalf("malformed_detections = %d, want 2", got)
+	}
+}

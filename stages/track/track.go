@@ -199,3 +199,6 @@ func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 
 // Close does nothing.
 func (s *Stage) Close() error { return nil }
+
+// Counts reports the detections dropped as unusable (pipeline.EventCounter).
+func (s *Stage) Counts() map[string]int64 { return s.guard.Counts() }

@@ -8,6 +8,7 @@ package detections
 
 import (
 	"log/slog"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/avflow/avflow/pipeline/envelope"
@@ -107,8 +108,8 @@ func cut(s string) string {
 // drops and says so in the log the first time.
 type Guard struct {
 	Log     *slog.Logger
-	Stage   string // the stage's name, for the log
-	Dropped int64  // detections dropped so far
+	Stage   string       // the stage's name, for the log
+	Dropped atomic.Int64 // detections dropped so far (read by the metrics while the stage runs)
 }
 
 // Check sanitizes e's detections in place (a new slice when any changes).
@@ -118,9 +119,15 @@ func (g *Guard) Check(e *envelope.Envelope) {
 	if dropped == 0 {
 		return
 	}
-	if g.Dropped == 0 && g.Log != nil {
+	if g.Dropped.Load() == 0 && g.Log != nil {
 		g.Log.Warn("dropping unusable detections (NaN box, no area inside the frame, or more than the limit per frame); later ones are only counted",
 			"stage", g.Stage, "stream", e.Stream, "dropped", dropped, "limit", MaxPerFrame)
 	}
-	g.Dropped += int64(dropped)
+	g.Dropped.Add(int64(dropped))
+}
+
+// Counts is the guard's counter for the run's metrics (a stage's
+// pipeline.EventCounter): "malformed_detections".
+func (g *Guard) Counts() map[string]int64 {
+	return map[string]int64{"malformed_detections": g.Dropped.Load()}
 }
