@@ -217,7 +217,7 @@ stages:
 				in.Detections = nil
 				out, err := st.Process(context.Background(), pipeline.Batch{&in})
 				if err != nil {
-					fail(fmt.Errorf("infer bench: %v", err))
+					fail(fmt.Errorf("infer bench: %w", err))
 				}
 				outs += len(out)
 			}
@@ -364,7 +364,7 @@ func privacySpin(b *strings.Builder, bin string, rounds int) {
 		cmd := exec.Command(bin, args...)
 		cmd.Env = env
 		if o, err := cmd.CombinedOutput(); err != nil {
-			fail(fmt.Errorf("privacy spin=%t: %v\n%s", spin, err, o))
+			fail(fmt.Errorf("privacy spin=%t: %w\n%s", spin, err, o))
 		}
 		return measure{wall: time.Since(t0)}
 	}

@@ -131,7 +131,7 @@ func timed(name string, args ...string) (measure, error) {
 	err := cmd.Run()
 	m := measure{wall: time.Since(t0)}
 	if err != nil {
-		return m, fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, tail(stderr.String(), 2000))
+		return m, fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, tail(stderr.String(), 2000))
 	}
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		m.rssKiB = ru.Maxrss

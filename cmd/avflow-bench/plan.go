@@ -58,7 +58,7 @@ func planBench(b *strings.Builder, bin, work string, rounds int) {
 		cmd.Env = env
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			fail(fmt.Errorf("%s: %v\n%s", strings.Join(args, " "), err, tail(string(out), 2000)))
+			fail(fmt.Errorf("%s: %w\n%s", strings.Join(args, " "), err, tail(string(out), 2000)))
 		}
 		return string(out)
 	}

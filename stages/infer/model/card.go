@@ -120,7 +120,7 @@ func Parse(data []byte, from string) (*Card, error) {
 	dec := yaml.NewDecoder(strings.NewReader(string(data)))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("%w %s: %v", ErrCard, from, err)
+		return nil, fmt.Errorf("%w %s: %w", ErrCard, from, err)
 	}
 	c.From = from
 	if err := c.check(); err != nil {
@@ -175,7 +175,7 @@ func Lookup(nameOrPath string) (*Card, error) {
 	if strings.HasSuffix(nameOrPath, ".yaml") || strings.HasSuffix(nameOrPath, ".yml") {
 		b, err := os.ReadFile(nameOrPath)
 		if err != nil {
-			return nil, fmt.Errorf("%w: reading %s: %v", ErrUnknown, nameOrPath, err)
+			return nil, fmt.Errorf("%w: reading %s: %w", ErrUnknown, nameOrPath, err)
 		}
 		return Parse(b, nameOrPath)
 	}

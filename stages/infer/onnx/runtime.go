@@ -98,7 +98,7 @@ func Init() error {
 		}
 		v, err := probeVersion(libPath)
 		if err != nil {
-			initErr = fmt.Errorf("%w: loading %s failed: %v (run make setup, or set %s)", ErrLibrary, libPath, err, EnvLibrary)
+			initErr = fmt.Errorf("%w: loading %s failed: %w (run make setup, or set %s)", ErrLibrary, libPath, err, EnvLibrary)
 			return
 		}
 		if v != WantVersion {
@@ -107,7 +107,7 @@ func Init() error {
 		}
 		ort.SetSharedLibraryPath(libPath)
 		if err := ort.InitializeEnvironment(ort.WithLogLevelError()); err != nil {
-			initErr = fmt.Errorf("%w: loading %s failed: %v (run make setup, or set %s)", ErrLibrary, libPath, err, EnvLibrary)
+			initErr = fmt.Errorf("%w: loading %s failed: %w (run make setup, or set %s)", ErrLibrary, libPath, err, EnvLibrary)
 			return
 		}
 		if v := ort.GetVersion(); v != WantVersion {
@@ -171,7 +171,7 @@ func appendProvider(so *ort.SessionOptions, name string, opts map[string]string)
 		err = so.AppendExecutionProvider(strings.TrimSuffix(name, "ExecutionProvider"), opts)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrProvider, name, err)
+		return fmt.Errorf("%w: %s: %w", ErrProvider, name, err)
 	}
 	return nil
 }
@@ -213,11 +213,11 @@ func Open(path string, o Options) (*Session, error) {
 	}
 	ins, outs, err := ort.GetInputOutputInfo(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrModel, path, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrModel, path, err)
 	}
 	so, err := ort.NewSessionOptions()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrModel, err)
+		return nil, fmt.Errorf("%w: %w", ErrModel, err)
 	}
 	defer so.Destroy()
 	threads := o.IntraOpThreads
@@ -225,17 +225,17 @@ func Open(path string, o Options) (*Session, error) {
 		threads = runtime.NumCPU()
 	}
 	if err := so.SetIntraOpNumThreads(threads); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrModel, err)
+		return nil, fmt.Errorf("%w: %w", ErrModel, err)
 	}
 	if o.InterOpThreads > 0 {
 		if err := so.SetInterOpNumThreads(o.InterOpThreads); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrModel, err)
+			return nil, fmt.Errorf("%w: %w", ErrModel, err)
 		}
 	}
 	if !o.Spin {
 		for _, k := range []string{"session.intra_op.allow_spinning", "session.inter_op.allow_spinning"} {
 			if err := so.AddSessionConfigEntry(k, "0"); err != nil {
-				return nil, fmt.Errorf("%w: %s: %v", ErrModel, k, err)
+				return nil, fmt.Errorf("%w: %s: %w", ErrModel, k, err)
 			}
 		}
 	}
@@ -254,7 +254,7 @@ func Open(path string, o Options) (*Session, error) {
 		lvl = ort.GraphOptimizationLevelEnableExtended
 	}
 	if err := so.SetGraphOptimizationLevel(lvl); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrModel, err)
+		return nil, fmt.Errorf("%w: %w", ErrModel, err)
 	}
 	s := &Session{Path: path}
 	var inNames, outNames []string
@@ -268,10 +268,10 @@ func Open(path string, o Options) (*Session, error) {
 	}
 	ds, err := ort.NewDynamicAdvancedSession(path, inNames, outNames, so)
 	if err != nil && o.Provider != "" {
-		return nil, fmt.Errorf("%w: %s with %s: %v", ErrProvider, path, o.Provider, err)
+		return nil, fmt.Errorf("%w: %s with %s: %w", ErrProvider, path, o.Provider, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrModel, path, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrModel, path, err)
 	}
 	s.s = ds
 	return s, nil
@@ -308,7 +308,7 @@ func (s *Session) Run(inputs []Tensor, int64s map[string][]int64) ([]Tensor, err
 				val, err = ort.NewTensor(ort.NewShape(int64(len(v))), v)
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%w: input %q: %v", ErrModel, in.Name, err)
+				return nil, fmt.Errorf("%w: input %q: %w", ErrModel, in.Name, err)
 			}
 			temps = append(temps, val)
 			vals = append(vals, val)
@@ -319,7 +319,7 @@ func (s *Session) Run(inputs []Tensor, int64s map[string][]int64) ([]Tensor, err
 		}
 		t, err := s.inputTensor(fi, inputs[fi])
 		if err != nil {
-			return nil, fmt.Errorf("%w: input %q: %v", ErrModel, in.Name, err)
+			return nil, fmt.Errorf("%w: input %q: %w", ErrModel, in.Name, err)
 		}
 		vals = append(vals, t)
 		fi++
