@@ -7,6 +7,9 @@
 //	    veryfast, avflow (embedded NATS, and in-process) vs the ffmpeg CLI.
 //	 2. Edge: raw 720p frames over one avflow edge vs a bare nats.go
 //	    publish/subscribe loop with the same payload on the same server.
+//	 3. Inference, placement (see infer.go, plan.go).
+//	 4. Scale: pipelines of 1 to 167 cameras x 6 stages vs one ffmpeg
+//	    process running the same chains (scale.go).
 //
 // Runs are interleaved (peer, avflow, peer, avflow, ...) and the median is
 // reported, because this machine is shared and noisy.
@@ -40,7 +43,7 @@ func main() {
 	rounds := flag.Int("rounds", 5, "interleaved rounds per comparison")
 	frames := flag.Int("frames", 600, "frames in the transcode clip")
 	edgeMsgs := flag.Int("edge-frames", 600, "raw frames sent over the edge")
-	only := flag.String("only", "", "run only: transcode, edge, infer, plan, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
+	only := flag.String("only", "", "run only: transcode, edge, infer, plan, scale, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err := os.MkdirAll(*work, 0o755); err != nil {
@@ -61,6 +64,9 @@ func main() {
 	}
 	if *only == "" || *only == "plan" {
 		planBench(&b, *bin, *work, *rounds)
+	}
+	if *only == "" || *only == "scale" {
+		scaleBench(&b, *bin, *work, min(*rounds, 3))
 	}
 	if *out == "-" {
 		fmt.Print(b.String())
