@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -111,4 +112,74 @@ func TestFIFOInput(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "out", "out.mp4.partial")); err == nil {
 		t.Errorf("partial output left")
 	}
+}
+
+// TestStdinInput: `ffmpeg ... -f mpegts - | avflow run` with url "-" (or
+// pipe:0) reads stdin to its end, and a writer that stops sending but
+// keeps the pipe open no longer pins the run: one SIGINT ends it (FFmpeg's
+// pipe: protocol blocked in read(2) where no interrupt reached).
+func TestStdinInput(t *testing.T) {
+	e2e.Long(t)
+	ts := filepath.Join(t.TempDir(), "in.ts")
+	if out, err := exec.Command(e2e.Tool(t, "ffmpeg"), "-v", "error", "-i", e2e.Media(t, "car-detection.mp4"), "-c", "copy", "-f", "mpegts", ts).CombinedOutput(); err != nil {
+		t.Fatalf("ffmpeg: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, url := range []string{"-", "pipe:0"} {
+		t.Run(url+" to its end", func(t *testing.T) {
+			dir := t.TempDir()
+			cmd := exec.Command(avflowBin, "run", writePipeline(t, dir, hangingPipeline(url, ", format: mpegts")))
+			cmd.Stdin = bytes.NewReader(data)
+			run := startProc(t, cmd)
+			if code := run.wait(t, 60*time.Second); code != 0 {
+				t.Fatalf("exit %d:\n%s", code, run.out)
+			}
+			if n := probe(t, filepath.Join(dir, "out", "out.mp4"))["video"].frames(); n != 377 {
+				t.Errorf("%d frames from stdin, want 377", n)
+			}
+		})
+	}
+	t.Run("writer holding the pipe open", func(t *testing.T) {
+		dir := t.TempDir()
+		// A blocking pipe, as a shell makes (os.Pipe's are non-blocking,
+		// and FFmpeg's retries on EAGAIN do see the interrupt).
+		var fds [2]int
+		if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		pr, pw := os.NewFile(uintptr(fds[0]), "stdin"), os.NewFile(uintptr(fds[1]), "writer")
+		defer pw.Close()
+		cmd := exec.Command(avflowBin, "run", "--progress-interval", "100ms", writePipeline(t, dir, hangingPipeline("pipe:0", ", format: mpegts")))
+		cmd.Stdin = pr
+		run := startProc(t, cmd)
+		pr.Close()
+		// A part of the clip; once no more frames come through (20 progress
+		// lines, 2 s, with the same count), the source has read all it was
+		// sent and waits in read(2) for more.
+		if _, err := pw.Write(data[:len(data)/10]); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool {
+			counts := progressFrames.FindAllStringSubmatch(run.out.String(), -1)
+			if len(counts) < 20 || counts[len(counts)-1][1] == "0" {
+				return false
+			}
+			for _, c := range counts[len(counts)-20:] {
+				if c[1] != counts[len(counts)-1][1] {
+					return false
+				}
+			}
+			return true
+		}, 30*time.Second, run.out)
+		sendSignal(syscall.SIGINT)(t, run)
+		if code := run.wait(t, 10*time.Second); code != 0 {
+			t.Errorf("exit %d after one SIGINT, want 0 (drained)", code)
+		}
+		if n := probe(t, filepath.Join(dir, "out", "out.mp4"))["video"].frames(); n == 0 {
+			t.Error("no frames in the drained output")
+		}
+	})
 }

@@ -225,7 +225,18 @@ func runCmd() *cli.Command {
 			progressDone := make(chan struct{})
 			go func() {
 				defer close(progressDone)
-				showProgress(r, done, r.Failed(), c.Duration("progress-interval"))
+				// Progress stops once the run has failed or been aborted,
+				// though stages may take a while to close.
+				stopped := make(chan struct{})
+				go func() {
+					defer close(stopped)
+					select {
+					case <-r.Failed():
+					case <-ctx.Done():
+					case <-done:
+					}
+				}()
+				showProgress(r, done, stopped, c.Duration("progress-interval"))
 			}()
 			start := time.Now()
 			err = r.Run(ctx)

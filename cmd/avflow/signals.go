@@ -50,6 +50,19 @@ func (p *signalPolicy) next(at time.Time, started bool) signalAction {
 	}
 }
 
+// exitOnNext ends the process at the next signal after an abort (a
+// repeat within a second is still the same request): a stage stuck in a
+// call nothing interrupts must not leave the user only SIGKILL.
+func exitOnNext(sigs <-chan os.Signal, aborted time.Time) {
+	for sig := range sigs {
+		if time.Since(aborted) < signalRepeat {
+			continue
+		}
+		slog.Error("exiting now: the run was aborted but has not ended", "signal", sig.String())
+		os.Exit(exitRun)
+	}
+}
+
 // onSignals applies the signal policy to a run until sigs is closed or
 // the run is cancelled.
 func onSignals(sigs <-chan os.Signal, r *pipeline.Runner, cancel context.CancelFunc) {
@@ -72,6 +85,7 @@ func onSignals(sigs <-chan os.Signal, r *pipeline.Runner, cancel context.CancelF
 				slog.Warn("aborting: the pipeline was still starting", "signal", sig.String())
 			}
 			cancel()
+			exitOnNext(sigs, time.Now())
 			return
 		default:
 			slog.Debug("the same signal again at once (sent to the process and its group): taken as one", "signal", sig.String())

@@ -1,6 +1,12 @@
 package main
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -29,5 +35,31 @@ func TestSignalPolicy(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExitOnNextSignal: after an abort, the next signal ends the process at
+// once (exit 1), whatever a stuck stage is doing. The test runs itself as
+// the child that waits.
+func TestExitOnNextSignal(t *testing.T) {
+	if os.Getenv("AVFLOW_TEST_EXIT_ON_NEXT") == "1" {
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGINT)
+		fmt.Println("ready")
+		exitOnNext(sigs, time.Now().Add(-2*signalRepeat)) // aborted a while ago
+		os.Exit(0)                                        // not reached: exitOnNext exits
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestExitOnNextSignal$")
+	cmd.Env = append(os.Environ(), "AVFLOW_TEST_EXIT_ON_NEXT=1")
+	p := startProc(t, cmd)
+	p.waitLog(t, "ready", 10*time.Second)
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 5*time.Second); code != exitRun {
+		t.Fatalf("exit %d after the signal, want %d:\n%s", code, exitRun, p.out)
+	}
+	if !strings.Contains(p.out.String(), "exiting now") {
+		t.Errorf("no message saying why:\n%s", p.out)
 	}
 }

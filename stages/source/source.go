@@ -129,6 +129,16 @@ func fileKind(m fs.FileMode) string {
 // resolve turns the url and format params into what FFmpeg opens.
 func resolve(in pipeline.Init) (url, format string) {
 	url, format = in.Params.String("url"), in.Params.String("format")
+	if fd, ok := pipeFD(url); ok {
+		// FFmpeg's pipe: protocol blocks in read(2) where no interrupt
+		// reaches; the descriptor's /dev/fd path is read as a FIFO (or
+		// a file, when stdin is redirected from one), stoppably.
+		return "/dev/fd/" + fd, format
+	}
+	if path, ok := strings.CutPrefix(url, "file:"); ok && isFIFO(strings.TrimPrefix(path, "//")) {
+		// FFmpeg's file protocol would block in open(2) until a writer came.
+		return strings.TrimPrefix(path, "//"), format
+	}
 	switch {
 	case strings.HasPrefix(url, "lavfi:"):
 		return strings.TrimPrefix(url, "lavfi:"), "lavfi"
@@ -136,6 +146,21 @@ func resolve(in pipeline.Init) (url, format string) {
 		return in.Path(url), format
 	}
 	return url, format
+}
+
+// pipeFD is the file descriptor a pipe input names, as FFmpeg spells them:
+// "-" and "pipe:" are stdin, "pipe:N" is descriptor N.
+func pipeFD(url string) (string, bool) {
+	switch {
+	case url == "-" || url == "pipe:":
+		return "0", true
+	case strings.HasPrefix(url, "pipe:"):
+		n := strings.TrimPrefix(url, "pipe:")
+		if _, err := strconv.Atoi(n); err == nil {
+			return n, true
+		}
+	}
+	return "", false
 }
 
 // scheme is a URL's protocol, lower case ("" for a path or a lavfi graph).

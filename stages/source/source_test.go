@@ -70,6 +70,10 @@ func params(t testing.TB, set map[string]any) pipeline.Params {
 }
 
 func TestResolve(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "in.fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		url, format         string
 		wantURL, wantFormat string
@@ -81,6 +85,13 @@ func TestResolve(t *testing.T) {
 		{"/dev/video0", "v4l2", "/dev/video0", "v4l2"},
 		{"http://host/a.ts", "", "http://host/a.ts", ""},
 		{"udp://0.0.0.0:5000", "mpegts", "udp://0.0.0.0:5000", "mpegts"},
+		// Pipes and FIFOs are read as FIFOs, never by FFmpeg's blocking pipe:/file: protocols.
+		{"-", "mpegts", "/dev/fd/0", "mpegts"},
+		{"pipe:", "mpegts", "/dev/fd/0", "mpegts"},
+		{"pipe:3", "mpegts", "/dev/fd/3", "mpegts"},
+		{"file://" + fifo, "mpegts", fifo, "mpegts"},
+		{"file:" + fifo, "", fifo, ""},
+		{"file:/abs/clip.mp4", "", "file:/abs/clip.mp4", ""},
 	}
 	for _, tt := range tests {
 		in := pipeline.Init{Dir: "/pipelines", Params: params(t, map[string]any{"url": tt.url, "format": tt.format})}
