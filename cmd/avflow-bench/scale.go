@@ -86,7 +86,9 @@ func scaleBench(b *strings.Builder, bin, work string, rounds int) {
 			r.local.wall.Seconds(), r.ff.wall.Seconds()/r.local.wall.Seconds(), mib(r.ff), mib(r.nats), mib(r.local))
 	}
 	lo, hi := rows[sizes[0]], rows[sizes[len(sizes)-1]]
-	per := func(a, z measure) float64 { return (float64(z.rssKiB) - float64(a.rssKiB)) / float64(6*(sizes[len(sizes)-1]-sizes[0])) }
+	per := func(a, z measure) float64 {
+		return (float64(z.rssKiB) - float64(a.rssKiB)) / float64(6*(sizes[len(sizes)-1]-sizes[0]))
+	}
 	fmt.Fprintf(b, "\nMemory per stage (peak RSS from %d to %d stages): ffmpeg %.0f KiB, avflow nats %.0f KiB, avflow local %.0f KiB. Ratio is ffmpeg's wall time over avflow's (1: as fast).\n\n",
 		6*sizes[0], 6*sizes[len(sizes)-1], per(lo.ff, hi.ff), per(lo.nats, hi.nats), per(lo.local, hi.local))
 }
