@@ -49,8 +49,8 @@ func init() {
 			{Name: "hls_time", Type: pipeline.TypeDuration, Default: "2s", Doc: "HLS: target segment length"},
 			{Name: "hls_list_size", Type: pipeline.TypeInt, Default: 6, Doc: "HLS: segments kept in the playlist (0: all); in live runs (flow: drop-oldest) the segment files " +
 				"that left the playlist are deleted (hls_flags delete_segments), so the folder holds only a few more; each segment is written as <name>.tmp and renamed when complete"},
-			{Name: "timeout", Type: pipeline.TypeDuration, Default: "10s", Doc: "network outputs: a connect or write that makes no progress for this long fails the run, naming the URL " +
-				"(a warning comes after 2s, or half the timeout); it is also the protocols' rw_timeout (options can override it); 0: no timeout (a stopping run still interrupts it)"},
+			{Name: "timeout", Type: pipeline.TypeDuration, Default: "10s", Doc: "network outputs: a connect, or the write of one packet, that takes longer than this fails the run, naming the URL " +
+				"(a warning comes after 2s, or half the timeout; raise it for big keyframes over a slow uplink); it is also the protocols' rw_timeout (options can override it); 0: no timeout (a stopping run still interrupts it)"},
 			{Name: "options", Type: pipeline.TypeMap, Doc: "muxer options (and, for a URL, protocol options), e.g. {hls_flags: +independent_segments}; " +
 				"a movflags or hls_flags value starting with + or - adds to or removes from the sink's own flags, any other value replaces them"},
 		},

@@ -269,6 +269,8 @@ static int io_close2(AVFormatContext *s, AVIOContext *pb) {
         if (write)
             record(io, ret, "closing", f->path);
     }
+    if (f->final && ret >= 0 && write && interrupted(f))
+        ret = AVERROR_EXIT; // closed by an abort: whatever it holds may be cut short
     if (f->final) {
         if (ret < 0) {
             unlink(f->path); // not complete: it must not take the real name
