@@ -40,7 +40,13 @@ func URL(s string) string {
 }
 
 func redactOne(s string) string {
-	u, err := url.Parse(strings.TrimSpace(s))
+	s = strings.TrimSpace(s)
+	if q := strings.IndexByte(s, '?'); q >= 0 {
+		// Media URLs have no fragments: a '#' in the query is data (SRT's
+		// access-control stream id "#!::r=live/key,m=publish").
+		s = s[:q] + strings.ReplaceAll(s[q:], "#", "%23")
+	}
+	u, err := url.Parse(s)
 	if err != nil || u.Scheme == "" {
 		if i := strings.Index(s, "://"); i >= 0 {
 			if at := strings.LastIndex(s, "@"); at > i {
@@ -90,6 +96,6 @@ func Text(s string) string {
 	return urlInText.ReplaceAllStringFunc(s, func(u string) string {
 		// Punctuation after a URL ("failed: rtmp://h/app/key: refused") is the text's.
 		url := strings.TrimRight(u, ".,:;)]}!?")
-		return redactOne(url) + u[len(url):]
+		return URL(url) + u[len(url):]
 	})
 }

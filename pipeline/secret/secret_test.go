@@ -18,6 +18,7 @@ func TestURL(t *testing.T) {
 		{"rtmps://u:pw@live.example/app/key99", "rtmps://u:xxxxx@live.example/app/xxxxx", "key99"},
 		{"https://cdn.example/v.m3u8?token=abc123&x=1", "https://cdn.example/v.m3u8?token=xxxxx&x=1", "abc123"},
 		{"http://example.com/clip.mp4", "http://example.com/clip.mp4", ""},
+		{"srt://h:9000?mode=caller&streamid=#!::r=live/k3y99", "srt://h:9000?mode=caller&streamid=xxxxx", "k3y99"},
 		{"rtmp://localhost/live", "rtmp://localhost/live", ""},
 		{"../media/clip.mp4", "../media/clip.mp4", ""},
 		{"nats://u:bad%zz@host", "nats://xxxxx@host", "bad%zz"},
@@ -38,6 +39,8 @@ func TestText(t *testing.T) {
 		{"Connection to tcp://u:pw9@10.0.0.1:1935 failed", "Connection to tcp://u:xxxxx@10.0.0.1:1935 failed"},
 		{"opening srt://h:9000?passphrase=zzzsecret1 and nats://tok3n@h:4222", "opening srt://h:9000?passphrase=xxxxx and nats://xxxxx@h:4222"},
 		{"no url here", "no url here"},
+		{"servers nats://u:s3cret@h1:4222,nats://u:s3cret@h2:4222 down", "servers nats://u:xxxxx@h1:4222,nats://u:xxxxx@h2:4222 down"},
+		{"srt://h:1?streamid=#!::r=live/s3cret,m=publish", "srt://h:1?streamid=xxxxx,m=publish"},
 	} {
 		if got := Text(tc.in); got != tc.want {
 			t.Errorf("Text(%q) = %q, want %q", tc.in, got, tc.want)
