@@ -97,11 +97,35 @@ type StageStats struct {
 	Events map[string]int64 `json:",omitempty"`
 }
 
-// Metrics are the live counters of a run.
+// Metrics are the live counters of a run. They may be read (a Prometheus
+// scrape) before and while the run starts: the stages appear once they are
+// all built.
 type Metrics struct {
+	mu     sync.RWMutex
 	start  time.Time
 	stages []*stageMetrics
 	total  atomic.Int64 // expected frames, 0 if unknown
+}
+
+// begin restarts the run clock.
+func (m *Metrics) begin(at time.Time) {
+	m.mu.Lock()
+	m.start = at
+	m.mu.Unlock()
+}
+
+// show makes the stages' counters visible, once every stage is built.
+func (m *Metrics) show(stages []*stageMetrics) {
+	m.mu.Lock()
+	m.stages = stages
+	m.mu.Unlock()
+}
+
+// now returns the run clock's start and the visible stages.
+func (m *Metrics) now() (time.Time, []*stageMetrics) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.start, m.stages
 }
 
 // deviceNow is where the stage runs now: a GPU decoder that meets a
@@ -117,16 +141,20 @@ func (s *stageMetrics) deviceNow() string {
 }
 
 // Elapsed returns the run time so far.
-func (m *Metrics) Elapsed() time.Duration { return time.Since(m.start) }
+func (m *Metrics) Elapsed() time.Duration {
+	start, _ := m.now()
+	return time.Since(start)
+}
 
 // ExpectedFrames is the number of video frames the sources announced (0: unknown/live).
 func (m *Metrics) ExpectedFrames() int64 { return m.total.Load() }
 
 // Snapshot returns every stage's numbers.
 func (m *Metrics) Snapshot() []StageStats {
-	el := time.Since(m.start).Seconds()
-	out := make([]StageStats, 0, len(m.stages))
-	for _, s := range m.stages {
+	start, stages := m.now()
+	el := time.Since(start).Seconds()
+	out := make([]StageStats, 0, len(stages))
+	for _, s := range stages {
 		out = append(out, s.stats(el))
 	}
 	return out
@@ -135,7 +163,8 @@ func (m *Metrics) Snapshot() []StageStats {
 // stageStats returns one stage's numbers (a stage's metrics endpoint asks
 // for its own, not for the whole pipeline's).
 func (m *Metrics) stageStats(s *stageMetrics) StageStats {
-	return s.stats(time.Since(m.start).Seconds())
+	start, _ := m.now()
+	return s.stats(time.Since(start).Seconds())
 }
 
 // stats are the stage's numbers after el seconds of run time.
@@ -191,7 +220,8 @@ func eventsText(ev map[string]int64) string {
 // Progress returns the video frames that reached the sinks (the least of them).
 func (m *Metrics) Progress() int64 {
 	var p int64 = -1
-	for _, s := range m.stages {
+	_, stages := m.now()
+	for _, s := range stages {
 		if s.terminal {
 			if v := s.videoIn.Load(); p < 0 || v < p {
 				p = v

@@ -215,7 +215,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	r.failMu.Lock()
 	r.cancel = cancel
 	r.failMu.Unlock()
-	r.metrics.start = time.Now()
+	r.metrics.begin(time.Now())
 
 	useNATS := r.opts.Transport == TransportNATS
 	if useNATS && r.opts.NATSURL == "" {
@@ -229,6 +229,8 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	}
 
 	nodes, byName := r.newNodes()
+	// The end table shows every stage, also of a run that failed to start.
+	defer r.metrics.show(stageMetricsOf(nodes))
 	var pool *connPool
 	defer func() {
 		for _, n := range nodes {
@@ -318,6 +320,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 			return fmt.Errorf("%w: registering the stages' services failed: %w", ErrTransport, err)
 		}
 	}
+	r.metrics.show(stageMetricsOf(nodes))
 	close(r.ready)
 
 	var wg sync.WaitGroup
@@ -358,9 +361,16 @@ func (r *Runner) newNodes() ([]*node, map[string]*node) {
 		}
 		nodes = append(nodes, n)
 		byName[sc.Name] = n
-		r.metrics.stages = append(r.metrics.stages, n.m)
 	}
 	return nodes, byName
+}
+
+func stageMetricsOf(nodes []*node) []*stageMetrics {
+	out := make([]*stageMetrics, len(nodes))
+	for i, n := range nodes {
+		out[i] = n.m
+	}
+	return out
 }
 
 // wire subscribes every stage to its inputs and makes the publishers of
