@@ -15,6 +15,24 @@ import (
 // 64 cameras of 6 stages needs; split a larger one into several pipelines.
 const MaxStages = 2000
 
+// checkSize refuses a pipeline of more than MaxStages stage instances
+// (each replica counts), at the stage that goes beyond.
+func checkSize(c *Config, bad func(Pos, string, ...any)) {
+	total := 0
+	for _, s := range c.Stages {
+		total += max(1, s.Replicas)
+	}
+	n := 0
+	for _, s := range c.Stages {
+		n += max(1, s.Replicas)
+		if n > MaxStages {
+			bad(s.Pos, "stage %q is stage %d of %d (replicas count): a pipeline holds at most %d stages (split it into several pipelines)",
+				s.Name, n, total, MaxStages)
+			return
+		}
+	}
+}
+
 // Validate checks a parsed pipeline against the environment's stage kinds:
 // kinds, params and their types, edges and their media types, cycles, and
 // each kind's own checks (missing files). It reports every problem found,
@@ -23,10 +41,7 @@ func (e *Environment) Validate(c *Config) error {
 	var ps Problems
 	bad := func(p Pos, f string, a ...any) { ps = append(ps, &PosError{Pos: p, Msg: fmt.Sprintf(f, a...)}) }
 
-	if len(c.Stages) > MaxStages {
-		bad(c.Stages[MaxStages].Pos, "stage %q is stage %d of %d: a pipeline holds at most %d stages (split it into several pipelines)",
-			c.Stages[MaxStages].Name, MaxStages+1, len(c.Stages), MaxStages)
-	}
+	checkSize(c, bad)
 	byName := map[string]*StageConfig{}
 	for _, s := range c.Stages {
 		if prev, dup := byName[s.Name]; dup {

@@ -259,7 +259,7 @@ func TestTooManyStages(t *testing.T) {
 	if !errors.Is(err, pipeline.ErrInvalid) {
 		t.Fatalf("got %v, want a validation error", err)
 	}
-	want := fmt.Sprintf("big.yaml:%d:5: stage \"s%d\" is stage %d of %d: a pipeline holds at most %d stages", pipeline.MaxStages+3, pipeline.MaxStages, pipeline.MaxStages+1, pipeline.MaxStages+1, pipeline.MaxStages)
+	want := fmt.Sprintf("big.yaml:%d:5: stage \"s%d\" is stage %d of %d (replicas count): a pipeline holds at most %d stages", pipeline.MaxStages+3, pipeline.MaxStages, pipeline.MaxStages+1, pipeline.MaxStages+1, pipeline.MaxStages)
 	if !strings.Contains(err.Error(), want) {
 		t.Fatalf("error lacks %q:\n%v", want, err)
 	}
@@ -267,6 +267,20 @@ func TestTooManyStages(t *testing.T) {
 	cfg.Stages = cfg.Stages[:pipeline.MaxStages]
 	if err := pipeline.Default.Validate(cfg); err != nil {
 		t.Fatalf("%d stages refused: %v", pipeline.MaxStages, err)
+	}
+	// Replicas count: 40 drawing stages of 64 replicas are 2,560 instances.
+	b.Reset()
+	b.WriteString(header + "  - {name: src, kind: source, params: {url: \"lavfi:testsrc2\"}}\n  - {name: dec, kind: decode, inputs: [src.video]}\n")
+	prev := "dec"
+	for i := range 40 {
+		fmt.Fprintf(&b, "  - {name: d%d, kind: draw, inputs: [%s], replicas: 64}\n", i, prev)
+		prev = fmt.Sprintf("d%d", i)
+	}
+	if cfg, err = pipeline.Parse([]byte(b.String()), "wide.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pipeline.Default.Validate(cfg); err == nil || !strings.Contains(err.Error(), `stage "d31" is stage 2050 of 2562 (replicas count)`) {
+		t.Fatalf("got %v, want the replicas counted against the limit", err)
 	}
 }
 

@@ -36,7 +36,9 @@ func (k *keyClock) due(pts int64) bool {
 	switch {
 	case pts == astiav.NoPtsValue:
 		return false
-	case !k.started:
+	case !k.started || pts < k.next-2*k.every:
+		// The first frame, or timestamps that jumped back (a publisher that
+		// reconnected): the clock starts again here.
 		k.started, k.start, k.next = true, pts, pts+k.every
 		return true
 	case pts < k.next:

@@ -106,6 +106,10 @@ func TestKeyClock(t *testing.T) {
 		{"90 kHz, late start", time.Second, astiav.NewRational(1, 90000), []int64{900000, 986000, 990000, 1079999, 1080000}, []bool{true, false, true, false, true}},
 		{"no pts", time.Second, astiav.NewRational(1, 25), []int64{astiav.NoPtsValue, 0, astiav.NoPtsValue, 25}, []bool{false, true, false, true}},
 		{"coarse time base", 500 * time.Millisecond, astiav.NewRational(1, 1), []int64{0, 1, 2}, []bool{true, true, true}},
+		// A publisher that reconnects starts its timestamps again: the clock follows.
+		{"timestamps jump back", 2 * time.Second, astiav.NewRational(1, 25), []int64{0, 50, 100, 5000, 5050, 10, 49, 60, 110}, []bool{true, true, true, true, true, true, false, true, true}},
+		// A little reordering (B-frames, a late frame) is not a restart.
+		{"small step back", 2 * time.Second, astiav.NewRational(1, 25), []int64{0, 50, 48, 99, 100}, []bool{true, true, false, false, true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
