@@ -193,7 +193,8 @@ func transcode(b *strings.Builder, bin, work string, rounds, frames int) {
 	if err := os.WriteFile(yaml, []byte(fmt.Sprintf(transcodeYAML, in, avOut)), 0o644); err != nil {
 		fail(err)
 	}
-	ffArgs := []string{"-y", "-v", "error", "-nostats", "-i", in, "-vf", "scale=1280:720", "-c:v", "libx264", "-preset", "veryfast", "-an", ffOut}
+	// avflow's MP4s are faststart by default: the peer moves its index too.
+	ffArgs := []string{"-y", "-v", "error", "-nostats", "-i", in, "-vf", "scale=1280:720", "-c:v", "libx264", "-preset", "veryfast", "-an", "-movflags", "+faststart", ffOut}
 	var ff, avNATS, avLocal []measure
 	for i := 0; i < rounds; i++ {
 		slog.Info("transcode round", "round", i+1, "of", rounds)
@@ -224,7 +225,7 @@ func transcode(b *strings.Builder, bin, work string, rounds, frames int) {
 	f, an, al := median(ff), median(avNATS), median(avLocal)
 	fps := func(m measure) float64 { return float64(frames) / m.wall.Seconds() }
 	fmt.Fprintf(b, "## Transcode: %d frames 1080p H.264 -> 720p libx264 veryfast\n\n", frames)
-	fmt.Fprintf(b, "Peer: `ffmpeg -i in1080.mp4 -vf scale=1280:720 -c:v libx264 -preset veryfast -an out.mp4`. avflow: source -> decode -> filter(scale=1280:720) -> encode(libx264 veryfast) -> sink(mp4), every edge a NATS subject on the embedded server (raw 720p frames cross the filter->encode edge as messages), and the same with `--transport local` (in-process, zero-copy). Both outputs are checked with ffprobe (1280x720, %d frames).\n\n", frames)
+	fmt.Fprintf(b, "Peer: `ffmpeg -i in1080.mp4 -vf scale=1280:720 -c:v libx264 -preset veryfast -an -movflags +faststart out.mp4` (avflow's MP4s are faststart by default). avflow: source -> decode -> filter(scale=1280:720) -> encode(libx264 veryfast) -> sink(mp4), every edge a NATS subject on the embedded server (raw 720p frames cross the filter->encode edge as messages), and the same with `--transport local` (in-process, zero-copy). Both outputs are checked with ffprobe (1280x720, %d frames).\n\n", frames)
 	fmt.Fprintf(b, "| run | wall (median) | fps | throughput ratio vs ffmpeg | CPU s (median) | CPU ratio (ffmpeg/avflow) | peak RSS |\n|---|---:|---:|---:|---:|---:|---:|\n")
 	row := func(name string, m measure) {
 		fmt.Fprintf(b, "| %s | %.2fs | %.1f | %.3f | %.2f | %.3f | %.0f MiB |\n", name, m.wall.Seconds(), fps(m), fps(m)/fps(f), m.cpu.Seconds(), f.cpu.Seconds()/m.cpu.Seconds(), float64(m.rssKiB)/1024)
