@@ -325,18 +325,14 @@ func privacyStreams(b *strings.Builder, bin, work string) {
 		for _, transport := range []string{"nats", "local"} {
 			out, _ := exec.Command("timeout", "-s", "INT", "20", bin, "--log-level", "warn", "run", "--transport", transport, yaml).CombinedOutput()
 			minFPS, drops, frames := 1e9, int64(0), int64(0)
-			for _, line := range strings.Split(string(out), "\n") {
-				f := strings.Fields(line)
-				if len(f) != 11 || f[1] == "kind" {
-					continue
-				}
-				if strings.HasPrefix(f[0], "out") && f[1] == "sink" {
-					v, _ := strconv.ParseFloat(f[4], 64)
+			for _, row := range endTable(string(out)) {
+				if strings.HasPrefix(row["stage"], "out") && row["kind"] == "sink" {
+					v, _ := strconv.ParseFloat(row["fps"], 64)
 					minFPS = min(minFPS, v)
-					in, _ := strconv.ParseInt(f[2], 10, 64)
+					in, _ := strconv.ParseInt(row["in"], 10, 64)
 					frames += in
 				}
-				d, _ := strconv.ParseInt(f[9], 10, 64)
+				d, _ := strconv.ParseInt(row["drops"], 10, 64)
 				drops += d
 			}
 			ok := minFPS >= 0.95*30 && float64(drops) < 0.01*float64(frames)

@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"sort"
@@ -403,4 +404,34 @@ func medianOf(v []float64) float64 {
 	s := slices.Clone(v)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// columnGap separates the columns of avflow's end table (tabwriter pads
+// with at least two spaces; "busy ms" is one column).
+var columnGap = regexp.MustCompile(`\s{2,}`)
+
+// endTable reads the per-stage table `avflow run` prints at the end: one
+// map of column name ("stage", "kind", "in", "fps", "drops"...) to value
+// per stage. It fails the benchmark when out holds no such table, so a
+// change of the table cannot make a benchmark report nothing silently.
+func endTable(out string) []map[string]string {
+	var cols []string
+	var rows []map[string]string
+	for _, line := range strings.Split(out, "\n") {
+		f := columnGap.Split(strings.TrimSpace(line), -1)
+		switch {
+		case len(f) > 3 && f[0] == "stage" && f[1] == "kind":
+			cols = f
+		case cols != nil && len(f) == len(cols):
+			row := map[string]string{}
+			for i, c := range cols {
+				row[c] = f[i]
+			}
+			rows = append(rows, row)
+		}
+	}
+	if len(rows) == 0 {
+		fail(fmt.Errorf("no per-stage table in avflow's output:\n%s", tail(out, 2000)))
+	}
+	return rows
 }

@@ -73,10 +73,9 @@ func planBench(b *strings.Builder, bin, work string, rounds int) {
 		pred, _ := strconv.ParseFloat(m[1], 64)
 		out = run("--log-level", "warn", "run", "--transport", "local", "--placement", placement, "--set", "cam.loop=true", "--set", "cam.max_frames=600", pipe)
 		measured := 0.0
-		for _, line := range strings.Split(out, "\n") {
-			f := strings.Fields(line)
-			if len(f) == 11 && f[0] == "out" && f[1] == "sink" {
-				measured, _ = strconv.ParseFloat(f[4], 64)
+		for _, row := range endTable(out) {
+			if row["stage"] == "out" && row["kind"] == "sink" {
+				measured, _ = strconv.ParseFloat(row["fps"], 64)
 			}
 		}
 		fmt.Fprintf(b, "| %d | %.1f | %.1f | %.2f |\n", i+1, pred, measured, measured/pred)
