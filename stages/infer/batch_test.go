@@ -48,7 +48,7 @@ func stripes(t *testing.T, shift int) *astiav.Frame {
 func TestDetectBatchMatchesSingle(t *testing.T) {
 	e2e.Long(t) // the PP-OCR model
 	in := pipeline.Init{Name: "t", Params: pipeline.Params{"threads": 1, "optimization": "all"}, Log: slog.New(slog.DiscardHandler)}
-	d, err := NewDetector(context.Background(), in, "ppocr-v4-det", 0)
+	d, err := NewDetector(context.Background(), in, "ppocr-v4-det", DetectorOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,28 @@ func nms(in []box, thr float32) []box {
 	return out
 }
 
+// union merges the boxes of one class that overlap by more than thr into
+// the box covering them, with the best one's score and other fields, best
+// first: for hiding, what any of several looks found is what to cover.
+func union(in []box, thr float32) []box {
+	sort.SliceStable(in, func(i, j int) bool { return in[i].Score > in[j].Score })
+	out := in[:0:0]
+	for _, b := range in {
+		merged := false
+		for k := range out {
+			if o := &out[k]; o.Class == b.Class && iou(*o, b) > thr {
+				o.X1, o.Y1, o.X2, o.Y2 = min(o.X1, b.X1), min(o.Y1, b.Y1), max(o.X2, b.X2), max(o.Y2, b.Y2)
+				merged = true
+				break
+			}
+		}
+		if !merged {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 func clamp01(v float32) float32 { return min(max(v, 0), 1) }
 
 // decodeUltraFace reads scores [1,N,2] (background, face) and boxes [1,N,4]

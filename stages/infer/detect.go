@@ -28,12 +28,38 @@ func (s *Detector) Batchable() bool {
 	return len(sh) == 4 && sh[0] < 0
 }
 
-// DetectBatch runs the model on several frames. Frames that make tensors
-// of the same size go through the model together when it is Batchable.
+// DetectBatch runs the model on several frames, once for each of the
+// detector's views (its scalers). Frames that make tensors of the same
+// size go through the model together when it is Batchable. What several
+// views find in one place is merged into the box covering all of them.
 func (s *Detector) DetectBatch(frames []*astiav.Frame) ([][]box, error) {
+	var res [][]box
+	for i, p := range s.views {
+		r, err := s.detectView(p, frames)
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 {
+			res = r
+			continue
+		}
+		for j := range res {
+			res[j] = append(res[j], r[j]...)
+		}
+	}
+	if len(s.views) > 1 {
+		for j := range res {
+			res[j] = union(res[j], nmsOr(s.m.card.Decoder.NMSIoU))
+		}
+	}
+	return res, nil
+}
+
+// detectView runs the model on frames as one view p shows them.
+func (s *Detector) detectView(p *preprocessor, frames []*astiav.Frame) ([][]box, error) {
 	res := make([][]box, 0, len(frames))
 	for start := 0; start < len(frames); {
-		r, err := s.prepare(frames[start:], s.buf)
+		r, err := s.prepare(p, frames[start:], s.buf)
 		if err != nil {
 			return nil, err
 		}
@@ -60,21 +86,21 @@ type modelRun struct {
 	done   chan struct{} // closed when the run has executed
 }
 
-// prepare preprocesses the leading frames that fit one run (as many of the
-// same tensor size as the model takes) into buf, grown if needed.
-func (s *Detector) prepare(frames []*astiav.Frame, buf []float32) (*modelRun, error) {
+// prepare preprocesses with p the leading frames that fit one run (as many
+// of the same tensor size as the model takes) into buf, grown if needed.
+func (s *Detector) prepare(p *preprocessor, frames []*astiav.Frame, buf []float32) (*modelRun, error) {
 	card := s.m.card
 	ch := 3
 	if card.Inputs[0].Color == "GRAY" {
 		ch = 1
 	}
-	tw, th, _, _, err := s.prep.size(frames[0].Width(), frames[0].Height())
+	tw, th, _, _, err := p.size(frames[0].Width(), frames[0].Height())
 	if err != nil {
-		return nil, fmt.Errorf("%w: model %s: %v", ErrInfer, card.Name, err)
+		return nil, fmt.Errorf("%w: model %s: %w", ErrInfer, card.Name, err)
 	}
 	n := 1
 	for s.Batchable() && n < len(frames) {
-		w, h, _, _, err := s.prep.size(frames[n].Width(), frames[n].Height())
+		w, h, _, _, err := p.size(frames[n].Width(), frames[n].Height())
 		if err != nil || w != tw || h != th {
 			break
 		}
@@ -86,7 +112,7 @@ func (s *Detector) prepare(frames []*astiav.Frame, buf []float32) (*modelRun, er
 	}
 	r := &modelRun{frames: frames[:n], buf: buf[:n*per], geos: make([]geometry, n), tw: tw, th: th}
 	for i := 0; i < n; i++ {
-		if r.shape, r.geos[i], err = s.prep.fill(frames[i], r.buf[i*per:(i+1)*per]); err != nil {
+		if r.shape, r.geos[i], err = p.fill(frames[i], r.buf[i*per:(i+1)*per]); err != nil {
 			return nil, err
 		}
 	}
@@ -113,7 +139,7 @@ func (s *Detector) start(r *modelRun) {
 			for r := range s.runs {
 				r.outs, r.err = s.m.sess.Run([]onnx.Tensor{{Shape: r.shape, Data: r.buf}}, nil)
 				if r.err != nil {
-					r.err = fmt.Errorf("%w: model %s: %v", ErrInfer, s.m.card.Name, r.err)
+					r.err = fmt.Errorf("%w: model %s: %w", ErrInfer, s.m.card.Name, r.err)
 				}
 				close(r.done)
 			}
@@ -136,10 +162,10 @@ func (s *Detector) finish(r *modelRun, res [][]box) ([][]box, error) {
 		if err != nil {
 			return res, err
 		}
+		if card.Decoder.Type != "classifier" {
+			dets = inFrame(dets, r.geos[i])
+		}
 		for j := range dets {
-			if card.Decoder.Type != "classifier" {
-				dets[j] = r.geos[i].toFrame(dets[j])
-			}
 			dets[j].Model = card.Name
 			if c := int(dets[j].Class); c >= 0 && c < len(card.Labels) {
 				dets[j].Label = card.Labels[c]
@@ -155,6 +181,18 @@ func (s *Detector) finish(r *modelRun, res [][]box) ([][]box, error) {
 		res = append(res, dets)
 	}
 	return res, nil
+}
+
+// inFrame maps boxes from the model's input to the frame, dropping those
+// wholly in the padding around it (reflections of what is inside).
+func inFrame(dets []box, g geometry) []box {
+	out := dets[:0]
+	for _, d := range dets {
+		if d = g.toFrame(d); d.X2 > d.X1 && d.Y2 > d.Y1 {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // item returns image i of n from a batched output.
@@ -217,7 +255,7 @@ func newRecognizer(m *loaded) (*recognizer, error) {
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: recognizer %s: %v", ErrInfer, m.card.Name, err)
+		return nil, fmt.Errorf("%w: recognizer %s: %w", ErrInfer, m.card.Name, err)
 	}
 	charset := strings.Split(strings.TrimRight(strings.ReplaceAll(string(b), "\r\n", "\n"), "\n"), "\n")
 	classes := m.card.Outputs[0].Shape[2]
@@ -246,7 +284,7 @@ func (r *recognizer) read(f *astiav.Frame, b box) (string, float32, error) {
 		r.sws, err = astiav.CreateSoftwareScaleContext(fw, fh, f.PixelFormat(), fw, fh, astiav.PixelFormatBgr24,
 			astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagBilinear))
 		if err != nil {
-			return "", 0, fmt.Errorf("%w: recognizer scaler: %v", ErrInfer, err)
+			return "", 0, fmt.Errorf("%w: recognizer scaler: %w", ErrInfer, err)
 		}
 		r.key = key
 	}
@@ -303,7 +341,7 @@ func (r *recognizer) read(f *astiav.Frame, b box) (string, float32, error) {
 	}
 	outs, err := r.m.sess.Run([]onnx.Tensor{{Shape: []int64{1, 3, int64(H), int64(W)}, Data: buf}}, nil)
 	if err != nil {
-		return "", 0, fmt.Errorf("%w: recognizer %s: %v", ErrInfer, r.m.card.Name, err)
+		return "", 0, fmt.Errorf("%w: recognizer %s: %w", ErrInfer, r.m.card.Name, err)
 	}
 	sh := outs[0].Shape
 	text, score := decodeCTC(outs[0].Data, int(sh[1]), int(sh[2]), r.charset, r.m.card.Decoder.Space)
@@ -324,7 +362,9 @@ func (s *Detector) Close() error {
 		close(s.runs)
 		s.runs = nil
 	}
-	s.prep.close()
+	for _, p := range s.views {
+		p.close()
+	}
 	if s.rec != nil {
 		s.rec.close()
 	}

@@ -29,6 +29,8 @@ func init() {
 			{Name: "model", Type: pipeline.TypeString, Required: true, Doc: "model card: a built-in name (avflow models list) or a card file path"},
 			{Name: "recognizer", Type: pipeline.TypeString, Doc: "second model run on each detected box (OCR: ppocr-v4-rec reads the text ppocr-v4-det finds)"},
 			{Name: "threshold", Type: pipeline.TypeFloat, Default: 0.0, Doc: "minimum score (0: the card's)"},
+			{Name: "scaler", Type: pipeline.TypeString, Default: "bilinear", Enum: ScalerNames, Doc: "swscale algorithm that sizes frames for the model (the names of ffmpeg's scale flags=; the ffmpeg CLI's default is bicubic)"},
+			{Name: "pad", Type: pipeline.TypeFloat, Default: 0.0, Doc: "mirror the frame into a border of this fraction of its width and height on every side before the model sees it (0 to 1): a face or object that the frame's edge cuts looks whole to the model; no extra run, but everything is that much smaller in the model's input; boxes are cut back to the frame"},
 			{Name: "interval", Type: pipeline.TypeInt, Default: 1, Doc: "run the model on every Nth video frame of each stream (a track stage carries boxes between)"},
 			{Name: "max_batch", Type: pipeline.TypeInt, Default: 1, Doc: "frames (from any stream) taken together per call"},
 			{Name: "max_wait", Type: pipeline.TypeDuration, Default: "0s", Doc: "how long a batch may wait to fill (0: take what is queued)"},
@@ -48,6 +50,9 @@ func init() {
 			}, nil
 		},
 		Check: func(p pipeline.Params, dir string) error {
+			if err := CheckPad("pad", p.Float("pad")); err != nil {
+				return err
+			}
 			for _, k := range []string{"model", "recognizer"} {
 				if v := p.String(k); v != "" {
 					if _, err := lookup(v, dir); err != nil {
@@ -62,6 +67,54 @@ func init() {
 		DeviceCheck:  deviceCheck,
 		Replicable:   replicable,
 	})
+}
+
+// ScalerNames are the swscale algorithms a detector can size frames with,
+// by the names ffmpeg's scale filter takes in flags=.
+var ScalerNames = []string{"bilinear", "fast_bilinear", "bicubic", "neighbor", "area", "bicublin", "gauss", "sinc", "lanczos", "spline"}
+
+var scalers = map[string]astiav.SoftwareScaleContextFlag{
+	"bilinear": astiav.SoftwareScaleContextFlagBilinear, "fast_bilinear": astiav.SoftwareScaleContextFlagFastBilinear,
+	"bicubic": astiav.SoftwareScaleContextFlagBicubic, "neighbor": astiav.SoftwareScaleContextFlagPoint,
+	"area": astiav.SoftwareScaleContextFlagArea, "bicublin": astiav.SoftwareScaleContextFlagBicublin,
+	"gauss": astiav.SoftwareScaleContextFlagGauss, "sinc": astiav.SoftwareScaleContextFlagSinc,
+	"lanczos": astiav.SoftwareScaleContextFlagLanczos, "spline": astiav.SoftwareScaleContextFlagSpline,
+}
+
+// scalerFlags are the swscale flags of a scaler name.
+func scalerFlags(name string) (astiav.SoftwareScaleContextFlag, error) {
+	f, ok := scalers[name]
+	if !ok {
+		return 0, fmt.Errorf("%w: unknown scaler %q (one of %s)", ErrInfer, name, strings.Join(ScalerNames, ", "))
+	}
+	return f, nil
+}
+
+// ParseScalers splits a comma-separated list of scaler names (see
+// ScalerNames), refusing an unknown name or an empty list.
+func ParseScalers(list string) ([]string, error) {
+	var out []string
+	for _, name := range strings.Split(list, ",") {
+		if name = strings.TrimSpace(name); name == "" {
+			continue
+		}
+		if _, err := scalerFlags(name); err != nil {
+			return nil, err
+		}
+		out = append(out, name)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: no scaler in %q (one or more of %s)", ErrInfer, list, strings.Join(ScalerNames, ", "))
+	}
+	return out, nil
+}
+
+// CheckPad refuses a pad (see the pad param) that is not a number from 0 to 1.
+func CheckPad(name string, v float64) error {
+	if !(v >= 0 && v <= 1) {
+		return fmt.Errorf("%w: %s must be a fraction of the frame from 0 to 1, got %v", ErrInfer, name, v)
+	}
+	return nil
 }
 
 func lookup(name, dir string) (*model.Card, error) {
@@ -195,7 +248,8 @@ func New(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
 		m.sess.Close()
 		return nil, fmt.Errorf("%w: model %s takes images; its input gives audio frames", ErrInfer, m.card.Name)
 	}
-	d, err := newDetector(ctx, in, m, float32(in.Params.Float("threshold")), in.Params.String("recognizer"))
+	o := DetectorOptions{Threshold: float32(in.Params.Float("threshold")), Pad: in.Params.Float("pad"), Scalers: []string{in.Params.String("scaler")}}
+	d, err := newDetector(ctx, in, m, o, in.Params.String("recognizer"))
 	if err != nil {
 		return nil, err
 	}
@@ -206,33 +260,52 @@ func New(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
 // Detector runs an image model (and an optional text recognizer) on frames.
 // Other stages use it too (redact verifies its own output with one).
 type Detector struct {
-	m    *loaded
-	prep *preprocessor
-	rec  *recognizer
-	thr  float32
-	buf  []float32
-	once sync.Once
-	runs chan *modelRun // to the model thread (see start)
+	m     *loaded
+	views []*preprocessor // one per scaler; the Video stage has one
+	rec   *recognizer
+	thr   float32
+	buf   []float32
+	once  sync.Once
+	runs  chan *modelRun // to the model thread (see start)
 }
 
-// NewDetector loads a model card for use on video frames; threshold 0
-// means the card's. in supplies the folder, log and threads params.
-func NewDetector(ctx context.Context, in pipeline.Init, modelName string, threshold float32) (*Detector, error) {
+// DetectorOptions say how a Detector shows frames to its model and which
+// results it keeps (see the infer stage's params of the same names).
+type DetectorOptions struct {
+	Threshold float32  // minimum score; 0: the card's
+	Pad       float64  // mirrored border around each frame, a fraction of its size
+	Scalers   []string // swscale algorithms (ScalerNames), one model run each; none: bilinear
+}
+
+// NewDetector loads a model card for use on video frames. in supplies the
+// folder, log and threads params.
+func NewDetector(ctx context.Context, in pipeline.Init, modelName string, o DetectorOptions) (*Detector, error) {
 	m, err := load(ctx, in, modelName)
 	if err != nil {
 		return nil, err
 	}
-	return newDetector(ctx, in, m, threshold, "")
+	return newDetector(ctx, in, m, o, "")
 }
 
-func newDetector(ctx context.Context, in pipeline.Init, m *loaded, threshold float32, recognizer string) (*Detector, error) {
+func newDetector(ctx context.Context, in pipeline.Init, m *loaded, o DetectorOptions, recognizer string) (*Detector, error) {
 	switch m.card.Decoder.Type {
 	case "ultraface", "yolo", "dbnet", "classifier":
 	default:
 		m.sess.Close()
 		return nil, fmt.Errorf("%w: model %s (decoder %s) does not take video frames", ErrInfer, m.card.Name, m.card.Decoder.Type)
 	}
-	d := &Detector{m: m, prep: newPreprocessor(m.card.Inputs[0]), thr: threshold}
+	d := &Detector{m: m, thr: o.Threshold}
+	if len(o.Scalers) == 0 {
+		o.Scalers = []string{"bilinear"}
+	}
+	for _, name := range o.Scalers {
+		flags, err := scalerFlags(name)
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		d.views = append(d.views, newPreprocessor(m.card.Inputs[0], o.Pad, flags))
+	}
 	if d.thr == 0 {
 		d.thr = m.card.Decoder.Threshold
 	}
@@ -309,7 +382,7 @@ func (s *Video) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 	var r *modelRun
 	if len(frames) > 0 {
 		var err error
-		if r, err = s.prepare(frames, s.spare[s.next]); err != nil {
+		if r, err = s.prepare(s.views[0], frames, s.spare[s.next]); err != nil {
 			return nil, err
 		}
 		s.spare[s.next] = r.buf

@@ -2,6 +2,7 @@ package infer
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/codecs"
@@ -31,17 +32,21 @@ func (g geometry) toFrame(b box) box {
 // normalisation; its buffers are reused from frame to frame.
 type preprocessor struct {
 	in     model.Input
+	pad    float64 // mirrored border on every side, as a fraction of the frame (see size)
+	flags  astiav.SoftwareScaleContextFlag
 	sws    *astiav.SoftwareScaleContext
 	dst    *astiav.Frame
 	key    [5]int // source w, h, format, target w, h
 	planes int
 }
 
-func newPreprocessor(in model.Input) *preprocessor {
-	return &preprocessor{in: in, dst: astiav.AllocFrame()}
+func newPreprocessor(in model.Input, pad float64, flags astiav.SoftwareScaleContextFlag) *preprocessor {
+	return &preprocessor{in: in, pad: pad, flags: flags, dst: astiav.AllocFrame()}
 }
 
 // size returns the tensor size and the picture size inside it for a frame.
+// With a pad, the model sees the frame with a mirrored border of pad times
+// its width and height on every side: the picture is that much smaller.
 func (p *preprocessor) size(fw, fh int) (tw, th, pw, ph int, err error) {
 	shape := p.in.Shape
 	if len(shape) != 4 {
@@ -51,27 +56,33 @@ func (p *preprocessor) size(fw, fh int) (tw, th, pw, ph int, err error) {
 	if p.in.Layout == "NHWC" {
 		h, w = int(shape[1]), int(shape[2])
 	}
+	k := 1 + 2*p.pad
+	vw, vh := float64(fw)*k, float64(fh)*k // the frame with its border
+	picture := func(w, h float64) (int, int) { return max(1, int(w/k+0.5)), max(1, int(h/k+0.5)) }
 	switch p.in.Resize {
 	case "fit32":
 		maxSide := p.in.MaxSide
 		if maxSide <= 0 {
 			maxSide = 960
 		}
-		r := min(1, float64(maxSide)/float64(max(fw, fh)))
+		r := min(1, float64(maxSide)/max(vw, vh))
 		round := func(v float64) int { return max(32, int(v/32+0.5)*32) }
-		w, h = round(float64(fw)*r), round(float64(fh)*r)
-		return w, h, w, h, nil
+		w, h = round(vw*r), round(vh*r)
+		pw, ph = picture(float64(w), float64(h))
+		return w, h, pw, ph, nil
 	case "letterbox":
 		if w <= 0 || h <= 0 {
 			return 0, 0, 0, 0, fmt.Errorf("input %s: letterbox needs a fixed size", p.in.Name)
 		}
-		r := min(float64(w)/float64(fw), float64(h)/float64(fh))
-		return w, h, max(1, int(float64(fw)*r+0.5)), max(1, int(float64(fh)*r+0.5)), nil
+		r := min(float64(w)/vw, float64(h)/vh)
+		pw, ph = picture(vw*r, vh*r)
+		return w, h, pw, ph, nil
 	}
 	if w <= 0 || h <= 0 {
 		return 0, 0, 0, 0, fmt.Errorf("input %s: stretch needs a fixed size, card says %v", p.in.Name, shape)
 	}
-	return w, h, w, h, nil
+	pw, ph = picture(float64(w), float64(h))
+	return w, h, pw, ph, nil
 }
 
 // fill writes frame f into dst (which must hold 3*tw*th floats, or tw*th
@@ -96,7 +107,7 @@ func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, 
 			p.sws.Free()
 		}
 		p.sws, err = astiav.CreateSoftwareScaleContext(f.Width(), f.Height(), f.PixelFormat(), pw, ph, pf,
-			astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagBilinear))
+			astiav.NewSoftwareScaleContextFlags(p.flags))
 		if err != nil {
 			return nil, geometry{}, fmt.Errorf("infer: creating scaler %dx%d %s -> %dx%d failed: %w", f.Width(), f.Height(), f.PixelFormat(), pw, ph, err)
 		}
@@ -169,6 +180,9 @@ func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, 
 		}
 	}
 	nhwc := p.in.Layout == "NHWC"
+	if p.pad > 0 {
+		mirror(dst, tw, th, ch, nhwc, rect{offX, offY, offX + pw, offY + ph}, p.pad)
+	}
 	shape := []int64{1, int64(ch), int64(th), int64(tw)}
 	if nhwc {
 		shape = []int64{1, int64(th), int64(tw), int64(ch)}
@@ -176,6 +190,59 @@ func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, 
 	g := geometry{inW: tw, inH: th, sx: float32(pw) / float32(tw), sy: float32(ph) / float32(th),
 		offX: float32(offX) / float32(tw), offY: float32(offY) / float32(th)}
 	return shape, g, nil
+}
+
+// rect is a rectangle of the tensor, x1,y1 inclusive, x2,y2 exclusive.
+type rect struct{ x1, y1, x2, y2 int }
+
+// mirror fills a border around the picture pic in a tw x th tensor of ch
+// channels (planar, or interleaved with nhwc), pad times the picture's
+// size on each side as far as the tensor goes, with the picture reflected
+// at its edges (the edge pixel not repeated): a face that the frame's edge
+// cuts in half becomes a whole, symmetric face.
+func mirror(dst []float32, tw, th, ch int, nhwc bool, pic rect, pad float64) {
+	pw, ph := pic.x2-pic.x1, pic.y2-pic.y1
+	bw, bh := int(math.Ceil(float64(pw)*pad)), int(math.Ceil(float64(ph)*pad))
+	x1, x2 := pic.x1-min(pic.x1, bw), pic.x2+min(tw-pic.x2, bw)
+	y1, y2 := pic.y1-min(pic.y1, bh), pic.y2+min(th-pic.y2, bh)
+	at := func(x, y, c int) int { return c*tw*th + y*tw + x }
+	if nhwc {
+		at = func(x, y, c int) int { return (y*tw+x)*ch + c }
+	}
+	for c := 0; c < ch; c++ {
+		for y := pic.y1; y < pic.y2; y++ { // left and right of the picture
+			for x := x1; x < pic.x1; x++ {
+				dst[at(x, y, c)] = dst[at(reflect(x, pic.x1, pic.x2), y, c)]
+			}
+			for x := pic.x2; x < x2; x++ {
+				dst[at(x, y, c)] = dst[at(reflect(x, pic.x1, pic.x2), y, c)]
+			}
+		}
+		for y := y1; y < y2; y++ { // above and below, corners included
+			if y >= pic.y1 && y < pic.y2 {
+				continue
+			}
+			sy := reflect(y, pic.y1, pic.y2)
+			for x := x1; x < x2; x++ {
+				dst[at(x, y, c)] = dst[at(x, sy, c)]
+			}
+		}
+	}
+}
+
+// reflect maps a position beyond [lo, hi) back into it, as a mirror at
+// each end that does not repeat the end itself (lo-1 -> lo+1).
+func reflect(v, lo, hi int) int {
+	n := hi - lo
+	if n == 1 {
+		return lo
+	}
+	period := 2 * (n - 1)
+	d := ((v-lo)%period + period) % period
+	if d >= n {
+		d = period - d
+	}
+	return lo + d
 }
 
 // normalisation returns a card input's per-channel mean and 1/std

@@ -125,7 +125,7 @@ func (v *VAD) score(win []float32) (float32, error) {
 		{Shape: []int64{2, 1, 128}, Data: v.state},
 	}, map[string][]int64{"sr": {int64(v.rate)}})
 	if err != nil {
-		return 0, fmt.Errorf("%w: model %s: %v", ErrInfer, v.m.card.Name, err)
+		return 0, fmt.Errorf("%w: model %s: %w", ErrInfer, v.m.card.Name, err)
 	}
 	copy(v.state, outs[1].Data)
 	if v.context > 0 {
