@@ -31,6 +31,7 @@ func init() {
 			{Name: "min_score", Type: pipeline.TypeFloat, Default: 0.0, Doc: "ignore detections scoring below this"},
 			{Name: "verify_model", Type: pipeline.TypeString, Doc: "model card run again on the redacted frame; what it still finds is hidden too (a detector can find a new \"face\" once the real one is gone)"},
 			{Name: "verify_threshold", Type: pipeline.TypeFloat, Default: 0.3, Doc: "score at which the verify pass hides a region"},
+			{Name: "verify_scalers", Type: pipeline.TypeString, Default: "bilinear", Doc: "comma-separated swscale algorithms the verify model's input is sized with (infer's scaler names: bilinear, bicubic, area, ...): each verify round runs the model once with each and hides what any of them finds, since a detector's scores depend on how the frame was scaled (the ffmpeg CLI's default is bicubic)"},
 			{Name: "verify_passes", Type: pipeline.TypeInt, Default: 3, Doc: "most verify rounds per frame"},
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "ONNX Runtime threads of the verify model (0: one per core)"},
 			{Name: "optimization", Type: pipeline.TypeString, Default: "all", Enum: []string{"disable", "basic", "extended", "all"}, Doc: "ONNX Runtime graph optimisation of the verify model"},
@@ -55,11 +56,14 @@ func init() {
 				}
 			}
 			if m := in.Params.String("verify_model"); m != "" {
-				d, err := infer.NewDetector(ctx, in, m, float32(in.Params.Float("verify_threshold")))
+				scalers, err := infer.ParseScalers(in.Params.String("verify_scalers"))
+				if err != nil {
+					return nil, fmt.Errorf("%w: verify_scalers: %w", ErrParams, err)
+				}
+				r.verify, err = infer.NewDetector(ctx, in, m, infer.DetectorOptions{Threshold: float32(in.Params.Float("verify_threshold")), Scalers: scalers})
 				if err != nil {
 					return nil, err
 				}
-				r.verify = d
 			}
 			return r, nil
 		},
@@ -73,6 +77,11 @@ func check(p pipeline.Params, _ string) error {
 	}
 	if v := p.Float("strength"); math.IsNaN(v) || math.IsInf(v, 0) || v <= 0 {
 		return fmt.Errorf("%w: strength must be a finite number > 0 (a fraction of the box size), got %v", ErrParams, v)
+	}
+	if p.String("verify_model") != "" {
+		if _, err := infer.ParseScalers(p.String("verify_scalers")); err != nil {
+			return fmt.Errorf("%w: verify_scalers: %w", ErrParams, err)
+		}
 	}
 	return nil
 }
@@ -91,6 +100,9 @@ type Stage struct {
 	Hidden   int64
 	Verified int64 // regions the verify pass found and hid
 }
+
+// Counts reports the malformed detections dropped (pipeline.EventCounter).
+func (s *Stage) Counts() map[string]int64 { return s.guard.Counts() }
 
 // Process hides the regions of each frame's detections.
 func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
@@ -176,7 +188,11 @@ func (s *Stage) hideRect(pl []byte, stride int, r rect, size, p int) {
 	case "pixelate":
 		pixelate(pl, stride, r, size)
 	case "fill":
-		fill(pl, stride, r, p)
+		v := byte(16) // black
+		if p > 0 {
+			v = 128
+		}
+		fill(pl, stride, r, v)
 	default:
 		// Three box blurs approximate a gaussian; each pass covers the whole region.
 		for pass := 0; pass < 3; pass++ {
@@ -187,9 +203,16 @@ func (s *Stage) hideRect(pl []byte, stride int, r rect, size, p int) {
 
 // region is the luma rectangle hidden for d in a w x h frame: the box
 // grown by margin times its size on every side, clamped to the frame.
+// A box the frame's edge cuts is bigger than it looks: it grows by margin
+// times its larger side (in pixels) both ways, so a face cut at the top
+// still gets a margin below its chin as wide as an uncut face's.
 // False when less than 2 pixels of it either way are inside the frame.
 func region(d envelope.Detection, margin float32, w, h int) (rect, bool) {
 	bw, bh := d.X2-d.X1, d.Y2-d.Y1
+	if d.X1 <= 0 || d.Y1 <= 0 || d.X2 >= 1 || d.Y2 >= 1 {
+		side := max(bw*float32(w), bh*float32(h))
+		bw, bh = side/float32(w), side/float32(h)
+	}
 	r := rect{
 		x1: pixel(d.X1-bw*margin, w, 0), y1: pixel(d.Y1-bh*margin, h, 0),
 		x2: pixel(d.X2+bw*margin, w, 0.5), y2: pixel(d.Y2+bh*margin, h, 0.5),
@@ -249,11 +272,8 @@ func pixelate(pl []byte, stride int, r rect, block int) {
 	}
 }
 
-func fill(pl []byte, stride int, r rect, plane int) {
-	v := byte(16)
-	if plane > 0 {
-		v = 128
-	}
+// fill paints r with v.
+func fill(pl []byte, stride int, r rect, v byte) {
 	for y := r.y1; y < r.y2; y++ {
 		row := pl[y*stride+r.x1 : y*stride+r.x2]
 		for i := range row {

@@ -112,17 +112,18 @@ func redactOne(t testing.TB, s *Stage, e *envelope.Envelope, w, h int, limit tim
 func TestRedactOutsideDetections(t *testing.T) {
 	nan, inf := float32(math.NaN()), float32(math.Inf(1))
 	tests := []struct {
-		name   string
-		d      envelope.Detection
-		hidden int64
+		name    string
+		d       envelope.Detection
+		hidden  int64
+		counted int64 // malformed_detections
 	}{
-		{"class -1", envelope.Detection{X1: .1, Y1: .1, X2: .5, Y2: .5, Score: .9, Class: -1}, 1},
-		{"box of -1e9..1e9", envelope.Detection{X1: -1e9, Y1: -1e9, X2: 1e9, Y2: 1e9, Score: .9}, 1},
-		{"infinite box", envelope.Detection{X1: -inf, Y1: -inf, X2: inf, Y2: inf}, 1},
-		{"x1 > x2", envelope.Detection{X1: .8, Y1: .8, X2: .2, Y2: .2, Score: .5}, 1},
-		{"NaN box", envelope.Detection{X1: nan, Y1: .1, X2: .5, Y2: nan}, 0},
-		{"NaN score", envelope.Detection{X1: .1, Y1: .1, X2: .5, Y2: .5, Score: nan}, 1},
-		{"negative track", envelope.Detection{X1: .1, Y1: .1, X2: .5, Y2: .5, Track: -1}, 1},
+		{"class -1", envelope.Detection{X1: .1, Y1: .1, X2: .5, Y2: .5, Score: .9, Class: -1}, 1, 0},
+		{"box of -1e9..1e9", envelope.Detection{X1: -1e9, Y1: -1e9, X2: 1e9, Y2: 1e9, Score: .9}, 1, 0},
+		{"infinite box", envelope.Detection{X1: -inf, Y1: -inf, X2: inf, Y2: inf}, 1, 0},
+		{"x1 > x2", envelope.Detection{X1: .8, Y1: .8, X2: .2, Y2: .2, Score: .5}, 1, 0},
+		{"NaN box", envelope.Detection{X1: nan, Y1: .1, X2: .5, Y2: nan}, 0, 1},
+		{"NaN score", envelope.Detection{X1: .1, Y1: .1, X2: .5, Y2: .5, Score: nan}, 1, 0},
+		{"negative track", envelope.Detection{X1: .1, Y1: .1, X2: .5, Y2: .5, Track: -1}, 1, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -132,6 +133,9 @@ func TestRedactOutsideDetections(t *testing.T) {
 			_, out := redactOne(t, s, e, 64, 48, 10*time.Second)
 			if s.Hidden != tt.hidden || int64(len(out)) != tt.hidden {
 				t.Fatalf("hid %d regions, passed on %d detections; want %d", s.Hidden, len(out), tt.hidden)
+			}
+			if got := s.Counts()["malformed_detections"]; got != tt.counted {
+				t.Fatalf("malformed_detections = %d, want %d", got, tt.counted)
 			}
 		})
 	}

@@ -22,11 +22,12 @@ func TestRegion(t *testing.T) {
 		{"no margin", box(.25, .25, .75, .75), 0, 100, 100, rect{25, 25, 75, 75}, true},
 		{"margin on every side", box(.2, .4, .4, .6), .25, 100, 100, rect{15, 35, 45, 65}, true},
 		{"end rounds, start truncates", box(.101, .101, .204, .206), 0, 100, 100, rect{10, 10, 20, 21}, true},
-		{"left edge clamps to 0", box(0, .4, .1, .6), .5, 100, 100, rect{0, 30, 15, 70}, true},
-		{"right edge clamps to the width", box(.9, .4, 1, .6), .5, 100, 100, rect{85, 30, 100, 70}, true},
-		{"top edge clamps to 0", box(.4, 0, .6, .1), .5, 100, 100, rect{30, 0, 70, 15}, true},
-		{"bottom edge clamps to the height", box(.4, .9, .6, 1), .5, 100, 100, rect{30, 85, 70, 100}, true},
-		{"corner", box(.95, .95, 1, 1), 1, 64, 48, rect{57, 43, 64, 48}, true},
+		{"left edge: a cut box grows by its larger side, clamps to 0", box(0, .4, .1, .6), .5, 100, 100, rect{0, 30, 20, 70}, true},
+		{"right edge clamps to the width", box(.9, .4, 1, .6), .5, 100, 100, rect{79, 30, 100, 70}, true},
+		{"top edge: the margin below a cut face is as wide as an uncut one's", box(.4, 0, .6, .1), .5, 100, 100, rect{30, 0, 70, 20}, true},
+		{"bottom edge clamps to the height", box(.4, .9, .6, 1), .5, 100, 100, rect{30, 79, 70, 100}, true},
+		{"corner", box(.95, .95, 1, 1), 1, 64, 48, rect{57, 42, 64, 48}, true},
+		{"inside: no growth beyond the margin", box(.1, .4, .2, .6), .5, 100, 100, rect{5, 30, 25, 70}, true},
 		{"odd size, right and bottom edges", box(.9, .9, 1, 1), 0, 641, 481, rect{576, 432, 641, 481}, true},
 		{"whole frame with a huge margin", box(.4, .4, .6, .6), 1e30, 641, 481, rect{0, 0, 641, 481}, true},
 		{"under 2 pixels wide", box(.5, .1, .505, .9), 0, 100, 100, rect{50, 10, 51, 90}, false},
@@ -144,4 +145,3 @@ func TestHideRegions(t *testing.T) {
 		}
 	}
 }
-
