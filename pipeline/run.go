@@ -58,6 +58,9 @@ type TotalFramer interface {
 type Options struct {
 	// NATSURL selects an external NATS server; empty starts an embedded one.
 	NATSURL string
+	// NATSOptions are added to every connection to an external server
+	// (credentials, TLS: see package natsauth). Never logged.
+	NATSOptions []nats.Option
 	// Transport overrides the pipeline's transport ("nats" or "local").
 	Transport string
 	// Log receives structured logs; nil uses slog.Default().
@@ -240,7 +243,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	}()
 	if useNATS {
 		var err error
-		if pool, err = connectPool(r.embedded, r.opts.NATSURL, "avflow "+r.cfg.Name, len(nodes), r.natsError); err != nil {
+		if pool, err = connectPool(r.embedded, r.opts.NATSURL, r.opts.NATSOptions, "avflow "+r.cfg.Name, len(nodes), r.natsError); err != nil {
 			return err
 		}
 		for i, n := range nodes {
