@@ -97,7 +97,7 @@ type StageConfig struct {
 	// across messages) take more. Outputs leave in input order.
 	Replicas int
 	Pos      Pos
-	// RawParams are the params as written (YAML nodes, for positions); Params
+	// RawParams are the params as written (YAML hosts, for positions); Params
 	// holds them typed, with defaults, after validation.
 	RawParams map[string]*yaml.Node
 	Params    Params
@@ -482,7 +482,7 @@ func convertParam(p Param, v any) (any, error) {
 	return nil, fmt.Errorf("unknown param type %q", p.Type)
 }
 
-// nodeValue decodes a param's YAML node into a plain Go value for convertParam.
+// nodeValue decodes a param's YAML host into a plain Go value for convertParam.
 func nodeValue(p Param, n *yaml.Node) (any, error) {
 	if p.Type == TypeMap {
 		if n.Kind != yaml.MappingNode {

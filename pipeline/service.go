@@ -19,7 +19,7 @@ func ServiceName(pipeline, stage string) string { return pipeline + "-" + stage 
 // addService registers a running stage as a NATS micro service: discovery
 // ($SRV.PING/INFO/STATS), its subjects in the metadata, custom stats with
 // the stage's counters, and a "metrics" endpoint that answers them on request.
-func (r *Runner) addService(n *node) (micro.Service, error) {
+func (r *Runner) addService(n *host) (micro.Service, error) {
 	ins := n.inSubjects
 	var outs []string
 	for _, p := range n.ports {
