@@ -8,6 +8,8 @@ import (
 	"github.com/avflow/avflow/pipeline/envelope"
 )
 
+// newHosts makes a host, with its input queue and metrics, for every stage
+// in topological order, so every consumer exists before anything is published.
 func (r *Runner) newHosts() ([]*host, map[string]*host) {
 	hosts := make([]*host, 0, len(r.cfg.order))
 	byName := make(map[string]*host, len(r.cfg.order))
@@ -33,51 +35,34 @@ func stageMetricsOf(hosts []*host) []*stageMetrics {
 	return out
 }
 
-// wire subscribes every stage to its inputs and makes the publishers of
-// its output ports, over NATS when the hosts have a connection.
+// wire attaches every stage to its inputs and makes the publishers of
+// its output ports on the run's transport.
 func (r *Runner) wire(ctx context.Context, hosts []*host, byName map[string]*host) error {
-	consumers := map[string][]consumerRef{} // "stage.port" -> consumers
 	for _, n := range hosts {
 		for i, in := range n.cfg.Inputs {
 			port, _ := findPort(byName[in.Stage].ports, in.Port)
-			ref := consumerRef{stage: n.cfg.Name, input: i, q: n.q}
-			consumers[in.Stage+"."+port.Name] = append(consumers[in.Stage+"."+port.Name], ref)
-			subject := Subject(r.cfg.Name, in.Stage, port.Name)
-			n.inSubjects = append(n.inSubjects, subject)
-			if n.nc == nil {
-				continue
-			}
-			s, err := newNATSSubscriber(ctx, n.nc, subject, ref, r.edgeFlow(port.Type), r.cfg.Queue, r.fail)
+			n.inSubjects = append(n.inSubjects, Subject(r.cfg.Name, in.Stage, port.Name))
+			l, err := r.tr.attach(ctx, consumerRef{stage: n.cfg.Name, input: i, q: n.q}, in.Stage, port)
 			if err != nil {
 				return err
 			}
-			r.subOwners.Store(s.sub, n.cfg.Name)
-			n.subs = append(n.subs, s)
+			n.ins = append(n.ins, l)
 		}
 	}
 	for _, n := range hosts {
 		for _, p := range n.ports {
-			cs := consumers[n.cfg.Name+"."+p.Name]
-			if n.nc == nil {
-				n.pubs[p.Name] = &localPublisher{port: n.cfg.Name + "." + p.Name, consumers: cs, log: n.log, gone: map[string]bool{}}
-				continue
-			}
-			pub, err := newNATSPublisher(n.nc, Subject(r.cfg.Name, n.cfg.Name, p.Name), cs, r.edgeFlow(p.Type), r.cfg.Queue, n.log)
+			pub, err := r.tr.publisher(n.cfg.Name, p, n.log)
 			if err != nil {
 				return err
-			}
-			if pub.ackSub != nil {
-				r.subOwners.Store(pub.ackSub, n.cfg.Name)
 			}
 			n.pubs[p.Name] = pub
 		}
 	}
-	return nil
+	return r.tr.sync()
 }
 
-// natsError handles an asynchronous error of a NATS connection: it fails
-// the run, naming the stage whose subscription it concerns. A slow
-
+// build constructs every stage (and its replicas) on its bound device,
+// with startCtx, which a Drain cancels (stop) while they are being built.
 func (r *Runner) build(startCtx context.Context, stop context.CancelFunc, hosts []*host, binds map[*host]accelerators.Binding, downstream map[string][]string, readers map[string]map[string][]string) error {
 	r.drainMu.Lock()
 	if r.drained {

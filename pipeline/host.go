@@ -12,14 +12,16 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
+// host runs one stage of the pipeline, and its in-process replicas,
+// between its inputs and its output ports.
 type host struct {
 	cfg   *StageConfig
 	stage Stage
 	q     *queue
 	pubs  map[string]publisher
 	ports []Port
-	subs  []*natsSubscriber
-	nc    *nats.Conn // shared with other hosts (connPool); nil over the local transport
+	ins   []inlet    // the stage's inputs, in order
+	nc    *nats.Conn // for its micro service, shared with other hosts (connPool); nil over the local transport
 	// inSubjects are the NATS subjects of the stage's inputs, in order.
 	inSubjects []string
 	m          *stageMetrics
@@ -37,23 +39,23 @@ func (n *host) instances() []Stage {
 	return append([]Stage{n.stage}, n.extra...)
 }
 
-// Run executes the pipeline. It returns nil when every source ended (or Drain
-// was called) and every stage flushed; otherwise the first stage error,
-
+// ended tells the host's producers that it takes nothing more (after its
+// error, if it failed, is recorded): they stop waiting for its room or its
+// credits, and what they still send it is dropped.
 func (n *host) ended() {
 	if n.q != nil {
 		n.q.close()
 	}
-	for _, s := range n.subs {
-		s.ended()
+	for _, in := range n.ins {
+		in.ended()
 	}
 }
 
 // closeTransport ends the host's subscriptions and publishers and releases
 // what is left in its queue; the connection is the pool's.
 func (n *host) closeTransport() {
-	for _, s := range n.subs {
-		s.Close()
+	for _, in := range n.ins {
+		in.detach()
 	}
 	for _, p := range n.pubs {
 		p.Close()
@@ -63,8 +65,8 @@ func (n *host) closeTransport() {
 	}
 }
 
-// build constructs every stage (and its replicas) on its bound device,
-
+// runHost runs a host's stage until its inputs end (a source: until it
+// ends), flushes it and sends the end of stream on every port.
 func (r *Runner) runHost(ctx context.Context, n *host) (err error) {
 	defer func() {
 		for _, st := range n.instances() {
@@ -216,14 +218,10 @@ func inheritStamps(out Batch, in *envelope.Envelope) {
 
 // consume feeds the stage from its queue until every input has ended.
 func (r *Runner) consume(ctx context.Context, n *host) error {
-	subByInput := map[int]*natsSubscriber{}
-	for _, s := range n.subs {
-		subByInput[s.ref.input] = s
-	}
 	// credit tells the producer of a taken message's edge it may send one more.
 	credit := func(e *envelope.Envelope) {
-		if s := subByInput[e.Input]; s != nil && e.Kind != envelope.KindEOS {
-			s.took()
+		if e.Kind != envelope.KindEOS && e.Input >= 0 && e.Input < len(n.ins) {
+			n.ins[e.Input].took()
 		}
 	}
 	maxBatch, wait := 1, time.Duration(0)

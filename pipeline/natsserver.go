@@ -2,10 +2,12 @@ package pipeline
 
 import (
 	"fmt"
-	"github.com/avflow/avflow/pipeline/secret"
+	"hash/fnv"
 	"runtime"
 	"strconv"
 	"time"
+
+	"github.com/avflow/avflow/pipeline/secret"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -64,8 +66,12 @@ func connectPool(srv *server.Server, url string, extra []nats.Option, name strin
 	return p, nil
 }
 
-// conn is the connection of the i-th stage.
-func (p *connPool) conn(i int) *nats.Conn { return p.conns[i%len(p.conns)] }
+// connFor is the connection of a stage (spread by name).
+func (p *connPool) connFor(stage string) *nats.Conn {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(stage))
+	return p.conns[int(h.Sum32()%uint32(len(p.conns)))]
+}
 
 // Flush waits until the server has processed everything sent on every connection.
 func (p *connPool) Flush() error {

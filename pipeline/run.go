@@ -91,6 +91,7 @@ type Runner struct {
 	// subOwners maps the run's NATS subscriptions to the stages they
 	// belong to, for the connections' error handler.
 	subOwners sync.Map
+	tr        transport
 	embedded  *server.Server
 	ready     chan struct{}
 }
@@ -182,6 +183,8 @@ func (r *Runner) err() error {
 	return r.firstErr
 }
 
+// Run executes the pipeline. It returns nil when every source ended (or Drain
+// was called) and every stage flushed; otherwise the first stage error,
 // naming the stage, or ErrCanceled.
 func (r *Runner) Run(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
@@ -217,17 +220,16 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		if pool, err = connectPool(r.embedded, r.opts.NATSURL, r.opts.NATSOptions, "avflow "+r.cfg.Name, len(hosts), r.natsError); err != nil {
 			return err
 		}
-		for i, n := range hosts {
-			n.nc = pool.conn(i)
+		nt := newNATSTransport(r.cfg.Name, pool, r.edgeFlow, r.cfg.Queue, r.fail, &r.subOwners)
+		for _, n := range hosts {
+			n.nc = nt.conn(n.cfg.Name)
 		}
+		r.tr = nt
+	} else {
+		r.tr = newLocalTransport()
 	}
 	if err := r.wire(ctx, hosts, byName); err != nil {
 		return err
-	}
-	if pool != nil {
-		if err := pool.Flush(); err != nil {
-			return fmt.Errorf("%w: flushing the subscriptions failed: %w", ErrTransport, err)
-		}
 	}
 
 	// Bind every stage to a device, then build the stages.
@@ -320,8 +322,9 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	return nil
 }
 
-// newHosts makes a host, with its input queue and metrics, for every stage
-
+// natsError handles an asynchronous error of a NATS connection: it fails
+// the run, naming the stage whose subscription it concerns. A slow
+// consumer in drop-oldest flow is what that flow allows.
 func (r *Runner) natsError(sub *nats.Subscription, err error) {
 	if r.cfg.Flow != FlowBlock && errors.Is(err, nats.ErrSlowConsumer) {
 		return
@@ -333,6 +336,3 @@ func (r *Runner) natsError(sub *nats.Subscription, err error) {
 	}
 	r.fail(err)
 }
-
-// ended tells the host's producers that it takes nothing more (after its
-// error, if it failed, is recorded): they stop waiting for its room or its

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
 
 	"github.com/avflow/avflow/pipeline/envelope"
@@ -18,10 +19,39 @@ func Subject(pipeline, stage, port string) string {
 	return "avflow." + pipeline + "." + stage + "." + port
 }
 
+// transport carries a pipeline's messages between its stage hosts: what
+// the publisher of a stage's port sends reaches every input attached to
+// that port. Inputs attach and detach while the pipeline runs.
+//
+// The local transport passes envelopes by reference (zero-copy); the NATS
+// transport sends them on the port's subject (see Subject).
+type transport interface {
+	// attach feeds the input ref from stage's port, before or after the
+	// port's publisher is made.
+	attach(ctx context.Context, ref consumerRef, stage string, port Port) (inlet, error)
+	// publisher makes the publisher of stage's port.
+	publisher(stage string, port Port, log *slog.Logger) (publisher, error)
+	// sync returns once what is attached so far receives what is published.
+	sync() error
+}
+
 // publisher sends one output port's messages to its consumers.
 type publisher interface {
 	Publish(ctx context.Context, e *envelope.Envelope) error
 	Close()
+}
+
+// inlet is one input edge as its transport feeds it.
+type inlet interface {
+	// took says the consumer took one message of this input from its
+	// queue: the producer may send one more.
+	took()
+	// ended says the consumer takes nothing more from this input: its
+	// producer stops waiting for it.
+	ended()
+	// detach ends the input's subscription; the consumer's queue gets
+	// nothing more from it.
+	detach()
 }
 
 // consumerRef is one input edge at its consumer.
@@ -31,4 +61,5 @@ type consumerRef struct {
 	q     *queue
 }
 
+// id names the input edge among the consumers of a port: stage/input.
 func (c consumerRef) id() string { return c.stage + "/" + strconv.Itoa(c.input) }

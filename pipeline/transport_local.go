@@ -4,22 +4,88 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/avflow/avflow/pipeline/envelope"
 )
 
-type localPublisher struct {
-	port      string // stage.port, for the log
+// localTransport passes envelopes between the hosts of one process by
+// reference: a frame is never copied, only referenced once more for each
+// further consumer of its port.
+type localTransport struct {
+	mu    sync.Mutex
+	ports map[string]*localPort // stage.port -> its consumers
+}
+
+func newLocalTransport() *localTransport {
+	return &localTransport{ports: map[string]*localPort{}}
+}
+
+// localPort is the inputs attached to one output port. consumers is
+// replaced, never changed in place, so a publisher reads it under mu and
+// uses it after.
+type localPort struct {
+	mu        sync.Mutex
 	consumers []consumerRef
-	log       *slog.Logger
-	gone      map[string]bool // consumers found ended, warned about once
+}
+
+func (t *localTransport) port(stage, port string) *localPort {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	lp := t.ports[stage+"."+port]
+	if lp == nil {
+		lp = &localPort{}
+		t.ports[stage+"."+port] = lp
+	}
+	return lp
+}
+
+func (t *localTransport) attach(_ context.Context, ref consumerRef, stage string, port Port) (inlet, error) {
+	lp := t.port(stage, port.Name)
+	lp.mu.Lock()
+	lp.consumers = append(slices.Clip(lp.consumers), ref)
+	lp.mu.Unlock()
+	return &localInlet{lp: lp, id: ref.id()}, nil
+}
+
+func (t *localTransport) publisher(stage string, port Port, log *slog.Logger) (publisher, error) {
+	return &localPublisher{port: stage + "." + port.Name, lp: t.port(stage, port.Name), log: log, gone: map[string]bool{}}, nil
+}
+
+func (t *localTransport) sync() error { return nil }
+
+// localInlet is an input attached to a localPort. A consumer's queue
+// bounds what is in flight, so there are no credits to send.
+type localInlet struct {
+	lp *localPort
+	id string
+}
+
+func (l *localInlet) took()  {}
+func (l *localInlet) ended() {}
+
+func (l *localInlet) detach() {
+	l.lp.mu.Lock()
+	defer l.lp.mu.Unlock()
+	l.lp.consumers = slices.DeleteFunc(slices.Clone(l.lp.consumers), func(c consumerRef) bool { return c.id() == l.id })
+}
+
+type localPublisher struct {
+	port string // stage.port, for the log
+	lp   *localPort
+	log  *slog.Logger
+	gone map[string]bool // consumers found ended, warned about once
 }
 
 func (p *localPublisher) Publish(ctx context.Context, e *envelope.Envelope) error {
-	for i, c := range p.consumers {
+	p.lp.mu.Lock()
+	consumers := p.lp.consumers
+	p.lp.mu.Unlock()
+	for i, c := range consumers {
 		m := e
-		if i < len(p.consumers)-1 {
+		if i < len(consumers)-1 {
 			cp := *e
 			if e.Local != nil {
 				l, err := e.Local.Clone()
@@ -44,13 +110,13 @@ func (p *localPublisher) Publish(ctx context.Context, e *envelope.Envelope) erro
 			continue
 		}
 		if err != nil {
-			if i < len(p.consumers)-1 {
+			if i < len(consumers)-1 {
 				e.Release()
 			}
 			return err
 		}
 	}
-	if len(p.consumers) == 0 {
+	if len(consumers) == 0 {
 		e.Release()
 	}
 	return nil

@@ -15,6 +15,67 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
+// natsTransport sends a pipeline's messages on NATS subjects (see
+// Subject), over the run's shared connections.
+type natsTransport struct {
+	pipeline string
+	pool     *connPool
+	flow     func(PortType) FlowMode // an edge's flow control, by its type
+	window   int                     // credits per consumer in block flow
+	fail     func(error)
+	owners   *sync.Map // subscription -> stage, for the connections' error handler
+
+	mu       sync.Mutex
+	expected map[string][]consumerRef // subject -> inputs attached to it
+	pubs     map[string]*natsPublisher
+}
+
+func newNATSTransport(pipeline string, pool *connPool, flow func(PortType) FlowMode, window int, fail func(error), owners *sync.Map) *natsTransport {
+	return &natsTransport{pipeline: pipeline, pool: pool, flow: flow, window: window, fail: fail, owners: owners,
+		expected: map[string][]consumerRef{}, pubs: map[string]*natsPublisher{}}
+}
+
+// conn is the shared connection a stage's subscriptions and service use.
+func (t *natsTransport) conn(stage string) *nats.Conn { return t.pool.connFor(stage) }
+
+func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage string, port Port) (inlet, error) {
+	subject := Subject(t.pipeline, stage, port.Name)
+	s, err := newNATSSubscriber(ctx, t.conn(ref.stage), subject, ref, t.flow(port.Type), t.window, t.fail)
+	if err != nil {
+		return nil, err
+	}
+	t.owners.Store(s.sub, ref.stage)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.expected[subject] = append(t.expected[subject], ref)
+	if p := t.pubs[subject]; p != nil {
+		p.expect(ref)
+	}
+	return s, nil
+}
+
+func (t *natsTransport) publisher(stage string, port Port, log *slog.Logger) (publisher, error) {
+	subject := Subject(t.pipeline, stage, port.Name)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p, err := newNATSPublisher(t.conn(stage), subject, t.expected[subject], t.flow(port.Type), t.window, log)
+	if err != nil {
+		return nil, err
+	}
+	if p.ackSub != nil {
+		t.owners.Store(p.ackSub, stage)
+	}
+	t.pubs[subject] = p
+	return p, nil
+}
+
+func (t *natsTransport) sync() error {
+	if err := t.pool.Flush(); err != nil {
+		return fmt.Errorf("%w: flushing the subscriptions failed: %w", ErrTransport, err)
+	}
+	return nil
+}
+
 // natsPublisher publishes one port on its subject, chunking messages larger
 // than the server's max payload. In block mode it holds at most window
 // unacknowledged messages per known consumer that has not ended.
@@ -52,7 +113,7 @@ func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mo
 	if p.maxPart < 4096 {
 		return nil, fmt.Errorf("%w: server max payload %d is too small", ErrTransport, nc.MaxPayload())
 	}
-	if p.block && len(consumers) > 0 {
+	if p.block {
 		for _, c := range consumers {
 			p.acked[c.id()] = 0
 			p.names[c.id()] = c.stage
@@ -64,6 +125,18 @@ func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mo
 		p.ackSub = sub
 	}
 	return p, nil
+}
+
+// expect adds a consumer attached after the publisher was made: from
+// now on the publisher waits for its credits too.
+func (p *natsPublisher) expect(c consumerRef) {
+	if !p.block {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.acked[c.id()] = p.sent // what was sent before it attached is not its to take
+	p.names[c.id()] = c.stage
 }
 
 // onAck takes a credit or a consumer's end (see natsPublisher).
@@ -276,4 +349,4 @@ func (s *natsSubscriber) took() {
 	}
 }
 
-func (s *natsSubscriber) Close() { _ = s.sub.Unsubscribe() }
+func (s *natsSubscriber) detach() { _ = s.sub.Unsubscribe() }
