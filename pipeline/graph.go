@@ -2,29 +2,40 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline/envelope"
 )
 
+// The graph supervisor: the hosts of a run and their edges, built from the
+// config at the start, and stages added and removed while it runs
+// (AddStages, RemoveStages). A host's inputs end when each has sent its
+// end of stream or has been detached, so a removed branch ends like one
+// whose inputs ended: it flushes and finalises its output.
+
+// Sentinel errors of graph edits.
+var (
+	ErrGraph = errors.New("pipeline: graph edit refused")
+)
+
 // newHosts makes a host, with its input queue and metrics, for every stage
-// in topological order, so every consumer exists before anything is published.
-func (r *Runner) newHosts() ([]*host, map[string]*host) {
-	hosts := make([]*host, 0, len(r.cfg.order))
-	byName := make(map[string]*host, len(r.cfg.order))
-	for _, sc := range r.cfg.order {
+// of order (topological), so every consumer exists before anything is published.
+func (r *Runner) newHosts(order []*StageConfig) []*host {
+	hosts := make([]*host, 0, len(order))
+	for _, sc := range order {
 		n := &host{cfg: sc, pubs: map[string]publisher{}, ports: sc.outputs, seq: map[string]uint64{}, nInputs: len(sc.Inputs),
-			log: r.log.With("stage", sc.Name, "kind", sc.Kind)}
+			log: r.log.With("stage", sc.Name, "kind", sc.Kind), done: make(chan struct{})}
 		n.m = &stageMetrics{name: sc.Name, kind: sc.Kind, terminal: len(sc.outputs) == 0}
 		if n.nInputs > 0 {
 			n.q = newQueue(r.cfg.Queue*n.nInputs, r.hostFlow(sc))
 			n.m.q = n.q
 		}
 		hosts = append(hosts, n)
-		byName[sc.Name] = n
 	}
-	return hosts, byName
+	return hosts
 }
 
 func stageMetricsOf(hosts []*host) []*stageMetrics {
@@ -35,16 +46,198 @@ func stageMetricsOf(hosts []*host) []*stageMetrics {
 	return out
 }
 
-// wire attaches every stage to its inputs and makes the publishers of
-// its output ports on the run's transport.
-func (r *Runner) wire(ctx context.Context, hosts []*host, byName map[string]*host) error {
+// allHosts is every host the run started, removed ones included.
+func (r *Runner) allHosts() []*host {
+	r.graphMu.Lock()
+	defer r.graphMu.Unlock()
+	return slices.Clone(r.hosts)
+}
+
+// host is the host of a stage in the graph now (nil: none).
+func (r *Runner) host(name string) *host {
+	r.graphMu.Lock()
+	defer r.graphMu.Unlock()
+	return r.byName[name]
+}
+
+// openTransport connects to NATS (or makes the local transport).
+func (r *Runner) openTransport(useNATS bool) error {
+	if !useNATS {
+		r.tr = newLocalTransport()
+		return nil
+	}
+	pool, err := connectPool(r.embedded, r.opts.NATSURL, r.opts.NATSOptions, "avflow "+r.cfg.Name, len(r.cfg.order), r.natsError)
+	if err != nil {
+		return err
+	}
+	r.pool = pool
+	r.tr = newNATSTransport(r.cfg.Name, pool, r.edgeFlow, r.cfg.Queue, r.fail, &r.subOwners)
+	return nil
+}
+
+// closeTransports stops the services, ends every host's subscriptions and
+// publishers, and closes the NATS connections.
+func (r *Runner) closeTransports() {
+	r.graphMu.Lock()
+	services, hosts, stops := r.services, r.hosts, r.stopStarts
+	r.graphMu.Unlock()
+	defer func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}()
+	for _, svc := range services {
+		_ = svc.Stop()
+	}
+	for _, n := range hosts {
+		n.closeTransport()
+	}
+	r.pool.Close()
+}
+
+// startHosts binds and builds hosts, wires them to their inputs and
+// outputs and registers their services; launch then runs them. On an
+// error the stages built are closed.
+func (r *Runner) startHosts(ctx context.Context, hosts []*host) error {
+	binds := map[*host]accelerators.Binding{}
+	for _, n := range hosts {
+		b, err := r.bind(n)
+		if err != nil {
+			return err
+		}
+		binds[n] = b
+	}
+	_, local := r.tr.(*localTransport)
+	downstream := map[string][]string{}         // stage -> devices of its in-process consumers
+	readers := map[string]map[string][]string{} // stage -> port -> stages reading it
+	for _, n := range hosts {
+		for _, in := range n.cfg.Inputs {
+			src := r.host(in.Stage)
+			if src == nil {
+				return fmt.Errorf("%w: stage %q: input %q: no such stage in the graph", ErrGraph, n.cfg.Name, in)
+			}
+			if local {
+				downstream[in.Stage] = append(downstream[in.Stage], binds[n].Device.ID)
+			}
+			port, _ := findPort(src.ports, in.Port)
+			if readers[in.Stage] == nil {
+				readers[in.Stage] = map[string][]string{}
+			}
+			readers[in.Stage][port.Name] = append(readers[in.Stage][port.Name], n.cfg.Name)
+		}
+	}
+	// Stages keep the context they are built with until the run ends; a
+	// Drain cancels it only while they are being built.
+	startCtx, stopStart := context.WithCancel(ctx)
+	r.graphMu.Lock()
+	r.stopStarts = append(r.stopStarts, stopStart)
+	r.graphMu.Unlock()
+	if err := r.build(startCtx, stopStart, hosts, binds, downstream, readers); err != nil {
+		return err
+	}
+	err := r.wire(ctx, hosts)
+	if err == nil {
+		err = r.addServices(hosts)
+	}
+	if err != nil {
+		for _, n := range hosts {
+			for _, st := range n.instances() {
+				_ = st.Close()
+			}
+		}
+	}
+	return err
+}
+
+// addServices registers each host as a NATS micro service (none over the
+// local transport).
+func (r *Runner) addServices(hosts []*host) error {
+	if r.pool == nil {
+		return nil
+	}
+	for _, n := range hosts {
+		svc, err := r.addService(n)
+		if err != nil {
+			return err
+		}
+		r.graphMu.Lock()
+		r.services = append(r.services, svc)
+		r.graphMu.Unlock()
+	}
+	// Discovery must answer as soon as the stages run.
+	if err := r.pool.Flush(); err != nil {
+		return fmt.Errorf("%w: registering the stages' services failed: %w", ErrTransport, err)
+	}
+	return nil
+}
+
+// bind binds a host's stage to a device.
+func (r *Runner) bind(n *host) (accelerators.Binding, error) {
+	req := accelerators.Request{Stage: n.cfg.Name, Accelerator: n.cfg.Accelerator,
+		Device: n.cfg.Device, Fallback: n.cfg.Fallback, Strict: n.cfg.Strict, Supported: n.cfg.spec.supported(n.cfg.inTypes)}
+	if check := n.cfg.spec.DeviceCheck; check != nil {
+		p, in := n.cfg.Params, n.cfg.inTypes
+		req.Check = func(d accelerators.Device) error { return check(p, in, d) }
+	}
+	b, err := accelerators.Bind(*r.inv, req)
+	if err != nil {
+		return b, stageError(n, 0, err)
+	}
+	n.m.device = b.Device.ID
+	if b.Fallback {
+		n.log.Warn("accelerator fallback", "wanted", b.Wanted, "device", b.Device.ID, "why", b.Why)
+	}
+	return b, nil
+}
+
+// launch runs hosts until they end; the run is over when every host it
+// launched has ended.
+func (r *Runner) launch(ctx context.Context, hosts []*host) error {
+	r.graphMu.Lock()
+	if r.over {
+		r.graphMu.Unlock()
+		return fmt.Errorf("%w: the pipeline has ended", ErrGraph)
+	}
+	r.active += len(hosts)
+	if r.active == 0 {
+		r.over = true
+		close(r.allDone)
+	}
+	r.graphMu.Unlock()
+	for _, n := range hosts {
+		go func() {
+			err := r.runHost(ctx, n)
+			// A stage's own "canceled" while the run goes on is a failure too.
+			if err != nil && (ctx.Err() == nil || !errors.Is(err, context.Canceled)) {
+				r.fail(stageError(n, 0, err))
+			}
+			n.ended()
+			close(n.done)
+			r.graphMu.Lock()
+			defer r.graphMu.Unlock()
+			if r.active--; r.active == 0 {
+				r.over = true
+				close(r.allDone)
+			}
+		}()
+	}
+	return nil
+}
+
+// wire attaches every host to its inputs and makes the publishers of its
+// output ports on the run's transport.
+func (r *Runner) wire(ctx context.Context, hosts []*host) error {
 	for _, n := range hosts {
 		for i, in := range n.cfg.Inputs {
-			port, _ := findPort(byName[in.Stage].ports, in.Port)
+			src := r.host(in.Stage)
+			if src == nil {
+				return fmt.Errorf("%w: stage %q: input %q: no such stage in the graph", ErrGraph, n.cfg.Name, in)
+			}
+			port, _ := findPort(src.ports, in.Port)
 			n.inSubjects = append(n.inSubjects, Subject(r.cfg.Name, in.Stage, port.Name))
 			l, err := r.tr.attach(ctx, consumerRef{stage: n.cfg.Name, input: i, q: n.q}, in.Stage, port)
 			if err != nil {
-				return err
+				return fmt.Errorf("stage %q: input %q: %w", n.cfg.Name, in, err)
 			}
 			n.ins = append(n.ins, l)
 		}
@@ -59,6 +252,154 @@ func (r *Runner) wire(ctx context.Context, hosts []*host, byName map[string]*hos
 		}
 	}
 	return r.tr.sync()
+}
+
+// AddStages adds stages to the running pipeline, written as a YAML list
+// like a pipeline file's stages (for example "- {name: preview, kind:
+// encode, inputs: [dec]}"). They may read any stage in the graph and each
+// other; the graph with them is validated as a whole. They start at once
+// and take the messages their inputs send from then on. A port that has
+// already sent its end of stream cannot be read (ErrGraph).
+//
+// Stages built before know nothing of the added ones: a source that left
+// out a stream nobody read does not start it for them.
+func (r *Runner) AddStages(ctx context.Context, stagesYAML []byte) error {
+	r.editMu.Lock()
+	defer r.editMu.Unlock()
+	select {
+	case <-r.ready:
+	default:
+		return fmt.Errorf("%w: the pipeline has not started", ErrGraph)
+	}
+	added, err := r.validateAdded(stagesYAML)
+	if err != nil {
+		return err
+	}
+	hosts := r.newHosts(added)
+	r.graphMu.Lock()
+	for _, n := range hosts {
+		r.byName[n.cfg.Name] = n
+	}
+	r.graphMu.Unlock()
+	if err := r.startHosts(r.runCtx, hosts); err != nil {
+		r.graphMu.Lock()
+		for _, n := range hosts {
+			delete(r.byName, n.cfg.Name)
+		}
+		r.graphMu.Unlock()
+		for _, n := range hosts {
+			n.closeTransport()
+		}
+		return err
+	}
+	r.graphMu.Lock()
+	r.hosts = append(r.hosts, hosts...)
+	r.graphMu.Unlock()
+	if err := r.launch(r.runCtx, hosts); err != nil {
+		return err
+	}
+	r.metrics.show(stageMetricsOf(r.allHosts()))
+	for _, n := range hosts {
+		n.log.Info("stage added")
+	}
+	return nil
+}
+
+// validateAdded parses stages to add and validates the graph with them; it
+// returns their configs, in topological order.
+func (r *Runner) validateAdded(stagesYAML []byte) ([]*StageConfig, error) {
+	doc := append([]byte("name: "+r.cfg.Name+"\nstages:\n"), stagesYAML...)
+	add, err := Parse(doc, "added stages")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrGraph, err)
+	}
+	c := &Config{Name: r.cfg.Name, Flow: r.cfg.Flow, Queue: r.cfg.Queue, Transport: r.cfg.Transport, File: "added stages", Dir: r.cfg.Dir}
+	r.graphMu.Lock()
+	for _, n := range r.byName {
+		cp := *n.cfg // validation rewrites what it derives: never the running stages' own
+		cp.inTypes, cp.outputs = nil, nil
+		c.Stages = append(c.Stages, &cp)
+	}
+	r.graphMu.Unlock()
+	c.Stages = append(c.Stages, add.Stages...)
+	if err := r.env.Validate(c); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrGraph, err)
+	}
+	var out []*StageConfig
+	for _, s := range c.order {
+		if slices.Contains(add.Stages, s) {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// RemoveStages ends the named stages as if their inputs had ended: each
+// takes nothing more, finishes what it holds, flushes and finalises its
+// output. Nothing outside them may read them, and sources cannot be
+// removed (Drain stops them). It returns when they have ended, or when
+// ctx is done.
+func (r *Runner) RemoveStages(ctx context.Context, names ...string) error {
+	r.editMu.Lock()
+	defer r.editMu.Unlock()
+	hosts, err := r.removable(names)
+	if err != nil {
+		return err
+	}
+	// Only the edges into the set are cut: the edges inside it end with
+	// the end of stream of their producers, after those have flushed.
+	for _, n := range hosts {
+		for i, in := range n.ins {
+			if slices.Contains(names, n.cfg.Inputs[i].Stage) {
+				continue
+			}
+			if err := in.drain(ctx); err != nil {
+				return fmt.Errorf("stage %q: %w", n.cfg.Name, err)
+			}
+			in.ended()
+			_ = n.q.Push(ctx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Input: i}, nil)
+		}
+	}
+	for _, n := range hosts {
+		select {
+		case <-n.done:
+			n.log.Info("stage removed")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// removable takes the named stages out of the graph if that is allowed.
+func (r *Runner) removable(names []string) ([]*host, error) {
+	r.graphMu.Lock()
+	defer r.graphMu.Unlock()
+	var hosts []*host
+	for _, name := range names {
+		n := r.byName[name]
+		switch {
+		case n == nil:
+			return nil, fmt.Errorf("%w: no stage %q in the graph", ErrGraph, name)
+		case n.nInputs == 0:
+			return nil, fmt.Errorf("%w: stage %q is a source: drain the pipeline to stop it", ErrGraph, name)
+		}
+		hosts = append(hosts, n)
+	}
+	for _, n := range r.byName {
+		if slices.Contains(names, n.cfg.Name) {
+			continue
+		}
+		for _, in := range n.cfg.Inputs {
+			if slices.Contains(names, in.Stage) {
+				return nil, fmt.Errorf("%w: stage %q reads %q: remove it too", ErrGraph, n.cfg.Name, in.Stage)
+			}
+		}
+	}
+	for _, n := range hosts {
+		delete(r.byName, n.cfg.Name)
+	}
+	return hosts, nil
 }
 
 // build constructs every stage (and its replicas) on its bound device,
@@ -81,6 +422,7 @@ func (r *Runner) build(startCtx context.Context, stop context.CancelFunc, hosts 
 			Name: n.cfg.Name, Pipeline: r.cfg.Name, Params: n.cfg.Params, Inputs: n.cfg.inTypes,
 			Outputs: n.ports, Dir: r.cfg.Dir, Device: b.Device, Strict: n.cfg.Strict, Log: n.log,
 			Live: r.cfg.Flow == FlowDropOldest, Downstream: downstream[n.cfg.Name], Consumers: readers[n.cfg.Name],
+			Graph: r,
 		}
 		for i := range max(1, n.cfg.Replicas) {
 			if i > 0 {

@@ -20,8 +20,9 @@ type host struct {
 	q     *queue
 	pubs  map[string]publisher
 	ports []Port
-	ins   []inlet    // the stage's inputs, in order
-	nc    *nats.Conn // for its micro service, shared with other hosts (connPool); nil over the local transport
+	ins   []inlet       // the stage's inputs, in order
+	done  chan struct{} // closed when the host has ended
+	nc    *nats.Conn    // for its micro service, shared with other hosts (connPool); nil over the local transport
 	// inSubjects are the NATS subjects of the stage's inputs, in order.
 	inSubjects []string
 	m          *stageMetrics
@@ -235,7 +236,8 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 		defer reps.abandon() // on an early return: no instance may still be working
 	}
 	eos := 0
-	var held *envelope.Envelope // an EOS that arrived while a batch was filling
+	inputEnded := make([]bool, n.nInputs) // an input ends once: its end of stream, or its removal
+	var held *envelope.Envelope           // an EOS that arrived while a batch was filling
 	for eos < n.nInputs {
 		var e *envelope.Envelope
 		if held != nil {
@@ -248,6 +250,10 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 			credit(e)
 		}
 		if e.Kind == envelope.KindEOS {
+			if e.Input < 0 || e.Input >= n.nInputs || inputEnded[e.Input] {
+				continue
+			}
+			inputEnded[e.Input] = true
 			eos++
 			if reps != nil {
 				if err := reps.finish(true); err != nil {

@@ -92,8 +92,24 @@ type Runner struct {
 	// belong to, for the connections' error handler.
 	subOwners sync.Map
 	tr        transport
-	embedded  *server.Server
-	ready     chan struct{}
+	pool      *connPool // the NATS connections; nil over the local transport
+	inv       *accelerators.Inventory
+
+	// The live graph (see graph.go). editMu serialises edits; graphMu
+	// guards the fields below it.
+	editMu   sync.Mutex
+	graphMu  sync.Mutex
+	runCtx   context.Context
+	hosts    []*host          // every host the run started, removed ones included
+	byName   map[string]*host // the hosts in the graph now
+	services []micro.Service
+	// stopStarts cancel the contexts stages were built with, at the end.
+	stopStarts []context.CancelFunc
+	active     int           // hosts still running
+	over       bool          // every host has ended: the graph takes no more
+	allDone    chan struct{} // closed when over
+	embedded   *server.Server
+	ready      chan struct{}
 }
 
 // NewRunner validates cfg (if needed) and prepares a run.
@@ -117,7 +133,7 @@ func NewRunner(env *Environment, cfg *Config, opts Options) (*Runner, error) {
 		return nil, fmt.Errorf("pipeline: transport %q: want nats or local", opts.Transport)
 	}
 	return &Runner{env: env, cfg: cfg, opts: opts, log: log.With("pipeline", cfg.Name),
-		metrics: &Metrics{start: time.Now()}, drain: make(chan struct{}), ready: make(chan struct{}), failed: make(chan struct{})}, nil
+		metrics: &Metrics{start: time.Now()}, byName: map[string]*host{}, drain: make(chan struct{}), ready: make(chan struct{}), failed: make(chan struct{})}, nil
 }
 
 // Run validates and runs a pipeline in the Default environment until its
@@ -205,114 +221,33 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		r.log.Info("embedded NATS server started", "url", srv.ClientURL())
 	}
 
-	hosts, byName := r.newHosts()
+	hosts := r.newHosts(r.cfg.order)
+	r.graphMu.Lock()
+	r.runCtx, r.allDone = ctx, make(chan struct{})
+	for _, n := range hosts {
+		r.hosts, r.byName[n.cfg.Name] = append(r.hosts, n), n
+	}
+	r.graphMu.Unlock()
 	// The end table shows every stage, also of a run that failed to start.
-	defer r.metrics.show(stageMetricsOf(hosts))
-	var pool *connPool
-	defer func() {
-		for _, n := range hosts {
-			n.closeTransport()
-		}
-		pool.Close()
-	}()
-	if useNATS {
-		var err error
-		if pool, err = connectPool(r.embedded, r.opts.NATSURL, r.opts.NATSOptions, "avflow "+r.cfg.Name, len(hosts), r.natsError); err != nil {
-			return err
-		}
-		nt := newNATSTransport(r.cfg.Name, pool, r.edgeFlow, r.cfg.Queue, r.fail, &r.subOwners)
-		for _, n := range hosts {
-			n.nc = nt.conn(n.cfg.Name)
-		}
-		r.tr = nt
-	} else {
-		r.tr = newLocalTransport()
-	}
-	if err := r.wire(ctx, hosts, byName); err != nil {
+	defer func() { r.metrics.show(stageMetricsOf(r.allHosts())) }()
+	defer r.closeTransports()
+	if err := r.openTransport(useNATS); err != nil {
 		return err
 	}
-
-	// Bind every stage to a device, then build the stages.
-	inv := r.opts.Devices
-	if inv == nil {
+	r.inv = r.opts.Devices
+	if r.inv == nil {
 		m := accelerators.Machine("")
-		inv = &m
+		r.inv = &m
 	}
-	binds := map[*host]accelerators.Binding{}
-	for _, n := range hosts {
-		req := accelerators.Request{Stage: n.cfg.Name, Accelerator: n.cfg.Accelerator,
-			Device: n.cfg.Device, Fallback: n.cfg.Fallback, Strict: n.cfg.Strict, Supported: n.cfg.spec.supported(n.cfg.inTypes)}
-		if check := n.cfg.spec.DeviceCheck; check != nil {
-			p, in := n.cfg.Params, n.cfg.inTypes
-			req.Check = func(d accelerators.Device) error { return check(p, in, d) }
-		}
-		b, err := accelerators.Bind(*inv, req)
-		if err != nil {
-			return stageError(n, 0, err)
-		}
-		binds[n] = b
-		n.m.device = b.Device.ID
-		if b.Fallback {
-			n.log.Warn("accelerator fallback", "wanted", b.Wanted, "device", b.Device.ID, "why", b.Why)
-		}
-	}
-	downstream := map[string][]string{}         // stage -> devices of its in-process consumers
-	readers := map[string]map[string][]string{} // stage -> port -> stages reading it
-	for _, n := range hosts {
-		for _, in := range n.cfg.Inputs {
-			if !useNATS {
-				downstream[in.Stage] = append(downstream[in.Stage], binds[n].Device.ID)
-			}
-			port, _ := findPort(byName[in.Stage].ports, in.Port)
-			if readers[in.Stage] == nil {
-				readers[in.Stage] = map[string][]string{}
-			}
-			readers[in.Stage][port.Name] = append(readers[in.Stage][port.Name], n.cfg.Name)
-		}
-	}
-	// Stages keep the context they are built with; a Drain cancels it only
-	// while they are being built.
-	startCtx, stopStart := context.WithCancel(ctx)
-	defer stopStart()
-	if err := r.build(startCtx, stopStart, hosts, binds, downstream, readers); err != nil {
+	if err := r.startHosts(ctx, hosts); err != nil {
 		return err
-	}
-	var services []micro.Service
-	defer func() {
-		for _, svc := range services {
-			_ = svc.Stop()
-		}
-	}()
-	if useNATS {
-		for _, n := range hosts {
-			svc, err := r.addService(n)
-			if err != nil {
-				return err
-			}
-			services = append(services, svc)
-		}
-		// Discovery must answer as soon as Ready says the stages exist.
-		if err := pool.Flush(); err != nil {
-			return fmt.Errorf("%w: registering the stages' services failed: %w", ErrTransport, err)
-		}
 	}
 	r.metrics.show(stageMetricsOf(hosts))
 	close(r.ready)
-
-	var wg sync.WaitGroup
-	for _, n := range hosts {
-		wg.Add(1)
-		go func(n *host) {
-			defer wg.Done()
-			err := r.runHost(ctx, n)
-			// A stage's own "canceled" while the run goes on is a failure too.
-			if err != nil && (ctx.Err() == nil || !errors.Is(err, context.Canceled)) {
-				r.fail(stageError(n, 0, err))
-			}
-			n.ended()
-		}(n)
+	if err := r.launch(ctx, hosts); err != nil {
+		return err
 	}
-	wg.Wait()
+	<-r.allDone
 	if err := r.err(); err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ func (r *Runner) addService(n *host) (micro.Service, error) {
 		outs = append(outs, Subject(r.cfg.Name, n.cfg.Name, p.Name))
 	}
 	stats := func() StageStats { return r.metrics.stageStats(n.m) }
-	svc, err := micro.AddService(n.nc, micro.Config{
+	svc, err := micro.AddService(r.pool.connFor(n.cfg.Name), micro.Config{
 		Name:        ServiceName(r.cfg.Name, n.cfg.Name),
 		Version:     ServiceVersion,
 		Description: n.cfg.spec.Summary,

@@ -52,6 +52,9 @@ type inlet interface {
 	// detach ends the input's subscription; the consumer's queue gets
 	// nothing more from it.
 	detach()
+	// drain detaches the input once what its producer has already sent
+	// has reached the consumer's queue.
+	drain(ctx context.Context) error
 }
 
 // consumerRef is one input edge at its consumer.

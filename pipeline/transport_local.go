@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -29,7 +30,12 @@ func newLocalTransport() *localTransport {
 type localPort struct {
 	mu        sync.Mutex
 	consumers []consumerRef
+	ended     bool // the port has sent its end of stream
 }
+
+// errPortEnded refuses an input attached to a port that has already sent
+// its end of stream: it would wait for one for ever.
+var errPortEnded = fmt.Errorf("%w: the port has already ended", ErrGraph)
 
 func (t *localTransport) port(stage, port string) *localPort {
 	t.mu.Lock()
@@ -45,8 +51,11 @@ func (t *localTransport) port(stage, port string) *localPort {
 func (t *localTransport) attach(_ context.Context, ref consumerRef, stage string, port Port) (inlet, error) {
 	lp := t.port(stage, port.Name)
 	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	if lp.ended {
+		return nil, errPortEnded
+	}
 	lp.consumers = append(slices.Clip(lp.consumers), ref)
-	lp.mu.Unlock()
 	return &localInlet{lp: lp, id: ref.id()}, nil
 }
 
@@ -66,6 +75,13 @@ type localInlet struct {
 func (l *localInlet) took()  {}
 func (l *localInlet) ended() {}
 
+// drain detaches: a local publisher has put what it sent in the queue
+// before its Publish returned.
+func (l *localInlet) drain(context.Context) error {
+	l.detach()
+	return nil
+}
+
 func (l *localInlet) detach() {
 	l.lp.mu.Lock()
 	defer l.lp.mu.Unlock()
@@ -82,6 +98,9 @@ type localPublisher struct {
 func (p *localPublisher) Publish(ctx context.Context, e *envelope.Envelope) error {
 	p.lp.mu.Lock()
 	consumers := p.lp.consumers
+	if e.Kind == envelope.KindEOS {
+		p.lp.ended = true
+	}
 	p.lp.mu.Unlock()
 	for i, c := range consumers {
 		m := e

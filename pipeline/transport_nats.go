@@ -44,13 +44,15 @@ func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage strin
 	if err != nil {
 		return nil, err
 	}
+	s.producer = t.conn(stage)
 	t.owners.Store(s.sub, ref.stage)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.expected[subject] = append(t.expected[subject], ref)
-	if p := t.pubs[subject]; p != nil {
-		p.expect(ref)
+	if p := t.pubs[subject]; p != nil && !p.expect(ref) {
+		s.detach()
+		return nil, errPortEnded
 	}
+	t.expected[subject] = append(t.expected[subject], ref)
 	return s, nil
 }
 
@@ -96,6 +98,7 @@ type natsPublisher struct {
 	sent   uint64
 	acked  map[string]uint64 // consumers that have not ended -> messages they took
 	names  map[string]string // consumer id -> stage name
+	base   map[string]uint64 // consumer id -> messages sent before it attached
 	ended  []string          // consumers that ended, not yet warned about
 	eos    bool              // the port has ended
 	credit chan struct{}
@@ -106,7 +109,7 @@ type natsPublisher struct {
 func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mode FlowMode, window int, log *slog.Logger) (*natsPublisher, error) {
 	p := &natsPublisher{
 		nc: nc, subject: subject, block: mode == FlowBlock, window: uint64(window), log: log,
-		acked: map[string]uint64{}, names: map[string]string{}, credit: make(chan struct{}, 1),
+		acked: map[string]uint64{}, names: map[string]string{}, base: map[string]uint64{}, credit: make(chan struct{}, 1),
 	}
 	// Leave room for headers and protocol overhead.
 	p.maxPart = int(nc.MaxPayload()) - 1024
@@ -129,14 +132,20 @@ func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mo
 
 // expect adds a consumer attached after the publisher was made: from
 // now on the publisher waits for its credits too.
-func (p *natsPublisher) expect(c consumerRef) {
-	if !p.block {
-		return
-	}
+// It returns false when the port has already ended.
+func (p *natsPublisher) expect(c consumerRef) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.acked[c.id()] = p.sent // what was sent before it attached is not its to take
-	p.names[c.id()] = c.stage
+	if p.eos {
+		return false
+	}
+	if p.block {
+		// What was sent before it attached is not its to take: its
+		// credits count from here.
+		p.acked[c.id()], p.base[c.id()] = p.sent, p.sent
+		p.names[c.id()] = c.stage
+	}
+	return true
 }
 
 // onAck takes a credit or a consumer's end (see natsPublisher).
@@ -155,8 +164,8 @@ func (p *natsPublisher) onAck(m *nats.Msg) {
 			p.ended = append(p.ended, id)
 		}
 	default:
-		if count, err := strconv.ParseUint(n, 10, 64); err == nil && count > prev {
-			p.acked[id] = count
+		if count, err := strconv.ParseUint(n, 10, 64); err == nil && p.base[id]+count > prev {
+			p.acked[id] = p.base[id] + count
 		}
 	}
 	p.mu.Unlock()
@@ -281,6 +290,7 @@ type natsSubscriber struct {
 	subject  string
 	ref      consumerRef
 	sub      *nats.Subscription
+	producer *nats.Conn // the producer's connection, when it is in this process
 	reasm    envelope.Reassembler
 	block    bool
 	ackEvery uint64
@@ -350,3 +360,26 @@ func (s *natsSubscriber) took() {
 }
 
 func (s *natsSubscriber) detach() { _ = s.sub.Unsubscribe() }
+
+// drain makes sure the server has what the producer (a stage of this
+// process) has written, then unsubscribes once the messages the server
+// had sent before are in the queue.
+func (s *natsSubscriber) drain(ctx context.Context) error {
+	closed := s.sub.StatusChanged(nats.SubscriptionClosed)
+	if s.producer != nil {
+		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := s.producer.FlushWithContext(fctx); err != nil {
+			return fmt.Errorf("%w: flushing %s failed: %w", ErrTransport, s.subject, err)
+		}
+	}
+	if err := s.sub.Drain(); err != nil {
+		return fmt.Errorf("%w: draining %s failed: %w", ErrTransport, s.subject, err)
+	}
+	select {
+	case <-closed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
