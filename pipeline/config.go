@@ -25,9 +25,19 @@ const (
 
 // Transport values.
 const (
-	TransportNATS  = "nats"  // every edge is a NATS subject (default)
-	TransportLocal = "local" // in-process queues, frames passed by reference (zero-copy)
+	// TransportAuto (the default) passes messages between the stages of
+	// one process by reference (zero-copy) and keeps NATS for the rest:
+	// the embedded server, the stages' micro services, and the ports that
+	// carry metadata (detections) or that nothing in the pipeline reads,
+	// published on their subjects for outside consumers.
+	TransportAuto  = "auto"
+	TransportNATS  = "nats"  // every edge is a NATS subject
+	TransportLocal = "local" // in-process only: no NATS server, no services, frames passed by reference
 )
+
+func validTransport(t string) bool {
+	return t == TransportAuto || t == TransportNATS || t == TransportLocal
+}
 
 // ErrInvalid wraps every validation problem; the message lists them with file:line:column.
 var ErrInvalid = errors.New("invalid pipeline")
@@ -158,7 +168,7 @@ func Parse(data []byte, file string) (*Config, error) {
 		file = "<pipeline>"
 	}
 	dir, _ := filepath.Abs(filepath.Dir(file))
-	c := &Config{File: file, Dir: dir, Flow: FlowBlock, Queue: 4, Transport: TransportNATS}
+	c := &Config{File: file, Dir: dir, Flow: FlowBlock, Queue: 4, Transport: TransportAuto}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		msg := err.Error()
@@ -204,8 +214,8 @@ func Parse(data []byte, file string) (*Config, error) {
 			c.Queue = n
 		case "transport":
 			c.Transport = scalar(v, bad)
-			if c.Transport != TransportNATS && c.Transport != TransportLocal {
-				bad(v, "transport %q: want nats or local", c.Transport)
+			if !validTransport(c.Transport) {
+				bad(v, "transport %q: want auto, nats or local", c.Transport)
 			}
 		case "stages":
 			stagesNode = v

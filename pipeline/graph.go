@@ -71,7 +71,12 @@ func (r *Runner) openTransport(useNATS bool) error {
 		return err
 	}
 	r.pool = pool
-	r.tr = newNATSTransport(r.cfg.Name, pool, r.edgeFlow, r.cfg.Queue, r.fail, &r.subOwners)
+	nt := newNATSTransport(r.cfg.Name, pool, r.edgeFlow, r.cfg.Queue, r.fail, &r.subOwners)
+	if r.opts.Transport == TransportNATS {
+		r.tr = nt
+	} else {
+		r.tr = &autoTransport{local: newLocalTransport(), nats: nt}
+	}
 	return nil
 }
 
@@ -107,7 +112,8 @@ func (r *Runner) startHosts(ctx context.Context, hosts []*host) error {
 		}
 		binds[n] = b
 	}
-	_, local := r.tr.(*localTransport)
+	_, nats := r.tr.(*natsTransport)
+	local := !nats
 	downstream := map[string][]string{}         // stage -> devices of its in-process consumers
 	readers := map[string]map[string][]string{} // stage -> port -> stages reading it
 	for _, n := range hosts {

@@ -129,8 +129,8 @@ func NewRunner(env *Environment, cfg *Config, opts Options) (*Runner, error) {
 	if opts.Transport == "" {
 		opts.Transport = cfg.Transport
 	}
-	if opts.Transport != TransportNATS && opts.Transport != TransportLocal {
-		return nil, fmt.Errorf("pipeline: transport %q: want nats or local", opts.Transport)
+	if !validTransport(opts.Transport) {
+		return nil, fmt.Errorf("pipeline: transport %q: want auto, nats or local", opts.Transport)
 	}
 	return &Runner{env: env, cfg: cfg, opts: opts, log: log.With("pipeline", cfg.Name),
 		metrics: &Metrics{start: time.Now()}, byName: map[string]*host{}, drain: make(chan struct{}), ready: make(chan struct{}), failed: make(chan struct{})}, nil
@@ -210,7 +210,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	r.failMu.Unlock()
 	r.metrics.begin(time.Now())
 
-	useNATS := r.opts.Transport == TransportNATS
+	useNATS := r.opts.Transport != TransportLocal
 	if useNATS && r.opts.NATSURL == "" {
 		srv, err := StartEmbeddedNATS()
 		if err != nil {

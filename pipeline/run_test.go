@@ -971,6 +971,7 @@ func TestConsumerEndReleasesWaitingProducer(t *testing.T) {
 	logs := newLogRecorder()
 	col := &collector{}
 	_, err := runWithin(t, 20*time.Second, testEnv(t, col), `name: early
+transport: nats
 stages:
   - {name: g, kind: gen, params: {forever: true}}
   - {name: c, kind: collect, inputs: [g]}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strconv"
 
 	"github.com/avflow/avflow/pipeline/envelope"
@@ -66,3 +67,65 @@ type consumerRef struct {
 
 // id names the input edge among the consumers of a port: stage/input.
 func (c consumerRef) id() string { return c.stage + "/" + strconv.Itoa(c.input) }
+
+// autoTransport is the default: the edges between the stages of this
+// process are local (zero-copy); a port that carries metadata, or that no
+// stage reads, is also published on its NATS subject for outside
+// consumers (nats sub, other services).
+type autoTransport struct {
+	local *localTransport
+	nats  *natsTransport
+}
+
+func (t *autoTransport) attach(ctx context.Context, ref consumerRef, stage string, port Port) (inlet, error) {
+	return t.local.attach(ctx, ref, stage, port)
+}
+
+func (t *autoTransport) publisher(stage string, port Port, log *slog.Logger) (publisher, error) {
+	lp, _ := t.local.publisher(stage, port, log)
+	if port.Type.Kind != envelope.KindData && t.local.port(stage, port.Name).readers() > 0 {
+		return lp, nil
+	}
+	np, err := t.nats.publisher(stage, port, log)
+	if err != nil {
+		return nil, err
+	}
+	return &teePublisher{local: lp.(*localPublisher), nats: np}, nil
+}
+
+func (t *autoTransport) sync() error { return t.nats.sync() }
+
+// teePublisher sends each message to the port's local consumers by
+// reference and a copy on its NATS subject.
+type teePublisher struct {
+	local *localPublisher
+	nats  publisher
+}
+
+func (p *teePublisher) Publish(ctx context.Context, e *envelope.Envelope) error {
+	if p.local.lp.readers() == 0 {
+		return p.nats.Publish(ctx, e) // marshalling releases e's media
+	}
+	cp := *e
+	cp.Stamps = slices.Clone(e.Stamps)
+	if e.Local != nil {
+		l, err := e.Local.Clone()
+		if err != nil {
+			e.Release()
+			return err
+		}
+		cp.Local = l
+	}
+	err := p.nats.Publish(ctx, &cp)
+	cp.Release()
+	if err != nil {
+		e.Release()
+		return err
+	}
+	return p.local.Publish(ctx, e)
+}
+
+func (p *teePublisher) Close() {
+	p.local.Close()
+	p.nats.Close()
+}

@@ -142,3 +142,10 @@ func (p *localPublisher) Publish(ctx context.Context, e *envelope.Envelope) erro
 }
 
 func (p *localPublisher) Close() {}
+
+// readers is how many inputs the port has now.
+func (lp *localPort) readers() int {
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	return len(lp.consumers)
+}

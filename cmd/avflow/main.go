@@ -179,7 +179,7 @@ func runCmd() *cli.Command {
 		ArgsUsage: "pipeline.yaml",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "nats", Usage: "use the NATS server at this URL instead of the embedded one", EnvVars: []string{"AVFLOW_NATS_URL"}},
-			&cli.StringFlag{Name: "transport", Usage: "override the pipeline's transport: nats or local (in-process, zero-copy)"},
+			&cli.StringFlag{Name: "transport", Usage: "override the pipeline's transport: auto (default: in-process edges zero-copy, NATS for services, metadata and unread ports), nats (every edge a NATS subject) or local (in-process only, no NATS)"},
 			&cli.StringSliceFlag{Name: "set", Usage: "override a param: stage.param=value (repeatable)"},
 			&cli.StringFlag{Name: "placement", Usage: "apply a placement from avflow plan (each stage's device, and replicas where the stage allows them)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
