@@ -35,6 +35,6 @@ func ExampleConfig_Options() {
 	fmt.Println(err)
 	// Output:
 	// level=INFO msg="connecting to NATS" nats.auth=password nats.user=avflow nats.tls=true
-	// user avflow with a password, TLS
+	// user avflow with a password, TLS (no client certificate)
 	// natsauth: --creds faces.creds: open faces.creds: no such file or directory
 }

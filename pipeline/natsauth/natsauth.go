@@ -314,38 +314,40 @@ func parseURLs(urls string) []*url.URL {
 	return out
 }
 
-// String describes c for logs: the method, the user name and the files,
-// never a password, token or seed; the URL is not part of it.
+// String describes c for logs and errors: the method, the user name and
+// the files, never a password, token or seed; the URL is not part of it.
+// A client certificate alone is the connection's credential.
 func (c Config) String() string {
-	var s string
+	var parts []string
 	switch c.Method() {
 	case MethodNone:
-		s = "no credentials"
+		if c.TLSCert == "" {
+			parts = append(parts, "no credentials")
+		}
 	case MethodURL:
-		s = "credentials in the URL"
+		parts = append(parts, "credentials in the URL")
 	case MethodCreds:
-		s = "creds " + c.Creds
+		parts = append(parts, "creds "+c.Creds)
 	case MethodNKey:
-		s = "nkey " + c.NKey
+		parts = append(parts, "nkey "+c.NKey)
 	case MethodPassword:
-		s = "user " + c.User + " with a password"
+		parts = append(parts, "user "+c.User+" with a password")
 	case MethodToken:
-		s = "a token"
+		parts = append(parts, "a token")
 	}
 	if c.TLS() {
-		s += ", TLS"
 		var tls []string
 		if c.TLSCA != "" {
 			tls = append(tls, "CA "+c.TLSCA)
 		}
 		if c.TLSCert != "" {
 			tls = append(tls, "client certificate "+c.TLSCert)
+		} else {
+			tls = append(tls, "no client certificate")
 		}
-		if len(tls) > 0 {
-			s += " (" + strings.Join(tls, ", ") + ")"
-		}
+		parts = append(parts, "TLS ("+strings.Join(tls, ", ")+")")
 	}
-	return s
+	return strings.Join(parts, ", ")
 }
 
 // GoString keeps %#v from printing the secrets.

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/avflow/avflow/pipeline/e2e"
+	"github.com/avflow/avflow/pipeline/natsauth/natsauthtest"
+	"github.com/avflow/avflow/pipeline/secret"
+)
+
+// The secrets of these tests: none may reach avflow's output.
+const (
+	natsPassword = "pw-Xq7s3cret"
+	natsToken    = "tok-Zr9s3cret"
+	wrongSecret  = "wrong-Kp4s3cret"
+)
+
+// startNATSConfig starts a real nats-server process on a free loopback
+// port with a config file holding conf (authorization, operator, tls).
+func startNATSConfig(t *testing.T, conf string) int {
+	t.Helper()
+	bin := natsServerBin(t)
+	dir := t.TempDir()
+	_, port := startListening(t, "tcp", func(port int) *exec.Cmd {
+		path := filepath.Join(dir, fmt.Sprintf("nats-%d.conf", port))
+		writeFile(t, path, []byte(fmt.Sprintf("listen: 127.0.0.1:%d\n%s", port, conf)))
+		return exec.Command(bin, "-c", path)
+	})
+	return port
+}
+
+// authRun is one run of avflow against a server that wants credentials.
+type authRun struct {
+	name  string
+	url   string   // with %d for the port
+	args  []string // credential and TLS flags
+	env   []string // or variables
+	cause string   // "": the run works; else it fails, naming the server and this (a regular expression)
+}
+
+// TestNATSCredentials runs a small pipeline against nats-server processes
+// that want a user and password, a token, an nkey, a JWT (operator mode)
+// or a client certificate: it works with the right credentials, from flags
+// or variables, and with wrong or missing ones it fails at once, naming
+// the server and the cause, with exit 1 and no output file.
+func TestNATSCredentials(t *testing.T) {
+	e2e.Long(t)
+	keys := t.TempDir()
+	seed := filepath.Join(keys, "user.nk")
+	seedPub := natsauthtest.UserSeed(t, seed)
+	otherSeed := filepath.Join(keys, "other.nk")
+	natsauthtest.UserSeed(t, otherSeed)
+	op := natsauthtest.NewOperator(t)
+	creds := op.Creds(t, filepath.Join(keys, "faces.creds"), "faces")
+	foreignCreds := natsauthtest.NewOperator(t).Creds(t, filepath.Join(keys, "foreign.creds"), "faces")
+	pki := natsauthtest.NewPKI(t, keys)
+	otherDir := filepath.Join(keys, "other")
+	if err := os.Mkdir(otherDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	other := natsauthtest.NewPKI(t, otherDir)
+
+	const plain, tls = "nats://127.0.0.1:%d", "tls://127.0.0.1:%d"
+	// What the error says after "failed: ", as regular expressions.
+	refused := func(sent string) string {
+		return regexp.QuoteMeta("nats: Authorization Violation (credentials sent: " + sent + ")")
+	}
+	// The server refuses a client certificate after the TLS 1.3 handshake:
+	// nats.go reads its alert or finds the connection closed.
+	tlsRefused := func(alert, sent string) string {
+		return "(remote error: tls: " + alert + "|nats: tls error: connection closed by remote after TLS handshake: [^\n]*) " +
+			regexp.QuoteMeta("(credentials sent: "+sent+")")
+	}
+	unknownCA := func(sent string) string {
+		return "nats: tls error: tls: failed to verify certificate: x509: certificate signed by unknown authority[^\n]* " +
+			regexp.QuoteMeta("(credentials sent: "+sent+")")
+	}
+	password := "user alice with a password"
+	tests := []struct {
+		name   string
+		server string
+		runs   []authRun
+	}{
+		{"user and password", fmt.Sprintf("authorization { user: alice, password: %q }", natsPassword), []authRun{
+			{"flags", plain, []string{"--user", "alice", "--password", natsPassword}, nil, ""},
+			{"variables", plain, nil, []string{"AVFLOW_NATS_USER=alice", "AVFLOW_NATS_PASSWORD=" + natsPassword}, ""},
+			{"in the URL", "nats://alice:" + natsPassword + "@127.0.0.1:%d", nil, nil, ""},
+			{"wrong password", plain, []string{"--user", "alice", "--password", wrongSecret}, nil, refused(password)},
+			{"wrong password in the URL", "nats://alice:" + wrongSecret + "@127.0.0.1:%d", nil, nil, refused("credentials in the URL")},
+			{"none", plain, nil, nil, refused("no credentials")},
+		}},
+		{"token", fmt.Sprintf("authorization { token: %q }", natsToken), []authRun{
+			{"flag", plain, []string{"--token", natsToken}, nil, ""},
+			{"variable", plain, nil, []string{"AVFLOW_NATS_TOKEN=" + natsToken}, ""},
+			{"in the URL", "nats://" + natsToken + "@127.0.0.1:%d", nil, nil, ""},
+			{"wrong token", plain, []string{"--token", wrongSecret}, nil, refused("a token")},
+			{"none", plain, nil, nil, refused("no credentials")},
+		}},
+		{"nkey", fmt.Sprintf("authorization { users: [ { nkey: %s } ] }", seedPub), []authRun{
+			{"flag", plain, []string{"--nkey", seed}, nil, ""},
+			{"variable", plain, nil, []string{"AVFLOW_NATS_NKEY=" + seed}, ""},
+			{"another user's seed", plain, []string{"--nkey", otherSeed}, nil, refused("nkey " + otherSeed)},
+			{"none", plain, nil, nil, refused("no credentials")},
+		}},
+		{"JWT creds in operator mode", op.ServerConfig(), []authRun{
+			{"flag", plain, []string{"--creds", creds}, nil, ""},
+			{"variable", plain, nil, []string{"AVFLOW_NATS_CREDS=" + creds}, ""},
+			{"another operator's user", plain, []string{"--creds", foreignCreds}, nil, refused("creds " + foreignCreds)},
+			{"none", plain, nil, nil, refused("no credentials")},
+		}},
+		{"TLS with a client certificate", fmt.Sprintf("tls { cert_file: %q, key_file: %q, ca_file: %q, verify: true }", pki.ServerCert, pki.ServerKey, pki.CA), []authRun{
+			{"flags", tls, []string{"--tls-ca", pki.CA, "--tls-cert", pki.ClientCert, "--tls-key", pki.ClientKey}, nil, ""},
+			{"variables", tls, nil, []string{"AVFLOW_NATS_TLS_CA=" + pki.CA, "AVFLOW_NATS_TLS_CERT=" + pki.ClientCert, "AVFLOW_NATS_TLS_KEY=" + pki.ClientKey}, ""},
+			{"a nats URL: the CA implies TLS", plain, []string{"--tls-ca", pki.CA, "--tls-cert", pki.ClientCert, "--tls-key", pki.ClientKey}, nil, ""},
+			{"no client certificate", tls, []string{"--tls-ca", pki.CA}, nil,
+				tlsRefused("certificate required", "no credentials, TLS (CA "+pki.CA+", no client certificate)")},
+			{"another CA's client certificate", tls, []string{"--tls-ca", pki.CA, "--tls-cert", other.ClientCert, "--tls-key", other.ClientKey}, nil,
+				tlsRefused("unknown certificate authority", "TLS (CA "+pki.CA+", client certificate "+other.ClientCert+")")},
+			{"another CA", tls, []string{"--tls-ca", other.CA, "--tls-cert", pki.ClientCert, "--tls-key", pki.ClientKey}, nil,
+				unknownCA("TLS (CA " + other.CA + ", client certificate " + pki.ClientCert + ")")},
+			{"nothing", plain, nil, nil, unknownCA("no credentials")},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			port := startNATSConfig(t, tt.server)
+			for _, run := range tt.runs {
+				t.Run(run.name, func(t *testing.T) {
+					runAuth(t, fmt.Sprintf(run.url, port), run)
+				})
+			}
+		})
+	}
+}
+
+// runAuth runs the small pipeline against url with the run's flags and
+// variables and checks its end: an MP4 of 25 frames, or a failure within
+// seconds naming the server and the cause, with nothing left that looks
+// finished. No secret may be shown in either case.
+func runAuth(t *testing.T, url string, run authRun) {
+	t.Helper()
+	p, out := authPipeline(t)
+	args := append(append([]string{"--log-level", "debug", "run", "--nats", url}, run.args...), p)
+	avf := startAvflow(t, run.env, args...)
+	limit := time.Minute
+	if run.cause != "" {
+		limit = 15 * time.Second // never a hang: nats.go gives up after 5 s
+	}
+	code := avf.wait(t, limit)
+	log := avf.out.String()
+	for _, s := range []string{natsPassword, natsToken, wrongSecret} {
+		if strings.Contains(log, s) {
+			t.Errorf("secret %q shown:\n%s", s, log)
+		}
+	}
+	if run.cause == "" {
+		if code != 0 {
+			t.Fatalf("exit %d, want 0:\n%s", code, log)
+		}
+		if v := probe(t, out)["video"]; v.CodecName != "h264" || v.Width != 320 || v.frames() != 25 {
+			t.Errorf("output video %+v, want 25 h264 320x240 frames", v)
+		}
+		return
+	}
+	want := regexp.MustCompile("(?m)^" + regexp.QuoteMeta("avflow: transport: connecting to NATS at "+secret.URL(url)+" failed: ") + run.cause + "$")
+	if code != exitRun || !want.MatchString(log) {
+		t.Errorf("exit %d, want %d with a line matching %s:\n%s", code, exitRun, want, log)
+	}
+	assertNoOutput(t, filepath.Dir(out))
+}
+
+// authPipeline writes a pipeline that encodes 25 frames of a test pattern
+// to an MKV file in a folder of its own, and returns both paths.
+func authPipeline(t *testing.T) (pipelineFile, out string) {
+	t.Helper()
+	out = filepath.Join(t.TempDir(), "out.mkv")
+	return writePipeline(t, t.TempDir(), fmt.Sprintf(`
+name: auth
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25", max_frames: 25}}
+  - {name: vdec, kind: decode, inputs: [src.video]}
+  - {name: venc, kind: encode, inputs: [vdec], params: {codec: libx264, preset: ultrafast}}
+  - {name: out, kind: sink, inputs: [venc], params: {path: %q}}
+`, out)), out
+}
