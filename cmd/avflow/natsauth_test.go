@@ -133,21 +133,21 @@ func TestNATSCredentials(t *testing.T) {
 			port := startNATSConfig(t, tt.server)
 			for _, run := range tt.runs {
 				t.Run(run.name, func(t *testing.T) {
-					runAuth(t, fmt.Sprintf(run.url, port), run)
+					runAuth(t, fmt.Sprintf(run.url, port), run, "--log-level", "debug")
 				})
 			}
 		})
 	}
 }
 
-// runAuth runs the small pipeline against url with the run's flags and
-// variables and checks its end: an MP4 of 25 frames, or a failure within
-// seconds naming the server and the cause, with nothing left that looks
-// finished. No secret may be shown in either case.
-func runAuth(t *testing.T, url string, run authRun) {
+// runAuth runs the small pipeline against url with the global flags and
+// the run's flags and variables, and checks its end: an MKV of 25 frames,
+// or a failure within seconds naming the server and the cause, with
+// nothing left that looks finished. No secret may be shown in either case.
+func runAuth(t *testing.T, url string, run authRun, global ...string) {
 	t.Helper()
 	p, out := authPipeline(t)
-	args := append(append([]string{"--log-level", "debug", "run", "--nats", url}, run.args...), p)
+	args := append(append(append(global, "run", "--nats", url), run.args...), p)
 	avf := startAvflow(t, run.env, args...)
 	limit := time.Minute
 	if run.cause != "" {
@@ -189,4 +189,90 @@ stages:
   - {name: venc, kind: encode, inputs: [vdec], params: {codec: libx264, preset: ultrafast}}
   - {name: out, kind: sink, inputs: [venc], params: {path: %q}}
 `, out)), out
+}
+
+// TestNATSFlagMistakes: a credential or TLS flag that cannot be used is a
+// usage error (exit 2) naming the flag and file, found before connecting.
+func TestNATSFlagMistakes(t *testing.T) {
+	e2e.Long(t)
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "faces.creds")
+	cert := filepath.Join(dir, "client.pem")
+	writeFile(t, cert, []byte("-----BEGIN CERTIFICATE-----\n"))
+	// Nothing listens there: a run that got as far as connecting fails with exit 1.
+	url := fmt.Sprintf("nats://127.0.0.1:%d", unusedPort(t, "tcp"))
+	tests := []struct {
+		name string
+		args []string
+		env  []string
+		want string
+	}{
+		{"creds missing", []string{"--nats", url, "--creds", missing}, nil,
+			fmt.Sprintf("avflow run: natsauth: --creds %s: open %[1]s: no such file or directory", missing)},
+		{"creds missing, from the variable", []string{"--nats", url}, []string{"AVFLOW_NATS_CREDS=" + missing},
+			fmt.Sprintf("avflow run: natsauth: --creds %s: open %[1]s: no such file or directory", missing)},
+		{"no server", []string{"--token", natsToken, "--tls-ca", cert}, nil,
+			"avflow run: --token, --tls-ca: no NATS server to use with it: give its URL with --nats (or AVFLOW_NATS_URL); the embedded server takes no credentials"},
+		{"certificate without key", []string{"--nats", url, "--tls-cert", cert}, nil,
+			fmt.Sprintf("avflow run: natsauth: --tls-cert %s: missing: --tls-key (the certificate's private key)", cert)},
+		{"creds and user", []string{"--nats", url, "--user", "alice", "--password", natsPassword}, []string{"AVFLOW_NATS_CREDS=" + missing},
+			"avflow run: natsauth: --creds and --user/--password: only one way to authenticate may be given"},
+		{"token and a password in the URL", []string{"--nats", "nats://alice:" + natsPassword + "@127.0.0.1:4222", "--token", natsToken}, nil,
+			"avflow run: natsauth: --token and credentials in the URL nats://alice:xxxxx@127.0.0.1:4222: only one way to authenticate may be given"},
+		{"password without user", []string{"--nats", url}, []string{"AVFLOW_NATS_PASSWORD=" + natsPassword},
+			"avflow run: natsauth: --password: missing: --user"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, out := authPipeline(t)
+			r := avflow(t, tt.env, append(append([]string{"run"}, tt.args...), p)...)
+			if r.code != exitInvalid || strings.TrimSpace(r.stderr) != tt.want {
+				t.Errorf("exit %d, want %d with the one line\n%s\ngot:\n%s", r.code, exitInvalid, tt.want, r.stderr)
+			}
+			if strings.Contains(r.stdout+r.stderr, natsPassword) || strings.Contains(r.stdout+r.stderr, natsToken) {
+				t.Errorf("a secret is shown:\n%s", r.stderr)
+			}
+			assertNoOutput(t, filepath.Dir(out))
+		})
+	}
+}
+
+// TestNATSSecretsNotShown: the password and the token never reach
+// avflow's output, whether the server takes or refuses them, given as
+// flags or variables, in text or JSON logs at debug level, nor in
+// `avflow run --help` with the variables set.
+func TestNATSSecretsNotShown(t *testing.T) {
+	e2e.Long(t)
+	userPort := startNATSConfig(t, fmt.Sprintf("authorization { user: alice, password: %q }", natsPassword))
+	tokenPort := startNATSConfig(t, fmt.Sprintf("authorization { token: %q }", natsToken))
+	refused := regexp.QuoteMeta("nats: Authorization Violation (credentials sent: ")
+	tests := []struct {
+		port int
+		run  authRun
+	}{
+		{userPort, authRun{"right password", "nats://127.0.0.1:%d", []string{"--user", "alice", "--password", natsPassword}, nil, ""}},
+		{userPort, authRun{"right password in the variable", "nats://127.0.0.1:%d", []string{"--user", "alice"}, []string{"AVFLOW_NATS_PASSWORD=" + natsPassword}, ""}},
+		{userPort, authRun{"wrong password", "nats://127.0.0.1:%d", []string{"--user", "alice", "--password", wrongSecret}, nil, refused + ".*"}},
+		{userPort, authRun{"wrong password in the variable", "nats://127.0.0.1:%d", []string{"--user", "alice"}, []string{"AVFLOW_NATS_PASSWORD=" + wrongSecret}, refused + ".*"}},
+		{tokenPort, authRun{"right token", "nats://127.0.0.1:%d", []string{"--token", natsToken}, nil, ""}},
+		{tokenPort, authRun{"wrong token in the variable", "nats://127.0.0.1:%d", nil, []string{"AVFLOW_NATS_TOKEN=" + wrongSecret}, refused + ".*"}},
+		{tokenPort, authRun{"wrong token", "nats://127.0.0.1:%d", []string{"--token", wrongSecret}, nil, refused + ".*"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.run.name, func(t *testing.T) {
+			// runAuth fails the test when a secret is shown.
+			runAuth(t, fmt.Sprintf(tt.run.url, tt.port), tt.run, "--log-level", "debug", "--log-format", "json")
+		})
+	}
+	t.Run("help", func(t *testing.T) {
+		r := avflow(t, []string{"AVFLOW_NATS_PASSWORD=" + natsPassword, "AVFLOW_NATS_TOKEN=" + natsToken}, "run", "--help")
+		if r.code != 0 || !strings.Contains(r.stdout, "--password PASSWORD") || !strings.Contains(r.stdout, "$AVFLOW_NATS_TOKEN") {
+			t.Errorf("exit %d, help lacks the NATS flags:\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		for _, s := range []string{natsPassword, natsToken} {
+			if strings.Contains(r.stdout+r.stderr, s) {
+				t.Errorf("help shows %q:\n%s", s, r.stdout)
+			}
+		}
+	})
 }
