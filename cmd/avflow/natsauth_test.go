@@ -7,8 +7,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/pipeline/natsauth/natsauthtest"
@@ -264,6 +267,34 @@ func TestNATSSecretsNotShown(t *testing.T) {
 			runAuth(t, fmt.Sprintf(tt.run.url, tt.port), tt.run, "--log-level", "debug", "--log-format", "json")
 		})
 	}
+	t.Run("service info and stats", func(t *testing.T) {
+		// Every stage's micro service, asked by a client of the server;
+		// the URL is what a careless metadata entry would show.
+		run := startAvflow(t, nil, "run", "--nats", fmt.Sprintf("nats://alice:%s@127.0.0.1:%d", natsPassword, userPort),
+			writePipeline(t, t.TempDir(), liveToMP4))
+		run.waitLog(t, "output opened", 30*time.Second)
+		nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", userPort), nats.UserInfo("alice", natsPassword))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		for _, subj := range []string{"$SRV.INFO", "$SRV.STATS"} {
+			got := ask(t, nc, subj, 4) // the four stages of liveToMP4
+			if !strings.Contains(got, `"stage":"venc"`) && subj == "$SRV.INFO" {
+				t.Errorf("%s answers lack the stages' metadata:\n%s", subj, got)
+			}
+			if strings.Contains(got, natsPassword) {
+				t.Errorf("%s shows the password:\n%s", subj, got)
+			}
+		}
+		_ = run.cmd.Process.Signal(syscall.SIGINT)
+		if code := run.wait(t, 30*time.Second); code != 0 {
+			t.Errorf("exit %d:\n%s", code, run.out)
+		}
+		if strings.Contains(run.out.String(), natsPassword) {
+			t.Errorf("the password is shown:\n%s", run.out)
+		}
+	})
 	t.Run("help", func(t *testing.T) {
 		r := avflow(t, []string{"AVFLOW_NATS_PASSWORD=" + natsPassword, "AVFLOW_NATS_TOKEN=" + natsToken}, "run", "--help")
 		if r.code != 0 || !strings.Contains(r.stdout, "--password PASSWORD") || !strings.Contains(r.stdout, "$AVFLOW_NATS_TOKEN") {
@@ -275,4 +306,28 @@ func TestNATSSecretsNotShown(t *testing.T) {
 			}
 		}
 	})
+}
+
+// ask sends a request to every micro service on subj and returns the
+// first n answers.
+func ask(t *testing.T, nc *nats.Conn, subj string, n int) string {
+	t.Helper()
+	inbox := nats.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest(subj, inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for len(got) < n {
+		msg, err := sub.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("%s: %d answers of %d: %v", subj, len(got), n, err)
+		}
+		got = append(got, string(msg.Data))
+	}
+	return strings.Join(got, "\n")
 }
