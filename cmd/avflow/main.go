@@ -177,20 +177,24 @@ func runCmd() *cli.Command {
 		Name:      "run",
 		Usage:     "run a pipeline until its sources end (Ctrl-C, SIGTERM or SIGHUP: finish cleanly; a second one: abort)",
 		ArgsUsage: "pipeline.yaml",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "nats", Usage: "use the NATS server at this URL instead of the embedded one", EnvVars: []string{"AVFLOW_NATS_URL"}},
 			&cli.StringFlag{Name: "transport", Usage: "override the pipeline's transport: auto (default: in-process edges zero-copy, NATS for services, metadata and unread ports), nats (every edge a NATS subject) or local (in-process only, no NATS)"},
 			&cli.StringSliceFlag{Name: "set", Usage: "override a param: stage.param=value (repeatable)"},
 			&cli.StringFlag{Name: "placement", Usage: "apply a placement from avflow plan (each stage's device, and replicas where the stage allows them)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
 			&cli.DurationFlag{Name: "progress-interval", Value: 5 * time.Second, Usage: "how often to log progress when stderr is not a terminal"},
-		},
+		}, natsFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return cli.Exit("avflow run: want one pipeline file", exitInvalid)
 			}
 			if every := c.Duration("progress-interval"); every <= 0 {
 				return cli.Exit(fmt.Sprintf("avflow run: --progress-interval must be more than 0, got %s", every), exitInvalid)
+			}
+			auth, natsOpts, err := natsOptions(c, c.String("nats"))
+			if err != nil {
+				return err
 			}
 			cfg, err := load(c.Args().First(), c.StringSlice("set"))
 			if err != nil {
@@ -204,7 +208,10 @@ func runCmd() *cli.Command {
 			for _, w := range cfg.WarningsFor(c.String("transport")) {
 				slog.Warn(w)
 			}
-			r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{NATSURL: c.String("nats"), Transport: c.String("transport")})
+			if auth.URL != "" {
+				slog.Info("external NATS server", "url", secret.URL(auth.URL), "nats", auth)
+			}
+			r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{NATSURL: auth.URL, NATSOptions: natsOpts, Transport: c.String("transport")})
 			if err != nil {
 				return cli.Exit("avflow: "+err.Error(), exitInvalid)
 			}
@@ -245,7 +252,7 @@ func runCmd() *cli.Command {
 			fmt.Fprintf(os.Stderr, "\n%s: %s in %s\n", cfg.Name, status(err), time.Since(start).Round(time.Millisecond))
 			r.Metrics().WriteTable(os.Stderr)
 			if err != nil {
-				return cli.Exit("avflow: "+err.Error(), exitRun)
+				return cli.Exit("avflow: "+natsAuthError(err, auth).Error(), exitRun)
 			}
 			return nil
 		},
