@@ -106,7 +106,10 @@ type StageConfig struct {
 	// default); only kinds whose spec allows it (per-message work, no state
 	// across messages) take more. Outputs leave in input order.
 	Replicas int
-	Pos      Pos
+	// Remote says another process serves the stage (avflow serve): avflow
+	// run leaves it out and waits for its service.
+	Remote bool
+	Pos    Pos
 	// RawParams are the params as written (YAML hosts, for positions); Params
 	// holds them typed, with defaults, after validation.
 	RawParams map[string]*yaml.Node
@@ -307,6 +310,12 @@ func parseStage(n *yaml.Node, file string, bad func(*yaml.Node, string, ...any))
 				bad(v, "strict %q: want true or false", v.Value)
 			}
 			s.Strict = b
+		case "remote":
+			b, err := strconv.ParseBool(scalar(v, bad))
+			if err != nil {
+				bad(v, "remote %q: want true or false", v.Value)
+			}
+			s.Remote = b
 		case "replicas":
 			r, err := strconv.Atoi(scalar(v, bad))
 			if err != nil || r < 1 || r > 64 {
@@ -344,7 +353,7 @@ func parseStage(n *yaml.Node, file string, bad func(*yaml.Node, string, ...any))
 				s.RawParams[pk.Value] = pv
 			}
 		default:
-			bad(k, "unknown stage key %q (want name, kind, inputs, params, accelerator, device, fallback, strict, replicas)", k.Value)
+			bad(k, "unknown stage key %q (want name, kind, inputs, params, accelerator, device, fallback, strict, replicas, remote)", k.Value)
 		}
 	}
 	if s.Name == "" {
@@ -543,4 +552,24 @@ func nodeValue(p Param, n *yaml.Node) (any, error) {
 		return val, nil
 	}
 	return val, nil
+}
+
+// CheckName refuses a pipeline (deployment) name that is not a letter
+// followed by up to 63 letters, digits, '_' or '-' (it is a NATS subject
+// token).
+func CheckName(name string) error {
+	if !nameRe.MatchString(name) {
+		return fmt.Errorf("%w: name %q: want a letter, then up to 63 letters, digits, _ or -", ErrInvalid, name)
+	}
+	return nil
+}
+
+// HasRemote reports whether a stage of the file is marked remote: true.
+func (c *Config) HasRemote() bool {
+	for _, s := range c.Stages {
+		if s.Remote {
+			return true
+		}
+	}
+	return false
 }

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
+	"time"
 
 	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline/envelope"
@@ -71,13 +74,39 @@ func (r *Runner) openTransport(useNATS bool) error {
 		return err
 	}
 	r.pool = pool
-	nt := newNATSTransport(r.cfg.Name, pool, r.edgeFlow, r.cfg.Queue, r.fail, &r.subOwners)
+	nt := newNATSTransport(r.cfg.Name, r.instance, pool, r.edgeFlow, r.cfg.Queue, r.fail, &r.subOwners, r.log)
+	nt.remoteReaders = r.remoteReaders
+	nt.remote = func(stage string) bool { return r.remote[stage] }
 	if r.opts.Transport == TransportNATS {
 		r.tr = nt
 	} else {
-		r.tr = &autoTransport{local: newLocalTransport(), nats: nt}
+		r.tr = &autoTransport{local: newLocalTransport(), nats: nt, remote: func(stage string) bool { return r.remote[stage] }}
 	}
 	return nil
+}
+
+// remoteReaders are the inputs of remote stages that read stage's port.
+func (r *Runner) remoteReaders(stage, port string) []consumerRef {
+	var out []consumerRef
+	for _, s := range r.cfg.Stages {
+		if !r.remote[s.Name] {
+			continue
+		}
+		for i, in := range s.Inputs {
+			if p, ok := findPort(r.stageConfig(in.Stage).outputs, in.Port); in.Stage == stage && ok && p.Name == port {
+				out = append(out, consumerRef{stage: s.Name, input: i})
+			}
+		}
+	}
+	return out
+}
+
+// stageConfig is a stage of the graph now, or of the file (a remote one).
+func (r *Runner) stageConfig(name string) *StageConfig {
+	if n := r.host(name); n != nil {
+		return n.cfg
+	}
+	return r.cfg.Stage(name)
 }
 
 // closeTransports stops the services, ends every host's subscriptions and
@@ -118,14 +147,14 @@ func (r *Runner) startHosts(ctx context.Context, hosts []*host) error {
 	readers := map[string]map[string][]string{} // stage -> port -> stages reading it
 	for _, n := range hosts {
 		for _, in := range n.cfg.Inputs {
-			src := r.host(in.Stage)
+			src := r.stageConfig(in.Stage)
 			if src == nil {
 				return fmt.Errorf("%w: stage %q: input %q: no such stage in the graph", ErrGraph, n.cfg.Name, in)
 			}
-			if local {
+			if local && !r.remote[in.Stage] {
 				downstream[in.Stage] = append(downstream[in.Stage], binds[n].Device.ID)
 			}
-			port, _ := findPort(src.ports, in.Port)
+			port, _ := findPort(src.outputs, in.Port)
 			if readers[in.Stage] == nil {
 				readers[in.Stage] = map[string][]string{}
 			}
@@ -235,17 +264,20 @@ func (r *Runner) launch(ctx context.Context, hosts []*host) error {
 func (r *Runner) wire(ctx context.Context, hosts []*host) error {
 	for _, n := range hosts {
 		for i, in := range n.cfg.Inputs {
-			src := r.host(in.Stage)
+			src := r.stageConfig(in.Stage)
 			if src == nil {
 				return fmt.Errorf("%w: stage %q: input %q: no such stage in the graph", ErrGraph, n.cfg.Name, in)
 			}
-			port, _ := findPort(src.ports, in.Port)
+			port, _ := findPort(src.outputs, in.Port)
 			n.inSubjects = append(n.inSubjects, Subject(r.cfg.Name, in.Stage, port.Name))
 			l, err := r.tr.attach(ctx, consumerRef{stage: n.cfg.Name, input: i, q: n.q}, in.Stage, port)
 			if err != nil {
 				return fmt.Errorf("stage %q: input %q: %w", n.cfg.Name, in, err)
 			}
 			n.ins = append(n.ins, l)
+			if c, ok := l.(EventCounter); ok {
+				n.m.counters = append(n.m.counters, c)
+			}
 		}
 	}
 	for _, n := range hosts {
@@ -500,4 +532,76 @@ func (r *Runner) hostFlow(sc *StageConfig) FlowMode {
 		}
 	}
 	return r.cfg.Flow
+}
+
+// waitRemote waits until every remote stage's service answers (only when
+// this run drives the pipeline, not when it serves stages of it).
+func (r *Runner) waitRemote(ctx context.Context) error {
+	if len(r.opts.Serve) > 0 || len(r.remote) == 0 {
+		return nil
+	}
+	timeout := r.opts.RemoteTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	deadline := time.Now().Add(timeout)
+	for _, name := range slices.Sorted(maps.Keys(r.remote)) {
+		svc := ServiceName(r.cfg.Name, name)
+		r.log.Info("waiting for a remote stage", "stage", name, "service", svc)
+		for {
+			if insts := pingInstances(r.pool.connFor(name), svc, 200*time.Millisecond); len(insts) > 0 {
+				r.log.Info("remote stage found", "stage", name, "service", svc, "instances", len(insts))
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%w: stage %q: no instance of service %s answered within %s (start one with: avflow serve %s --stage %s; it reads %s)",
+					ErrRemote, name, svc, timeout, r.cfg.File, name, strings.Join(r.inputSubjects(name), ", "))
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%w: %w", ErrCanceled, context.Cause(ctx))
+			case <-r.drain:
+				return fmt.Errorf("%w: stopped while waiting for remote stage %q", ErrCanceled, name)
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// inputSubjects are the NATS subjects a stage of the file reads.
+func (r *Runner) inputSubjects(name string) []string {
+	s := r.cfg.Stage(name)
+	var out []string
+	for _, in := range s.Inputs {
+		p, _ := findPort(r.stageConfig(in.Stage).outputs, in.Port)
+		out = append(out, Subject(r.cfg.Name, in.Stage, p.Name))
+	}
+	return out
+}
+
+// stopTaking ends the inputs that come from other processes, after what
+// the server has already sent this instance: a served stage drained by a
+// signal finishes the messages it has and leaves the rest to the other
+// instances.
+func (r *Runner) stopTaking() {
+	select {
+	case <-r.ready:
+	case <-r.finished:
+		return
+	}
+	for _, n := range r.allHosts() {
+		for i, in := range n.ins {
+			if !r.remote[n.cfg.Inputs[i].Stage] {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(r.runCtx, 10*time.Second)
+			if err := in.drain(ctx); err != nil {
+				n.log.Warn("draining an input failed", "input", n.cfg.Inputs[i].String(), "err", err)
+			}
+			cancel()
+			in.ended()
+			_ = n.q.Push(r.runCtx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Input: i}, nil)
+		}
+	}
 }

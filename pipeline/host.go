@@ -173,6 +173,9 @@ func (r *Runner) publish(ctx context.Context, n *host, out Batch) error {
 		}
 		e.Seq = n.seq[port]
 		n.seq[port]++
+		if e.Src == nil && e.Kind != envelope.KindEOS {
+			e.Src = &envelope.Origin{Stream: e.Stream, Seq: e.Seq}
+		}
 		e.Stamps = addStamp(e.Stamps, envelope.Stamp{Stage: n.cfg.Name, At: now})
 		if !n.m.terminal {
 			n.m.observeLatency(e, now)
@@ -222,7 +225,7 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 	// credit tells the producer of a taken message's edge it may send one more.
 	credit := func(e *envelope.Envelope) {
 		if e.Kind != envelope.KindEOS && e.Input >= 0 && e.Input < len(n.ins) {
-			n.ins[e.Input].took()
+			n.ins[e.Input].took(e)
 		}
 	}
 	maxBatch, wait := 1, time.Duration(0)

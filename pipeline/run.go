@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/nats-io/nuid"
 )
 
 // Sentinel errors of a run.
@@ -65,6 +69,16 @@ type Options struct {
 	Log *slog.Logger
 	// Devices is the machine's inventory for binding stages; nil discovers it.
 	Devices *accelerators.Inventory
+	// Remote names stages that other processes serve (avflow serve): this
+	// run does not build them, reaches them over NATS and waits for their
+	// services before it starts (RemoteTimeout, 30 s by default). Stages
+	// with remote: true in the file are remote too.
+	Remote        []string
+	RemoteTimeout time.Duration
+	// Serve, when set, runs only these stages, as services (avflow serve):
+	// every other stage is another process's, and the run does not wait
+	// for them. A Drain stops taking new messages.
+	Serve []string
 }
 
 // Runner runs one validated pipeline once.
@@ -92,7 +106,9 @@ type Runner struct {
 	// belong to, for the connections' error handler.
 	subOwners sync.Map
 	tr        transport
-	pool      *connPool // the NATS connections; nil over the local transport
+	instance  string          // this process's instance id on the bus
+	remote    map[string]bool // stages other processes serve
+	pool      *connPool       // the NATS connections; nil over the local transport
 	inv       *accelerators.Inventory
 
 	// The live graph (see graph.go). editMu serialises edits; graphMu
@@ -110,6 +126,7 @@ type Runner struct {
 	allDone    chan struct{} // closed when over
 	embedded   *server.Server
 	ready      chan struct{}
+	finished   chan struct{} // closed when Run returns
 }
 
 // NewRunner validates cfg (if needed) and prepares a run.
@@ -132,8 +149,57 @@ func NewRunner(env *Environment, cfg *Config, opts Options) (*Runner, error) {
 	if !validTransport(opts.Transport) {
 		return nil, fmt.Errorf("pipeline: transport %q: want auto, nats or local", opts.Transport)
 	}
-	return &Runner{env: env, cfg: cfg, opts: opts, log: log.With("pipeline", cfg.Name),
-		metrics: &Metrics{start: time.Now()}, byName: map[string]*host{}, drain: make(chan struct{}), ready: make(chan struct{}), failed: make(chan struct{})}, nil
+	remote, err := remoteStages(cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	if len(remote) > 0 && opts.Transport == TransportLocal {
+		return nil, fmt.Errorf("%w: transport local cannot reach stages served by other processes (%s)", ErrRemote, strings.Join(slices.Sorted(maps.Keys(remote)), ", "))
+	}
+	return &Runner{env: env, cfg: cfg, opts: opts, log: log.With("pipeline", cfg.Name), remote: remote, instance: nuid.Next(),
+		metrics: &Metrics{start: time.Now()}, byName: map[string]*host{}, drain: make(chan struct{}), ready: make(chan struct{}), finished: make(chan struct{}), failed: make(chan struct{})}, nil
+}
+
+// ErrRemote wraps the failures of stages served by other processes: one
+// named that the pipeline does not have, one that never appears.
+var ErrRemote = errors.New("remote stage")
+
+// remoteStages is the set of stages this run leaves to other processes.
+func remoteStages(cfg *Config, opts Options) (map[string]bool, error) {
+	known := func(names []string, what string) error {
+		for _, n := range names {
+			if cfg.Stage(n) == nil {
+				var all []string
+				for _, s := range cfg.Stages {
+					all = append(all, s.Name)
+				}
+				return fmt.Errorf("%w: %s %q: the pipeline has no such stage (stages: %s)", ErrInvalid, what, n, strings.Join(all, ", "))
+			}
+		}
+		return nil
+	}
+	if err := known(opts.Remote, "remote stage"); err != nil {
+		return nil, err
+	}
+	if err := known(opts.Serve, "stage to serve"); err != nil {
+		return nil, err
+	}
+	remote := map[string]bool{}
+	for _, s := range cfg.Stages {
+		switch {
+		case len(opts.Serve) > 0:
+			remote[s.Name] = !slices.Contains(opts.Serve, s.Name)
+		default:
+			remote[s.Name] = s.Remote || slices.Contains(opts.Remote, s.Name)
+		}
+		if !remote[s.Name] {
+			delete(remote, s.Name)
+		}
+	}
+	if len(remote) == len(cfg.Stages) {
+		return nil, fmt.Errorf("%w: every stage is remote: nothing to run here", ErrInvalid)
+	}
+	return remote, nil
 }
 
 // Run validates and runs a pipeline in the Default environment until its
@@ -175,6 +241,9 @@ func (r *Runner) Drain() {
 		if r.stopStart != nil {
 			r.stopStart()
 		}
+		if len(r.opts.Serve) > 0 {
+			go r.stopTaking()
+		}
 	}
 }
 
@@ -205,6 +274,7 @@ func (r *Runner) err() error {
 func (r *Runner) Run(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer close(r.finished)
 	r.failMu.Lock()
 	r.cancel = cancel
 	r.failMu.Unlock()
@@ -221,7 +291,13 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		r.log.Info("embedded NATS server started", "url", srv.ClientURL())
 	}
 
-	hosts := r.newHosts(r.cfg.order)
+	var here []*StageConfig
+	for _, s := range r.cfg.order {
+		if !r.remote[s.Name] {
+			here = append(here, s)
+		}
+	}
+	hosts := r.newHosts(here)
 	r.graphMu.Lock()
 	r.runCtx, r.allDone = ctx, make(chan struct{})
 	for _, n := range hosts {
@@ -240,6 +316,14 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		r.inv = &m
 	}
 	if err := r.startHosts(ctx, hosts); err != nil {
+		return err
+	}
+	if err := r.waitRemote(ctx); err != nil {
+		for _, n := range hosts {
+			for _, st := range n.instances() {
+				_ = st.Close()
+			}
+		}
 		return err
 	}
 	r.metrics.show(stageMetricsOf(hosts))

@@ -988,7 +988,20 @@ stages:
 			t.Error(err)
 			return
 		}
-		if err := nc.Publish(pipeline.Subject("early", "g", "out"), eos); err != nil {
+		// The end of stream as g's instance sends it (its id is in its
+		// service's metadata).
+		info, err := nc.Request("$SRV.INFO.early-g", nil, 5*time.Second)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		var svc micro.Info
+		if err := json.Unmarshal(info.Data, &svc); err != nil {
+			t.Error(err)
+			return
+		}
+		m := &nats.Msg{Subject: pipeline.Subject("early", "g", "out") + ".eos", Data: eos, Header: nats.Header{pipeline.HeaderInstance: []string{svc.Metadata["instance"]}}}
+		if err := nc.PublishMsg(m); err != nil {
 			t.Error(err)
 			return
 		}

@@ -31,7 +31,7 @@ func (r *Runner) addService(n *host) (micro.Service, error) {
 		Version:     ServiceVersion,
 		Description: n.cfg.spec.Summary,
 		Metadata: map[string]string{
-			"pipeline": r.cfg.Name, "stage": n.cfg.Name, "kind": n.cfg.Kind, "device": n.m.device,
+			"pipeline": r.cfg.Name, "stage": n.cfg.Name, "kind": n.cfg.Kind, "device": n.m.device, "instance": r.instance,
 			"inputs": strings.Join(ins, ","), "outputs": strings.Join(outs, ","),
 		},
 		StatsHandler: func(*micro.Endpoint) any { return stats() },

@@ -46,7 +46,7 @@ type publisher interface {
 type inlet interface {
 	// took says the consumer took one message of this input from its
 	// queue: the producer may send one more.
-	took()
+	took(e *envelope.Envelope)
 	// ended says the consumer takes nothing more from this input: its
 	// producer stops waiting for it.
 	ended()
@@ -73,17 +73,22 @@ func (c consumerRef) id() string { return c.stage + "/" + strconv.Itoa(c.input) 
 // stage reads, is also published on its NATS subject for outside
 // consumers (nats sub, other services).
 type autoTransport struct {
-	local *localTransport
-	nats  *natsTransport
+	local  *localTransport
+	nats   *natsTransport
+	remote func(stage string) bool // the stage runs in another process
 }
 
 func (t *autoTransport) attach(ctx context.Context, ref consumerRef, stage string, port Port) (inlet, error) {
+	if t.remote(stage) {
+		return t.nats.attach(ctx, ref, stage, port)
+	}
 	return t.local.attach(ctx, ref, stage, port)
 }
 
 func (t *autoTransport) publisher(stage string, port Port, log *slog.Logger) (publisher, error) {
 	lp, _ := t.local.publisher(stage, port, log)
-	if port.Type.Kind != envelope.KindData && t.local.port(stage, port.Name).readers() > 0 {
+	remoteReaders := len(t.nats.remoteReaders(stage, port.Name)) > 0
+	if port.Type.Kind != envelope.KindData && t.local.port(stage, port.Name).readers() > 0 && !remoteReaders {
 		return lp, nil
 	}
 	np, err := t.nats.publisher(stage, port, log)

@@ -72,8 +72,8 @@ type localInlet struct {
 	id string
 }
 
-func (l *localInlet) took()  {}
-func (l *localInlet) ended() {}
+func (l *localInlet) took(*envelope.Envelope) {}
+func (l *localInlet) ended()                  {}
 
 // drain detaches: a local publisher has put what it sent in the queue
 // before its Publish returned.

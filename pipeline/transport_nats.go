@@ -15,24 +15,50 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
+// The NATS wire protocol of an edge (docs/services.md):
+//
+//   - data on the port's subject, each message with the publishing
+//     process's instance id in the Avflow-Instance header; the inputs that
+//     read it subscribe in a queue group named after the consumer stage and
+//     input, so the processes serving one stage share its messages;
+//   - the end of stream on <subject>.eos (every instance gets it), with
+//     the same header;
+//   - credits on <subject>.ack: "<consumer> <consumer instance> <n>
+//     <producer instance>" (that consumer instance has taken n messages of
+//     that producer instance) or "<consumer> <consumer instance> end".
+const (
+	HeaderInstance = "Avflow-Instance"
+	eosSuffix      = ".eos"
+	ackSuffix      = ".ack"
+	ackEnd         = "end"
+)
+
 // natsTransport sends a pipeline's messages on NATS subjects (see
 // Subject), over the run's shared connections.
 type natsTransport struct {
 	pipeline string
+	instance string // this process's instance id
 	pool     *connPool
 	flow     func(PortType) FlowMode // an edge's flow control, by its type
 	window   int                     // credits per consumer in block flow
 	fail     func(error)
 	owners   *sync.Map // subscription -> stage, for the connections' error handler
+	log      *slog.Logger
+	// remoteReaders are the inputs of stages in other processes that read
+	// a port (stage, port) of this process.
+	remoteReaders func(stage, port string) []consumerRef
+	// remote says a stage runs in another process (nil: none does).
+	remote func(stage string) bool
 
 	mu       sync.Mutex
 	expected map[string][]consumerRef // subject -> inputs attached to it
 	pubs     map[string]*natsPublisher
 }
 
-func newNATSTransport(pipeline string, pool *connPool, flow func(PortType) FlowMode, window int, fail func(error), owners *sync.Map) *natsTransport {
-	return &natsTransport{pipeline: pipeline, pool: pool, flow: flow, window: window, fail: fail, owners: owners,
-		expected: map[string][]consumerRef{}, pubs: map[string]*natsPublisher{}}
+func newNATSTransport(pipeline, instance string, pool *connPool, flow func(PortType) FlowMode, window int, fail func(error), owners *sync.Map, log *slog.Logger) *natsTransport {
+	return &natsTransport{pipeline: pipeline, instance: instance, pool: pool, flow: flow, window: window, fail: fail, owners: owners, log: log,
+		remoteReaders: func(string, string) []consumerRef { return nil },
+		expected:      map[string][]consumerRef{}, pubs: map[string]*natsPublisher{}}
 }
 
 // conn is the shared connection a stage's subscriptions and service use.
@@ -40,27 +66,49 @@ func (t *natsTransport) conn(stage string) *nats.Conn { return t.pool.connFor(st
 
 func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage string, port Port) (inlet, error) {
 	subject := Subject(t.pipeline, stage, port.Name)
-	s, err := newNATSSubscriber(ctx, t.conn(ref.stage), subject, ref, t.flow(port.Type), t.window, t.fail)
-	if err != nil {
+	s := &natsSubscriber{nc: t.conn(ref.stage), subject: subject, ref: ref, instance: t.instance,
+		block: t.flow(port.Type) == FlowBlock, ackEvery: uint64(max(1, t.window/4)), ctx: ctx,
+		producers: newProducerSet(t.conn(ref.stage), ServiceName(t.pipeline, stage), t.localInstance(stage)),
+		log:       t.log.With("stage", ref.stage, "subject", subject), taken: map[string]*atomic.Uint64{},
+		reorder: newReorder(2 * t.window)}
+	if err := s.subscribe(queueGroup(t.pipeline, ref)); err != nil {
 		return nil, err
 	}
-	s.producer = t.conn(stage)
 	t.owners.Store(s.sub, ref.stage)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if p := t.pubs[subject]; p != nil && !p.expect(ref) {
-		s.detach()
-		return nil, errPortEnded
+	if p := t.pubs[subject]; p != nil {
+		s.producer = p.nc // in this process: drain can flush it
+		if !p.expect(ref) {
+			s.detach()
+			return nil, errPortEnded
+		}
 	}
 	t.expected[subject] = append(t.expected[subject], ref)
 	return s, nil
+}
+
+// localInstance is this process's instance id when stage runs here (it
+// is then the producer's only instance), "" when it runs elsewhere.
+func (t *natsTransport) localInstance(stage string) string {
+	if t.remote != nil && t.remote(stage) {
+		return ""
+	}
+	return t.instance
+}
+
+// queueGroup is the queue group of an input: every process that serves the
+// consumer stage takes part of its messages.
+func queueGroup(pipeline string, ref consumerRef) string {
+	return pipeline + "-" + ref.stage + "-" + strconv.Itoa(ref.input)
 }
 
 func (t *natsTransport) publisher(stage string, port Port, log *slog.Logger) (publisher, error) {
 	subject := Subject(t.pipeline, stage, port.Name)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	p, err := newNATSPublisher(t.conn(stage), subject, t.expected[subject], t.flow(port.Type), t.window, log)
+	consumers := append(t.expected[subject][:len(t.expected[subject]):len(t.expected[subject])], t.remoteReaders(stage, port.Name)...)
+	p, err := newNATSPublisher(t.conn(stage), subject, t.instance, consumers, t.flow(port.Type), t.window, log)
 	if err != nil {
 		return nil, err
 	}
@@ -80,36 +128,52 @@ func (t *natsTransport) sync() error {
 
 // natsPublisher publishes one port on its subject, chunking messages larger
 // than the server's max payload. In block mode it holds at most window
-// unacknowledged messages per known consumer that has not ended.
-//
-// Credits travel on the subject with ".ack" appended, as "<consumer> <n>"
-// (the consumer, stage/input, has taken n messages) or "<consumer> end"
-// (it has ended and takes nothing more: the publisher stops waiting for it).
+// messages not yet taken per consumer (stage/input) that has not ended,
+// counting what every instance of the consumer has taken.
 type natsPublisher struct {
-	nc      *nats.Conn
-	subject string
-	block   bool
-	window  uint64
-	maxPart int
-	chunkID uint64
-	log     *slog.Logger
+	nc       *nats.Conn
+	subject  string
+	instance string
+	block    bool
+	window   uint64
+	maxPart  int
+	chunkID  uint64
+	log      *slog.Logger
 
 	mu     sync.Mutex
 	sent   uint64
-	acked  map[string]uint64 // consumers that have not ended -> messages they took
-	names  map[string]string // consumer id -> stage name
-	base   map[string]uint64 // consumer id -> messages sent before it attached
-	ended  []string          // consumers that ended, not yet warned about
-	eos    bool              // the port has ended
+	cons   map[string]*credits // consumer id (stage/input) -> what it took
+	ended  []string            // consumers that ended, not yet warned about
+	eos    bool                // the port has ended
 	credit chan struct{}
 	ackSub *nats.Subscription
 	buf    []byte
 }
 
-func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mode FlowMode, window int, log *slog.Logger) (*natsPublisher, error) {
+// credits is what the instances of one consumer have taken from this
+// publisher. A consumer whose every instance has ended is waited for no
+// more.
+type credits struct {
+	stage string
+	base  uint64            // messages sent before it attached
+	taken map[string]uint64 // consumer instance -> messages taken
+	live  map[string]bool   // instances that have not ended
+}
+
+// took is how many messages the consumer has taken, at most sent (a forged
+// credit cannot make the publisher send more than its window).
+func (c *credits) took(sent uint64) uint64 {
+	n := c.base
+	for _, v := range c.taken {
+		n += v
+	}
+	return min(n, sent)
+}
+
+func newNATSPublisher(nc *nats.Conn, subject, instance string, consumers []consumerRef, mode FlowMode, window int, log *slog.Logger) (*natsPublisher, error) {
 	p := &natsPublisher{
-		nc: nc, subject: subject, block: mode == FlowBlock, window: uint64(window), log: log,
-		acked: map[string]uint64{}, names: map[string]string{}, base: map[string]uint64{}, credit: make(chan struct{}, 1),
+		nc: nc, subject: subject, instance: instance, block: mode == FlowBlock, window: uint64(window), log: log,
+		cons: map[string]*credits{}, credit: make(chan struct{}, 1),
 	}
 	// Leave room for headers and protocol overhead.
 	p.maxPart = int(nc.MaxPayload()) - 1024
@@ -118,10 +182,9 @@ func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mo
 	}
 	if p.block {
 		for _, c := range consumers {
-			p.acked[c.id()] = 0
-			p.names[c.id()] = c.stage
+			p.cons[c.id()] = &credits{stage: c.stage, taken: map[string]uint64{}, live: map[string]bool{}}
 		}
-		sub, err := nc.Subscribe(subject+".ack", p.onAck)
+		sub, err := nc.Subscribe(subject+ackSuffix, p.onAck)
 		if err != nil {
 			return nil, fmt.Errorf("%w: subscribing to %s.ack failed: %w", ErrTransport, subject, err)
 		}
@@ -131,8 +194,8 @@ func newNATSPublisher(nc *nats.Conn, subject string, consumers []consumerRef, mo
 }
 
 // expect adds a consumer attached after the publisher was made: from
-// now on the publisher waits for its credits too.
-// It returns false when the port has already ended.
+// now on the publisher waits for its credits too. It returns false when
+// the port has already ended.
 func (p *natsPublisher) expect(c consumerRef) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -142,56 +205,51 @@ func (p *natsPublisher) expect(c consumerRef) bool {
 	if p.block {
 		// What was sent before it attached is not its to take: its
 		// credits count from here.
-		p.acked[c.id()], p.base[c.id()] = p.sent, p.sent
-		p.names[c.id()] = c.stage
+		p.cons[c.id()] = &credits{stage: c.stage, base: p.sent, taken: map[string]uint64{}, live: map[string]bool{}}
 	}
 	return true
 }
 
-// onAck takes a credit or a consumer's end (see natsPublisher).
+// onAck takes a credit or a consumer instance's end. Credits of consumers
+// it does not expect, or meant for another producer instance, are ignored.
 func (p *natsPublisher) onAck(m *nats.Msg) {
-	id, n, ok := strings.Cut(string(m.Data), " ")
-	if !ok {
+	f := strings.Fields(string(m.Data))
+	if len(f) < 3 {
 		return
 	}
+	id, inst := f[0], f[1]
 	p.mu.Lock()
-	prev, known := p.acked[id]
+	c := p.cons[id]
 	switch {
-	case !known:
-	case n == ackEnd:
-		delete(p.acked, id)
-		if !p.eos {
-			p.ended = append(p.ended, id)
+	case c == nil:
+	case f[2] == ackEnd && len(f) == 3:
+		if _, known := c.taken[inst]; !known {
+			c.taken[inst] = 0
 		}
-	default:
-		if count, err := strconv.ParseUint(n, 10, 64); err == nil && p.base[id]+count > prev {
-			p.acked[id] = p.base[id] + count
+		delete(c.live, inst)
+		if len(c.live) == 0 {
+			delete(p.cons, id)
+			if !p.eos {
+				p.ended = append(p.ended, c.stage)
+			}
+		}
+	case len(f) == 4 && f[3] == p.instance:
+		if n, err := strconv.ParseUint(f[2], 10, 64); err == nil && n > c.taken[inst] {
+			c.taken[inst] = n
+			c.live[inst] = true
 		}
 	}
 	p.mu.Unlock()
 	signal(p.credit)
 }
 
-// ackEnd is the credit a consumer sends when it has ended.
-const ackEnd = "end"
-
 // lagging returns the consumers the publisher must wait for before it may
 // send one more message (none: it may send). Called with mu held.
 func (p *natsPublisher) lagging() []string {
-	first := true
-	var least uint64
-	for _, v := range p.acked {
-		if first || v < least {
-			least, first = v, false
-		}
-	}
-	if first || p.sent-least < p.window {
-		return nil
-	}
 	var out []string
-	for id, v := range p.acked {
-		if v == least {
-			out = append(out, p.names[id])
+	for _, c := range p.cons {
+		if p.sent-c.took(p.sent) >= p.window {
+			out = append(out, c.stage)
 		}
 	}
 	sort.Strings(out)
@@ -210,7 +268,13 @@ func (p *natsPublisher) Publish(ctx context.Context, e *envelope.Envelope) error
 		p.mu.Lock()
 		p.eos = true
 		p.mu.Unlock()
-	} else if p.block {
+		m := &nats.Msg{Subject: p.subject + eosSuffix, Data: data, Header: nats.Header{HeaderInstance: []string{p.instance}}}
+		if err := p.nc.PublishMsg(m); err != nil {
+			return fmt.Errorf("%w: publishing the end of %s failed: %w", ErrTransport, p.subject, err)
+		}
+		return nil
+	}
+	if p.block {
 		if err := p.waitCredit(ctx); err != nil {
 			return err
 		}
@@ -218,11 +282,9 @@ func (p *natsPublisher) Publish(ctx context.Context, e *envelope.Envelope) error
 	if err := p.send(data); err != nil {
 		return fmt.Errorf("%w: publishing on %s failed: %w", ErrTransport, p.subject, err)
 	}
-	if e.Kind != envelope.KindEOS {
-		p.mu.Lock()
-		p.sent++
-		p.mu.Unlock()
-	}
+	p.mu.Lock()
+	p.sent++
+	p.mu.Unlock()
 	return nil
 }
 
@@ -236,9 +298,9 @@ func (p *natsPublisher) waitCredit(ctx context.Context) error {
 		lagging, ended := p.lagging(), p.ended
 		p.ended = nil
 		p.mu.Unlock()
-		for _, id := range ended {
+		for _, stage := range ended {
 			if ctx.Err() == nil {
-				p.log.Warn("a consumer has ended: what this port sends it from now on is not read", "subject", p.subject, "consumer", p.names[id])
+				p.log.Warn("a consumer has ended: what this port sends it from now on is not read", "subject", p.subject, "consumer", stage)
 			}
 		}
 		if lagging == nil {
@@ -261,7 +323,7 @@ func (p *natsPublisher) waitCredit(ctx context.Context) error {
 
 func (p *natsPublisher) send(data []byte) error {
 	if len(data) <= p.maxPart {
-		return p.nc.Publish(p.subject, data)
+		return p.nc.PublishMsg(&nats.Msg{Subject: p.subject, Data: data, Header: nats.Header{HeaderInstance: []string{p.instance}}})
 	}
 	p.chunkID++
 	parts, err := envelope.Split(p.chunkID, data, p.maxPart)
@@ -269,7 +331,7 @@ func (p *natsPublisher) send(data []byte) error {
 		return err
 	}
 	for _, c := range parts {
-		m := &nats.Msg{Subject: p.subject, Data: c.Data, Header: nats.Header{envelope.HeaderChunk: []string{c.Header()}}}
+		m := &nats.Msg{Subject: p.subject, Data: c.Data, Header: nats.Header{envelope.HeaderChunk: []string{c.Header()}, HeaderInstance: []string{p.instance}}}
 		if err := p.nc.PublishMsg(m); err != nil {
 			return err
 		}
@@ -280,106 +342,5 @@ func (p *natsPublisher) send(data []byte) error {
 func (p *natsPublisher) Close() {
 	if p.ackSub != nil {
 		_ = p.ackSub.Unsubscribe()
-	}
-}
-
-// natsSubscriber feeds one input edge from its subject into the stage queue,
-// and sends credits back as the stage takes messages.
-type natsSubscriber struct {
-	nc       *nats.Conn
-	subject  string
-	ref      consumerRef
-	sub      *nats.Subscription
-	producer *nats.Conn // the producer's connection, when it is in this process
-	reasm    envelope.Reassembler
-	block    bool
-	ackEvery uint64
-	taken    atomic.Uint64
-	lastAck  uint64
-	fail     func(error)
-	ctx      context.Context
-}
-
-func newNATSSubscriber(ctx context.Context, nc *nats.Conn, subject string, ref consumerRef, mode FlowMode, window int, fail func(error)) (*natsSubscriber, error) {
-	s := &natsSubscriber{nc: nc, subject: subject, ref: ref, block: mode == FlowBlock, fail: fail, ctx: ctx}
-	s.ackEvery = uint64(max(1, window/4))
-	sub, err := nc.Subscribe(subject, s.onMsg)
-	if err != nil {
-		return nil, fmt.Errorf("%w: subscribing to %s failed: %w", ErrTransport, subject, err)
-	}
-	// Credits bound what is in flight; the client must never drop on its own.
-	if err := sub.SetPendingLimits(-1, -1); err != nil {
-		return nil, fmt.Errorf("%w: setting the pending limits of %s failed: %w", ErrTransport, subject, err)
-	}
-	s.sub = sub
-	return s, nil
-}
-
-func (s *natsSubscriber) onMsg(m *nats.Msg) {
-	data := m.Data
-	if h := m.Header.Get(envelope.HeaderChunk); h != "" {
-		id, idx, n, err := envelope.ParseChunkHeader(h)
-		if err == nil {
-			data, err = s.reasm.Add(envelope.Chunk{ID: id, Index: idx, Count: n, Data: m.Data})
-		}
-		if err != nil {
-			s.fail(fmt.Errorf("%w: stage %q input %d (%s): %w", ErrTransport, s.ref.stage, s.ref.input, s.subject, err))
-			return
-		}
-		if data == nil {
-			return
-		}
-	}
-	e, err := envelope.Unmarshal(data)
-	if err != nil {
-		s.fail(fmt.Errorf("%w: stage %q input %d (%s): %w", ErrTransport, s.ref.stage, s.ref.input, s.subject, err))
-		return
-	}
-	e.Input = s.ref.input
-	_ = s.ref.q.Push(s.ctx, e, nil)
-}
-
-// ended tells the edge's producer that this consumer takes nothing more,
-// so it stops waiting for its credits.
-func (s *natsSubscriber) ended() {
-	if s.block {
-		_ = s.nc.Publish(s.subject+".ack", []byte(s.ref.id()+" "+ackEnd))
-	}
-}
-
-// took is called when the stage takes a message of this input from its queue.
-func (s *natsSubscriber) took() {
-	if !s.block {
-		return
-	}
-	n := s.taken.Add(1)
-	if n-s.lastAck >= s.ackEvery {
-		s.lastAck = n
-		_ = s.nc.Publish(s.subject+".ack", []byte(s.ref.id()+" "+strconv.FormatUint(n, 10)))
-	}
-}
-
-func (s *natsSubscriber) detach() { _ = s.sub.Unsubscribe() }
-
-// drain makes sure the server has what the producer (a stage of this
-// process) has written, then unsubscribes once the messages the server
-// had sent before are in the queue.
-func (s *natsSubscriber) drain(ctx context.Context) error {
-	closed := s.sub.StatusChanged(nats.SubscriptionClosed)
-	if s.producer != nil {
-		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		if err := s.producer.FlushWithContext(fctx); err != nil {
-			return fmt.Errorf("%w: flushing %s failed: %w", ErrTransport, s.subject, err)
-		}
-	}
-	if err := s.sub.Drain(); err != nil {
-		return fmt.Errorf("%w: draining %s failed: %w", ErrTransport, s.subject, err)
-	}
-	select {
-	case <-closed:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
