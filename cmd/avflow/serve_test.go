@@ -35,7 +35,7 @@ stages:
 // stageIn is the "in" count of a stage in an avflow end table.
 func stageIn(t *testing.T, log, stage string) int {
 	t.Helper()
-	m := regexp.MustCompile(`(?m)^\s+` + stage + `\s+\w+\s+(\d+)\s`).FindAllStringSubmatch(log, -1)
+	m := regexp.MustCompile(`(?m)^\s+`+stage+`\s+\w+\s+(\d+)\s`).FindAllStringSubmatch(log, -1)
 	if len(m) == 0 {
 		t.Fatalf("no end table row for %s in:\n%s", stage, log)
 	}
