@@ -537,7 +537,16 @@ func (r *Runner) hostFlow(sc *StageConfig) FlowMode {
 // waitRemote waits until every remote stage's service answers (only when
 // this run drives the pipeline, not when it serves stages of it).
 func (r *Runner) waitRemote(ctx context.Context) error {
-	if len(r.opts.Serve) > 0 || len(r.remote) == 0 {
+	if len(r.opts.Serve) > 0 {
+		// Other processes may already serve these stages: they must agree.
+		for _, name := range r.opts.Serve {
+			if err := r.checkPeers(name, pingServices(r.pool.connFor(name), ServiceName(r.cfg.Name, name), 200*time.Millisecond)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if len(r.remote) == 0 {
 		return nil
 	}
 	timeout := r.opts.RemoteTimeout
@@ -549,8 +558,11 @@ func (r *Runner) waitRemote(ctx context.Context) error {
 		svc := ServiceName(r.cfg.Name, name)
 		r.log.Info("waiting for a remote stage", "stage", name, "service", svc)
 		for {
-			if insts := pingInstances(r.pool.connFor(name), svc, 200*time.Millisecond); len(insts) > 0 {
-				r.log.Info("remote stage found", "stage", name, "service", svc, "instances", len(insts))
+			if peers := pingServices(r.pool.connFor(name), svc, 200*time.Millisecond); len(peers) > 0 {
+				if err := r.checkPeers(name, peers); err != nil {
+					return err
+				}
+				r.log.Info("remote stage found", "stage", name, "service", svc, "instances", len(peers))
 				break
 			}
 			if time.Now().After(deadline) {

@@ -171,3 +171,25 @@ func TestRemoteStageProblems(t *testing.T) {
 		})
 	}
 }
+
+// TestServeConfigMismatch: a stage served under one deployment name from
+// two files whose params differ is refused, in serve and in run, naming
+// the other instance.
+func TestServeConfigMismatch(t *testing.T) {
+	dir := t.TempDir()
+	p := splitPipelineTo(t, t.TempDir(), dir, 25, false)
+	port, _ := startNATSServer(t)
+	url := "nats://127.0.0.1:" + strconv.Itoa(port)
+	s1 := startAvflow(t, nil, "serve", p, "--stage", "flt", "--nats", url)
+	s1.waitLog(t, `stage ready`, 30*time.Second)
+	const want = `serves another config of it`
+	r := avflow(t, nil, "serve", p, "--stage", "flt", "--nats", url, "--set", "flt.graph=scale=160:90")
+	if r.code != exitRun || !strings.Contains(r.stderr, want) {
+		t.Errorf("a second serve with other params: exit %d, want %d with %q:\n%s", r.code, exitRun, want, r.stderr)
+	}
+	r = avflow(t, nil, "run", p, "--nats", url, "--remote", "flt", "--set", "flt.graph=scale=160:90")
+	if r.code != exitRun || !strings.Contains(r.stderr, want) {
+		t.Errorf("a run with other params: exit %d, want %d with %q:\n%s", r.code, exitRun, want, r.stderr)
+	}
+	assertNoOutput(t, dir)
+}
