@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/avflow/avflow/accelerators"
@@ -30,7 +31,7 @@ func (r *Runner) newHosts(order []*StageConfig) []*host {
 	hosts := make([]*host, 0, len(order))
 	for _, sc := range order {
 		n := &host{cfg: sc, pubs: map[string]publisher{}, ports: sc.outputs, seq: map[string]uint64{}, nInputs: len(sc.Inputs),
-			log: r.log.With("stage", sc.Name, "kind", sc.Kind), done: make(chan struct{})}
+			log: r.log.With("stage", sc.Name, "kind", sc.Kind), done: make(chan struct{}), inputEnded: make([]atomic.Bool, len(sc.Inputs))}
 		n.m = &stageMetrics{name: sc.Name, kind: sc.Kind, terminal: len(sc.outputs) == 0}
 		if n.nInputs > 0 {
 			n.q = newQueue(r.cfg.Queue*n.nInputs, r.hostFlow(sc))
@@ -614,6 +615,94 @@ func (r *Runner) stopTaking() {
 			cancel()
 			in.ended()
 			_ = n.q.Push(r.runCtx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Input: i}, nil)
+		}
+	}
+}
+
+// remoteEnded reports whether every input of this process that a remote
+// stage feeds has had its end of stream: the stage is done, not lost.
+func (r *Runner) remoteEnded(name string) bool {
+	fed := false
+	for _, n := range r.allHosts() {
+		for i, in := range n.cfg.Inputs {
+			if in.Stage == name {
+				fed = true
+				if !n.inputEnded[i].Load() {
+					return false
+				}
+			}
+		}
+	}
+	return fed
+}
+
+// remoteLost is how long a remote stage's instance may stop answering
+// before the run reports it (and, in block flow with none left, fails).
+var remoteLost = 5 * time.Second
+
+// watchRemote asks the remote stages' services every second who is there;
+// it reports an instance that stopped answering (service, instance, host,
+// last seen). In live flow the run goes on with the instances left; in
+// block flow, where a missing stage would stall the run, it fails once a
+// remote stage has had no instance for remoteLost.
+func (r *Runner) watchRemote(ctx context.Context) {
+	if len(r.opts.Serve) > 0 || len(r.remote) == 0 {
+		return
+	}
+	type seen struct {
+		host string
+		at   time.Time
+		gone bool
+	}
+	last := map[string]map[string]*seen{} // stage -> instance -> last answer
+	empty := map[string]time.Time{}       // stage -> since when no instance answers
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.allDone:
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		for name := range r.remote {
+			if r.remoteEnded(name) {
+				continue
+			}
+			svc := ServiceName(r.cfg.Name, name)
+			if last[name] == nil {
+				last[name] = map[string]*seen{}
+			}
+			for _, p := range pingServices(r.pool.connFor(name), svc, 200*time.Millisecond) {
+				inst := p.Metadata["instance"]
+				if s := last[name][inst]; s != nil && s.gone {
+					r.log.Info("remote stage instance answers again", "stage", name, "service", svc, "instance", inst)
+				}
+				last[name][inst] = &seen{host: p.Metadata["host"], at: now}
+			}
+			alive := 0
+			for inst, s := range last[name] {
+				switch {
+				case now.Sub(s.at) < remoteLost:
+					alive++
+				case !s.gone:
+					s.gone = true
+					r.log.Warn("a remote stage instance stopped answering", "stage", name, "service", svc, "instance", inst, "host", s.host, "last_seen", s.at.Format(time.RFC3339))
+				}
+			}
+			if alive > 0 {
+				delete(empty, name)
+				continue
+			}
+			if _, ok := empty[name]; !ok {
+				empty[name] = now
+			}
+			if r.cfg.Flow == FlowBlock && now.Sub(empty[name]) >= remoteLost {
+				r.fail(fmt.Errorf("%w: stage %q: no instance of service %s has answered for %s (block flow cannot go on without it)", ErrRemote, name, svc, remoteLost))
+				return
+			}
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/avflow/avflow/pipeline/envelope"
@@ -22,7 +23,9 @@ type host struct {
 	ports []Port
 	ins   []inlet       // the stage's inputs, in order
 	done  chan struct{} // closed when the host has ended
-	nc    *nats.Conn    // for its micro service, shared with other hosts (connPool); nil over the local transport
+	// inputEnded says which inputs have ended (read by watchRemote).
+	inputEnded []atomic.Bool
+	nc         *nats.Conn // for its micro service, shared with other hosts (connPool); nil over the local transport
 	// inSubjects are the NATS subjects of the stage's inputs, in order.
 	inSubjects []string
 	m          *stageMetrics
@@ -239,8 +242,8 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 		defer reps.abandon() // on an early return: no instance may still be working
 	}
 	eos := 0
-	inputEnded := make([]bool, n.nInputs) // an input ends once: its end of stream, or its removal
-	var held *envelope.Envelope           // an EOS that arrived while a batch was filling
+	inputEnded := n.inputEnded  // an input ends once: its end of stream, or its removal
+	var held *envelope.Envelope // an EOS that arrived while a batch was filling
 	for eos < n.nInputs {
 		var e *envelope.Envelope
 		if held != nil {
@@ -253,10 +256,10 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 			credit(e)
 		}
 		if e.Kind == envelope.KindEOS {
-			if e.Input < 0 || e.Input >= n.nInputs || inputEnded[e.Input] {
+			if e.Input < 0 || e.Input >= n.nInputs || inputEnded[e.Input].Load() {
 				continue
 			}
-			inputEnded[e.Input] = true
+			inputEnded[e.Input].Store(true)
 			eos++
 			if reps != nil {
 				if err := reps.finish(true); err != nil {

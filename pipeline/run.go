@@ -331,6 +331,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	if err := r.launch(ctx, hosts); err != nil {
 		return err
 	}
+	go r.watchRemote(ctx)
 	<-r.allDone
 	if err := r.err(); err != nil {
 		return err
