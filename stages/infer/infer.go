@@ -179,13 +179,12 @@ func provider(d accelerators.Device) (string, map[string]string) {
 	return name, nil
 }
 
-// replicable: several instances of an image model may share the input;
-// counting frames for interval, overlapping calls and audio models'
-// running state may not be split.
+// replicable: several instances of an image model may share the input
+// (interval counts a frame's place in its stream, which every instance
+// sees); overlapping calls and audio models' running state may not be
+// split.
 func replicable(p pipeline.Params) error {
 	switch {
-	case p.Int("interval") > 1:
-		return errors.New("interval counts frames per instance: use interval 1 with replicas")
 	case p.Bool("overlap"):
 		return errors.New("overlap returns frames a call late: turn it off with replicas")
 	}
@@ -365,6 +364,12 @@ func (s *Video) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 	for i, e := range in {
 		n := s.counts[e.Stream]
 		s.counts[e.Stream] = n + 1
+		if e.Src != nil {
+			// The frame's place in its stream, the same in every
+			// instance: replicas (here or in other processes) pick the
+			// same frames as one instance would.
+			n = int(e.Src.Seq % uint64(s.interval))
+		}
 		if n%s.interval != 0 {
 			continue
 		}
