@@ -1161,6 +1161,20 @@ stages:
 	if !strings.Contains(prom.String(), want) {
 		t.Errorf("Prometheus text lacks %s:\n%s", want, prom.String())
 	}
+	// The end table's other columns are series too, with the values of the snapshot.
+	for _, st := range r.Metrics().Snapshot() {
+		if st.Name != "c" {
+			continue
+		}
+		if st.FPS <= 0 || st.MaxLatMs <= 0 || st.LatP99Ms < st.LatP50Ms || st.MaxLatMs < st.LatP99Ms {
+			t.Errorf("stats of c: fps %g, latency p50 %g p99 %g max %g", st.FPS, st.LatP50Ms, st.LatP99Ms, st.MaxLatMs)
+		}
+		for _, series := range []string{"avflow_stage_fps", "avflow_stage_latency_max_seconds", "avflow_stage_latency_p50_seconds", "avflow_stage_latency_p99_seconds"} {
+			if !strings.Contains(prom.String(), series+`{pipeline="events",stage="c",kind="collect",device="cpu:0"} `) {
+				t.Errorf("Prometheus text lacks %s for c", series)
+			}
+		}
+	}
 }
 
 // TestFailedRunStopsEndlessSource: a source that never blocks (drop-oldest

@@ -31,7 +31,7 @@ func init() {
 			{Name: "threshold", Type: pipeline.TypeFloat, Default: 0.0, Doc: "minimum score (0: the card's)"},
 			{Name: "scaler", Type: pipeline.TypeString, Default: "bilinear", Enum: ScalerNames, Doc: "swscale algorithm that sizes frames for the model (the names of ffmpeg's scale flags=; the ffmpeg CLI's default is bicubic)"},
 			{Name: "pad", Type: pipeline.TypeFloat, Default: 0.0, Doc: "mirror the frame into a border of this fraction of its width and height on every side before the model sees it (0 to 1): a face or object that the frame's edge cuts looks whole to the model; no extra run, but everything is that much smaller in the model's input; boxes are cut back to the frame"},
-			{Name: "interval", Type: pipeline.TypeInt, Default: 1, Doc: "run the model on every Nth video frame of each stream (a track stage carries boxes between)"},
+			{Name: "interval", Type: pipeline.TypeInt, Default: 1, Doc: "run the model on every Nth video frame of each stream, by the frame's place in the stream, so replicas (here or served elsewhere) pick the same frames (a track stage carries boxes between)"},
 			{Name: "max_batch", Type: pipeline.TypeInt, Default: 1, Doc: "frames (from any stream) taken together per call"},
 			{Name: "max_wait", Type: pipeline.TypeDuration, Default: "0s", Doc: "how long a batch may wait to fill (0: take what is queued)"},
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "ONNX Runtime intra-op threads (0: one per core)"},
