@@ -706,3 +706,44 @@ func (r *Runner) watchRemote(ctx context.Context) {
 		}
 	}
 }
+
+// crossingWarnings name the edges between this process and another that
+// carry raw video frames (a 1080p frame is 3 MB on the wire, 4K 12 MB),
+// with the nearest edge upstream that carries packets: cutting there is
+// far cheaper.
+func (r *Runner) crossingWarnings() []string {
+	var out []string
+	for _, s := range r.cfg.order {
+		for i, in := range s.Inputs {
+			if r.remote[s.Name] == r.remote[in.Stage] || i >= len(s.inTypes) {
+				continue
+			}
+			t := s.inTypes[i]
+			if t.Kind != envelope.KindFrame || t.Media != envelope.MediaVideo {
+				continue
+			}
+			w := fmt.Sprintf("edge %s -> %s crosses processes with raw video frames (a 1080p frame is 3 MB on the wire)", in, s.Name)
+			if cut := r.packetEdgeAbove(in.Stage); cut != "" {
+				w += "; the edge " + cut + " carries packets: cutting there is far cheaper"
+			}
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// packetEdgeAbove is the nearest input edge upstream of stage (following
+// first inputs) that carries packets, "" if none.
+func (r *Runner) packetEdgeAbove(stage string) string {
+	for seen := 0; seen < len(r.cfg.Stages); seen++ {
+		s := r.cfg.Stage(stage)
+		if s == nil || len(s.Inputs) == 0 || len(s.inTypes) == 0 {
+			return ""
+		}
+		if s.inTypes[0].Kind == envelope.KindPacket {
+			return s.Inputs[0].String() + " -> " + s.Name
+		}
+		stage = s.Inputs[0].Stage
+	}
+	return ""
+}

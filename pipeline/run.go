@@ -318,6 +318,9 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	if err := r.startHosts(ctx, hosts); err != nil {
 		return err
 	}
+	for _, w := range r.crossingWarnings() {
+		r.log.Warn(w)
+	}
 	if err := r.waitRemote(ctx); err != nil {
 		for _, n := range hosts {
 			for _, st := range n.instances() {

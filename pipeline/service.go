@@ -105,13 +105,23 @@ func pingServices(nc *nats.Conn, service string, quiet time.Duration) []micro.Pi
 }
 
 // checkPeers refuses to run a stage whose other instances (served by
-// other processes under the same deployment name) have another config:
-// the same name served from two different files.
+// other processes under the same deployment name) have another config
+// (the same name served from two different files), or that has other
+// instances though it keeps state across messages (an encoder).
 func (r *Runner) checkPeers(name string, peers []micro.Ping) error {
-	want := configHash(r.stageConfig(name))
+	sc := r.stageConfig(name)
+	want := configHash(sc)
+	others := 0
 	for _, p := range peers {
 		if p.Metadata["instance"] == r.instance {
 			continue
+		}
+		if others++; len(r.opts.Serve) > 0 || others > 1 {
+			// A stage that keeps state across messages cannot share its input.
+			if err := sc.spec.ReplicasError(sc.Params); err != nil {
+				return fmt.Errorf("%w: stage %q is served already (instance %s on host %s), and it cannot share its input: %w",
+					ErrRemote, name, p.Metadata["instance"], p.Metadata["host"], err)
+			}
 		}
 		if got := p.Metadata["config"]; got != want {
 			return fmt.Errorf("%w: stage %q: the instance %s on host %s serves another config of it (%s, here %s): serve and run the same pipeline file, or give one a --name of its own",

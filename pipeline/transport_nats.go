@@ -70,7 +70,7 @@ func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage strin
 		block: t.flow(port.Type) == FlowBlock, ackEvery: uint64(max(1, t.window/4)), ctx: ctx,
 		producers: newProducerSet(t.conn(ref.stage), ServiceName(t.pipeline, stage), t.localInstance(stage)),
 		log:       t.log.With("stage", ref.stage, "subject", subject), taken: map[string]*atomic.Uint64{},
-		reorder: newReorder(2 * t.window)}
+		reorder: t.reorderFor(stage, port), self: ServiceName(t.pipeline, ref.stage)}
 	if err := s.subscribe(queueGroup(t.pipeline, ref)); err != nil {
 		return nil, err
 	}
@@ -95,6 +95,20 @@ func (t *natsTransport) localInstance(stage string) string {
 		return ""
 	}
 	return t.instance
+}
+
+// reorderFor is the reorder buffer of an input from stage's port: none
+// when the stage runs here (one instance sends in order); for a remote
+// one, a gap waits long in block flow (nothing is dropped, a replica is
+// only slow) and briefly where frames may be dropped (live).
+func (t *natsTransport) reorderFor(stage string, port Port) *reorder {
+	if t.localInstance(stage) != "" {
+		return nil
+	}
+	if t.flow(port.Type) == FlowDropOldest {
+		return newReorder(2*t.window, 100*time.Millisecond)
+	}
+	return newReorder(0, 5*time.Second) // the producers' credits bound what waits
 }
 
 // queueGroup is the queue group of an input: every process that serves the

@@ -43,7 +43,9 @@ type natsSubscriber struct {
 	log       *slog.Logger
 
 	// Used only by the data subscription's callback.
-	reasm map[string]*envelope.Reassembler
+	reasm   map[string]*envelope.Reassembler
+	sources map[string]bool // producer instances seen, until the reorder buffer is on
+	self    string          // this stage's service
 	// orderMu guards the reorder buffer and its gap timer.
 	orderMu  sync.Mutex
 	reorder  *reorder
@@ -72,7 +74,7 @@ func (s *natsSubscriber) subscribe(queue string) error {
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("%w: subscribing to %s%s failed: %w", ErrTransport, s.subject, eosSuffix, err)
 	}
-	s.sub, s.eosSub, s.reasm = sub, eos, map[string]*envelope.Reassembler{}
+	s.sub, s.eosSub, s.reasm, s.sources = sub, eos, map[string]*envelope.Reassembler{}, map[string]bool{}
 	return nil
 }
 
@@ -142,19 +144,43 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 		return
 	}
 	e.Input, e.From = s.ref.input, inst
-	s.ordered(func() []*envelope.Envelope { return s.reorder.add(e, time.Now()) })
+	if s.reorder != nil && !s.reorder.active && !s.sources[inst] {
+		s.sources[inst] = true
+		// Outputs of several producer instances (there at the first
+		// message, or a second one seen later) are put back in order,
+		// unless this instance takes only part of them (its queue group
+		// has others): then there is no whole order to restore.
+		if len(s.sources) == 2 || (len(s.sources) == 1 && len(s.producers.live()) > 1) {
+			alone := len(pingInstances(s.nc, s.self, 200*time.Millisecond)) <= 1
+			s.orderMu.Lock()
+			s.reorder.active = alone
+			s.orderMu.Unlock()
+		}
+	}
+	s.ordered(func() []*envelope.Envelope {
+		if s.reorder == nil {
+			return []*envelope.Envelope{e}
+		}
+		return s.reorder.add(e, time.Now())
+	})
 }
 
 // ordered pushes, in order, what f takes from the reorder buffer, and
 // arms the gap timer while messages wait there.
 func (s *natsSubscriber) ordered(f func() []*envelope.Envelope) {
+	if s.reorder == nil {
+		for _, out := range f() {
+			_ = s.ref.q.Push(s.ctx, out, nil)
+		}
+		return
+	}
 	s.orderMu.Lock()
 	defer s.orderMu.Unlock()
 	for _, out := range f() {
 		_ = s.ref.q.Push(s.ctx, out, nil)
 	}
 	if s.reorder.waiting() && s.gapTimer == nil {
-		s.gapTimer = time.AfterFunc(gapWait, func() {
+		s.gapTimer = time.AfterFunc(s.reorder.wait, func() {
 			s.orderMu.Lock()
 			s.gapTimer = nil
 			s.orderMu.Unlock()
@@ -225,7 +251,9 @@ func (s *natsSubscriber) finish() {
 				return
 			}
 		}
-		s.ordered(s.reorder.flush)
+		if s.reorder != nil {
+			s.ordered(s.reorder.flush)
+		}
 		_ = s.ref.q.Push(s.ctx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Input: s.ref.input}, nil)
 	})
 }
@@ -282,7 +310,9 @@ func (s *natsSubscriber) drain(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	s.ordered(s.reorder.flush)
+	if s.reorder != nil {
+		s.ordered(s.reorder.flush)
+	}
 	return nil
 }
 
@@ -362,20 +392,20 @@ func pingInstances(nc *nats.Conn, service string, quiet time.Duration) []string 
 
 // reorder puts back in order, by their Src, the messages of a stream that
 // several producer instances send: a message waits for those before it
-// until limit messages wait or gapWait has passed (a message dropped
+// until limit messages wait (0: no limit) or wait has passed (a message dropped
 // upstream leaves a gap for good; an input attached to a running stream
 // starts with one).
 type reorder struct {
-	limit int
-	next  map[string]uint64
-	held  map[string][]*envelope.Envelope
-	since map[string]time.Time
+	active bool // two producer instances were seen: until then messages pass in order
+	limit  int
+	wait   time.Duration // how long a gap may hold messages back
+	next   map[string]uint64
+	held   map[string][]*envelope.Envelope
+	since  map[string]time.Time
 }
 
-const gapWait = 100 * time.Millisecond
-
-func newReorder(limit int) *reorder {
-	return &reorder{limit: max(limit, 2), next: map[string]uint64{}, held: map[string][]*envelope.Envelope{}, since: map[string]time.Time{}}
+func newReorder(limit int, wait time.Duration) *reorder {
+	return &reorder{limit: limit, wait: wait, next: map[string]uint64{}, held: map[string][]*envelope.Envelope{}, since: map[string]time.Time{}}
 }
 
 // add takes a message and returns those that may go on, in order.
@@ -384,6 +414,10 @@ func (r *reorder) add(e *envelope.Envelope, now time.Time) []*envelope.Envelope 
 		return []*envelope.Envelope{e}
 	}
 	st, seq := e.Src.Stream, e.Src.Seq
+	if !r.active {
+		r.next[st] = max(r.next[st], seq+1)
+		return []*envelope.Envelope{e}
+	}
 	if seq < r.next[st] {
 		return []*envelope.Envelope{e} // late: on at once rather than never
 	}
@@ -401,7 +435,7 @@ func (r *reorder) add(e *envelope.Envelope, now time.Time) []*envelope.Envelope 
 		return 0
 	})
 	h = slices.Insert(h, i, e)
-	if h[0].Src.Seq != r.next[st] && (len(h) > r.limit || now.Sub(r.since[st]) > gapWait) {
+	if h[0].Src.Seq != r.next[st] && ((r.limit > 0 && len(h) > r.limit) || now.Sub(r.since[st]) > r.wait) {
 		r.next[st] = h[0].Src.Seq // give up on the gap
 	}
 	var out []*envelope.Envelope
@@ -430,7 +464,7 @@ func (r *reorder) skip() []*envelope.Envelope {
 	var out []*envelope.Envelope
 	now := time.Now()
 	for st, h := range r.held {
-		if len(h) == 0 || now.Sub(r.since[st]) < gapWait {
+		if len(h) == 0 || now.Sub(r.since[st]) < r.wait {
 			continue
 		}
 		r.next[st] = h[0].Src.Seq

@@ -403,6 +403,11 @@ func showProgress(r *pipeline.Runner, done, failed <-chan struct{}, every time.D
 		case <-failed:
 			return
 		case <-t.C:
+			select {
+			case <-r.Failed(): // failed as the tick came: no line after the failure
+				return
+			default:
+			}
 			logProgress(r)
 		}
 	}

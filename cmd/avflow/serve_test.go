@@ -14,7 +14,8 @@ import (
 	"github.com/avflow/avflow/pipeline/e2e"
 )
 
-// splitPipeline is a transcode whose filter stage other processes serve.
+// splitPipeline is a transcode whose middle stage (draw, which takes each
+// frame on its own: replicable) other processes serve.
 // realtime paces the source (frames at 25 fps).
 func splitPipeline(t *testing.T, dir string, frames int, realtime bool) string {
 	return splitPipelineTo(t, dir, dir, frames, realtime)
@@ -26,7 +27,7 @@ func splitPipelineTo(t *testing.T, dir, out string, frames int, realtime bool) s
 stages:
   - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=640x360:rate=25", max_frames: %d, realtime: %t}}
   - {name: dec, kind: decode, inputs: [src.video]}
-  - {name: flt, kind: filter, inputs: [dec], params: {graph: "scale=320:180"}}
+  - {name: flt, kind: draw, inputs: [dec]}
   - {name: enc, kind: encode, inputs: [flt], params: {codec: libx264, preset: ultrafast}}
   - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
 `, frames, realtime, filepath.Join(out, "out.mp4")))
@@ -91,8 +92,10 @@ func TestServeReplicasShareFrames(t *testing.T) {
 	if n := monotonicFrames(t, filepath.Join(dir, "out.mp4")); n != 150 {
 		t.Errorf("output has %d frames, want 150", n)
 	}
-	if !strings.Contains(run.out.String(), `remote stage found`) {
-		t.Errorf("run does not say it found the remote stage:\n%s", run.out)
+	for _, want := range []string{`remote stage found`, `edge dec -> flt crosses processes with raw video frames`, `the edge src.video -> dec carries packets`} {
+		if !strings.Contains(run.out.String(), want) {
+			t.Errorf("run's log lacks %q:\n%s", want, run.out)
+		}
 	}
 }
 
@@ -183,13 +186,28 @@ func TestServeConfigMismatch(t *testing.T) {
 	s1 := startAvflow(t, nil, "serve", p, "--stage", "flt", "--nats", url)
 	s1.waitLog(t, `stage ready`, 30*time.Second)
 	const want = `serves another config of it`
-	r := avflow(t, nil, "serve", p, "--stage", "flt", "--nats", url, "--set", "flt.graph=scale=160:90")
+	r := avflow(t, nil, "serve", p, "--stage", "flt", "--nats", url, "--set", "flt.thickness=5")
 	if r.code != exitRun || !strings.Contains(r.stderr, want) {
 		t.Errorf("a second serve with other params: exit %d, want %d with %q:\n%s", r.code, exitRun, want, r.stderr)
 	}
-	r = avflow(t, nil, "run", p, "--nats", url, "--remote", "flt", "--set", "flt.graph=scale=160:90")
+	r = avflow(t, nil, "run", p, "--nats", url, "--remote", "flt", "--set", "flt.thickness=5")
 	if r.code != exitRun || !strings.Contains(r.stderr, want) {
 		t.Errorf("a run with other params: exit %d, want %d with %q:\n%s", r.code, exitRun, want, r.stderr)
 	}
 	assertNoOutput(t, dir)
+}
+
+// TestServeStatefulStageOnce: a stage that keeps state across messages
+// (an encoder) is refused a second serving process.
+func TestServeStatefulStageOnce(t *testing.T) {
+	p := splitPipelineTo(t, t.TempDir(), t.TempDir(), 25, false)
+	port, _ := startNATSServer(t)
+	url := "nats://127.0.0.1:" + strconv.Itoa(port)
+	s1 := startAvflow(t, nil, "serve", p, "--stage", "enc", "--nats", url)
+	s1.waitLog(t, `stage ready`, 30*time.Second)
+	r := avflow(t, nil, "serve", p, "--stage", "enc", "--nats", url)
+	const want = `stage "enc" is served already`
+	if r.code != exitRun || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "keeps state") {
+		t.Errorf("a second serve of the encoder: exit %d, want %d with %q:\n%s", r.code, exitRun, want, r.stderr)
+	}
 }
