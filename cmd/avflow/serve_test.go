@@ -211,3 +211,44 @@ func TestServeStatefulStageOnce(t *testing.T) {
 		t.Errorf("a second serve of the encoder: exit %d, want %d with %q:\n%s", r.code, exitRun, want, r.stderr)
 	}
 }
+
+// TestServeReplicaKilledLive: in live flow, SIGKILL of one of two
+// replicas loses only the frames it held: the stream goes on through the
+// other, the run completes and reports the missing instance.
+func TestServeReplicaKilledLive(t *testing.T) {
+	dir := t.TempDir()
+	p := writePipeline(t, dir, fmt.Sprintf(`name: live
+flow: drop-oldest
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25", max_frames: 250, realtime: true}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: flt, kind: draw, inputs: [dec]}
+  - {name: enc, kind: encode, inputs: [flt], params: {codec: libx264, preset: ultrafast}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
+`, filepath.Join(dir, "out.mp4")))
+	port, _ := startNATSServer(t)
+	url := "nats://127.0.0.1:" + strconv.Itoa(port)
+	s1 := startAvflow(t, nil, "serve", p, "--stage", "flt", "--nats", url)
+	s2 := startAvflow(t, nil, "serve", p, "--stage", "flt", "--nats", url)
+	run := startAvflow(t, nil, "run", p, "--nats", url, "--remote", "flt", "--progress-interval", "200ms")
+	waitFor(t, func() bool { return framesDone(run.out.String()) >= 25 }, 30*time.Second, run.out)
+	if err := s1.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killedAt := framesDone(run.out.String())
+	// Within 2 s (50 frames at 25 fps) frames flow again.
+	waitFor(t, func() bool { return framesDone(run.out.String()) >= killedAt+10 }, 2*time.Second+time.Second, run.out)
+	for name, pr := range map[string]*proc{"run": run, "serve 2": s2} {
+		if code := pr.wait(t, 90*time.Second); code != 0 {
+			t.Fatalf("%s: exit %d:\n%s", name, code, pr.out)
+		}
+	}
+	if !strings.Contains(run.out.String(), "a remote stage instance stopped answering") {
+		t.Errorf("run does not report the killed instance:\n%s", run.out)
+	}
+	n := monotonicFrames(t, filepath.Join(dir, "out.mp4"))
+	if n < 200 || n > 250 {
+		t.Errorf("output has %d frames, want most of the 250", n)
+	}
+	t.Logf("%d of 250 frames after a replica was killed at frame %d", n, killedAt)
+}
