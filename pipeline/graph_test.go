@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/avflow/avflow/pipeline"
@@ -210,3 +211,43 @@ func (f stageFunc) Process(ctx context.Context, b pipeline.Batch) (pipeline.Batc
 	return f(ctx, b)
 }
 func (f stageFunc) Close() error { return nil }
+
+// ender is a replicable pass-through stage that counts EndInput calls.
+type ender struct{ ends *atomic.Int64 }
+
+func (s ender) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	out := make(pipeline.Batch, len(in))
+	for i, e := range in {
+		out[i] = e.Pass()
+	}
+	return out, nil
+}
+func (s ender) EndInput(context.Context, int) (pipeline.Batch, error) { s.ends.Add(1); return nil, nil }
+func (s ender) Close() error                                          { return nil }
+
+// TestEndInputReachesEveryReplica: each replica of a stage hears that an
+// input ended (it reached the first only).
+func TestEndInputReachesEveryReplica(t *testing.T) {
+	var ends atomic.Int64
+	env := testEnv(t, &collector{})
+	if err := env.Register(pipeline.Spec{Kind: "ender", MinInputs: 1, MaxInputs: 1,
+		Replicable: func(pipeline.Params) error { return nil },
+		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
+			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
+		},
+		New: func(context.Context, pipeline.Init) (pipeline.Stage, error) { return ender{&ends}, nil }}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runYAML(t, env, `name: ends
+transport: local
+stages:
+  - {name: g, kind: gen, params: {n: 10}}
+  - {name: e, kind: ender, inputs: [g], replicas: 3}
+  - {name: c, kind: collect, inputs: [e]}
+`, pipeline.Options{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := ends.Load(); n != 3 {
+		t.Fatalf("EndInput called %d times, want 3 (once per replica)", n)
+	}
+}

@@ -266,7 +266,12 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 					return err
 				}
 			}
-			if ie, ok := n.stage.(InputEnder); ok {
+			// Every replica hears of it, not only the first.
+			for _, st := range n.instances() {
+				ie, ok := st.(InputEnder)
+				if !ok {
+					continue
+				}
 				out, err := ie.EndInput(ctx, e.Input)
 				if err != nil {
 					releaseAll(out)
