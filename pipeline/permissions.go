@@ -27,12 +27,18 @@ type Process struct {
 }
 
 // NATSPermissions are the subjects a process publishes and subscribes to
-// (nats-server subjects, wildcards allowed), and whether it answers
-// requests (its micro services: $SRV pings, info, stats and the $metrics
-// endpoint), which nats-server allows with allow_responses.
+// (nats-server subjects, wildcards allowed), and how many answers to one
+// request it may publish (nats-server's allow_responses max; 0: none).
+//
+// Its micro services answer requests ($SRV pings, info, stats, the
+// $metrics endpoint). A request to every service ($SRV.PING, as nats
+// micro ls sends it) reaches each service of a connection, and all of a
+// process's services may share one connection; nats-server counts each
+// delivery of a request to a connection after the first as one answer
+// too. So n services answer one request with 2n-1 "answers".
 type NATSPermissions struct {
 	Publish, Subscribe []string
-	AllowResponses     bool
+	Responses          int
 }
 
 // inboxes is what a process subscribes to for the answers to its micro
@@ -50,7 +56,7 @@ const inboxes = "_INBOX.>"
 //     producer's service ($SRV.PING.<pipeline>-<stage>, answers on _INBOX);
 //   - for each stage's micro service: subscribe to $SRV.PING/INFO/STATS,
 //     the same for the service's name and its id, and the stage's $metrics
-//     endpoint; answering them (AllowResponses);
+//     endpoint; answering them (Responses);
 //   - for avflow run with remote stages: PINGs to their services.
 func Permissions(cfg *Config, p Process) (NATSPermissions, error) {
 	if !cfg.validated {
@@ -81,8 +87,7 @@ func Permissions(cfg *Config, p Process) (NATSPermissions, error) {
 			ps.ping(name)
 		}
 	}
-	// Every stage here has a service, and remoteStages leaves one at least.
-	return NATSPermissions{Publish: sortSubjects(ps.pub), Subscribe: sortSubjects(ps.sub), AllowResponses: true}, nil
+	return NATSPermissions{Publish: sortSubjects(ps.pub), Subscribe: sortSubjects(ps.sub), Responses: 2*ps.services - 1}, nil
 }
 
 // permSet collects the subjects of one process. r is a runner that is
@@ -91,6 +96,7 @@ type permSet struct {
 	r        *Runner
 	nats     bool // transport nats: every edge is on NATS
 	pub, sub map[string]bool
+	services int
 }
 
 // inputs are the subscriptions of a stage's inputs that cross NATS, and
@@ -164,6 +170,7 @@ func (ps *permSet) service(s *StageConfig) {
 		}
 	}
 	ps.sub[Subject(ps.r.cfg.Name, s.Name, "$metrics")] = true
+	ps.services++
 }
 
 // ping is a micro PING to a stage's service and the inbox its answers reach.
@@ -190,7 +197,8 @@ func sortSubjects(set map[string]bool) []string {
 	})
 }
 
-// Union is what two processes that share one NATS user need.
+// Union is what two processes that share one NATS user need (each has
+// connections of its own: the most answers either gives).
 func (p NATSPermissions) Union(q NATSPermissions) NATSPermissions {
 	union := func(a, b []string) []string {
 		set := map[string]bool{}
@@ -199,7 +207,7 @@ func (p NATSPermissions) Union(q NATSPermissions) NATSPermissions {
 		}
 		return sortSubjects(set)
 	}
-	return NATSPermissions{Publish: union(p.Publish, q.Publish), Subscribe: union(p.Subscribe, q.Subscribe), AllowResponses: p.AllowResponses || q.AllowResponses}
+	return NATSPermissions{Publish: union(p.Publish, q.Publish), Subscribe: union(p.Subscribe, q.Subscribe), Responses: max(p.Responses, q.Responses)}
 }
 
 // Config renders the permissions as a nats-server config block, for a
@@ -226,8 +234,8 @@ func (p NATSPermissions) Config() string {
 	b.WriteString("permissions: {\n")
 	list("publish", p.Publish)
 	list("subscribe", p.Subscribe)
-	if p.AllowResponses {
-		b.WriteString("  allow_responses: true\n")
+	if p.Responses > 0 {
+		fmt.Fprintf(&b, "  allow_responses: {max: %d}\n", p.Responses)
 	}
 	b.WriteString("}\n")
 	return b.String()

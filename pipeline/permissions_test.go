@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -78,28 +79,29 @@ func services(stages ...string) []string {
 // the wire protocol makes it publish and subscribe to, and nothing more.
 func TestPermissions(t *testing.T) {
 	tests := []struct {
-		name     string
-		flow     string
-		proc     pipeline.Process
-		pub, sub []string
+		name      string
+		flow      string
+		proc      pipeline.Process
+		responses int // 2 x services - 1
+		pub, sub  []string
 	}{
-		{"run, one process", "block", pipeline.Process{},
+		{"run, one process", "block", pipeline.Process{}, 5,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.src.audio.eos"},
 			append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.src.audio.ack"}, services("flt", "out", "src")...)},
-		{"serve flt", "block", pipeline.Process{Serve: []string{"flt"}},
+		{"serve flt", "block", pipeline.Process{Serve: []string{"flt"}}, 1,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-src"},
 			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.flt.out.ack", "avflow.cam.src.video", "avflow.cam.src.video.eos"}, services("flt")...), "_INBOX.>")},
-		{"run, flt remote", "block", pipeline.Process{Remote: []string{"flt"}},
+		{"run, flt remote", "block", pipeline.Process{Remote: []string{"flt"}}, 3,
 			[]string{"avflow.cam.flt.out.ack", "avflow.cam.src.audio.eos", "avflow.cam.src.video", "avflow.cam.src.video.eos", "$SRV.PING.cam-flt"},
 			append(append([]string{"avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.audio.ack", "avflow.cam.src.video.ack"}, services("out", "src")...), "_INBOX.>")},
-		{"serve flt and out", "block", pipeline.Process{Serve: []string{"flt", "out"}},
+		{"serve flt and out", "block", pipeline.Process{Serve: []string{"flt", "out"}}, 3,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-src"},
 			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.src.video", "avflow.cam.src.video.eos"}, services("flt", "out")...), "_INBOX.>")},
 		// Frames and data may be dropped: no credits; packets always block.
-		{"serve flt, drop-oldest", "drop-oldest", pipeline.Process{Serve: []string{"flt"}},
+		{"serve flt, drop-oldest", "drop-oldest", pipeline.Process{Serve: []string{"flt"}}, 1,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-src"},
 			append(append([]string{"avflow.cam.src.video", "avflow.cam.src.video.eos"}, services("flt")...), "_INBOX.>")},
-		{"run, transport nats", "block", pipeline.Process{Transport: "nats"},
+		{"run, transport nats", "block", pipeline.Process{Transport: "nats"}, 5,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.ack", "avflow.cam.flt.out.eos",
 				"avflow.cam.src.audio.eos", "avflow.cam.src.video", "avflow.cam.src.video.ack", "avflow.cam.src.video.eos"},
 			append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.flt.out", "avflow.cam.flt.out.ack", "avflow.cam.flt.out.eos",
@@ -111,8 +113,8 @@ func TestPermissions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !got.AllowResponses {
-				t.Error("AllowResponses is false: the stages' services cannot answer")
+			if got.Responses != tt.responses {
+				t.Errorf("%d answers per request, want %d", got.Responses, tt.responses)
 			}
 			for _, l := range []struct {
 				what      string
@@ -164,7 +166,7 @@ func TestPermissionsConfig(t *testing.T) {
       "_INBOX.>"
     ]
   }
-  allow_responses: true
+  allow_responses: {max: 1}
 }
 `
 	if got := p.Config(); got != want {
@@ -175,7 +177,7 @@ func TestPermissionsConfig(t *testing.T) {
 		t.Fatalf("nats-server does not read the block: %v", err)
 	}
 	perms := opts.Users[0].Permissions
-	if !slices.Equal(perms.Publish.Allow, p.Publish) || !slices.Equal(perms.Subscribe.Allow, p.Subscribe) || perms.Response == nil {
+	if !slices.Equal(perms.Publish.Allow, p.Publish) || !slices.Equal(perms.Subscribe.Allow, p.Subscribe) || perms.Response == nil || perms.Response.MaxMsgs != 1 {
 		t.Errorf("nats-server read other permissions: %+v %+v %+v", perms.Publish, perms.Subscribe, perms.Response)
 	}
 	// Nothing to publish: everything denied, not everything allowed.
@@ -190,12 +192,12 @@ func TestPermissionsConfig(t *testing.T) {
 
 func TestPermissionsUnion(t *testing.T) {
 	a := pipeline.NATSPermissions{Publish: []string{"avflow.x.a.out", "$SRV.PING.x-b"}, Subscribe: []string{"_INBOX.>"}}
-	b := pipeline.NATSPermissions{Publish: []string{"avflow.x.a.out", "avflow.x.b.out"}, AllowResponses: true}
+	b := pipeline.NATSPermissions{Publish: []string{"avflow.x.a.out", "avflow.x.b.out"}, Responses: 2}
 	u := a.Union(b)
 	if want := []string{"avflow.x.a.out", "avflow.x.b.out", "$SRV.PING.x-b"}; !slices.Equal(u.Publish, want) {
 		t.Errorf("publish %q, want %q", u.Publish, want)
 	}
-	if !slices.Equal(u.Subscribe, []string{"_INBOX.>"}) || !u.AllowResponses {
+	if !slices.Equal(u.Subscribe, []string{"_INBOX.>"}) || u.Responses != 2 {
 		t.Errorf("union %+v", u)
 	}
 }
@@ -271,7 +273,7 @@ func runSplit(t *testing.T, url string) (drvErr, srvErr error, got int) {
 	t.Helper()
 	col := &collector{}
 	env := testEnv(t, col)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	type result struct {
 		driver bool
@@ -360,7 +362,7 @@ func TestPermissionsAreNeeded(t *testing.T) {
 					case "subscribe":
 						p.Subscribe = slices.DeleteFunc(slices.Clone(p.Subscribe), func(s string) bool { return s == c.entry })
 					default:
-						p.AllowResponses = false
+						p.Responses = 0
 					}
 				}
 				less[u] = p
@@ -381,6 +383,80 @@ func TestPermissionsAreNeeded(t *testing.T) {
 			if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), verb+` "`+subject) {
 				t.Errorf("without it, %s's run ends with %v (the other's: driver %v, server %v), want a permission violation for %s %q",
 					c.user, err, drvErr, srvErr, verb, subject)
+			}
+		})
+	}
+}
+
+// answers sends a request to subject as nats micro does and counts the
+// answers that come within quiet of each other.
+func answers(t *testing.T, nc *nats.Conn, subject string) int {
+	t.Helper()
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest(subject, inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		if _, err := sub.NextMsg(500 * time.Millisecond); err != nil {
+			return n
+		}
+		n++
+	}
+}
+
+// TestPermissionsLetEveryServiceAnswer: nats micro ls (a request to every
+// service) gets an answer from each stage of a run with exactly its
+// permissions, though the stages share a connection, and the run goes on;
+// with one answer per request fewer, the request fails the run.
+func TestPermissionsLetEveryServiceAnswer(t *testing.T) {
+	// One connection for the run: every service on it (the most a
+	// process's connection can have).
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	yaml := "name: t\nstages:\n  - {name: g, kind: gen, params: {forever: true}}\n  - {name: r, kind: relay, inputs: [g]}\n  - {name: c, kind: collect, inputs: [r]}\n"
+	for _, tt := range []struct {
+		name  string
+		fewer int
+	}{{"as printed", 0}, {"one answer fewer", 1}} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := pipeline.Parse([]byte(yaml), "t.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := testEnv(t, &collector{})
+			if err := env.Validate(cfg); err != nil {
+				t.Fatal(err)
+			}
+			p, err := pipeline.Permissions(cfg, pipeline.Process{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Responses -= tt.fewer
+			ops := pipeline.NATSPermissions{Publish: []string{"$SRV.>"}, Subscribe: []string{"_INBOX.>"}}
+			url := permServer(t, map[string]pipeline.NATSPermissions{"run": p, "ops": ops})
+			nc, err := nats.Connect(url, nats.UserInfo("ops", "ops"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			_, err = runWithin(t, time.Minute, env, yaml, pipeline.Options{NATSURL: url, NATSOptions: []nats.Option{nats.UserInfo("run", "run")}}, func(r *pipeline.Runner) {
+				for _, subject := range []string{"$SRV.PING", "$SRV.INFO", "$SRV.STATS"} {
+					if n := answers(t, nc, subject); n != 3 && tt.fewer == 0 {
+						t.Errorf("%s: %d answers, want one from each of the 3 stages", subject, n)
+					}
+				}
+				r.Drain()
+			})
+			switch {
+			case tt.fewer == 0 && err != nil:
+				t.Errorf("the run failed: %v", err)
+			case tt.fewer > 0 && (!errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), `Publish to "_INBOX.`)):
+				t.Errorf("with one answer fewer the run ends with %v, want a permission violation for an answer", err)
 			}
 		})
 	}

@@ -44,7 +44,7 @@ func TestPermissionsCommand(t *testing.T) {
 		wants, nots []string
 	}{
 		{"served stage", []string{"--stage", "flt"}, 0,
-			[]string{"#   avflow serve " + p + " --stage flt --nats URL\n", "permissions: {\n", `"avflow.cam.dec.out"`, `"avflow.cam.flt.out"`, `"$SRV.PING.cam-dec"`, `"$SRV.STATS.cam-flt.*"`, "allow_responses: true\n"},
+			[]string{"#   avflow serve " + p + " --stage flt --nats URL\n", "permissions: {\n", `"avflow.cam.dec.out"`, `"avflow.cam.flt.out"`, `"$SRV.PING.cam-dec"`, `"$SRV.STATS.cam-flt.*"`, "allow_responses: {max: 1}\n"},
 			[]string{`"avflow.cam.src.video"`, `"avflow.cam.enc.out"`, "cam-enc"}},
 		{"run with a remote stage", []string{"--remote", "flt"}, 0,
 			[]string{"#   avflow run " + p + " --remote flt --nats URL\n", `"avflow.cam.dec.out"`, `"$SRV.PING.cam-flt"`, `"_INBOX.>"`},
@@ -362,7 +362,7 @@ func TestClusterExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := append(os.Environ(), "AVFLOW_MEDIA="+mediaDir(t), "IRL_DRIVER_PASSWORD=x", "IRL_FACES_PASSWORD=y")
+	env := append(os.Environ(), "AVFLOW_MEDIA="+mediaDir(t), "IRL_DRIVER_PASSWORD=x", "IRL_FACES_PASSWORD=y", "OPS_PASSWORD=z")
 	for _, args := range [][]string{{"--remote", "faces"}, {"--stage", "faces"}} {
 		cmd := exec.CommandContext(runContext(t), avflowBin, append([]string{"permissions", "examples/irl-privacy/pipeline.yaml"}, args...)...)
 		cmd.Dir, cmd.Env = root, env
