@@ -68,7 +68,7 @@ func run(args []string) int {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{runCmd(), serveCmd(), validateCmd(), stagesCmd(), modelsCmd(), devicesCmd(), calibrateCmd(), planCmd(), versionCmd()},
+		Commands: []*cli.Command{runCmd(), serveCmd(), permissionsCmd(), validateCmd(), stagesCmd(), modelsCmd(), devicesCmd(), calibrateCmd(), planCmd(), versionCmd()},
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {
 				return
