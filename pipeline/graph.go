@@ -162,6 +162,16 @@ func (r *Runner) startHosts(ctx context.Context, hosts []*host) error {
 			readers[in.Stage][port.Name] = append(readers[in.Stage][port.Name], n.cfg.Name)
 		}
 	}
+	for _, n := range hosts { // stages in other processes read this one's ports too
+		for _, p := range n.ports {
+			for _, c := range r.remoteReaders(n.cfg.Name, p.Name) {
+				if readers[n.cfg.Name] == nil {
+					readers[n.cfg.Name] = map[string][]string{}
+				}
+				readers[n.cfg.Name][p.Name] = append(readers[n.cfg.Name][p.Name], c.stage)
+			}
+		}
+	}
 	// Stages keep the context they are built with until the run ends; a
 	// Drain cancels it only while they are being built.
 	startCtx, stopStart := context.WithCancel(ctx)

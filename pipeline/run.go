@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -327,7 +328,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 				_ = st.Close()
 			}
 		}
-		return err
+		return cmp.Or(r.err(), err) // a NATS error while waiting is the cause
 	}
 	r.metrics.show(stageMetricsOf(hosts))
 	close(r.ready)
@@ -336,6 +337,7 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	}
 	go r.watchRemote(ctx)
 	<-r.allDone
+	r.syncErrors()
 	if err := r.err(); err != nil {
 		return err
 	}
@@ -358,4 +360,19 @@ func (r *Runner) natsError(sub *nats.Subscription, err error) {
 		}
 	}
 	r.fail(err)
+}
+
+// syncErrors waits until the server has answered what every connection
+// sent, so that a refusal of the last messages (a permission the user
+// lacks for an end of stream) fails the run.
+func (r *Runner) syncErrors() {
+	if r.pool == nil {
+		return
+	}
+	_ = r.pool.Flush()
+	for _, nc := range r.pool.conns {
+		if err := nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) {
+			r.fail(fmt.Errorf("%w: NATS error: %w", ErrTransport, err))
+		}
+	}
 }

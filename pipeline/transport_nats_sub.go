@@ -197,10 +197,15 @@ func (s *natsSubscriber) onEOS(m *nats.Msg) {
 		s.drop(inst, "not an end of stream on the end subject")
 		return
 	}
-	if inst == "" || !s.producers.has(inst) {
-		s.drop(inst, "an end of stream from no instance of "+s.producers.service)
+	if inst == "" {
+		s.drop(inst, "an end of stream from no instance")
 		return
 	}
+	// An instance that sent its end and left before this input asked who
+	// is there is unknown, yet its end counts: the input ends only once
+	// every instance still there has ended too, so a made-up one changes
+	// nothing while a producer runs.
+	_ = s.producers.has(inst)
 	s.mu.Lock()
 	if s.eosFrom == nil {
 		s.eosFrom = map[string]bool{}
