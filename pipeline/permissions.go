@@ -87,6 +87,9 @@ func Permissions(cfg *Config, p Process) (NATSPermissions, error) {
 			ps.ping(name)
 		}
 	}
+	for _, name := range p.Serve { // serve checks the stage's other instances agree
+		ps.ping(name)
+	}
 	return NATSPermissions{Publish: sortSubjects(ps.pub), Subscribe: sortSubjects(ps.sub), Responses: 2*ps.services - 1}, nil
 }
 
@@ -115,6 +118,7 @@ func (ps *permSet) inputs(s *StageConfig) {
 		}
 		if remote { // data and ends are taken only from its instances
 			ps.ping(in.Stage)
+			ps.ping(s.Name) // does its own queue group have other members (reorder)?
 		}
 	}
 }

@@ -262,7 +262,8 @@ func (p *natsPublisher) onAck(m *nats.Msg) {
 func (p *natsPublisher) lagging() []string {
 	var out []string
 	for _, c := range p.cons {
-		if p.sent-c.took(p.sent) >= p.window {
+		// A window for each instance of the consumer that reads now.
+		if p.sent-c.took(p.sent) >= p.window*uint64(max(1, len(c.live))) {
 			out = append(out, c.stage)
 		}
 	}

@@ -349,15 +349,18 @@ func (p *producerSet) has(inst string) bool {
 	if ok || !stale {
 		return ok
 	}
-	return slices.Contains(p.live(), inst)
+	return slices.Contains(p.ask(inst), inst)
 }
 
 // live asks which instances are there now.
-func (p *producerSet) live() []string {
+func (p *producerSet) live() []string { return p.ask("") }
+
+// ask pings the service; it stops early once want (when set) answers.
+func (p *producerSet) ask(want string) []string {
 	if p.local != "" {
 		return []string{p.local}
 	}
-	insts := pingInstances(p.nc, p.service, 300*time.Millisecond)
+	insts := pingUntil(p.nc, p.service, 300*time.Millisecond, want)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.asked = time.Now()
@@ -371,6 +374,11 @@ func (p *producerSet) live() []string {
 // "instance" metadata of those that answer, waiting at most quiet after
 // the last answer.
 func pingInstances(nc *nats.Conn, service string, quiet time.Duration) []string {
+	return pingUntil(nc, service, quiet, "")
+}
+
+// pingUntil is pingInstances that returns as soon as want answers.
+func pingUntil(nc *nats.Conn, service string, quiet time.Duration, want string) []string {
 	inbox := nc.NewRespInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
@@ -390,6 +398,9 @@ func pingInstances(nc *nats.Conn, service string, quiet time.Duration) []string 
 		var ping micro.Ping
 		if json.Unmarshal(m.Data, &ping) == nil && ping.Metadata["instance"] != "" {
 			out = append(out, ping.Metadata["instance"])
+			if want != "" && ping.Metadata["instance"] == want {
+				break
+			}
 		}
 	}
 	return out
