@@ -44,7 +44,12 @@ func main() {
 	rounds := flag.Int("rounds", 5, "interleaved rounds per comparison")
 	frames := flag.Int("frames", 600, "frames in the transcode clip")
 	edgeMsgs := flag.Int("edge-frames", 600, "raw frames sent over the edge")
-	only := flag.String("only", "", "run only: transcode, edge, infer, plan, scale, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
+	natsBin := flag.String("nats-server", "bin/nats-server", "nats-server binary, for the benchmarks across processes")
+	wireMsgs := flag.Int("wire-frames", 600, "raw 720p frames sent between two processes")
+	splitFrames := flag.Int("split-frames", 300, "frames of the privacy pipeline split over processes")
+	paceRate := flag.Float64("pace-rate", 20, "messages per second per instance of the scale-out stage")
+	paceSecs := flag.Float64("pace-seconds", 6, "seconds of messages per scale-out run")
+	only := flag.String("only", "", "run only: transcode, edge, wire, split, scaleout, infer, plan, scale, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err := os.MkdirAll(*work, 0o755); err != nil {
@@ -59,6 +64,15 @@ func main() {
 	}
 	if *only == "" || *only == "edge" {
 		edge(&b, *rounds, *edgeMsgs)
+	}
+	if *only == "" || *only == "wire" {
+		wireBench(&b, *bin, *natsBin, *work, *rounds, *wireMsgs)
+	}
+	if *only == "" || *only == "split" {
+		splitBench(&b, *bin, *natsBin, *rounds, *splitFrames)
+	}
+	if *only == "" || *only == "scaleout" {
+		scaleOutBench(&b, *bin, *natsBin, min(*rounds, 3), *paceRate, *paceSecs)
 	}
 	if *only == "" || strings.HasPrefix(*only, "infer") {
 		inferBench(&b, *bin, *work, *rounds, strings.TrimPrefix(strings.TrimPrefix(*only, "infer"), "-"))
