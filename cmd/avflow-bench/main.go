@@ -3,12 +3,18 @@
 //
 //		make bench      # = go run ./cmd/avflow-bench -avflow bin/avflow -out BENCHMARKS.md
 //
-//	 1. Transcode: 600 frames of a generated 1080p H.264 clip to 720p libx264
-//	    veryfast, avflow (embedded NATS, and in-process) vs the ffmpeg CLI.
+//	 1. Transcode: a generated 1080p H.264 clip and real street footage
+//	    scaled to 1080p, to 720p libx264 veryfast, avflow (default auto
+//	    transport, nats, local) vs the ffmpeg CLI (transcode.go).
 //	 2. Edge: raw 720p frames over one avflow edge vs a bare nats.go
 //	    publish/subscribe loop with the same payload on the same server.
-//	 3. Inference, placement (see infer.go, plan.go).
-//	 4. Scale: pipelines of 1 to 167 cameras x 6 stages vs one ffmpeg
+//	 3. Across processes, on a real nats-server: raw 720p frames to a stage
+//	    served by another process and back vs a bare nats.go peer
+//	    (wire.go, barepeer/); the privacy example with faces served by 1
+//	    and 2 other processes (split.go); a stage capped at a fixed rate
+//	    served by 1, 2 and 4 processes (scaleout.go).
+//	 4. Inference, placement (see infer.go, plan.go).
+//	 5. Scale: pipelines of 1 to 167 cameras x 6 stages vs one ffmpeg
 //	    process running the same chains (scale.go).
 //
 // Runs are interleaved (peer, avflow, peer, avflow, ...) and the median is

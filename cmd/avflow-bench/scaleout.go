@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -61,8 +62,10 @@ func scaleOutRun(bin, dir string, srv *natsServer, c scaleOutCase, rate, secs fl
 		}
 		for _, row := range endTable(s.out.String()) {
 			if row["stage"] == "slow" {
-				var n int
-				fmt.Sscan(row["in"], &n)
+				n, err := strconv.Atoi(row["in"])
+				if err != nil {
+					fail(fmt.Errorf("serve's end table: slow took %q messages", row["in"]))
+				}
 				took += n
 			}
 		}
