@@ -75,7 +75,7 @@ func main() {
 		wireBench(&b, *bin, *natsBin, *work, *rounds, *wireMsgs)
 	}
 	if *only == "" || *only == "split" {
-		splitBench(&b, *bin, *natsBin, *rounds, *splitFrames)
+		splitBench(&b, *bin, *natsBin, min(*rounds, 3), *splitFrames)
 	}
 	if *only == "" || *only == "scaleout" {
 		scaleOutBench(&b, *bin, *natsBin, min(*rounds, 3), *paceRate, *paceSecs)

@@ -240,6 +240,7 @@ func splitBench(b *strings.Builder, bin, natsBin string, rounds, frames int) {
 	}
 	fast := make([][]splitSample, len(layouts))
 	live := make([][]splitSample, len(layouts))
+	liveFrames := max(frames/2, 60) // paced runs take twice as long a frame
 	var rates []float64
 	for i := 0; i < rounds; i++ {
 		for j, l := range layouts {
@@ -256,7 +257,7 @@ func splitBench(b *strings.Builder, bin, natsBin string, rounds, frames int) {
 		rates = append(rates, rate)
 		for j, l := range layouts {
 			slog.Info("privacy split round, paced", "layout", l.name, "rate", fmt.Sprintf("%.1f", rate), "round", i+1, "of", rounds)
-			live[j] = append(live[j], splitRun(bin, yaml, out, srv, env, l, frames, rate))
+			live[j] = append(live[j], splitRun(bin, yaml, out, srv, env, l, liveFrames, rate))
 			slog.Info("privacy split", "layout", l.name, "p50_ms", fmt.Sprintf("%.1f", quantile(live[j][i].lat["gate->blur"], 0.5)))
 		}
 	}
@@ -290,7 +291,7 @@ func splitBench(b *strings.Builder, bin, natsBin string, rounds, frames int) {
 	fmt.Fprintf(b, "examples/irl-privacy/pipeline.yaml (facecam walk.mkv 640x480 looped to %d frames: decode, UltraFace every 3rd frame, track, blur with a verify pass, x264) with two more stages: `gate` (`pace` between the source and the decoder: a pass-through, or the rate of the latency runs) and `tap` (`pace` reading the encoder's packets, its port read by no stage and so published on `avflow.<name>.tap.out`), from which the benchmark reads every frame's stamps. "+
 		"All processes use one `bin/nats-server` on a loopback port. One process: `avflow run privacy.yaml --nats URL`. Split: `avflow serve privacy.yaml --stage faces --nats URL` once or twice, and `avflow run privacy.yaml --nats URL --remote faces`; each frame then crosses two process hops, dec -> faces and faces -> track "+
 		"(track needs its frames in order: the run's input from faces puts the replicas' outputs back in order by their `src`; the output's frames whose timestamp is not above the one before are counted). "+
-		"Throughput: unpaced, frames/s at the sink between 10%% and 90%% of the frames. Latency: the same with the gate at half the slowest layout's throughput in that round (%s fps), so that queues stay short, from the stamps of each frame, the first 10%% of the frames left out (the start); quantiles over every round's frames.\n\n", frames, strings.Join(rateText, ", "))
+		"Throughput: unpaced, frames/s at the sink between 10%% and 90%% of the frames. Latency: %d frames with the gate at half the slowest layout's throughput in that round (%s fps), so that queues stay short, from the stamps of each frame, the first 10%% of the frames left out (the start); quantiles over every round's frames; %d rounds.\n\n", frames, liveFrames, strings.Join(rateText, ", "), rounds)
 	fmt.Fprintf(b, "| layout | frames/s (median) | ratio vs one process | output frames out of order (per round) |\n|---|---:|---:|---:|\n")
 	one := fpsOf(fast[0])
 	for j, l := range layouts {

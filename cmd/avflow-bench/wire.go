@@ -42,6 +42,9 @@ type wireRun struct {
 	fps  float64       // steady messages per second
 	wall time.Duration // the driving process, start to exit
 	cpu  time.Duration // both processes and the server
+	// CPU of each: the driving process (bare drive, avflow run), the
+	// echoing one (bare echo, avflow serve), the server.
+	driveCPU, echoCPU, serverCPU time.Duration
 }
 
 // bareWire runs the bare peer: echo in one process, drive in another.
@@ -72,7 +75,8 @@ func bareWire(bin string, srv *natsServer, n, window int) wireRun {
 		fail(fmt.Errorf("barepeer drive printed no result:\n%s", drive.out.String()))
 	}
 	secs, _ := strconv.ParseFloat(m[3], 64)
-	return wireRun{fps: float64(n) / secs, wall: md.wall, cpu: md.cpu + me.cpu + srv.cpu() - c0}
+	sc := srv.cpu() - c0
+	return wireRun{fps: float64(n) / secs, wall: md.wall, cpu: md.cpu + me.cpu + sc, driveCPU: md.cpu, echoCPU: me.cpu, serverCPU: sc}
 }
 
 // avflowWire runs `avflow serve --stage fwd` and `avflow run --remote fwd`.
@@ -100,7 +104,8 @@ func avflowWire(bin, yaml string, srv *natsServer, n int) wireRun {
 			fail(fmt.Errorf("the sink took %s frames, want %d:\n%s", row["in"], n, tail(run.out.String(), 3000)))
 		}
 	}
-	return wireRun{fps: runFPS(run.out.String(), int64(n)), wall: mr.wall, cpu: mr.cpu + ms.cpu + srv.cpu() - c0}
+	sc := srv.cpu() - c0
+	return wireRun{fps: runFPS(run.out.String(), int64(n)), wall: mr.wall, cpu: mr.cpu + ms.cpu + sc, driveCPU: mr.cpu, echoCPU: ms.cpu, serverCPU: sc}
 }
 
 // wireBench: raw 720p frames between two processes through one
@@ -154,6 +159,14 @@ func wireBench(b *strings.Builder, bin, natsBin, work string, rounds, n int) {
 		}
 		return medianOf(f), median(w).wall, median(c).wall
 	}
+	// perFrame is the median CPU ms per frame of one process.
+	perFrame := func(rs []wireRun, of func(wireRun) time.Duration) float64 {
+		var v []float64
+		for _, r := range rs {
+			v = append(v, float64(of(r).Microseconds())/1000/float64(n))
+		}
+		return medianOf(v)
+	}
 	bareFPS, _, bareCPU := med(runs[0].got)
 	fmt.Fprintf(b, "## Raw 720p frames between two processes through one NATS server (%d frames of %d bytes)\n\n", n, frameBytes)
 	fmt.Fprintf(b, "A real `bin/nats-server` on a TCP loopback port (`max_payload: 8MB`, so that a frame is one message for both; the last row uses a server's default of 1 MB). "+
@@ -163,10 +176,11 @@ func wireBench(b *strings.Builder, bin, natsBin, work string, rounds, n int) {
 		"Peer: the same path with nats.go and nothing else, `barepeer -role echo` (subscribes, publishes each message back) and `barepeer -role drive -size %d -window %d` (publishes %d messages, at most %d not yet back; a publisher over TCP needs some flow control or the server cuts it off as a slow consumer), two processes, built from cmd/avflow-bench/barepeer. "+
 		"frames/s is the steady rate (avflow: between 10%% and 90%% of the frames, from its progress lines; bare: first publish to last message back); wall is the driving process from start to exit (avflow connects, finds the remote stage and its instance, flushes); CPU is both processes and the server.\n\n",
 		window, frameBytes, window, n, window)
-	fmt.Fprintf(b, "| run | frames/s (steady) | MB/s each way | ratio vs bare | wall, start to exit | CPU s | CPU ratio (bare/avflow) |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(b, "| run | frames/s (steady) | MB/s each way | ratio vs bare | wall, start to exit | CPU s | CPU ratio (bare/avflow) | CPU ms/frame: driver (drive, run) / echo (echo, serve) / server |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range runs {
 		fps, wall, cpu := med(r.got)
-		fmt.Fprintf(b, "| %s | %.1f | %.0f | %.3f | %.2fs | %.2f | %.3f |\n", r.name, fps, fps*frameBytes/1e6, fps/bareFPS, wall.Seconds(), cpu.Seconds(), bareCPU.Seconds()/cpu.Seconds())
+		fmt.Fprintf(b, "| %s | %.1f | %.0f | %.3f | %.2fs | %.2f | %.3f | %.2f / %.2f / %.2f |\n", r.name, fps, fps*frameBytes/1e6, fps/bareFPS, wall.Seconds(), cpu.Seconds(), bareCPU.Seconds()/cpu.Seconds(),
+			perFrame(r.got, func(w wireRun) time.Duration { return w.driveCPU }), perFrame(r.got, func(w wireRun) time.Duration { return w.echoCPU }), perFrame(r.got, func(w wireRun) time.Duration { return w.serverCPU }))
 	}
 	var rs []string
 	for _, r := range runs {
