@@ -30,7 +30,12 @@ APT_PACKAGES := pkg-config ffmpeg fonts-dejavu-core espeak-ng libavcodec-dev lib
 	libavdevice-dev libavutil-dev libswscale-dev libswresample-dev libpostproc-dev \
 	mesa-vulkan-drivers
 
+# natscli ($(BIN)/nats: nats micro ls/info/stats, nats sub), for the tests
+# and for users; installed again only when it is not that version.
+NATSCLI_VERSION := v0.5.0
 setup: $(BIN)/nats-server
+	@test "$$($(BIN)/nats --version 2>/dev/null)" = $(NATSCLI_VERSION) || { echo "installing natscli $(NATSCLI_VERSION) in $(BIN)/nats"; \
+		GOBIN=$(abspath $(BIN)) $(GO) install github.com/nats-io/natscli/nats@$(NATSCLI_VERSION); }
 	@scripts/setup.sh $(APT_PACKAGES)
 	@scripts/fetch-onnxruntime.sh
 

@@ -25,9 +25,19 @@ const (
 
 // Transport values.
 const (
-	TransportNATS  = "nats"  // every edge is a NATS subject (default)
-	TransportLocal = "local" // in-process queues, frames passed by reference (zero-copy)
+	// TransportAuto (the default) passes messages between the stages of
+	// one process by reference (zero-copy) and keeps NATS for the rest:
+	// the embedded server, the stages' micro services, and the ports that
+	// carry metadata (detections) or that nothing in the pipeline reads,
+	// published on their subjects for outside consumers.
+	TransportAuto  = "auto"
+	TransportNATS  = "nats"  // every edge is a NATS subject
+	TransportLocal = "local" // in-process only: no NATS server, no services, frames passed by reference
 )
+
+func validTransport(t string) bool {
+	return t == TransportAuto || t == TransportNATS || t == TransportLocal
+}
 
 // ErrInvalid wraps every validation problem; the message lists them with file:line:column.
 var ErrInvalid = errors.New("invalid pipeline")
@@ -96,8 +106,11 @@ type StageConfig struct {
 	// default); only kinds whose spec allows it (per-message work, no state
 	// across messages) take more. Outputs leave in input order.
 	Replicas int
-	Pos      Pos
-	// RawParams are the params as written (YAML nodes, for positions); Params
+	// Remote says another process serves the stage (avflow serve): avflow
+	// run leaves it out and waits for its service.
+	Remote bool
+	Pos    Pos
+	// RawParams are the params as written (YAML hosts, for positions); Params
 	// holds them typed, with defaults, after validation.
 	RawParams map[string]*yaml.Node
 	Params    Params
@@ -158,7 +171,7 @@ func Parse(data []byte, file string) (*Config, error) {
 		file = "<pipeline>"
 	}
 	dir, _ := filepath.Abs(filepath.Dir(file))
-	c := &Config{File: file, Dir: dir, Flow: FlowBlock, Queue: 4, Transport: TransportNATS}
+	c := &Config{File: file, Dir: dir, Flow: FlowBlock, Queue: 4, Transport: TransportAuto}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		msg := err.Error()
@@ -204,8 +217,8 @@ func Parse(data []byte, file string) (*Config, error) {
 			c.Queue = n
 		case "transport":
 			c.Transport = scalar(v, bad)
-			if c.Transport != TransportNATS && c.Transport != TransportLocal {
-				bad(v, "transport %q: want nats or local", c.Transport)
+			if !validTransport(c.Transport) {
+				bad(v, "transport %q: want auto, nats or local", c.Transport)
 			}
 		case "stages":
 			stagesNode = v
@@ -297,6 +310,12 @@ func parseStage(n *yaml.Node, file string, bad func(*yaml.Node, string, ...any))
 				bad(v, "strict %q: want true or false", v.Value)
 			}
 			s.Strict = b
+		case "remote":
+			b, err := strconv.ParseBool(scalar(v, bad))
+			if err != nil {
+				bad(v, "remote %q: want true or false", v.Value)
+			}
+			s.Remote = b
 		case "replicas":
 			r, err := strconv.Atoi(scalar(v, bad))
 			if err != nil || r < 1 || r > 64 {
@@ -334,7 +353,7 @@ func parseStage(n *yaml.Node, file string, bad func(*yaml.Node, string, ...any))
 				s.RawParams[pk.Value] = pv
 			}
 		default:
-			bad(k, "unknown stage key %q (want name, kind, inputs, params, accelerator, device, fallback, strict, replicas)", k.Value)
+			bad(k, "unknown stage key %q (want name, kind, inputs, params, accelerator, device, fallback, strict, replicas, remote)", k.Value)
 		}
 	}
 	if s.Name == "" {
@@ -482,7 +501,7 @@ func convertParam(p Param, v any) (any, error) {
 	return nil, fmt.Errorf("unknown param type %q", p.Type)
 }
 
-// nodeValue decodes a param's YAML node into a plain Go value for convertParam.
+// nodeValue decodes a param's YAML host into a plain Go value for convertParam.
 func nodeValue(p Param, n *yaml.Node) (any, error) {
 	if p.Type == TypeMap {
 		if n.Kind != yaml.MappingNode {
@@ -533,4 +552,24 @@ func nodeValue(p Param, n *yaml.Node) (any, error) {
 		return val, nil
 	}
 	return val, nil
+}
+
+// CheckName refuses a pipeline (deployment) name that is not a letter
+// followed by up to 63 letters, digits, '_' or '-' (it is a NATS subject
+// token).
+func CheckName(name string) error {
+	if !nameRe.MatchString(name) {
+		return fmt.Errorf("%w: name %q: want a letter, then up to 63 letters, digits, _ or -", ErrInvalid, name)
+	}
+	return nil
+}
+
+// HasRemote reports whether a stage of the file is marked remote: true.
+func (c *Config) HasRemote() bool {
+	for _, s := range c.Stages {
+		if s.Remote {
+			return true
+		}
+	}
+	return false
 }

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -28,35 +29,45 @@ type stageMetrics struct {
 	q          *queue
 	terminal   bool
 
-	busyMu  sync.Mutex
-	samples []int64 // recent per-message processing times (ns), a ring
-	next    int
+	busy, lat samples // recent processing times and latencies
 }
 
-const busySamples = 2048
+// samples keeps the latest durations (ns) for percentiles, in a ring.
+type samples struct {
+	mu   sync.Mutex
+	v    []int64
+	next int
+}
+
+const keptSamples = 2048
+
+func (s *samples) add(d int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.v) < keptSamples {
+		s.v = append(s.v, d)
+		return
+	}
+	s.v[s.next] = d
+	s.next = (s.next + 1) % keptSamples
+}
+
+// percentiles are the median and the 99th percentile, in ms.
+func (s *samples) percentiles() (p50, p99 float64) {
+	s.mu.Lock()
+	v := slices.Clone(s.v)
+	s.mu.Unlock()
+	if len(v) == 0 {
+		return 0, 0
+	}
+	slices.Sort(v)
+	at := func(q float64) float64 { return float64(v[min(len(v)-1, int(q*float64(len(v))))]) / 1e6 }
+	return at(0.50), at(0.99)
+}
 
 func (m *stageMetrics) observeBusy(d time.Duration) {
 	m.busyNS.Add(int64(d))
-	m.busyMu.Lock()
-	if len(m.samples) < busySamples {
-		m.samples = append(m.samples, int64(d))
-	} else {
-		m.samples[m.next] = int64(d)
-		m.next = (m.next + 1) % busySamples
-	}
-	m.busyMu.Unlock()
-}
-
-func (m *stageMetrics) busyPercentiles() (p50, p99 float64) {
-	m.busyMu.Lock()
-	s := append([]int64(nil), m.samples...)
-	m.busyMu.Unlock()
-	if len(s) == 0 {
-		return 0, 0
-	}
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	at := func(q float64) float64 { return float64(s[min(len(s)-1, int(q*float64(len(s))))]) / 1e6 }
-	return at(0.50), at(0.99)
+	m.busy.add(int64(d))
 }
 
 func (m *stageMetrics) observeLatency(e *envelope.Envelope, now int64) {
@@ -69,6 +80,7 @@ func (m *stageMetrics) observeLatency(e *envelope.Envelope, now int64) {
 	}
 	m.latSumNS.Add(d)
 	m.latCount.Add(1)
+	m.lat.add(d)
 	for {
 		cur := m.latMaxNS.Load()
 		if d <= cur || m.latMaxNS.CompareAndSwap(cur, d) {
@@ -88,6 +100,8 @@ type StageStats struct {
 	BusyP50Ms  float64 // median processing time of recent messages
 	BusyP99Ms  float64
 	LatencyMs  float64 // mean time from the source's stamp to this stage's output
+	LatP50Ms   float64 // median of recent latencies
+	LatP99Ms   float64
 	MaxLatMs   float64
 	Depth      int   // messages waiting in the input queue
 	Drops      int64 // messages dropped by drop-oldest flow control
@@ -179,7 +193,8 @@ func (s *stageMetrics) stats(el float64) StageStats {
 	if st.In > 0 {
 		st.BusyMs = float64(s.busyNS.Load()) / float64(st.In) / 1e6
 	}
-	st.BusyP50Ms, st.BusyP99Ms = s.busyPercentiles()
+	st.BusyP50Ms, st.BusyP99Ms = s.busy.percentiles()
+	st.LatP50Ms, st.LatP99Ms = s.lat.percentiles()
 	if n := s.latCount.Load(); n > 0 {
 		st.LatencyMs = float64(s.latSumNS.Load()) / float64(n) / 1e6
 	}
@@ -258,6 +273,10 @@ func (m *Metrics) WritePrometheus(w io.Writer, pipeline string) {
 		{"avflow_stage_queue_depth", "Messages waiting in the stage's input queue.", "gauge", func(s StageStats) float64 { return float64(s.Depth) }},
 		{"avflow_stage_busy_seconds", "Mean processing time per input message.", "gauge", func(s StageStats) float64 { return s.BusyMs / 1e3 }},
 		{"avflow_stage_latency_seconds", "Mean time from the source to this stage's output.", "gauge", func(s StageStats) float64 { return s.LatencyMs / 1e3 }},
+		{"avflow_stage_latency_p50_seconds", "Median time from the source to this stage's output, of recent messages.", "gauge", func(s StageStats) float64 { return s.LatP50Ms / 1e3 }},
+		{"avflow_stage_latency_p99_seconds", "99th percentile of the time from the source to this stage's output, of recent messages.", "gauge", func(s StageStats) float64 { return s.LatP99Ms / 1e3 }},
+		{"avflow_stage_latency_max_seconds", "Longest time from the source to this stage's output.", "gauge", func(s StageStats) float64 { return s.MaxLatMs / 1e3 }},
+		{"avflow_stage_fps", "Messages emitted per second of run time (taken, for a sink).", "gauge", func(s StageStats) float64 { return s.FPS }},
 	}
 	esc := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
 	lbl := func(s StageStats) string {

@@ -2,10 +2,12 @@ package pipeline
 
 import (
 	"fmt"
-	"github.com/avflow/avflow/pipeline/secret"
+	"hash/fnv"
 	"runtime"
 	"strconv"
 	"time"
+
+	"github.com/avflow/avflow/pipeline/secret"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -51,10 +53,10 @@ type connPool struct{ conns []*nats.Conn }
 // connectPool opens min(stages, GOMAXPROCS) connections. onErr gets the
 // asynchronous errors of a connection, with the subscription they concern
 // (nil for the connection's own).
-func connectPool(srv *server.Server, url, name string, stages int, onErr func(*nats.Subscription, error)) (*connPool, error) {
+func connectPool(srv *server.Server, url string, extra []nats.Option, name string, stages int, onErr func(*nats.Subscription, error)) (*connPool, error) {
 	p := &connPool{}
 	for i := range max(1, min(stages, runtime.GOMAXPROCS(0))) {
-		nc, err := connect(srv, url, name+" "+strconv.Itoa(i), onErr)
+		nc, err := connect(srv, url, extra, name+" "+strconv.Itoa(i), onErr)
 		if err != nil {
 			p.Close()
 			return nil, err
@@ -64,8 +66,12 @@ func connectPool(srv *server.Server, url, name string, stages int, onErr func(*n
 	return p, nil
 }
 
-// conn is the connection of the i-th stage.
-func (p *connPool) conn(i int) *nats.Conn { return p.conns[i%len(p.conns)] }
+// connFor is the connection of a stage (spread by name).
+func (p *connPool) connFor(stage string) *nats.Conn {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(stage))
+	return p.conns[int(h.Sum32()%uint32(len(p.conns)))]
+}
 
 // Flush waits until the server has processed everything sent on every connection.
 func (p *connPool) Flush() error {
@@ -87,8 +93,9 @@ func (p *connPool) Close() {
 	}
 }
 
-// connect opens a NATS connection, in-process when srv is set.
-func connect(srv *server.Server, url, name string, onErr func(*nats.Subscription, error)) (*nats.Conn, error) {
+// connect opens a NATS connection, in-process when srv is set; extra
+// (credentials, TLS) applies to an external server.
+func connect(srv *server.Server, url string, extra []nats.Option, name string, onErr func(*nats.Subscription, error)) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.Timeout(5 * time.Second),
@@ -110,6 +117,7 @@ func connect(srv *server.Server, url, name string, onErr func(*nats.Subscription
 		url = srv.ClientURL()
 	} else {
 		opts = append(opts, nats.MaxReconnects(0))
+		opts = append(opts, extra...)
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {

@@ -27,7 +27,7 @@ func TestConnectErrorHidesPassword(t *testing.T) {
 		}
 	}()
 	url := "nats://u:s3cret@" + ln.Addr().String()
-	_, err = connect(nil, url, "test", func(*nats.Subscription, error) {})
+	_, err = connect(nil, url, nil, "test", func(*nats.Subscription, error) {})
 	if err == nil {
 		t.Fatal("connected to a server that hangs up")
 	}

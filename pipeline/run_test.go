@@ -971,6 +971,7 @@ func TestConsumerEndReleasesWaitingProducer(t *testing.T) {
 	logs := newLogRecorder()
 	col := &collector{}
 	_, err := runWithin(t, 20*time.Second, testEnv(t, col), `name: early
+transport: nats
 stages:
   - {name: g, kind: gen, params: {forever: true}}
   - {name: c, kind: collect, inputs: [g]}
@@ -987,7 +988,20 @@ stages:
 			t.Error(err)
 			return
 		}
-		if err := nc.Publish(pipeline.Subject("early", "g", "out"), eos); err != nil {
+		// The end of stream as g's instance sends it (its id is in its
+		// service's metadata).
+		info, err := nc.Request("$SRV.INFO.early-g", nil, 5*time.Second)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		var svc micro.Info
+		if err := json.Unmarshal(info.Data, &svc); err != nil {
+			t.Error(err)
+			return
+		}
+		m := &nats.Msg{Subject: pipeline.Subject("early", "g", "out") + ".eos", Data: eos, Header: nats.Header{pipeline.HeaderInstance: []string{svc.Metadata["instance"]}}}
+		if err := nc.PublishMsg(m); err != nil {
 			t.Error(err)
 			return
 		}
@@ -1146,6 +1160,20 @@ stages:
 	want := fmt.Sprintf(`avflow_stage_events_total{pipeline="events",stage="k",kind="counting",device="cpu:0",event="thirds"} %d`, got)
 	if !strings.Contains(prom.String(), want) {
 		t.Errorf("Prometheus text lacks %s:\n%s", want, prom.String())
+	}
+	// The end table's other columns are series too, with the values of the snapshot.
+	for _, st := range r.Metrics().Snapshot() {
+		if st.Name != "c" {
+			continue
+		}
+		if st.FPS <= 0 || st.MaxLatMs <= 0 || st.LatP99Ms < st.LatP50Ms || st.MaxLatMs < st.LatP99Ms {
+			t.Errorf("stats of c: fps %g, latency p50 %g p99 %g max %g", st.FPS, st.LatP50Ms, st.LatP99Ms, st.MaxLatMs)
+		}
+		for _, series := range []string{"avflow_stage_fps", "avflow_stage_latency_max_seconds", "avflow_stage_latency_p50_seconds", "avflow_stage_latency_p99_seconds"} {
+			if !strings.Contains(prom.String(), series+`{pipeline="events",stage="c",kind="collect",device="cpu:0"} `) {
+				t.Errorf("Prometheus text lacks %s for c", series)
+			}
+		}
 	}
 }
 

@@ -1,10 +1,15 @@
 package pipeline
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 )
 
@@ -19,20 +24,20 @@ func ServiceName(pipeline, stage string) string { return pipeline + "-" + stage 
 // addService registers a running stage as a NATS micro service: discovery
 // ($SRV.PING/INFO/STATS), its subjects in the metadata, custom stats with
 // the stage's counters, and a "metrics" endpoint that answers them on request.
-func (r *Runner) addService(n *node) (micro.Service, error) {
+func (r *Runner) addService(n *host) (micro.Service, error) {
 	ins := n.inSubjects
 	var outs []string
 	for _, p := range n.ports {
 		outs = append(outs, Subject(r.cfg.Name, n.cfg.Name, p.Name))
 	}
 	stats := func() StageStats { return r.metrics.stageStats(n.m) }
-	svc, err := micro.AddService(n.nc, micro.Config{
+	svc, err := micro.AddService(r.pool.connFor(n.cfg.Name), micro.Config{
 		Name:        ServiceName(r.cfg.Name, n.cfg.Name),
 		Version:     ServiceVersion,
 		Description: n.cfg.spec.Summary,
 		Metadata: map[string]string{
-			"pipeline": r.cfg.Name, "stage": n.cfg.Name, "kind": n.cfg.Kind, "device": n.m.device,
-			"inputs": strings.Join(ins, ","), "outputs": strings.Join(outs, ","),
+			"pipeline": r.cfg.Name, "stage": n.cfg.Name, "kind": n.cfg.Kind, "device": n.m.device, "instance": r.instance,
+			"inputs": strings.Join(ins, ","), "outputs": strings.Join(outs, ","), "host": hostname(), "config": configHash(n.cfg),
 		},
 		StatsHandler: func(*micro.Endpoint) any { return stats() },
 	})
@@ -48,4 +53,80 @@ func (r *Runner) addService(n *node) (micro.Service, error) {
 		return nil, fmt.Errorf("%w: stage %q metrics endpoint: %w", ErrTransport, n.cfg.Name, err)
 	}
 	return svc, nil
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
+
+// configHash identifies what a stage does: its kind, inputs and params as
+// validated. Instances of one stage in several processes must agree on it
+// (the same file, or at least the same stage), or their outputs differ.
+func configHash(s *StageConfig) string {
+	var ins []string
+	for _, in := range s.Inputs {
+		ins = append(ins, in.String())
+	}
+	b, _ := json.Marshal(struct {
+		Kind   string
+		Inputs []string
+		Params Params
+	}{s.Kind, ins, s.Params})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// pingServices sends a micro PING to a service and returns the answers,
+// waiting at most quiet after the last one.
+func pingServices(nc *nats.Conn, service string, quiet time.Duration) []micro.Ping {
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest(micro.APIPrefix+".PING."+service, inbox, nil); err != nil {
+		return nil
+	}
+	var out []micro.Ping
+	deadline := time.Now().Add(5 * quiet)
+	for time.Now().Before(deadline) {
+		m, err := sub.NextMsg(quiet)
+		if err != nil {
+			break
+		}
+		var ping micro.Ping
+		if json.Unmarshal(m.Data, &ping) == nil && ping.Metadata["instance"] != "" {
+			out = append(out, ping)
+		}
+	}
+	return out
+}
+
+// checkPeers refuses to run a stage whose other instances (served by
+// other processes under the same deployment name) have another config
+// (the same name served from two different files), or that has other
+// instances though it keeps state across messages (an encoder).
+func (r *Runner) checkPeers(name string, peers []micro.Ping) error {
+	sc := r.stageConfig(name)
+	want := configHash(sc)
+	others := 0
+	for _, p := range peers {
+		if p.Metadata["instance"] == r.instance {
+			continue
+		}
+		if others++; len(r.opts.Serve) > 0 || others > 1 {
+			// A stage that keeps state across messages cannot share its input.
+			if err := sc.spec.ReplicasError(sc.Params); err != nil {
+				return fmt.Errorf("%w: stage %q is served already (instance %s on host %s), and it cannot share its input: %w",
+					ErrRemote, name, p.Metadata["instance"], p.Metadata["host"], err)
+			}
+		}
+		if got := p.Metadata["config"]; got != want {
+			return fmt.Errorf("%w: stage %q: the instance %s on host %s serves another config of it (%s, here %s): serve and run the same pipeline file, or give one a --name of its own",
+				ErrRemote, name, p.Metadata["instance"], p.Metadata["host"], got, want)
+		}
+	}
+	return nil
 }

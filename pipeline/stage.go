@@ -65,6 +65,16 @@ type Init struct {
 	// stream nobody reads, or say which stage expected a stream its input
 	// lacks.
 	Consumers map[string][]string
+	// Graph edits the running pipeline: a stage may add stages that read
+	// it (a branch) and remove them again.
+	Graph Graph
+}
+
+// Graph edits a running pipeline (the Runner implements it): see
+// Runner.AddStages and Runner.RemoveStages.
+type Graph interface {
+	AddStages(ctx context.Context, stagesYAML []byte) error
+	RemoveStages(ctx context.Context, names ...string) error
 }
 
 // Path resolves a path param against the pipeline file's folder.

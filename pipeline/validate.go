@@ -187,7 +187,7 @@ func (e *Environment) Validate(c *Config) error {
 func (c *Config) Warnings() []string { return c.WarningsFor("") }
 
 // WarningsFor lists legal but suspicious things in a validated pipeline run
-// over transport ("nats" or "local"; "" is the file's own, as Options.Transport),
+// over transport ("auto", "nats" or "local"; "" is the file's own, as Options.Transport),
 // such as an output port no stage reads, saying what becomes of its data.
 func (c *Config) WarningsFor(transport string) []string {
 	if transport == "" {
@@ -227,7 +227,7 @@ func unreadFate(pipeline, stage string, p Port, transport string) string {
 		return ""
 	case p.Unread == UnreadSkipped:
 		return "the stage does not produce it (its stream is not read from the input)"
-	case transport == TransportNATS:
+	case transport == TransportNATS || transport == TransportAuto:
 		return "it is published on " + Subject(pipeline, stage, p.Name) + " for outside consumers"
 	}
 	return "its data is dropped (transport local: nothing outside the process can read it)"

@@ -57,11 +57,11 @@ func TestValidate(t *testing.T) {
 		{"replicas not a number", header + `
   - {name: src, kind: source, params: {url: "lavfi:testsrc2"}, replicas: many}
 `, []string{":4:74: replicas \"many\": want a whole number from 1 to 64"}},
-		{"replicas with interval", header + `
+		{"replicas with overlap", header + `
   - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}
   - {name: dec, kind: decode, inputs: [src.video]}
-  - {name: f, kind: infer, inputs: [dec], replicas: 2, params: {model: ultraface-rfb-320, interval: 3}}
-`, []string{"stage \"f\": replicas 2: interval counts frames per instance"}},
+  - {name: f, kind: infer, inputs: [dec], replicas: 2, params: {model: ultraface-rfb-320, overlap: true}}
+`, []string{"stage \"f\": replicas 2: overlap returns frames a call late"}},
 		{"missing file", header + "  - {name: a, kind: source, params: {url: no/such/file.mp4}}\n", []string{":3:5: stage \"a\": source: input file not found", "no/such/file.mp4"}},
 		{"dangling edge", header + `
   - {name: src, kind: source, params: {url: "lavfi:testsrc2"}}

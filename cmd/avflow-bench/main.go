@@ -3,12 +3,18 @@
 //
 //		make bench      # = go run ./cmd/avflow-bench -avflow bin/avflow -out BENCHMARKS.md
 //
-//	 1. Transcode: 600 frames of a generated 1080p H.264 clip to 720p libx264
-//	    veryfast, avflow (embedded NATS, and in-process) vs the ffmpeg CLI.
+//	 1. Transcode: a generated 1080p H.264 clip and real street footage
+//	    scaled to 1080p, to 720p libx264 veryfast, avflow (default auto
+//	    transport, nats, local) vs the ffmpeg CLI (transcode.go).
 //	 2. Edge: raw 720p frames over one avflow edge vs a bare nats.go
 //	    publish/subscribe loop with the same payload on the same server.
-//	 3. Inference, placement (see infer.go, plan.go).
-//	 4. Scale: pipelines of 1 to 167 cameras x 6 stages vs one ffmpeg
+//	 3. Across processes, on a real nats-server: raw 720p frames to a stage
+//	    served by another process and back vs a bare nats.go peer
+//	    (wire.go, barepeer/); the privacy example with faces served by 1
+//	    and 2 other processes (split.go); a stage capped at a fixed rate
+//	    served by 1, 2 and 4 processes (scaleout.go).
+//	 4. Inference, placement (see infer.go, plan.go).
+//	 5. Scale: pipelines of 1 to 167 cameras x 6 stages vs one ffmpeg
 //	    process running the same chains (scale.go).
 //
 // Runs are interleaved (peer, avflow, peer, avflow, ...) and the median is
@@ -44,7 +50,12 @@ func main() {
 	rounds := flag.Int("rounds", 5, "interleaved rounds per comparison")
 	frames := flag.Int("frames", 600, "frames in the transcode clip")
 	edgeMsgs := flag.Int("edge-frames", 600, "raw frames sent over the edge")
-	only := flag.String("only", "", "run only: transcode, edge, infer, plan, scale, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
+	natsBin := flag.String("nats-server", "bin/nats-server", "nats-server binary, for the benchmarks across processes")
+	wireMsgs := flag.Int("wire-frames", 600, "raw 720p frames sent between two processes")
+	splitFrames := flag.Int("split-frames", 300, "frames of the privacy pipeline split over processes")
+	paceRate := flag.Float64("pace-rate", 20, "messages per second per instance of the scale-out stage")
+	paceSecs := flag.Float64("pace-seconds", 6, "seconds of messages per scale-out run")
+	only := flag.String("only", "", "run only: transcode, edge, wire, split, scaleout, infer, plan, scale, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err := os.MkdirAll(*work, 0o755); err != nil {
@@ -59,6 +70,15 @@ func main() {
 	}
 	if *only == "" || *only == "edge" {
 		edge(&b, *rounds, *edgeMsgs)
+	}
+	if *only == "" || *only == "wire" {
+		wireBench(&b, *bin, *natsBin, *work, *rounds, *wireMsgs)
+	}
+	if *only == "" || *only == "split" {
+		splitBench(&b, *bin, *natsBin, min(*rounds, 3), *splitFrames)
+	}
+	if *only == "" || *only == "scaleout" {
+		scaleOutBench(&b, *bin, *natsBin, min(*rounds, 3), *paceRate, *paceSecs)
 	}
 	if *only == "" || strings.HasPrefix(*only, "infer") {
 		inferBench(&b, *bin, *work, *rounds, strings.TrimPrefix(strings.TrimPrefix(*only, "infer"), "-"))
@@ -168,73 +188,6 @@ func median(ms []measure) measure {
 	m.rssKiB = rss
 	m.cpu = cpus[len(cpus)/2]
 	return m
-}
-
-const transcodeYAML = `name: bench-transcode
-stages:
-  - {name: src, kind: source, params: {url: %q}}
-  - {name: dec, kind: decode, inputs: [src.video]}
-  - {name: scale, kind: filter, inputs: [dec], params: {graph: "scale=1280:720"}}
-  - {name: enc, kind: encode, inputs: [scale], params: {codec: libx264, preset: veryfast}}
-  - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
-`
-
-func transcode(b *strings.Builder, bin, work string, rounds, frames int) {
-	in, _ := filepath.Abs(filepath.Join(work, fmt.Sprintf("in1080-%d.mp4", frames)))
-	if _, err := os.Stat(in); err != nil {
-		slog.Info("generating the 1080p input clip", "frames", frames, "path", in)
-		if _, err := timed("ffmpeg", "-y", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30",
-			"-frames:v", fmt.Sprint(frames), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", in); err != nil {
-			fail(err)
-		}
-	}
-	ffOut, _ := filepath.Abs(filepath.Join(work, "ffmpeg-720p.mp4"))
-	avOut, _ := filepath.Abs(filepath.Join(work, "avflow-720p.mp4"))
-	yaml := filepath.Join(work, "transcode.yaml")
-	if err := os.WriteFile(yaml, []byte(fmt.Sprintf(transcodeYAML, in, avOut)), 0o644); err != nil {
-		fail(err)
-	}
-	// avflow's MP4s are faststart by default: the peer moves its index too.
-	ffArgs := []string{"-y", "-v", "error", "-nostats", "-i", in, "-vf", "scale=1280:720", "-c:v", "libx264", "-preset", "veryfast", "-an", "-movflags", "+faststart", ffOut}
-	var ff, avNATS, avLocal []measure
-	for i := 0; i < rounds; i++ {
-		slog.Info("transcode round", "round", i+1, "of", rounds)
-		for _, run := range []struct {
-			into *[]measure
-			name string
-			args []string
-		}{
-			{&ff, "ffmpeg", ffArgs},
-			{&avNATS, bin, []string{"--log-level", "warn", "run", yaml}},
-			{&avLocal, bin, []string{"--log-level", "warn", "run", "--transport", "local", yaml}},
-		} {
-			m, err := timed(run.name, run.args...)
-			if err != nil {
-				fail(err)
-			}
-			*run.into = append(*run.into, m)
-		}
-	}
-	check := func(p string) {
-		out, err := exec.Command("ffprobe", "-v", "error", "-count_frames", "-show_entries", "stream=width,height,nb_read_frames", "-of", "csv=p=0", p).Output()
-		if err != nil || strings.TrimSpace(string(out)) != fmt.Sprintf("1280,720,%d", frames) {
-			fail(fmt.Errorf("%s: got %q, want 1280,720,%d (%v)", p, strings.TrimSpace(string(out)), frames, err))
-		}
-	}
-	check(ffOut)
-	check(avOut)
-	f, an, al := median(ff), median(avNATS), median(avLocal)
-	fps := func(m measure) float64 { return float64(frames) / m.wall.Seconds() }
-	fmt.Fprintf(b, "## Transcode: %d frames 1080p H.264 -> 720p libx264 veryfast\n\n", frames)
-	fmt.Fprintf(b, "Peer: `ffmpeg -i in1080.mp4 -vf scale=1280:720 -c:v libx264 -preset veryfast -an -movflags +faststart out.mp4` (avflow's MP4s are faststart by default). avflow: source -> decode -> filter(scale=1280:720) -> encode(libx264 veryfast) -> sink(mp4), every edge a NATS subject on the embedded server (raw 720p frames cross the filter->encode edge as messages), and the same with `--transport local` (in-process, zero-copy). Both outputs are checked with ffprobe (1280x720, %d frames).\n\n", frames)
-	fmt.Fprintf(b, "| run | wall (median) | fps | throughput ratio vs ffmpeg | CPU s (median) | CPU ratio (ffmpeg/avflow) | peak RSS |\n|---|---:|---:|---:|---:|---:|---:|\n")
-	row := func(name string, m measure) {
-		fmt.Fprintf(b, "| %s | %.2fs | %.1f | %.3f | %.2f | %.3f | %.0f MiB |\n", name, m.wall.Seconds(), fps(m), fps(m)/fps(f), m.cpu.Seconds(), f.cpu.Seconds()/m.cpu.Seconds(), float64(m.rssKiB)/1024)
-	}
-	row("ffmpeg CLI", f)
-	row("avflow, embedded NATS", an)
-	row("avflow, --transport local", al)
-	fmt.Fprintf(b, "\nTarget: avflow at least 0.90 of ffmpeg's throughput. Individual rounds (s): ffmpeg %s; avflow nats %s; avflow local %s.\n\n", walls(ff), walls(avNATS), walls(avLocal))
 }
 
 func walls(ms []measure) string {

@@ -63,7 +63,7 @@ func scaleBench(b *strings.Builder, bin, work string, rounds int) {
 				args []string
 			}{
 				{&ff, "ffmpeg", scaleFFmpegArgs(cams)},
-				{&nats, bin, []string{"--log-level", "warn", "run", yaml}},
+				{&nats, bin, []string{"--log-level", "warn", "run", "--transport", "nats", yaml}},
 				{&local, bin, []string{"--log-level", "warn", "run", "--transport", "local", yaml}},
 			} {
 				m, err := timed(run.name, run.args...)

@@ -68,7 +68,7 @@ func run(args []string) int {
 			}
 			return nil
 		},
-		Commands: []*cli.Command{runCmd(), validateCmd(), stagesCmd(), modelsCmd(), devicesCmd(), calibrateCmd(), planCmd(), versionCmd()},
+		Commands: []*cli.Command{runCmd(), serveCmd(), permissionsCmd(), validateCmd(), stagesCmd(), modelsCmd(), devicesCmd(), calibrateCmd(), planCmd(), versionCmd()},
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {
 				return
@@ -177,79 +177,124 @@ func runCmd() *cli.Command {
 		Name:      "run",
 		Usage:     "run a pipeline until its sources end (Ctrl-C, SIGTERM or SIGHUP: finish cleanly; a second one: abort)",
 		ArgsUsage: "pipeline.yaml",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "nats", Usage: "use the NATS server at this URL instead of the embedded one", EnvVars: []string{"AVFLOW_NATS_URL"}},
-			&cli.StringFlag{Name: "transport", Usage: "override the pipeline's transport: nats or local (in-process, zero-copy)"},
+			&cli.StringFlag{Name: "transport", Usage: "override the pipeline's transport: auto (default: in-process edges zero-copy, NATS for services, metadata and unread ports), nats (every edge a NATS subject) or local (in-process only, no NATS)"},
 			&cli.StringSliceFlag{Name: "set", Usage: "override a param: stage.param=value (repeatable)"},
+			&cli.StringFlag{Name: "name", Usage: "the deployment's name (its subjects and services): the file's name: by default"},
+			&cli.StringSliceFlag{Name: "remote", Usage: "a stage served by other processes (avflow serve): not run here, waited for (repeatable)"},
+			&cli.DurationFlag{Name: "remote-timeout", Value: 30 * time.Second, Usage: "how long to wait for each remote stage's service"},
 			&cli.StringFlag{Name: "placement", Usage: "apply a placement from avflow plan (each stage's device, and replicas where the stage allows them)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
 			&cli.DurationFlag{Name: "progress-interval", Value: 5 * time.Second, Usage: "how often to log progress when stderr is not a terminal"},
-		},
-		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return cli.Exit("avflow run: want one pipeline file", exitInvalid)
-			}
-			if every := c.Duration("progress-interval"); every <= 0 {
-				return cli.Exit(fmt.Sprintf("avflow run: --progress-interval must be more than 0, got %s", every), exitInvalid)
-			}
-			cfg, err := load(c.Args().First(), c.StringSlice("set"))
-			if err != nil {
-				return err
-			}
-			if p := c.String("placement"); p != "" {
-				if err := applyPlacement(cfg, p); err != nil {
-					return cli.Exit("avflow: "+err.Error(), exitInvalid)
-				}
-			}
-			for _, w := range cfg.WarningsFor(c.String("transport")) {
-				slog.Warn(w)
-			}
-			r, err := pipeline.NewRunner(pipeline.Default, cfg, pipeline.Options{NATSURL: c.String("nats"), Transport: c.String("transport")})
-			if err != nil {
-				return cli.Exit("avflow: "+err.Error(), exitInvalid)
-			}
-			ctx, cancel := context.WithCancel(c.Context)
-			defer cancel()
-			sigs := make(chan os.Signal, 4)
-			signal.Notify(sigs, stopSignals...)
-			defer signal.Stop(sigs)
-			go onSignals(sigs, r, cancel)
-			if addr := c.String("metrics-addr"); addr != "" {
-				stop, err := serveMetrics(addr, r, cfg.Name)
-				if err != nil {
-					return cli.Exit("avflow: "+err.Error(), exitInvalid)
-				}
-				defer stop()
-			}
-			done := make(chan struct{})
-			progressDone := make(chan struct{})
-			go func() {
-				defer close(progressDone)
-				// Progress stops once the run has failed or been aborted,
-				// though stages may take a while to close.
-				stopped := make(chan struct{})
-				go func() {
-					defer close(stopped)
-					select {
-					case <-r.Failed():
-					case <-ctx.Done():
-					case <-done:
-					}
-				}()
-				showProgress(r, done, stopped, c.Duration("progress-interval"))
-			}()
-			start := time.Now()
-			err = r.Run(ctx)
-			close(done)
-			<-progressDone
-			fmt.Fprintf(os.Stderr, "\n%s: %s in %s\n", cfg.Name, status(err), time.Since(start).Round(time.Millisecond))
-			r.Metrics().WriteTable(os.Stderr)
-			if err != nil {
-				return cli.Exit("avflow: "+err.Error(), exitRun)
-			}
-			return nil
-		},
+		}, natsFlags()...),
+		Action: func(c *cli.Context) error { return runPipeline(c, "run", nil) },
 	}
+}
+
+func serveCmd() *cli.Command {
+	return &cli.Command{
+		Name: "serve",
+		Usage: "run stages of a pipeline as NATS services for a run elsewhere (avflow run --remote); any number of processes may serve one stage " +
+			"and share its messages; the process ends when the stage's inputs end (SIGTERM: finish the messages taken, then exit 0)",
+		ArgsUsage: "pipeline.yaml",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "nats", Required: true, Usage: "the NATS server (or cluster) the run uses", EnvVars: []string{"AVFLOW_NATS_URL"}},
+			&cli.StringSliceFlag{Name: "stage", Required: true, Usage: "a stage to serve (repeatable)"},
+			&cli.StringFlag{Name: "transport", Usage: "auto (default) or nats"},
+			&cli.StringSliceFlag{Name: "set", Usage: "override a param: stage.param=value (repeatable)"},
+			&cli.StringFlag{Name: "name", Usage: "the deployment to join (its run's --name; the file's name: by default)"},
+			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
+			&cli.DurationFlag{Name: "progress-interval", Value: 5 * time.Second, Usage: "how often to log progress when stderr is not a terminal"},
+		}, natsFlags()...),
+		Action: func(c *cli.Context) error { return runPipeline(c, "serve", c.StringSlice("stage")) },
+	}
+}
+
+// runPipeline is avflow run, and avflow serve for the stages serve names.
+func runPipeline(c *cli.Context, cmd string, serve []string) error {
+	if c.NArg() != 1 {
+		return cli.Exit("avflow "+cmd+": want one pipeline file", exitInvalid)
+	}
+	if every := c.Duration("progress-interval"); every <= 0 {
+		return cli.Exit(fmt.Sprintf("avflow %s: --progress-interval must be more than 0, got %s", cmd, every), exitInvalid)
+	}
+	auth, natsOpts, err := natsOptions(c, c.String("nats"))
+	if err != nil {
+		return err
+	}
+	cfg, err := load(c.Args().First(), c.StringSlice("set"))
+	if err != nil {
+		return err
+	}
+	if n := c.String("name"); n != "" {
+		if err := pipeline.CheckName(n); err != nil {
+			return cli.Exit("avflow "+cmd+": --name: "+err.Error(), exitInvalid)
+		}
+		cfg.Name = n
+	}
+	if p := c.String("placement"); p != "" {
+		if err := applyPlacement(cfg, p); err != nil {
+			return cli.Exit("avflow: "+err.Error(), exitInvalid)
+		}
+	}
+	if serve == nil {
+		for _, w := range cfg.WarningsFor(c.String("transport")) {
+			slog.Warn(w)
+		}
+	}
+	if auth.URL != "" {
+		slog.Info("external NATS server", "url", secret.URL(auth.URL), "nats", auth)
+	}
+	opts := pipeline.Options{NATSURL: auth.URL, NATSOptions: natsOpts, Transport: c.String("transport"),
+		Remote: c.StringSlice("remote"), RemoteTimeout: c.Duration("remote-timeout"), Serve: serve}
+	if auth.URL == "" && (len(opts.Remote) > 0 || cfg.HasRemote()) {
+		return cli.Exit("avflow "+cmd+": remote stages need --nats: the server their services use", exitInvalid)
+	}
+	r, err := pipeline.NewRunner(pipeline.Default, cfg, opts)
+	if err != nil {
+		return cli.Exit("avflow: "+err.Error(), exitInvalid)
+	}
+	ctx, cancel := context.WithCancel(c.Context)
+	defer cancel()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, stopSignals...)
+	defer signal.Stop(sigs)
+	go onSignals(sigs, r, cancel)
+	if addr := c.String("metrics-addr"); addr != "" {
+		stop, err := serveMetrics(addr, r, cfg.Name)
+		if err != nil {
+			return cli.Exit("avflow: "+err.Error(), exitInvalid)
+		}
+		defer stop()
+	}
+	done := make(chan struct{})
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		// Progress stops once the run has failed or been aborted,
+		// though stages may take a while to close.
+		stopped := make(chan struct{})
+		go func() {
+			defer close(stopped)
+			select {
+			case <-r.Failed():
+			case <-ctx.Done():
+			case <-done:
+			}
+		}()
+		showProgress(r, done, stopped, c.Duration("progress-interval"))
+	}()
+	start := time.Now()
+	err = r.Run(ctx)
+	close(done)
+	<-progressDone
+	fmt.Fprintf(os.Stderr, "\n%s: %s in %s\n", cfg.Name, status(err), time.Since(start).Round(time.Millisecond))
+	r.Metrics().WriteTable(os.Stderr)
+	if err != nil {
+		return cli.Exit("avflow: "+natsAuthError(err, auth).Error(), exitRun)
+	}
+	return nil
 }
 
 func status(err error) string {
@@ -358,6 +403,11 @@ func showProgress(r *pipeline.Runner, done, failed <-chan struct{}, every time.D
 		case <-failed:
 			return
 		case <-t.C:
+			select {
+			case <-r.Failed(): // failed as the tick came: no line after the failure
+				return
+			default:
+			}
 			logProgress(r)
 		}
 	}

@@ -133,6 +133,12 @@ type AudioFormat struct {
 	Samples     int32  `msgpack:"ns"`
 }
 
+// Origin is a position in a stream: a producer's stream id and a seq there.
+type Origin struct {
+	Stream string `msgpack:"s"`
+	Seq    uint64 `msgpack:"q"`
+}
+
 // Stamp records when a stage emitted the message (Unix nanoseconds), for latency.
 type Stamp struct {
 	Stage string `msgpack:"s"`
@@ -208,6 +214,11 @@ type Envelope struct {
 	// Segments are time ranges found in audio (speech), in seconds of media time.
 	Segments []Segment `msgpack:"seg,omitempty"`
 	Stamps   []Stamp   `msgpack:"ts,omitempty"`
+	// Src is where the message entered the stream it is part of: the
+	// first stage that published it, and its seq there. A stage that lets
+	// messages through keeps it, so the consumer of a stage served by
+	// several processes can put their outputs back in order.
+	Src *Origin `msgpack:"src,omitempty"`
 
 	// Local, when set, holds the media in process memory; Payload may then be empty.
 	Local Local `msgpack:"-"`
@@ -215,6 +226,8 @@ type Envelope struct {
 	Port string `msgpack:"-"`
 	// Input is the index of the consuming stage's input edge it arrived on. Set by the runner.
 	Input int `msgpack:"-"`
+	// From is the producer instance that sent it over NATS. Set by the runner.
+	From string `msgpack:"-"`
 }
 
 // Release frees the in-process object, if any.

@@ -9,6 +9,7 @@ import (
 	_ "github.com/avflow/avflow/stages/encode"
 	_ "github.com/avflow/avflow/stages/filter"
 	_ "github.com/avflow/avflow/stages/infer"
+	_ "github.com/avflow/avflow/stages/pace"
 	_ "github.com/avflow/avflow/stages/redact"
 	_ "github.com/avflow/avflow/stages/sink"
 	_ "github.com/avflow/avflow/stages/source"

@@ -31,7 +31,7 @@ func init() {
 			{Name: "threshold", Type: pipeline.TypeFloat, Default: 0.0, Doc: "minimum score (0: the card's)"},
 			{Name: "scaler", Type: pipeline.TypeString, Default: "bilinear", Enum: ScalerNames, Doc: "swscale algorithm that sizes frames for the model (the names of ffmpeg's scale flags=; the ffmpeg CLI's default is bicubic)"},
 			{Name: "pad", Type: pipeline.TypeFloat, Default: 0.0, Doc: "mirror the frame into a border of this fraction of its width and height on every side before the model sees it (0 to 1): a face or object that the frame's edge cuts looks whole to the model; no extra run, but everything is that much smaller in the model's input; boxes are cut back to the frame"},
-			{Name: "interval", Type: pipeline.TypeInt, Default: 1, Doc: "run the model on every Nth video frame of each stream (a track stage carries boxes between)"},
+			{Name: "interval", Type: pipeline.TypeInt, Default: 1, Doc: "run the model on every Nth video frame of each stream, by the frame's place in the stream, so replicas (here or served elsewhere) pick the same frames (a track stage carries boxes between)"},
 			{Name: "max_batch", Type: pipeline.TypeInt, Default: 1, Doc: "frames (from any stream) taken together per call"},
 			{Name: "max_wait", Type: pipeline.TypeDuration, Default: "0s", Doc: "how long a batch may wait to fill (0: take what is queued)"},
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "ONNX Runtime intra-op threads (0: one per core)"},
@@ -179,13 +179,12 @@ func provider(d accelerators.Device) (string, map[string]string) {
 	return name, nil
 }
 
-// replicable: several instances of an image model may share the input;
-// counting frames for interval, overlapping calls and audio models'
-// running state may not be split.
+// replicable: several instances of an image model may share the input
+// (interval counts a frame's place in its stream, which every instance
+// sees); overlapping calls and audio models' running state may not be
+// split.
 func replicable(p pipeline.Params) error {
 	switch {
-	case p.Int("interval") > 1:
-		return errors.New("interval counts frames per instance: use interval 1 with replicas")
 	case p.Bool("overlap"):
 		return errors.New("overlap returns frames a call late: turn it off with replicas")
 	}
@@ -365,6 +364,12 @@ func (s *Video) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 	for i, e := range in {
 		n := s.counts[e.Stream]
 		s.counts[e.Stream] = n + 1
+		if e.Src != nil {
+			// The frame's place in its stream, the same in every
+			// instance: replicas (here or in other processes) pick the
+			// same frames as one instance would.
+			n = int(e.Src.Seq % uint64(s.interval))
+		}
 		if n%s.interval != 0 {
 			continue
 		}

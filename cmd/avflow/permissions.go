@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/avflow/avflow/pipeline"
+)
+
+func permissionsCmd() *cli.Command {
+	return &cli.Command{
+		Name: "permissions",
+		Usage: "print the NATS publish/subscribe permissions (a nats-server config block) that a process of a pipeline needs: " +
+			"with --stage, avflow serve of those stages; without, avflow run (--remote: with those stages served elsewhere); with both, the two together (one user for both)",
+		ArgsUsage: "pipeline.yaml",
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "stage", Usage: "a stage that one avflow serve process serves (repeatable: one process serving them all)"},
+			&cli.StringSliceFlag{Name: "remote", Usage: "a stage avflow run leaves to other processes, as run --remote (repeatable)"},
+			&cli.StringFlag{Name: "transport", Usage: "the transport the processes use: auto (default: the file's) or nats"},
+			&cli.StringFlag{Name: "name", Usage: "the deployment's name (run/serve --name): the file's name: by default"},
+			&cli.StringSliceFlag{Name: "set", Usage: "override a param as the processes do: stage.param=value (repeatable)"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return cli.Exit("avflow permissions: want one pipeline file", exitInvalid)
+			}
+			cfg, err := load(c.Args().First(), c.StringSlice("set"))
+			if err != nil {
+				return err
+			}
+			if n := c.String("name"); n != "" {
+				if err := pipeline.CheckName(n); err != nil {
+					return cli.Exit("avflow permissions: --name: "+err.Error(), exitInvalid)
+				}
+				cfg.Name = n
+			}
+			return printPermissions(os.Stdout, cfg, c.String("name"), c.StringSlice("stage"), c.StringSlice("remote"), c.String("transport"))
+		},
+	}
+}
+
+// printPermissions writes the permissions of the processes that serve
+// (avflow serve --stage) and run (avflow run --remote) the deployment
+// (cfg, renamed to name when set): one block for them all, after comments
+// naming them.
+func printPermissions(w io.Writer, cfg *pipeline.Config, name string, serve, remote []string, transport string) error {
+	var procs []pipeline.Process
+	if len(serve) > 0 {
+		procs = append(procs, pipeline.Process{Serve: serve, Transport: transport})
+	}
+	if len(serve) == 0 || len(remote) > 0 {
+		procs = append(procs, pipeline.Process{Remote: remote, Transport: transport})
+	}
+	var all pipeline.NATSPermissions
+	for _, p := range procs {
+		perms, err := pipeline.Permissions(cfg, p)
+		if err != nil {
+			return cli.Exit("avflow: "+err.Error(), exitInvalid)
+		}
+		all = all.Union(perms)
+	}
+	fmt.Fprintf(w, "# NATS permissions of deployment %q (%s) for:\n", cfg.Name, cfg.File)
+	for _, p := range procs {
+		fmt.Fprintf(w, "#   %s\n", command(cfg.File, name, p))
+	}
+	fmt.Fprintf(w, "# Put the block in a user of the server's authorization: users = [ {user: NAME, password: SECRET, permissions: {...}} ]\n%s", all.Config())
+	return nil
+}
+
+// command is the avflow command line a process is started with.
+func command(file, name string, p pipeline.Process) string {
+	args := []string{"avflow", "run", file}
+	if len(p.Serve) > 0 {
+		args[1] = "serve"
+	}
+	for _, s := range p.Serve {
+		args = append(args, "--stage", s)
+	}
+	for _, s := range p.Remote {
+		args = append(args, "--remote", s)
+	}
+	if p.Transport != "" {
+		args = append(args, "--transport", p.Transport)
+	}
+	if name != "" {
+		args = append(args, "--name", name)
+	}
+	return strings.Join(args, " ") + " --nats URL"
+}

@@ -1,0 +1,253 @@
+package pipeline_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
+	"github.com/avflow/avflow/pipeline/envelope"
+	"go.uber.org/goleak"
+)
+
+// brancher passes frames through; on frame addAt it adds a branch that
+// encodes what it passes to branchPath, on frame removeAt it removes the
+// branch again (both before passing the frame on).
+type brancher struct {
+	graph             pipeline.Graph
+	frames            int
+	addAt, removeAt   int
+	branchPath        string
+	addErr, removeErr error
+}
+
+func (b *brancher) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	out := make(pipeline.Batch, 0, len(in))
+	for _, e := range in {
+		out = append(out, e.Pass())
+		if e.Kind != envelope.KindFrame {
+			continue
+		}
+		switch b.frames {
+		case b.addAt:
+			b.addErr = b.graph.AddStages(ctx, []byte(fmt.Sprintf(`
+- {name: benc, kind: encode, inputs: [tap], params: {codec: libx264, preset: ultrafast}}
+- {name: bout, kind: sink, inputs: [benc], params: {path: %q}}
+`, b.branchPath)))
+		case b.removeAt:
+			b.removeErr = b.graph.RemoveStages(ctx, "bout", "benc")
+		}
+		b.frames++
+	}
+	return out, nil
+}
+
+func (b *brancher) Close() error { return nil }
+
+// frameCount is the number of video frames ffprobe decodes in a file.
+func frameCount(t *testing.T, path string) int {
+	t.Helper()
+	out, err := exec.Command(e2e.Tool(t, "ffprobe"), "-v", "error", "-count_frames", "-select_streams", "v:0",
+		"-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ffprobe %s: %v\n%s", path, err, out)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("ffprobe %s: %q", path, out)
+	}
+	return n
+}
+
+// TestBranchAddedAndRemoved: a stage adds a branch (an encoder and a file)
+// while the pipeline runs and removes it again; the main output has every
+// frame, the branch's file is a finished MP4 with exactly the frames passed
+// while it was there, and no goroutine is left behind.
+func TestBranchAddedAndRemoved(t *testing.T) {
+	for _, transport := range []string{pipeline.TransportLocal, pipeline.TransportNATS} {
+		t.Run(transport, func(t *testing.T) {
+			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+			dir := t.TempDir()
+			b := &brancher{addAt: 30, removeAt: 90, branchPath: filepath.Join(dir, "branch.mp4")}
+			env := pipeline.Default.Clone()
+			err := env.Register(pipeline.Spec{Kind: "brancher", MinInputs: 1, MaxInputs: 1,
+				Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
+					return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
+				},
+				New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) { b.graph = in.Graph; return b, nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			main := filepath.Join(dir, "main.mp4")
+			cfg, err := pipeline.Parse([]byte(fmt.Sprintf(`name: branch
+transport: %s
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25", max_frames: 150}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: tap, kind: brancher, inputs: [dec]}
+  - {name: enc, kind: encode, inputs: [tap], params: {codec: libx264, preset: ultrafast}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
+`, transport, main)), "branch.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Log: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Run(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if b.addErr != nil || b.removeErr != nil {
+				t.Fatalf("adding the branch: %v; removing it: %v", b.addErr, b.removeErr)
+			}
+			if n := frameCount(t, main); n != 150 {
+				t.Errorf("main output has %d frames, want 150", n)
+			}
+			if n := frameCount(t, b.branchPath); n != b.removeAt-b.addAt {
+				t.Errorf("branch output has %d frames, want %d", n, b.removeAt-b.addAt)
+			}
+			stats := map[string]pipeline.StageStats{}
+			for _, s := range r.Metrics().Snapshot() {
+				stats[s.Name] = s
+			}
+			if s := stats["benc"]; s.In != int64(b.removeAt-b.addAt) {
+				t.Errorf("the end table shows the branch encoder with %d frames in, want %d", s.In, b.removeAt-b.addAt)
+			}
+		})
+	}
+}
+
+// TestGraphEditsRefused: edits that would break the graph are refused with
+// ErrGraph, naming the problem, and the run goes on.
+func TestGraphEditsRefused(t *testing.T) {
+	tests := []struct {
+		name string
+		edit func(ctx context.Context, g pipeline.Graph) error
+		want string
+	}{
+		{"unknown input", func(ctx context.Context, g pipeline.Graph) error {
+			return g.AddStages(ctx, []byte("- {name: x, kind: encode, inputs: [nope], params: {codec: libx264}}"))
+		}, `names no stage`},
+		{"a name in use", func(ctx context.Context, g pipeline.Graph) error {
+			return g.AddStages(ctx, []byte("- {name: enc, kind: encode, inputs: [tap], params: {codec: libx264}}"))
+		}, `already used`},
+		{"a stage others read", func(ctx context.Context, g pipeline.Graph) error {
+			return g.RemoveStages(ctx, "enc")
+		}, `stage "out" reads "enc"`},
+		{"a source", func(ctx context.Context, g pipeline.Graph) error {
+			return g.RemoveStages(ctx, "src")
+		}, `is a source`},
+		{"no such stage", func(ctx context.Context, g pipeline.Graph) error {
+			return g.RemoveStages(ctx, "ghost")
+		}, `no stage "ghost"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var editErr error
+			done := false
+			env := pipeline.Default.Clone()
+			err := env.Register(pipeline.Spec{Kind: "editor", MinInputs: 1, MaxInputs: 1,
+				Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
+					return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
+				},
+				New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+					return stageFunc(func(ctx context.Context, b pipeline.Batch) (pipeline.Batch, error) {
+						if !done {
+							done, editErr = true, tt.edit(ctx, in.Graph)
+						}
+						out := make(pipeline.Batch, len(b))
+						for i, e := range b {
+							out[i] = e.Pass()
+						}
+						return out, nil
+					}), nil
+				}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := pipeline.Parse([]byte(`name: edits
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=160x120:rate=25", max_frames: 10}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: tap, kind: editor, inputs: [dec]}
+  - {name: enc, kind: encode, inputs: [tap], params: {codec: libx264, preset: ultrafast}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: "null"}}
+`), "edits.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Log: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Run(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if !errors.Is(editErr, pipeline.ErrGraph) || !strings.Contains(editErr.Error(), tt.want) {
+				t.Fatalf("edit error %v, want ErrGraph with %q", editErr, tt.want)
+			}
+			for _, s := range r.Metrics().Snapshot() {
+				if s.Name == "out" && s.In != 10 {
+					t.Errorf("the sink got %d packets after the refused edit, want 10", s.In)
+				}
+			}
+		})
+	}
+}
+
+// stageFunc is a stage made of its Process.
+type stageFunc func(context.Context, pipeline.Batch) (pipeline.Batch, error)
+
+func (f stageFunc) Process(ctx context.Context, b pipeline.Batch) (pipeline.Batch, error) {
+	return f(ctx, b)
+}
+func (f stageFunc) Close() error { return nil }
+
+// ender is a replicable pass-through stage that counts EndInput calls.
+type ender struct{ ends *atomic.Int64 }
+
+func (s ender) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+	out := make(pipeline.Batch, len(in))
+	for i, e := range in {
+		out[i] = e.Pass()
+	}
+	return out, nil
+}
+func (s ender) EndInput(context.Context, int) (pipeline.Batch, error) { s.ends.Add(1); return nil, nil }
+func (s ender) Close() error                                          { return nil }
+
+// TestEndInputReachesEveryReplica: each replica of a stage hears that an
+// input ended (it reached the first only).
+func TestEndInputReachesEveryReplica(t *testing.T) {
+	var ends atomic.Int64
+	env := testEnv(t, &collector{})
+	if err := env.Register(pipeline.Spec{Kind: "ender", MinInputs: 1, MaxInputs: 1,
+		Replicable: func(pipeline.Params) error { return nil },
+		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
+			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
+		},
+		New: func(context.Context, pipeline.Init) (pipeline.Stage, error) { return ender{&ends}, nil }}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runYAML(t, env, `name: ends
+transport: local
+stages:
+  - {name: g, kind: gen, params: {n: 10}}
+  - {name: e, kind: ender, inputs: [g], replicas: 3}
+  - {name: c, kind: collect, inputs: [e]}
+`, pipeline.Options{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := ends.Load(); n != 3 {
+		t.Fatalf("EndInput called %d times, want 3 (once per replica)", n)
+	}
+}

@@ -1,0 +1,246 @@
+package pipeline
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// ErrPermissions wraps the reasons no permissions can be given for a
+// process (avflow permissions).
+var ErrPermissions = errors.New("permissions")
+
+// Process is one process of a deployment, as avflow runs it: Serve set is
+// avflow serve --stage for those stages (every other stage is another
+// process's); Serve empty is avflow run, with Remote (and the stages the
+// file marks remote: true) left to other processes. Transport "" is the
+// file's.
+type Process struct {
+	Serve, Remote []string
+	Transport     string
+}
+
+// NATSPermissions are the subjects a process publishes and subscribes to
+// (nats-server subjects, wildcards allowed), and how many answers to one
+// request it may publish (nats-server's allow_responses max; 0: none).
+//
+// Its micro services answer requests ($SRV pings, info, stats, the
+// $metrics endpoint). A request to every service ($SRV.PING, as nats
+// micro ls sends it) reaches each service of a connection, and all of a
+// process's services may share one connection; nats-server counts each
+// delivery of a request to a connection after the first as one answer
+// too. So n services answer one request with 2n-1 "answers".
+type NATSPermissions struct {
+	Publish, Subscribe []string
+	Responses          int
+}
+
+// inboxes is what a process subscribes to for the answers to its micro
+// PINGs (nats.go's inboxes).
+const inboxes = "_INBOX.>"
+
+// Permissions returns the least a process of the validated pipeline cfg
+// needs from the NATS server (derived from the wire protocol; see
+// transport_nats.go and docs/services.md):
+//   - for each output port it publishes on NATS: the subject and
+//     <subject>.eos, and in block flow it subscribes to <subject>.ack;
+//   - for each input it reads over NATS: subscribe to the subject (a queue
+//     subscription) and <subject>.eos, and in block flow publish
+//     <subject>.ack; when the producer is another process's, PINGs to the
+//     producer's service ($SRV.PING.<pipeline>-<stage>, answers on _INBOX);
+//   - for each stage's micro service: subscribe to $SRV.PING/INFO/STATS,
+//     the same for the service's name and its id, and the stage's $metrics
+//     endpoint; answering them (Responses);
+//   - for avflow run with remote stages: PINGs to their services.
+func Permissions(cfg *Config, p Process) (NATSPermissions, error) {
+	if !cfg.validated {
+		return NATSPermissions{}, fmt.Errorf("%w: %s: validate the pipeline first", ErrPermissions, cfg.File)
+	}
+	transport := cmp.Or(p.Transport, cfg.Transport, TransportAuto)
+	switch {
+	case !validTransport(transport):
+		return NATSPermissions{}, fmt.Errorf("%w: transport %q: want auto or nats", ErrPermissions, transport)
+	case transport == TransportLocal:
+		return NATSPermissions{}, fmt.Errorf("%w: transport local uses no NATS server: there is nothing to permit", ErrPermissions)
+	}
+	remote, err := remoteStages(cfg, Options{Remote: p.Remote, Serve: p.Serve})
+	if err != nil {
+		return NATSPermissions{}, err
+	}
+	ps := &permSet{r: &Runner{cfg: cfg, remote: remote, byName: map[string]*host{}}, nats: transport == TransportNATS,
+		pub: map[string]bool{}, sub: map[string]bool{}}
+	for _, s := range cfg.order {
+		if !remote[s.Name] {
+			ps.inputs(s)
+			ps.outputs(s)
+			ps.service(s)
+		}
+	}
+	if len(p.Serve) == 0 { // the run waits for its remote stages' services
+		for _, name := range slices.Sorted(maps.Keys(remote)) {
+			ps.ping(name)
+		}
+	}
+	for _, name := range p.Serve { // serve checks the stage's other instances agree
+		ps.ping(name)
+	}
+	return NATSPermissions{Publish: sortSubjects(ps.pub), Subscribe: sortSubjects(ps.sub), Responses: 2*ps.services - 1}, nil
+}
+
+// permSet collects the subjects of one process. r is a runner that is
+// never run: its remote set and edge flow are the process's.
+type permSet struct {
+	r        *Runner
+	nats     bool // transport nats: every edge is on NATS
+	pub, sub map[string]bool
+	services int
+}
+
+// inputs are the subscriptions of a stage's inputs that cross NATS, and
+// the credits it sends back.
+func (ps *permSet) inputs(s *StageConfig) {
+	for _, in := range s.Inputs {
+		port, _ := findPort(ps.r.cfg.Stage(in.Stage).outputs, in.Port)
+		remote := ps.r.remote[in.Stage]
+		if !ps.nats && !remote {
+			continue // in-process edge
+		}
+		subject := Subject(ps.r.cfg.Name, in.Stage, port.Name)
+		ps.sub[subject], ps.sub[subject+eosSuffix] = true, true
+		if ps.r.edgeFlow(port.Type) == FlowBlock {
+			ps.pub[subject+ackSuffix] = true
+		}
+		if remote { // data and ends are taken only from its instances
+			ps.ping(in.Stage)
+			ps.ping(s.Name) // does its own queue group have other members (reorder)?
+		}
+	}
+}
+
+// outputs are the subjects of a stage's ports that are published on NATS:
+// over transport auto the meta ports, the ports no stage of this process
+// reads and those another process's stage reads.
+func (ps *permSet) outputs(s *StageConfig) {
+	for _, port := range s.outputs {
+		local, remote := ps.readers(s.Name, port.Name)
+		if !ps.nats && port.Type.Kind != envelope.KindData && local > 0 && remote == 0 {
+			continue
+		}
+		subject := Subject(ps.r.cfg.Name, s.Name, port.Name)
+		// A port the stage never produces (what its params turned off)
+		// only ever sends its end of stream.
+		if port.Unread != UnreadQuiet || local+remote > 0 {
+			ps.pub[subject] = true
+		}
+		ps.pub[subject+eosSuffix] = true
+		if ps.r.edgeFlow(port.Type) == FlowBlock {
+			ps.sub[subject+ackSuffix] = true
+		}
+	}
+}
+
+// readers counts the stages of this process (local) and of others
+// (remote) that read a stage's port.
+func (ps *permSet) readers(stage, port string) (local, remote int) {
+	for _, s := range ps.r.cfg.Stages {
+		for _, in := range s.Inputs {
+			src := ps.r.cfg.Stage(in.Stage)
+			if p, ok := findPort(src.outputs, in.Port); in.Stage != stage || !ok || p.Name != port {
+				continue
+			}
+			if ps.r.remote[s.Name] {
+				remote++
+			} else {
+				local++
+			}
+		}
+	}
+	return local, remote
+}
+
+// service is what a stage's micro service subscribes to (see addService).
+func (ps *permSet) service(s *StageConfig) {
+	name := ServiceName(ps.r.cfg.Name, s.Name)
+	for _, verb := range []micro.Verb{micro.PingVerb, micro.InfoVerb, micro.StatsVerb} {
+		for _, of := range [][2]string{{"", ""}, {name, ""}, {name, "*"}} { // every service, this one, this instance
+			subject, _ := micro.ControlSubject(verb, of[0], of[1])
+			ps.sub[subject] = true
+		}
+	}
+	ps.sub[Subject(ps.r.cfg.Name, s.Name, "$metrics")] = true
+	ps.services++
+}
+
+// ping is a micro PING to a stage's service and the inbox its answers reach.
+func (ps *permSet) ping(stage string) {
+	subject, _ := micro.ControlSubject(micro.PingVerb, ServiceName(ps.r.cfg.Name, stage), "")
+	ps.pub[subject] = true
+	ps.sub[inboxes] = true
+}
+
+// sortSubjects lists the pipeline's own subjects first, then the micro
+// ones, then the inboxes, each group sorted.
+func sortSubjects(set map[string]bool) []string {
+	group := func(s string) int {
+		switch {
+		case strings.HasPrefix(s, "avflow."):
+			return 0
+		case strings.HasPrefix(s, micro.APIPrefix+"."):
+			return 1
+		}
+		return 2
+	}
+	return slices.SortedFunc(maps.Keys(set), func(a, b string) int {
+		return cmp.Or(cmp.Compare(group(a), group(b)), strings.Compare(a, b))
+	})
+}
+
+// Union is what two processes that share one NATS user need (each has
+// connections of its own: the most answers either gives).
+func (p NATSPermissions) Union(q NATSPermissions) NATSPermissions {
+	union := func(a, b []string) []string {
+		set := map[string]bool{}
+		for _, s := range append(slices.Clone(a), b...) {
+			set[s] = true
+		}
+		return sortSubjects(set)
+	}
+	return NATSPermissions{Publish: union(p.Publish, q.Publish), Subscribe: union(p.Subscribe, q.Subscribe), Responses: max(p.Responses, q.Responses)}
+}
+
+// Config renders the permissions as a nats-server config block, for a
+// user of an authorization block:
+//
+//	authorization { users = [ {user: u, password: p, permissions: {...}} ] }
+//
+// An empty list denies everything (nats-server reads a missing allow list
+// as "anything").
+func (p NATSPermissions) Config() string {
+	var b strings.Builder
+	list := func(name string, subjects []string) {
+		fmt.Fprintf(&b, "  %s: {\n", name)
+		if len(subjects) == 0 {
+			b.WriteString("    deny: [\">\"]\n  }\n")
+			return
+		}
+		b.WriteString("    allow: [\n")
+		for _, s := range subjects {
+			fmt.Fprintf(&b, "      %q\n", s)
+		}
+		b.WriteString("    ]\n  }\n")
+	}
+	b.WriteString("permissions: {\n")
+	list("publish", p.Publish)
+	list("subscribe", p.Subscribe)
+	if p.Responses > 0 {
+		fmt.Fprintf(&b, "  allow_responses: {max: %d}\n", p.Responses)
+	}
+	b.WriteString("}\n")
+	return b.String()
+}

@@ -1,0 +1,469 @@
+package pipeline_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
+	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// permEnv has the kinds of a small camera pipeline, typed like the real
+// ones (never run): a source of video packets (and audio packets its
+// params turn off), a filter giving frames and detections, a sink.
+func permEnv(t *testing.T) *pipeline.Environment {
+	env := pipeline.NewEnvironment()
+	ports := func(ps ...pipeline.Port) func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
+		return func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return ps, nil }
+	}
+	never := func(context.Context, pipeline.Init) (pipeline.Stage, error) { return nil, errors.New("not run") }
+	for _, s := range []pipeline.Spec{
+		{Kind: "camsrc", New: never, Ports: ports(
+			pipeline.Port{Name: "video", Type: pipeline.PortType{Kind: envelope.KindPacket, Media: envelope.MediaVideo}},
+			pipeline.Port{Name: "audio", Type: pipeline.PortType{Kind: envelope.KindPacket, Media: envelope.MediaAudio}, Unread: pipeline.UnreadQuiet})},
+		{Kind: "camflt", MinInputs: 1, MaxInputs: 1, New: never, Ports: ports(
+			pipeline.Port{Name: "out", Type: pipeline.PortType{Kind: envelope.KindFrame, Media: envelope.MediaVideo}},
+			pipeline.Port{Name: "meta", Type: pipeline.PortType{Kind: envelope.KindData}})},
+		{Kind: "camsink", MinInputs: 1, MaxInputs: 1, New: never, Ports: ports()},
+	} {
+		if err := env.Register(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return env
+}
+
+func camConfig(t *testing.T, flow string) *pipeline.Config {
+	cfg, err := pipeline.Parse([]byte(`name: cam
+flow: `+flow+`
+stages:
+  - {name: src, kind: camsrc}
+  - {name: flt, kind: camflt, inputs: [src.video]}
+  - {name: out, kind: camsink, inputs: [flt]}
+`), "cam.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := permEnv(t).Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// services are the subscriptions of the micro services of stages of cam.
+func services(stages ...string) []string {
+	out := []string{}
+	for _, s := range stages {
+		out = append(out, "avflow.cam."+s+".$metrics")
+	}
+	for _, verb := range []string{"INFO", "PING", "STATS"} {
+		out = append(out, "$SRV."+verb)
+		for _, s := range stages {
+			out = append(out, "$SRV."+verb+".cam-"+s, "$SRV."+verb+".cam-"+s+".*")
+		}
+	}
+	return out
+}
+
+// TestPermissions: each kind of process of a 3-stage pipeline gets what
+// the wire protocol makes it publish and subscribe to, and nothing more.
+func TestPermissions(t *testing.T) {
+	tests := []struct {
+		name      string
+		flow      string
+		proc      pipeline.Process
+		responses int // 2 x services - 1
+		pub, sub  []string
+	}{
+		{"run, one process", "block", pipeline.Process{}, 5,
+			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.src.audio.eos"},
+			append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.src.audio.ack"}, services("flt", "out", "src")...)},
+		{"serve flt", "block", pipeline.Process{Serve: []string{"flt"}}, 1,
+			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-flt", "$SRV.PING.cam-src"},
+			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.flt.out.ack", "avflow.cam.src.video", "avflow.cam.src.video.eos"}, services("flt")...), "_INBOX.>")},
+		{"run, flt remote", "block", pipeline.Process{Remote: []string{"flt"}}, 3,
+			[]string{"avflow.cam.flt.out.ack", "avflow.cam.src.audio.eos", "avflow.cam.src.video", "avflow.cam.src.video.eos", "$SRV.PING.cam-flt", "$SRV.PING.cam-out"},
+			append(append([]string{"avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.audio.ack", "avflow.cam.src.video.ack"}, services("out", "src")...), "_INBOX.>")},
+		{"serve flt and out", "block", pipeline.Process{Serve: []string{"flt", "out"}}, 3,
+			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-flt", "$SRV.PING.cam-out", "$SRV.PING.cam-src"},
+			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.src.video", "avflow.cam.src.video.eos"}, services("flt", "out")...), "_INBOX.>")},
+		// Frames and data may be dropped: no credits; packets always block.
+		{"serve flt, drop-oldest", "drop-oldest", pipeline.Process{Serve: []string{"flt"}}, 1,
+			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-flt", "$SRV.PING.cam-src"},
+			append(append([]string{"avflow.cam.src.video", "avflow.cam.src.video.eos"}, services("flt")...), "_INBOX.>")},
+		{"run, transport nats", "block", pipeline.Process{Transport: "nats"}, 5,
+			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.ack", "avflow.cam.flt.out.eos",
+				"avflow.cam.src.audio.eos", "avflow.cam.src.video", "avflow.cam.src.video.ack", "avflow.cam.src.video.eos"},
+			append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.flt.out", "avflow.cam.flt.out.ack", "avflow.cam.flt.out.eos",
+				"avflow.cam.src.audio.ack", "avflow.cam.src.video", "avflow.cam.src.video.ack", "avflow.cam.src.video.eos"}, services("flt", "out", "src")...)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := pipeline.Permissions(camConfig(t, tt.flow), tt.proc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Responses != tt.responses {
+				t.Errorf("%d answers per request, want %d", got.Responses, tt.responses)
+			}
+			for _, l := range []struct {
+				what      string
+				got, want []string
+			}{{"publish", got.Publish, tt.pub}, {"subscribe", got.Subscribe, tt.sub}} {
+				want := slices.Sorted(slices.Values(l.want))
+				if g := slices.Sorted(slices.Values(l.got)); !slices.Equal(g, want) {
+					t.Errorf("%s:\n got %q\nwant %q", l.what, g, want)
+				}
+			}
+		})
+	}
+}
+
+// TestPermissionsConfig: the block printed for a served stage, exactly;
+// nats-server reads it.
+func TestPermissionsConfig(t *testing.T) {
+	p, err := pipeline.Permissions(camConfig(t, "block"), pipeline.Process{Serve: []string{"flt"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `permissions: {
+  publish: {
+    allow: [
+      "avflow.cam.flt.meta"
+      "avflow.cam.flt.meta.eos"
+      "avflow.cam.flt.out"
+      "avflow.cam.flt.out.eos"
+      "avflow.cam.src.video.ack"
+      "$SRV.PING.cam-flt"
+      "$SRV.PING.cam-src"
+    ]
+  }
+  subscribe: {
+    allow: [
+      "avflow.cam.flt.$metrics"
+      "avflow.cam.flt.meta.ack"
+      "avflow.cam.flt.out.ack"
+      "avflow.cam.src.video"
+      "avflow.cam.src.video.eos"
+      "$SRV.INFO"
+      "$SRV.INFO.cam-flt"
+      "$SRV.INFO.cam-flt.*"
+      "$SRV.PING"
+      "$SRV.PING.cam-flt"
+      "$SRV.PING.cam-flt.*"
+      "$SRV.STATS"
+      "$SRV.STATS.cam-flt"
+      "$SRV.STATS.cam-flt.*"
+      "_INBOX.>"
+    ]
+  }
+  allow_responses: {max: 1}
+}
+`
+	if got := p.Config(); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+	opts := &server.Options{}
+	if err := opts.ProcessConfigString("authorization { users = [ {user: u, password: p, " + p.Config() + "} ] }"); err != nil {
+		t.Fatalf("nats-server does not read the block: %v", err)
+	}
+	perms := opts.Users[0].Permissions
+	if !slices.Equal(perms.Publish.Allow, p.Publish) || !slices.Equal(perms.Subscribe.Allow, p.Subscribe) || perms.Response == nil || perms.Response.MaxMsgs != 1 {
+		t.Errorf("nats-server read other permissions: %+v %+v %+v", perms.Publish, perms.Subscribe, perms.Response)
+	}
+	// Nothing to publish: everything denied, not everything allowed.
+	opts = &server.Options{}
+	if err := opts.ProcessConfigString("authorization { users = [ {user: u, password: p, " + (pipeline.NATSPermissions{Subscribe: []string{"x"}}).Config() + "} ] }"); err != nil {
+		t.Fatal(err)
+	}
+	if perms := opts.Users[0].Permissions; perms.Publish == nil || !slices.Equal(perms.Publish.Deny, []string{">"}) {
+		t.Errorf("an empty publish list reads as %+v, want deny >", perms.Publish)
+	}
+}
+
+func TestPermissionsUnion(t *testing.T) {
+	a := pipeline.NATSPermissions{Publish: []string{"avflow.x.a.out", "$SRV.PING.x-b"}, Subscribe: []string{"_INBOX.>"}}
+	b := pipeline.NATSPermissions{Publish: []string{"avflow.x.a.out", "avflow.x.b.out"}, Responses: 2}
+	u := a.Union(b)
+	if want := []string{"avflow.x.a.out", "avflow.x.b.out", "$SRV.PING.x-b"}; !slices.Equal(u.Publish, want) {
+		t.Errorf("publish %q, want %q", u.Publish, want)
+	}
+	if !slices.Equal(u.Subscribe, []string{"_INBOX.>"}) || u.Responses != 2 {
+		t.Errorf("union %+v", u)
+	}
+}
+
+func TestPermissionsErrors(t *testing.T) {
+	unvalidated, err := pipeline.Parse([]byte("name: cam\nstages:\n  - {name: src, kind: camsrc}\n"), "cam.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		cfg  *pipeline.Config
+		proc pipeline.Process
+		is   error
+		want string
+	}{
+		{"not validated", unvalidated, pipeline.Process{}, pipeline.ErrPermissions, "cam.yaml: validate the pipeline first"},
+		{"unknown stage", camConfig(t, "block"), pipeline.Process{Serve: []string{"nope"}}, pipeline.ErrInvalid, `stage to serve "nope": the pipeline has no such stage (stages: src, flt, out)`},
+		{"unknown remote", camConfig(t, "block"), pipeline.Process{Remote: []string{"nope"}}, pipeline.ErrInvalid, `remote stage "nope"`},
+		{"all remote", camConfig(t, "block"), pipeline.Process{Remote: []string{"src", "flt", "out"}}, pipeline.ErrInvalid, "every stage is remote"},
+		{"local", camConfig(t, "block"), pipeline.Process{Transport: "local"}, pipeline.ErrPermissions, "transport local uses no NATS server"},
+		{"bad transport", camConfig(t, "block"), pipeline.Process{Transport: "carrier-pigeon"}, pipeline.ErrPermissions, `transport "carrier-pigeon"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := pipeline.Permissions(tt.cfg, tt.proc)
+			if !errors.Is(err, tt.is) || err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("err %v, want %v with %q", err, tt.is, tt.want)
+			}
+		})
+	}
+}
+
+// permServer starts a NATS server whose users have these permissions
+// (each rendered as avflow permissions prints it); password: the name.
+func permServer(t *testing.T, users map[string]pipeline.NATSPermissions) string {
+	t.Helper()
+	var conf strings.Builder
+	conf.WriteString("host: 127.0.0.1\nport: -1\nauthorization { users = [\n")
+	for name, p := range users {
+		fmt.Fprintf(&conf, "{user: %s, password: %s,\n%s}\n", name, name, p.Config())
+	}
+	conf.WriteString("] }\n")
+	opts := &server.Options{}
+	if err := opts.ProcessConfigString(conf.String()); err != nil {
+		t.Fatalf("%v:\n%s", err, conf.String())
+	}
+	opts.NoLog, opts.NoSigs = true, true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s.ClientURL()
+}
+
+const splitYAML = `name: t
+stages:
+  - {name: g, kind: gen, params: {n: 20}}
+  - {name: rl, kind: relay, inputs: [g]}
+  - {name: c, kind: collect, inputs: [rl]}
+`
+
+// runSplit runs splitYAML over the server at url as two processes would:
+// rl served by user srv, the rest run by user drv with rl remote. It
+// returns both errors, the driver's first, once both have ended or the
+// first has failed (the other is stopped then), and the messages collected.
+func runSplit(t *testing.T, url string) (drvErr, srvErr error, got int) {
+	t.Helper()
+	col := &collector{}
+	env := testEnv(t, col)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	type result struct {
+		driver bool
+		err    error
+	}
+	done := make(chan result, 2)
+	for _, driver := range []bool{false, true} {
+		cfg, err := pipeline.Parse([]byte(splitYAML), "t.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		user, opts := "srv", pipeline.Options{Serve: []string{"rl"}}
+		if driver {
+			user, opts = "drv", pipeline.Options{Remote: []string{"rl"}, RemoteTimeout: 10 * time.Second}
+		}
+		opts.NATSURL, opts.NATSOptions, opts.Log = url, []nats.Option{nats.UserInfo(user, user)}, slog.New(slog.DiscardHandler)
+		r, err := pipeline.NewRunner(env, cfg, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { done <- result{driver, r.Run(ctx)} }()
+	}
+	for range 2 {
+		res := <-done
+		if res.err != nil {
+			cancel() // the other process would wait for this one
+		}
+		if res.driver {
+			drvErr = res.err
+		} else {
+			srvErr = res.err
+		}
+	}
+	if ctx.Err() == context.DeadlineExceeded {
+		t.Errorf("the split run hangs: driver %v, server %v", drvErr, srvErr)
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	return drvErr, srvErr, len(col.got)
+}
+
+// TestPermissionsAreNeeded: a split pipeline runs over a server whose two
+// users have exactly what Permissions gives the two processes; without
+// any one entry (allow_responses included) one process fails with a
+// permission violation naming that subject.
+func TestPermissionsAreNeeded(t *testing.T) {
+	e2e.Long(t)
+	cfg, err := pipeline.Parse([]byte(splitYAML), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testEnv(t, &collector{}).Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	users := map[string]pipeline.NATSPermissions{}
+	for user, proc := range map[string]pipeline.Process{"drv": {Remote: []string{"rl"}}, "srv": {Serve: []string{"rl"}}} {
+		if users[user], err = pipeline.Permissions(cfg, proc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drvErr, srvErr, got := runSplit(t, permServer(t, users))
+	if drvErr != nil || srvErr != nil || got != 20 {
+		t.Fatalf("with the permissions given: driver %v, server %v, %d of 20 messages", drvErr, srvErr, got)
+	}
+	type cut struct {
+		user, list, entry string
+	}
+	var cuts []cut
+	for user, p := range users {
+		for _, s := range p.Publish {
+			cuts = append(cuts, cut{user, "publish", s})
+		}
+		for _, s := range p.Subscribe {
+			cuts = append(cuts, cut{user, "subscribe", s})
+		}
+		cuts = append(cuts, cut{user, "allow_responses", ""})
+	}
+	for _, c := range cuts {
+		t.Run(c.user+" "+c.list+" "+c.entry, func(t *testing.T) {
+			if c.user == "drv" && c.list == "publish" && strings.HasPrefix(c.entry, "$SRV.PING.t-") && c.entry != "$SRV.PING.t-rl" {
+				// A stage reading a remote one asks its own service who shares
+				// its queue group only when that stage has several instances.
+				t.Skip("needed only when the remote producer has several instances")
+			}
+			less := map[string]pipeline.NATSPermissions{}
+			for u, p := range users {
+				if u == c.user {
+					switch c.list {
+					case "publish":
+						p.Publish = slices.DeleteFunc(slices.Clone(p.Publish), func(s string) bool { return s == c.entry })
+					case "subscribe":
+						p.Subscribe = slices.DeleteFunc(slices.Clone(p.Subscribe), func(s string) bool { return s == c.entry })
+					default:
+						p.Responses = 0
+					}
+				}
+				less[u] = p
+			}
+			drvErr, srvErr, _ := runSplit(t, permServer(t, less))
+			err := drvErr
+			if c.user == "srv" {
+				err = srvErr
+			}
+			// The violation names the subject: the entry, or one it matches.
+			verb, subject := "Subscription to", strings.TrimRight(c.entry, "*>")
+			if c.list != "subscribe" {
+				verb = "Publish to"
+			}
+			if c.list == "allow_responses" {
+				subject = "_INBOX."
+			}
+			if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), verb+` "`+subject) {
+				t.Errorf("without it, %s's run ends with %v (the other's: driver %v, server %v), want a permission violation for %s %q",
+					c.user, err, drvErr, srvErr, verb, subject)
+			}
+		})
+	}
+}
+
+// answers sends a request to subject as nats micro does and counts the
+// answers that come within quiet of each other.
+func answers(t *testing.T, nc *nats.Conn, subject string) int {
+	t.Helper()
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest(subject, inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for {
+		if _, err := sub.NextMsg(500 * time.Millisecond); err != nil {
+			return n
+		}
+		n++
+	}
+}
+
+// TestPermissionsLetEveryServiceAnswer: nats micro ls (a request to every
+// service) gets an answer from each stage of a run with exactly its
+// permissions, though the stages share a connection, and the run goes on;
+// with one answer per request fewer, the request fails the run.
+func TestPermissionsLetEveryServiceAnswer(t *testing.T) {
+	// One connection for the run: every service on it (the most a
+	// process's connection can have).
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	yaml := "name: t\nstages:\n  - {name: g, kind: gen, params: {forever: true}}\n  - {name: r, kind: relay, inputs: [g]}\n  - {name: c, kind: collect, inputs: [r]}\n"
+	for _, tt := range []struct {
+		name  string
+		fewer int
+	}{{"as printed", 0}, {"one answer fewer", 1}} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := pipeline.Parse([]byte(yaml), "t.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := testEnv(t, &collector{})
+			if err := env.Validate(cfg); err != nil {
+				t.Fatal(err)
+			}
+			p, err := pipeline.Permissions(cfg, pipeline.Process{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Responses -= tt.fewer
+			ops := pipeline.NATSPermissions{Publish: []string{"$SRV.>"}, Subscribe: []string{"_INBOX.>"}}
+			url := permServer(t, map[string]pipeline.NATSPermissions{"run": p, "ops": ops})
+			nc, err := nats.Connect(url, nats.UserInfo("ops", "ops"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			_, err = runWithin(t, time.Minute, env, yaml, pipeline.Options{NATSURL: url, NATSOptions: []nats.Option{nats.UserInfo("run", "run")}}, func(r *pipeline.Runner) {
+				for _, subject := range []string{"$SRV.PING", "$SRV.INFO", "$SRV.STATS"} {
+					if n := answers(t, nc, subject); n != 3 && tt.fewer == 0 {
+						t.Errorf("%s: %d answers, want one from each of the 3 stages", subject, n)
+					}
+				}
+				r.Drain()
+			})
+			switch {
+			case tt.fewer == 0 && err != nil:
+				t.Errorf("the run failed: %v", err)
+			case tt.fewer > 0 && (!errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(err.Error(), `Publish to "_INBOX.`)):
+				t.Errorf("with one answer fewer the run ends with %v, want a permission violation for an answer", err)
+			}
+		})
+	}
+}
