@@ -69,7 +69,7 @@ func (r *Runner) openTransport(useNATS bool) error {
 		r.tr = newLocalTransport()
 		return nil
 	}
-	pool, err := connectPool(r.embedded, r.opts.NATSURL, r.opts.NATSOptions, "avflow "+r.cfg.Name, len(r.cfg.order), r.natsError)
+	pool, err := connectPool(r.embedded, r.opts.NATSURL, r.opts.NATSOptions, "avflow "+r.cfg.Name, len(r.cfg.order), r.natsError, r.log)
 	if err != nil {
 		return err
 	}
@@ -287,6 +287,9 @@ func (r *Runner) wire(ctx context.Context, hosts []*host) error {
 				return err
 			}
 			n.pubs[p.Name] = pub
+			if c, ok := pub.(EventCounter); ok {
+				n.m.counters = append(n.m.counters, c)
+			}
 		}
 	}
 	return r.tr.sync()

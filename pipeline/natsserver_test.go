@@ -27,7 +27,7 @@ func TestConnectErrorHidesPassword(t *testing.T) {
 		}
 	}()
 	url := "nats://u:s3cret@" + ln.Addr().String()
-	_, err = connect(nil, url, nil, "test", func(*nats.Subscription, error) {})
+	_, err = connect(nil, url, nil, "test", connEvents{err: func(*nats.Subscription, error) {}, lost: func(*nats.Conn, error) {}, back: func(*nats.Conn) {}})
 	if err == nil {
 		t.Fatal("connected to a server that hangs up")
 	}

@@ -676,9 +676,9 @@ flow: drop-oldest
 stages:
   - {name: g, kind: gen, params: {forever: true}}
   - {name: c, kind: collect, inputs: [g]}
-`, pipeline.Options{}, func(r *pipeline.Runner) {
+`, pipeline.Options{Listen: true}, func(r *pipeline.Runner) {
 		defer r.Drain()
-		nc, err := nats.Connect(r.NATSURL())
+		nc, err := nats.Connect(r.NATSURL(), nats.UserInfo(r.ListenCredentials()))
 		if err != nil {
 			t.Error(err)
 			return
@@ -975,9 +975,9 @@ transport: nats
 stages:
   - {name: g, kind: gen, params: {forever: true}}
   - {name: c, kind: collect, inputs: [g]}
-`, pipeline.Options{Log: logs.logger()}, func(r *pipeline.Runner) {
+`, pipeline.Options{Log: logs.logger(), Listen: true}, func(r *pipeline.Runner) {
 		defer r.Drain()
-		nc, err := nats.Connect(r.NATSURL())
+		nc, err := nats.Connect(r.NATSURL(), nats.UserInfo(r.ListenCredentials()))
 		if err != nil {
 			t.Error(err)
 			return
@@ -988,6 +988,24 @@ stages:
 			t.Error(err)
 			return
 		}
+		// It says how many messages g sent: somewhat more than it has now
+		// (the consumer waits for them).
+		data, err := nc.SubscribeSync(pipeline.Subject("early", "g", "out"))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		msg, err := data.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		seen, err := envelope.Unmarshal(msg.Data)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		_ = data.Unsubscribe()
 		// The end of stream as g's instance sends it (its id is in its
 		// service's metadata).
 		info, err := nc.Request("$SRV.INFO.early-g", nil, 5*time.Second)
@@ -1000,7 +1018,8 @@ stages:
 			t.Error(err)
 			return
 		}
-		m := &nats.Msg{Subject: pipeline.Subject("early", "g", "out") + ".eos", Data: eos, Header: nats.Header{pipeline.HeaderInstance: []string{svc.Metadata["instance"]}}}
+		m := &nats.Msg{Subject: pipeline.Subject("early", "g", "out") + ".eos", Data: eos, Header: nats.Header{pipeline.HeaderInstance: []string{svc.Metadata["instance"]},
+			pipeline.HeaderSent: []string{fmt.Sprint(seen.Seq + 500)}}}
 		if err := nc.PublishMsg(m); err != nil {
 			t.Error(err)
 			return

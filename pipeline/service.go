@@ -3,6 +3,7 @@ package pipeline
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/nats-io/nats.go/micro"
@@ -10,6 +11,9 @@ import (
 
 // ServiceVersion is the version stage services announce (semver, as micro wants).
 const ServiceVersion = "0.1.0"
+
+// hostname is this machine's name, in every service's metadata.
+var hostname, _ = os.Hostname()
 
 // ServiceName is the NATS micro service name of a stage: <pipeline>-<stage>.
 // Every running instance of the same stage shares it, so `nats micro ls`
@@ -31,7 +35,7 @@ func (r *Runner) addService(n *host) (micro.Service, error) {
 		Version:     ServiceVersion,
 		Description: n.cfg.spec.Summary,
 		Metadata: map[string]string{
-			"pipeline": r.cfg.Name, "stage": n.cfg.Name, "kind": n.cfg.Kind, "device": n.m.device, "instance": r.instance,
+			"pipeline": r.cfg.Name, "stage": n.cfg.Name, "kind": n.cfg.Kind, "device": n.m.device, "instance": r.instance, "host": hostname,
 			"inputs": strings.Join(ins, ","), "outputs": strings.Join(outs, ","),
 		},
 		StatsHandler: func(*micro.Endpoint) any { return stats() },
