@@ -231,12 +231,7 @@ func (s *natsSubscriber) onEOS(m *nats.Msg) {
 	}
 	s.mu.Lock()
 	f := s.fromLocked(inst)
-	if f.got > 0 && sent <= f.lastSeq {
-		s.mu.Unlock()
-		s.drops.drop(inst, fmt.Sprintf("an end of stream that says %d messages were sent, after message %d arrived", sent, f.lastSeq))
-		return
-	}
-	f.eos, f.sent = true, sent
+	f.eos, f.sent = true, sent // the latest says
 	start := !s.ending
 	s.ending = true
 	s.mu.Unlock()
@@ -248,36 +243,42 @@ func (s *natsSubscriber) onEOS(m *nats.Msg) {
 // waitEnd waits until every instance of the producer that is still there
 // has sent its end of stream (one that has sent nothing at all is waited
 // for ghostWait), and, when this is the only instance of the consumer
-// stage, until the messages they say they sent have arrived (at most
-// eosWait without progress: messages lost while the server was away never
-// come); then it ends the input.
+// stage, until the messages they say they sent have arrived; then it ends
+// the input. An end of stream that says fewer messages were sent than
+// arrived (a forged one, or messages injected in the stream) ends the input
+// only once nothing more has arrived for eosWait (and, in block flow, the
+// stage has taken all that did), and so does one whose messages do not
+// all come (lost while the server was away).
 func (s *natsSubscriber) waitEnd() {
 	sole := len(s.self.live()) <= 1
-	tick := time.NewTicker(100 * time.Millisecond)
+	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	var ghostSince, stuckSince time.Time
+	var ghostSince, stillSince time.Time
 	var lastGot uint64
 	for {
 		live := s.producers.live()
 		st := s.endState(live, sole)
 		now := time.Now()
+		// Still: nothing arrived, and in block flow the stage has taken
+		// all that did (a stage that is behind holds its producer back).
+		if st.got != lastGot || stillSince.IsZero() || (s.block && st.taken < st.got) {
+			lastGot, stillSince = st.got, now
+		}
 		switch {
-		case len(st.open) > 0 && !st.ghosts:
+		case len(st.open) == 0 || !st.ghosts:
 			ghostSince = time.Time{}
-		case len(st.open) > 0 && ghostSince.IsZero():
+		case ghostSince.IsZero():
 			ghostSince = now
-		case len(st.open) > 0 && now.Sub(ghostSince) >= ghostWait:
-			s.log.Warn("ending the input without instances of the producer that answer discovery but sent nothing", "service", s.producers.service, "instances", st.open)
+		case now.Sub(ghostSince) >= ghostWait:
+			s.log.Warn("ending the input without the instances of its producer that answer discovery but sent nothing", "service", s.producers.service, "instances", st.open)
 			st.open = nil
 		}
-		if st.got != lastGot || stuckSince.IsZero() {
-			lastGot, stuckSince = st.got, now
+		if len(st.open) == 0 && st.unsure && now.Sub(stillSince) >= eosWait {
+			s.log.Warn("ending the input, though the ends of stream of its producer do not match what arrived", "service", s.producers.service,
+				"missing", st.missing, "beyond", st.beyond)
+			st.unsure = false
 		}
-		if len(st.open) == 0 && st.missing > 0 && now.Sub(stuckSince) >= eosWait {
-			s.log.Warn("ending the input without messages its producer says it sent (lost while the NATS server was away?)", "service", s.producers.service, "missing", st.missing)
-			st.missing = 0
-		}
-		if len(st.open) == 0 && st.missing == 0 {
+		if len(st.open) == 0 && !st.unsure {
 			s.finish()
 			return
 		}
@@ -291,10 +292,14 @@ func (s *natsSubscriber) waitEnd() {
 
 // endState is where the ends of stream of an input stand.
 type endState struct {
-	open    []string // live instances that have not sent their end of stream
-	ghosts  bool     // none of those has sent anything
-	missing uint64   // messages the ends of stream say were sent that have not arrived (sole consumer only)
-	got     uint64   // messages arrived in all
+	open []string // live instances that have not sent their end of stream
+	// ghosts: none of those has sent anything.
+	ghosts bool
+	// unsure: what the ends of stream say was sent has not all arrived
+	// (missing), or less than arrived (beyond); only for a sole consumer.
+	unsure          bool
+	missing, beyond uint64
+	got, taken      uint64 // messages arrived in all, and taken by the stage (block flow)
 }
 
 func (s *natsSubscriber) endState(live []string, sole bool) endState {
@@ -311,7 +316,9 @@ func (s *natsSubscriber) endState(live []string, sole bool) endState {
 			st.ghosts = st.ghosts && f == nil
 		}
 	}
-	var want uint64
+	for _, c := range s.taken {
+		st.taken += c.Load()
+	}
 	for _, f := range s.from {
 		st.got += f.got
 		if !f.eos || !sole {
@@ -321,13 +328,16 @@ func (s *natsSubscriber) endState(live []string, sole bool) endState {
 		if f.got > 0 {
 			first = f.firstSeq // an input attached to a running stream missed what came before
 		}
-		if f.sent > first+f.got {
-			want += f.sent - first - f.got
+		want := f.sent - min(first, f.sent)
+		switch {
+		case f.got > want:
+			st.beyond += f.got - want
+		case f.got < want:
+			st.missing += want - f.got
 		}
 	}
-	if want > uint64(pending) {
-		st.missing = want - uint64(pending)
-	}
+	st.missing -= min(st.missing, uint64(pending))
+	st.unsure = st.missing > 0 || st.beyond > 0
 	return st
 }
 

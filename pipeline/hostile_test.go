@@ -1,0 +1,238 @@
+package pipeline_test
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
+	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// The attacks of issue #10 on a run's bus, by a small hostile client of
+// its NATS server: forged credits, injected messages and ends of stream,
+// chunk floods, a second run of the same deployment, spying, a server
+// that goes away, malformed messages. Each runs against the embedded
+// server (with its listener) and an external one.
+
+// busServers are the two kinds of server a run uses.
+var busServers = []struct {
+	name string
+	opts func(t *testing.T) pipeline.Options
+}{
+	{"embedded", func(*testing.T) pipeline.Options { return pipeline.Options{Listen: true} }},
+	{"external", func(t *testing.T) pipeline.Options { return pipeline.Options{NATSURL: natsServer(t, 0)} }},
+}
+
+// natsServer starts a NATS server on a loopback port (0: a free one) and
+// returns its URL; it is shut down when the test ends.
+func natsServer(t *testing.T, port int) string {
+	t.Helper()
+	s := startNATS(t, port)
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s.ClientURL()
+}
+
+func startNATS(t *testing.T, port int) *server.Server {
+	t.Helper()
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	return s
+}
+
+// hostile is a client of the run's server that is not the pipeline's.
+type hostile struct {
+	t  *testing.T
+	nc *nats.Conn
+}
+
+// attacker connects to the run's server as an outside client (with the
+// listener's credentials, which a local user would not have: the attacks
+// are of a client the server lets in).
+func attacker(t *testing.T, r *pipeline.Runner) *hostile {
+	t.Helper()
+	nc, err := nats.Connect(r.NATSURL(), nats.UserInfo(r.ListenCredentials()))
+	if err != nil {
+		t.Fatalf("the attacker cannot connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return &hostile{t: t, nc: nc}
+}
+
+// instance is the instance id of a stage's service, from its metadata.
+func (h *hostile) instance(pipe, stage string) string {
+	h.t.Helper()
+	m, err := h.nc.Request(micro.APIPrefix+".INFO."+pipeline.ServiceName(pipe, stage), nil, 5*time.Second)
+	if err != nil {
+		h.t.Fatalf("$SRV.INFO of %s: %v", stage, err)
+	}
+	var info micro.Info
+	if err := json.Unmarshal(m.Data, &info); err != nil || info.Metadata["instance"] == "" {
+		h.t.Fatalf("$SRV.INFO of %s: %s (%v)", stage, m.Data, err)
+	}
+	return info.Metadata["instance"]
+}
+
+// pub publishes data on subject with the headers given as name, value
+// pairs, and waits until the server has it.
+func (h *hostile) pub(subject string, data []byte, header ...string) {
+	h.t.Helper()
+	m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	for i := 0; i+1 < len(header); i += 2 {
+		m.Header.Set(header[i], header[i+1])
+	}
+	if err := h.nc.PublishMsg(m); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.nc.Flush(); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// frame is a valid data message like gen's, numbered n.
+func frame(t *testing.T, n uint64) []byte {
+	t.Helper()
+	p := make([]byte, 64)
+	binary.BigEndian.PutUint64(p, n)
+	b, err := envelope.Marshal(&envelope.Envelope{V: envelope.Version, Kind: envelope.KindData, Stream: "g.out", Seq: n, Payload: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// eos is a valid end of stream.
+func eos(t *testing.T) []byte {
+	t.Helper()
+	b, err := envelope.Marshal(&envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Stream: "g.out"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// events are a stage's event counters now.
+func events(r *pipeline.Runner, stage string) map[string]int64 {
+	for _, s := range r.Metrics().Snapshot() {
+		if s.Name == stage {
+			return s.Events
+		}
+	}
+	return nil
+}
+
+// waitEvent waits until a stage's event counter reaches n.
+func waitEvent(t *testing.T, r *pipeline.Runner, stage, event string, n int64) {
+	t.Helper()
+	e2e.WaitFor(t, 10*time.Second, func() string { return fmt.Sprintf("%s %s >= %d (events now: %v)", stage, event, n, events(r, stage)) },
+		func() bool { return events(r, stage)[event] >= n })
+}
+
+func (c *collector) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.got)
+}
+
+// moves waits until the collector has n more messages than now: the
+// pipeline is not frozen and its input has not ended.
+func (c *collector) moves(t *testing.T, n int) {
+	t.Helper()
+	from := c.count()
+	e2e.WaitFor(t, 15*time.Second, func() string { return fmt.Sprintf("%d more messages after %d (got %d): frozen or ended", n, from, c.count()) },
+		func() bool { return c.count() >= from+n })
+}
+
+// numbers are the numbers of the messages the collector got.
+func (c *collector) numbers() []uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]uint64, len(c.got))
+	for i, e := range c.got {
+		out[i] = binary.BigEndian.Uint64(e.Payload)
+	}
+	return out
+}
+
+// checkNumbers checks that the collector got gen's messages in order, and
+// in block flow all of them: none injected, none lost.
+func checkNumbers(t *testing.T, col *collector, block bool) {
+	t.Helper()
+	nums := col.numbers()
+	for i, n := range nums {
+		switch {
+		case block && n != uint64(i):
+			t.Fatalf("message %d is number %d: injected or lost (block flow loses nothing)", i, n)
+		case i > 0 && n <= nums[i-1]:
+			t.Fatalf("message %d is number %d after %d: injected", i, n, nums[i-1])
+		}
+	}
+}
+
+// TestForgedCreditsNeverFreeze: credits forged on a block-mode edge's ack
+// subject, in the old and the new formats, from made-up and real instance
+// ids, with the largest count there is, and a frame injected with the
+// producer's real instance id (its consumer then credits one more than was
+// sent) never freeze the pipeline: credits are clamped to what was sent,
+// and those not from the consumer's instances are dropped and counted.
+func TestForgedCreditsNeverFreeze(t *testing.T) {
+	const huge = "18446744073709551615"
+	tests := []struct {
+		name string
+		// forge sends the forgery, given the producer's and the consumer's instance ids.
+		forge func(h *hostile, g, r string)
+		event string // the producer's counter that must show it
+	}{
+		{"old format", func(h *hostile, _, _ string) { h.pub("avflow.credits.g.out.ack", []byte("r/0 "+huge)) }, "dropped_messages"},
+		{"made-up consumer instance", func(h *hostile, g, _ string) { h.pub("avflow.credits.g.out.ack", []byte("r/0 made-up "+huge+" "+g)) }, "dropped_messages"},
+		{"unknown consumer", func(h *hostile, g, r string) { h.pub("avflow.credits.g.out.ack", []byte("x/0 "+r+" "+huge+" "+g)) }, "dropped_messages"},
+		{"real instance ids", func(h *hostile, g, r string) { h.pub("avflow.credits.g.out.ack", []byte("r/0 "+r+" "+huge+" "+g)) }, "clamped_credits"},
+		{"made-up end", func(h *hostile, _, _ string) { h.pub("avflow.credits.g.out.ack", []byte("r/0 made-up end")) }, "dropped_messages"},
+		{"real end", func(h *hostile, _, r string) { h.pub("avflow.credits.g.out.ack", []byte("r/0 "+r+" end")) }, ""},
+		{"injected frame", func(h *hostile, g, _ string) {
+			h.pub("avflow.credits.g.out", frame(h.t, 1<<40), pipeline.HeaderInstance, g)
+		}, ""},
+	}
+	for _, srv := range busServers {
+		for _, tt := range tests {
+			t.Run(srv.name+"/"+tt.name, func(t *testing.T) {
+				noLeaks(t)
+				col := &collector{}
+				_, err := runWithin(t, 40*time.Second, testEnv(t, col), `name: credits
+transport: nats
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: r, kind: relay, inputs: [g]}
+  - {name: c, kind: collect, inputs: [r]}
+`, srv.opts(t), func(r *pipeline.Runner) {
+					defer r.Drain()
+					h := attacker(t, r)
+					col.moves(t, 50)
+					tt.forge(h, h.instance("credits", "g"), h.instance("credits", "r"))
+					col.moves(t, 200)
+					if tt.event != "" {
+						waitEvent(t, r, "g", tt.event, 1)
+					}
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+}
