@@ -154,7 +154,9 @@ func (c *collector) count() int {
 func (c *collector) moves(t *testing.T, n int) {
 	t.Helper()
 	from := c.count()
-	e2e.WaitFor(t, 15*time.Second, func() string { return fmt.Sprintf("%d more messages after %d (got %d): frozen or ended", n, from, c.count()) },
+	e2e.WaitFor(t, 15*time.Second, func() string {
+		return fmt.Sprintf("%d more messages after %d (got %d): frozen or ended", n, from, c.count())
+	},
 		func() bool { return c.count() >= from+n })
 }
 
@@ -233,6 +235,81 @@ stages:
 					t.Fatal(err)
 				}
 			})
+		}
+	}
+}
+
+// TestInjectedMessagesDoNotAlterOutput: frames and ends of stream injected
+// on an edge's data and end subjects, with no instance id, a made-up one,
+// or (ends of stream only) the producer's real one copied from its
+// service's metadata, neither reach the consumer nor end its input early:
+// it gets every message of its producer, in order (block flow: all of
+// them), and each forgery is counted in its dropped_messages. An end of
+// stream with the real id and a made-up Avflow-Sent is taken, but does
+// not end an input whose messages keep coming: the real one, at the end,
+// says what was sent.
+func TestInjectedMessagesDoNotAlterOutput(t *testing.T) {
+	const subject = "avflow.inject.g.out"
+	forged := func(id string) func(h *hostile, g string) {
+		return func(h *hostile, g string) {
+			hdr := []string{}
+			if id == "real" {
+				id = g
+			}
+			if id != "" {
+				hdr = []string{pipeline.HeaderInstance, id}
+			}
+			for i := range 5 {
+				h.pub(subject, frame(h.t, uint64(1<<40+i)), hdr...)
+			}
+			h.pub(subject, eos(h.t), hdr...)
+			h.pub(subject+".eos", eos(h.t), append(hdr, pipeline.HeaderSent, "1")...)
+		}
+	}
+	tests := []struct {
+		name    string
+		forge   func(h *hostile, g string)
+		dropped int64
+	}{
+		{"no instance id", forged(""), 7},
+		{"made-up instance id", forged("made-up"), 7},
+		{"real instance id, ends of stream", func(h *hostile, g string) {
+			h.pub(subject, eos(h.t), pipeline.HeaderInstance, g)                                        // on the data subject: dropped
+			h.pub(subject+".eos", eos(h.t), pipeline.HeaderInstance, g)                                 // without Avflow-Sent: dropped
+			h.pub(subject+".eos", eos(h.t), pipeline.HeaderInstance, g, pipeline.HeaderSent, "1")       // says less than arrived
+			h.pub(subject+".eos", eos(h.t), pipeline.HeaderInstance, g, pipeline.HeaderSent, "1000000") // says more
+		}, 2},
+	}
+	for _, srv := range busServers {
+		for _, flow := range []string{"block", "drop-oldest"} {
+			for _, tt := range tests {
+				t.Run(srv.name+"/"+flow+"/"+tt.name, func(t *testing.T) {
+					noLeaks(t)
+					col := &collector{}
+					r, err := runWithin(t, 40*time.Second, testEnv(t, col), `name: inject
+transport: nats
+flow: `+flow+`
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: r, kind: relay, inputs: [g]}
+  - {name: c, kind: collect, inputs: [r]}
+`, srv.opts(t), func(r *pipeline.Runner) {
+						defer r.Drain()
+						h := attacker(t, r)
+						col.moves(t, 50)
+						tt.forge(h, h.instance("inject", "g"))
+						col.moves(t, 200) // its input has not ended
+						waitEvent(t, r, "r", "dropped_messages", tt.dropped)
+					})
+					if err != nil {
+						t.Fatal(err)
+					}
+					checkNumbers(t, col, flow == "block")
+					if got := events(r, "r")["dropped_messages"]; got != tt.dropped {
+						t.Errorf("dropped_messages = %d, want %d", got, tt.dropped)
+					}
+				})
+			}
 		}
 	}
 }
