@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -310,6 +311,89 @@ stages:
 					}
 				})
 			}
+		}
+	}
+}
+
+// heapInUse is the heap the process holds after a collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
+// TestChunkFloodStaysBounded: a thousand chunk messages ("Avflow-Chunk: 77
+// <i> 1024", a million bytes each) on an edge's subject, with no instance
+// id, a made-up one or the producer's real one, leave the memory of the
+// run where it was: chunks not from the producer's instances are dropped,
+// a message announcing more than envelope.DefaultMaxMessageBytes is
+// refused from its first part, and a partial message under the bound is
+// let go when the producer's next whole message overtakes it.
+func TestChunkFloodStaysBounded(t *testing.T) {
+	const (
+		subject = "avflow.flood.g.out"
+		part    = 1000 << 10 // under the external server's 1 MiB max payload
+		bound   = 100 << 20  // what the run may keep of ~1 GB sent
+	)
+	tests := []struct {
+		name         string
+		id           string // "real": the producer's
+		count, parts int
+		dropped      int64 // chunks and partial messages dropped...
+		atLeast      bool  // ...or at least (the producer's whole messages cut the partial one short, then the parts that follow are dropped)
+	}{
+		{"no instance id", "", 1024, 1000, 1000, false},
+		{"made-up instance id", "made-up", 1024, 1000, 1000, false},
+		{"real instance id", "real", 1024, 1000, 1000, false},
+		{"real instance id, a message under the bound that never ends", "real", 200, 199, 1, true},
+	}
+	payload := make([]byte, part)
+	for _, srv := range busServers {
+		for _, tt := range tests {
+			t.Run(srv.name+"/"+tt.name, func(t *testing.T) {
+				col := &collector{}
+				_, err := runWithin(t, 60*time.Second, testEnv(t, col), `name: flood
+transport: nats
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: c, kind: collect, inputs: [g]}
+`, srv.opts(t), func(r *pipeline.Runner) {
+					defer r.Drain()
+					h := attacker(t, r)
+					col.moves(t, 50)
+					before := heapInUse()
+					id := tt.id
+					if id == "real" {
+						id = h.instance("flood", "g")
+					}
+					for i := range tt.parts {
+						m := &nats.Msg{Subject: subject, Data: payload, Header: nats.Header{envelope.HeaderChunk: []string{fmt.Sprintf("77 %d %d", i, tt.count)}}}
+						if id != "" {
+							m.Header.Set(pipeline.HeaderInstance, id)
+						}
+						if err := h.nc.PublishMsg(m); err != nil {
+							t.Fatal(err)
+						}
+					}
+					h.pub(subject, []byte("the end of the flood")) // dropped after it
+					deadline := time.Now().Add(10 * time.Second)
+					for events(r, "c")["dropped_messages"] < tt.dropped+1 && time.Now().Before(deadline) {
+						col.moves(t, 1)
+					}
+					if got := events(r, "c")["dropped_messages"]; got < tt.dropped+1 || (got != tt.dropped+1 && !tt.atLeast) {
+						t.Errorf("dropped_messages = %d, want %d", got, tt.dropped+1)
+					}
+					col.moves(t, 10) // whole messages of the producer's
+					grown := int64(heapInUse()) - int64(before)
+					if grown > bound {
+						t.Errorf("the run holds %d MiB more after the flood, want at most %d", grown>>20, bound>>20)
+					}
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			})
 		}
 	}
 }
