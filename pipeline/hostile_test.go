@@ -3,8 +3,12 @@ package pipeline_test
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -394,6 +398,152 @@ stages:
 					t.Fatal(err)
 				}
 			})
+		}
+	}
+}
+
+// listeningPorts are the TCP ports this process listens on.
+func listeningPorts(t *testing.T) map[int]bool {
+	t.Helper()
+	inodes := map[string]bool{}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	for _, fd := range fds {
+		if l, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	ports := map[int]bool{}
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, _ := os.ReadFile(table)
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 10 || f[3] != "0A" || !inodes[f[9]] {
+				continue
+			}
+			_, hexPort, _ := strings.Cut(f[1], ":")
+			if p, err := strconv.ParseInt(hexPort, 16, 32); err == nil {
+				ports[int(p)] = true
+			}
+		}
+	}
+	return ports
+}
+
+// TestEmbeddedServerListensOnlyWhenAsked: by default the embedded server
+// opens no port (nothing outside the process can subscribe to a run's
+// frames); with Options.Listen it listens on loopback and lets in only
+// the user and password made for the run, which NATSURL does not show.
+func TestEmbeddedServerListensOnlyWhenAsked(t *testing.T) {
+	const yaml = `name: spy
+flow: drop-oldest
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: c, kind: collect, inputs: [g]}
+`
+	t.Run("default", func(t *testing.T) {
+		noLeaks(t)
+		before := listeningPorts(t)
+		_, err := runYAML(t, testEnv(t, &collector{}), yaml, pipeline.Options{}, func(r *pipeline.Runner) {
+			defer r.Drain()
+			for p := range listeningPorts(t) {
+				if !before[p] {
+					t.Errorf("the run listens on port %d", p)
+				}
+			}
+			if u := r.NATSURL(); u != "" {
+				t.Errorf("NATSURL() = %q, want none", u)
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("listen", func(t *testing.T) {
+		noLeaks(t)
+		before := listeningPorts(t)
+		_, err := runYAML(t, testEnv(t, &collector{}), yaml, pipeline.Options{Listen: true}, func(r *pipeline.Runner) {
+			defer r.Drain()
+			url := r.NATSURL()
+			user, password := r.ListenCredentials()
+			if !strings.HasPrefix(url, "nats://127.0.0.1:") || strings.Contains(url, "@") || user == "" || len(password) < 20 {
+				t.Fatalf("NATSURL() = %q, credentials %q/%d characters: want a loopback URL without them, and a long password", url, user, len(password))
+			}
+			port, _ := strconv.Atoi(url[strings.LastIndex(url, ":")+1:])
+			if !listeningPorts(t)[port] || before[port] {
+				t.Errorf("the run does not listen on %s", url)
+			}
+			for _, opt := range []nats.Option{nil, nats.UserInfo(user, password+"x"), nats.UserInfo("spy", password)} {
+				opts := []nats.Option{nats.MaxReconnects(0)}
+				if opt != nil {
+					opts = append(opts, opt)
+				}
+				if nc, err := nats.Connect(url, opts...); err == nil {
+					nc.Close()
+					t.Errorf("a client without the run's credentials got in")
+				} else if !errors.Is(err, nats.ErrAuthorization) {
+					t.Errorf("a client without the run's credentials: %v, want an authorization violation", err)
+				}
+			}
+			h := attacker(t, r) // with them
+			if h.instance("spy", "g") == "" {
+				t.Error("no instance")
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestSecondRunRefused: the same pipeline run a second time on one server
+// is refused at its start with a message naming the first run's instance
+// and host, and the first run never sees a frame of it; under another name
+// (--name) it runs beside the first.
+func TestSecondRunRefused(t *testing.T) {
+	noLeaks(t)
+	url := natsServer(t, 0)
+	const yaml = `name: twice
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: r, kind: relay, inputs: [g]}
+  - {name: c, kind: collect, inputs: [r]}
+`
+	col := &collector{}
+	first, err := runWithin(t, 60*time.Second, testEnv(t, col), yaml, pipeline.Options{NATSURL: url, Transport: "nats"}, func(first *pipeline.Runner) {
+		defer first.Drain()
+		col.moves(t, 50)
+		h := attacker(t, first)
+		inst := h.instance("twice", "g")
+		second := &collector{}
+		start := time.Now()
+		_, err := runWithin(t, 20*time.Second, testEnv(t, second), yaml, pipeline.Options{NATSURL: url, Transport: "nats"}, nil)
+		host, _ := os.Hostname()
+		if !errors.Is(err, pipeline.ErrRunning) || !strings.Contains(err.Error(), inst) || !strings.Contains(err.Error(), host) || !strings.Contains(err.Error(), "--name") {
+			t.Errorf("the second run: %v (after %s); want ErrRunning naming instance %s on host %s and --name", err, time.Since(start), inst, host)
+		}
+		if n := second.count(); n > 0 {
+			t.Errorf("the second run got %d messages", n)
+		}
+		// Another name is another deployment.
+		other := &collector{}
+		if _, err := runWithin(t, 20*time.Second, testEnv(t, other), strings.Replace(yaml, "name: twice", "name: twice-2", 1), pipeline.Options{NATSURL: url, Transport: "nats"}, func(r *pipeline.Runner) {
+			defer r.Drain()
+			other.moves(t, 50)
+		}); err != nil {
+			t.Errorf("the run under another name: %v", err)
+		}
+		col.moves(t, 50)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkNumbers(t, col, true)
+	for _, stage := range []string{"r", "c"} {
+		if n := events(first, stage)["dropped_messages"]; n != 0 {
+			t.Errorf("the first run's %s dropped %d messages", stage, n)
 		}
 	}
 }
