@@ -547,3 +547,83 @@ stages:
 		}
 	}
 }
+
+// TestMalformedBusMessagesAreDropped: junk on every subject of an edge and
+// on the stages' micro endpoints is dropped and counted on the stage whose
+// subscription got it, logged once per source, and never fails or stops
+// the run; the micro endpoints still answer.
+func TestMalformedBusMessagesAreDropped(t *testing.T) {
+	const subject = "avflow.junk.g.out"
+	for _, srv := range busServers {
+		t.Run(srv.name, func(t *testing.T) {
+			noLeaks(t)
+			logs := newLogRecorder()
+			col := &collector{}
+			opts := srv.opts(t)
+			opts.Log = logs.logger()
+			r, err := runWithin(t, 40*time.Second, testEnv(t, col), `name: junk
+transport: nats
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: c, kind: collect, inputs: [g]}
+`, opts, func(r *pipeline.Runner) {
+				defer r.Drain()
+				h := attacker(t, r)
+				col.moves(t, 50)
+				g := h.instance("junk", "g")
+				real := []string{pipeline.HeaderInstance, g}
+				// On the data subject, from g's instance: dropped by c.
+				h.pub(subject, []byte("\x92\xc1junk"), real...)
+				h.pub(subject, frame(t, 1<<40), append(real, envelope.HeaderChunk, "x y z")...)
+				h.pub(subject, frame(t, 1<<40), append(real, envelope.HeaderChunk, "1 5 2")...)
+				h.pub(subject, frame(t, 1<<40), append(real, envelope.HeaderChunk, "1 0 99999")...)
+				// On the end subject: dropped by c.
+				h.pub(subject+".eos", []byte{0xff, 0x00}, append(real, pipeline.HeaderSent, "1")...)
+				h.pub(subject+".eos", frame(t, 1<<40), append(real, pipeline.HeaderSent, "1")...)
+				h.pub(subject+".eos", eos(t), append(real, pipeline.HeaderSent, "many")...)
+				h.pub(subject+".eos", eos(t), pipeline.HeaderSent, "1")
+				// On the credit subject: dropped by g.
+				for _, a := range []string{"", "junk", "c/0 x notanumber " + g, "a b c d e", "\x00\xff\x01"} {
+					h.pub(subject+".ack", []byte(a))
+				}
+				// Requests with junk to the micro endpoints: answered as ever.
+				for _, subj := range []string{micro.APIPrefix + ".INFO.junk-g", micro.APIPrefix + ".STATS.junk-c", "avflow.junk.c.$metrics"} {
+					if _, err := h.nc.Request(subj, []byte("\x00junk{"), 5*time.Second); err != nil {
+						t.Errorf("%s: %v", subj, err)
+					}
+				}
+				h.pub(micro.APIPrefix+".PING", []byte("junk")) // no reply subject
+				col.moves(t, 200)
+				waitEvent(t, r, "c", "dropped_messages", 8)
+				waitEvent(t, r, "g", "dropped_messages", 5)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkNumbers(t, col, true)
+			if c, g := events(r, "c")["dropped_messages"], events(r, "g")["dropped_messages"]; c != 8 || g != 5 {
+				t.Errorf("dropped_messages: c %d, g %d; want 8 and 5", c, g)
+			}
+			// Once per source and subscription: g's instance and "unknown"
+			// at c, "unknown" at g.
+			logs.mu.Lock()
+			defer logs.mu.Unlock()
+			seen := map[string]int{}
+			for _, l := range logs.lines {
+				if strings.Contains(l, "dropped a message") {
+					stage := l[strings.Index(l, "stage="):]
+					from := l[strings.Index(l, "from="):]
+					seen[strings.Fields(stage)[0]+" "+strings.Fields(from)[0]]++
+				}
+			}
+			if len(seen) != 3 {
+				t.Errorf("logged drops %v, want one line for each of 3 sources", seen)
+			}
+			for k, n := range seen {
+				if n != 1 {
+					t.Errorf("%s: %d lines, want 1", k, n)
+				}
+			}
+		})
+	}
+}
