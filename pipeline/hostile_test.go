@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"strconv"
@@ -379,6 +380,11 @@ stages:
 						if err := h.nc.PublishMsg(m); err != nil {
 							t.Fatal(err)
 						}
+						if !tt.atLeast && i%20 == 19 {
+							// At most 40 MB in flight: a server cuts off a client
+							// that falls 64 MB behind, which would lose some.
+							waitEvent(t, r, "c", "dropped_messages", int64(i-39))
+						}
 					}
 					h.pub(subject, []byte("the end of the flood")) // dropped after it
 					deadline := time.Now().Add(10 * time.Second)
@@ -626,4 +632,72 @@ stages:
 			}
 		})
 	}
+}
+
+// TestNATSBlip: an external server that goes away mid-run and comes back
+// on the same port a moment later costs at most the messages in flight:
+// the connections reconnect, producers and consumers send again what may
+// have been lost, and the run goes on and ends cleanly; a server that
+// stays away fails the run once it has been away for the bound, naming it.
+func TestNATSBlip(t *testing.T) {
+	const yaml = `name: blip
+transport: nats
+flow: %s
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: r, kind: relay, inputs: [g]}
+  - {name: c, kind: collect, inputs: [r]}
+`
+	for _, flow := range []string{"block", "drop-oldest"} {
+		t.Run(flow, func(t *testing.T) {
+			noLeaks(t)
+			s := startNATS(t, 0)
+			port := s.Addr().(*net.TCPAddr).Port
+			defer func() { s.Shutdown(); s.WaitForShutdown() }()
+			logs := newLogRecorder()
+			col := &collector{}
+			_, err := runWithin(t, 60*time.Second, testEnv(t, col), fmt.Sprintf(yaml, flow), pipeline.Options{NATSURL: s.ClientURL(), Log: logs.logger()}, func(r *pipeline.Runner) {
+				defer r.Drain()
+				col.moves(t, 100)
+				s.Shutdown()
+				s.WaitForShutdown()
+				logs.wait(t, 10*time.Second, "lost the connection to the NATS server: reconnecting")
+				s = startNATS(t, port)
+				logs.wait(t, 10*time.Second, "reconnected to the NATS server")
+				col.moves(t, 300)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkNumbers(t, col, false)
+			if flow == "block" {
+				// What was in flight, a window or two per edge (4 messages).
+				nums := col.numbers()
+				if lost := int(nums[len(nums)-1]) + 1 - len(nums); lost > 32 {
+					t.Errorf("lost %d messages in block flow, want a few windows at most", lost)
+				}
+			}
+		})
+	}
+	t.Run("stays away", func(t *testing.T) {
+		noLeaks(t)
+		defer pipeline.SetMaxNATSDown(time.Second)()
+		s := startNATS(t, 0)
+		url := s.ClientURL()
+		col := &collector{}
+		var gone time.Time
+		_, err := runWithin(t, 30*time.Second, testEnv(t, col), fmt.Sprintf(yaml, "block"), pipeline.Options{NATSURL: url}, func(*pipeline.Runner) {
+			col.moves(t, 50)
+			s.Shutdown()
+			s.WaitForShutdown()
+			gone = time.Now()
+		})
+		took := time.Since(gone)
+		if !errors.Is(err, pipeline.ErrTransport) || !strings.Contains(err.Error(), "lost the connection to the NATS server at "+url) {
+			t.Fatalf("got %v, want a transport error naming %s", err, url)
+		}
+		if took < time.Second || took > 10*time.Second {
+			t.Errorf("the run failed %s after the server went away, want about 1s (the bound)", took)
+		}
+	})
 }
