@@ -233,9 +233,20 @@ func newNATSPublisher(nc *nats.Conn, subject, instance string, consumers []consu
 	return p, nil
 }
 
-// Counts reports the credits refused and clamped (pipeline.EventCounter).
+// Counts reports the credits refused and clamped, once there are some
+// (pipeline.EventCounter).
 func (p *natsPublisher) Counts() map[string]int64 {
-	return map[string]int64{"dropped_messages": p.drops.n.Load(), "clamped_credits": p.clamped.Load()}
+	return nonZero(map[string]int64{"dropped_messages": p.drops.n.Load(), "clamped_credits": p.clamped.Load()})
+}
+
+// nonZero leaves out the counters that are 0.
+func nonZero(m map[string]int64) map[string]int64 {
+	for k, v := range m {
+		if v == 0 {
+			delete(m, k)
+		}
+	}
+	return m
 }
 
 // expect adds a consumer attached after the publisher was made: from

@@ -100,9 +100,9 @@ func (s *natsSubscriber) subscribe(queue string) error {
 	return nil
 }
 
-// Counts reports the messages dropped (pipeline.EventCounter).
+// Counts reports the messages dropped, once there are some (pipeline.EventCounter).
 func (s *natsSubscriber) Counts() map[string]int64 {
-	return map[string]int64{"dropped_messages": s.drops.n.Load()}
+	return nonZero(map[string]int64{"dropped_messages": s.drops.n.Load()})
 }
 
 // dropLog counts the messages an edge drops and logs the first of each
