@@ -701,3 +701,57 @@ stages:
 		}
 	})
 }
+
+// TestForgedEndOfStreamWithTheRightCount: an end of stream forged with the
+// producer's real instance id and exactly the number of messages its
+// consumer has (an attacker who counts the subject's messages, while the
+// stream is held up) does not end the input: the consumer asks the
+// producer, which says it is still running; the forgery is counted and
+// the consumer gets every message.
+func TestForgedEndOfStreamWithTheRightCount(t *testing.T) {
+	defer pipeline.SetSlowConsumerAfter(50 * time.Millisecond)()
+	for _, srv := range busServers {
+		t.Run(srv.name, func(t *testing.T) {
+			noLeaks(t)
+			hold := make(chan struct{})
+			holdRelays = hold
+			logs := newLogRecorder()
+			col := &collector{}
+			opts := srv.opts(t)
+			opts.Log = logs.logger()
+			r, err := runWithin(t, 40*time.Second, testEnv(t, col), `name: exact
+transport: nats
+stages:
+  - {name: g, kind: gen, params: {forever: true}}
+  - {name: r, kind: relay, inputs: [g], params: {hold: true}}
+  - {name: c, kind: collect, inputs: [r]}
+`, opts, func(r *pipeline.Runner) {
+				defer r.Drain()
+				h := attacker(t, r)
+				// g waits for r, which holds its first message: what g
+				// says it sent (its stats, which any client can ask) is
+				// what r got.
+				logs.wait(t, 10*time.Second, "slow consumer: waiting for credits", "stage=g")
+				m, err := h.nc.Request("avflow.exact.g.$metrics", nil, 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var st pipeline.StageStats
+				if err := json.Unmarshal(m.Data, &st); err != nil || st.Out == 0 {
+					t.Fatalf("g's stats: %s (%v)", m.Data, err)
+				}
+				h.pub("avflow.exact.g.out.eos", eos(t), pipeline.HeaderInstance, h.instance("exact", "g"), pipeline.HeaderSent, strconv.FormatInt(st.Out, 10))
+				close(hold)
+				col.moves(t, 200)
+				waitEvent(t, r, "r", "dropped_messages", 1)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkNumbers(t, col, true)
+			if n := events(r, "r")["dropped_messages"]; n != 1 {
+				t.Errorf("dropped_messages = %d, want 1", n)
+			}
+		})
+	}
+}

@@ -28,7 +28,11 @@ import (
 //     instance sent on the subject;
 //   - credits on <subject>.ack: "<consumer> <consumer instance> <n>
 //     <producer instance>" (that consumer instance has taken n messages of
-//     that producer instance) or "<consumer> <consumer instance> end".
+//     that producer instance) or "<consumer> <consumer instance> end";
+//     and requests "<consumer> <consumer instance> ended? <producer
+//     instance>", which that producer instance answers with "<instance>
+//     running" or "<instance> ended" (a consumer asks before it takes an
+//     end of stream as the end).
 //
 // Whatever else arrives on these subjects (no instance header, an
 // instance the producer's or consumer's service does not announce, a
@@ -41,6 +45,9 @@ const (
 	eosSuffix      = ".eos"
 	ackSuffix      = ".ack"
 	ackEnd         = "end"
+	ackAsk         = "ended?"
+	ackRunning     = "running"
+	ackEnded       = "ended"
 )
 
 // natsTransport sends a pipeline's messages on NATS subjects (see
@@ -224,12 +231,14 @@ func newNATSPublisher(nc *nats.Conn, subject, instance string, consumers []consu
 		for i, c := range consumers {
 			p.cons[c.id()] = newCredits(c.stage, sets[i], 0)
 		}
-		sub, err := nc.Subscribe(subject+ackSuffix, p.onAck)
-		if err != nil {
-			return nil, fmt.Errorf("%w: subscribing to %s.ack failed: %w", ErrTransport, subject, err)
-		}
-		p.ackSub = sub
 	}
+	// Credits in block flow, and in every flow the consumers' question
+	// whether this instance has ended.
+	sub, err := nc.Subscribe(subject+ackSuffix, p.onAck)
+	if err != nil {
+		return nil, fmt.Errorf("%w: subscribing to %s.ack failed: %w", ErrTransport, subject, err)
+	}
+	p.ackSub = sub
 	return p, nil
 }
 
@@ -271,15 +280,18 @@ type ack struct {
 	consumer, inst, producer string
 	n                        uint64
 	end                      bool
+	ask                      bool // has the producer ended?
 }
 
-// parseAck reads "<consumer> <instance> <n> <producer>" or "<consumer>
-// <instance> end".
+// parseAck reads "<consumer> <instance> <n> <producer>", "<consumer>
+// <instance> end" or "<consumer> <instance> ended? <producer>".
 func parseAck(data []byte) (ack, error) {
 	f := strings.Fields(string(data))
 	switch {
 	case len(f) == 3 && f[2] == ackEnd:
 		return ack{consumer: f[0], inst: f[1], end: true}, nil
+	case len(f) == 4 && f[2] == ackAsk:
+		return ack{consumer: f[0], inst: f[1], producer: f[3], ask: true}, nil
 	case len(f) == 4:
 		n, err := strconv.ParseUint(f[2], 10, 64)
 		if err != nil {
@@ -302,6 +314,10 @@ func (p *natsPublisher) onAck(m *nats.Msg) {
 	if !a.end && a.producer != p.instance {
 		return
 	}
+	if a.ask {
+		p.answer(m)
+		return
+	}
 	p.mu.Lock()
 	c := p.cons[a.consumer]
 	p.mu.Unlock()
@@ -321,6 +337,19 @@ func (p *natsPublisher) onAck(m *nats.Msg) {
 	}
 	p.mu.Unlock()
 	signal(p.credit)
+}
+
+// answer tells a consumer whether this instance has ended its port.
+func (p *natsPublisher) answer(m *nats.Msg) {
+	p.mu.Lock()
+	state := ackRunning
+	if p.eos != nil {
+		state = ackEnded
+	}
+	p.mu.Unlock()
+	if m.Reply != "" {
+		_ = m.Respond([]byte(p.instance + " " + state))
+	}
 }
 
 // endConsumer records a consumer instance's end. Called with mu held.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -243,18 +244,21 @@ func (s *natsSubscriber) onEOS(m *nats.Msg) {
 // waitEnd waits until every instance of the producer that is still there
 // has sent its end of stream (one that has sent nothing at all is waited
 // for ghostWait), and, when this is the only instance of the consumer
-// stage, until the messages they say they sent have arrived; then it ends
-// the input. An end of stream that says fewer messages were sent than
-// arrived (a forged one, or messages injected in the stream) ends the input
-// only once nothing more has arrived for eosWait (and, in block flow, the
-// stage has taken all that did), and so does one whose messages do not
-// all come (lost while the server was away).
+// stage, until the messages they say they sent have arrived; then, once
+// none of those instances says it is still running (a forged end of
+// stream), it ends the input. An end of stream that says fewer messages
+// were sent than arrived (forged, or messages were injected), or one a
+// producer contradicts, ends the input only once nothing more has arrived
+// for eosWait (and, in block flow, the stage has taken all that did), and
+// so does one whose messages do not all come (lost while the server was
+// away).
 func (s *natsSubscriber) waitEnd() {
 	sole := len(s.self.live()) <= 1
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var ghostSince, stillSince time.Time
 	var lastGot uint64
+	contradicted := false
 	for {
 		live := s.producers.live()
 		st := s.endState(live, sole)
@@ -273,12 +277,23 @@ func (s *natsSubscriber) waitEnd() {
 			s.log.Warn("ending the input without the instances of its producer that answer discovery but sent nothing", "service", s.producers.service, "instances", st.open)
 			st.open = nil
 		}
-		if len(st.open) == 0 && st.unsure && now.Sub(stillSince) >= eosWait {
+		still := now.Sub(stillSince) >= eosWait
+		switch {
+		case len(st.open) > 0:
+		case st.unsure && !still:
+		case st.unsure:
 			s.log.Warn("ending the input, though the ends of stream of its producer do not match what arrived", "service", s.producers.service,
 				"missing", st.missing, "beyond", st.beyond)
-			st.unsure = false
-		}
-		if len(st.open) == 0 && !st.unsure {
+			s.finish()
+			return
+		case !s.stillRunning(st.ended):
+			s.finish()
+			return
+		case !contradicted:
+			contradicted = true
+			s.drops.drop(strings.Join(st.ended, ","), "an end of stream from an instance that says it is still running")
+		case still:
+			s.log.Warn("ending the input: nothing has arrived for a while, though its producer says it is still running", "service", s.producers.service)
 			s.finish()
 			return
 		}
@@ -290,9 +305,46 @@ func (s *natsSubscriber) waitEnd() {
 	}
 }
 
+// stillRunning asks the producer instances that sent an end of stream
+// whether they have ended (on the credit subject, which they read): an
+// instance that answers "running" did not send it. An instance that does
+// not answer (gone) has ended.
+func (s *natsSubscriber) stillRunning(insts []string) bool {
+	if len(insts) == 0 {
+		return false
+	}
+	inbox := s.nc.NewRespInbox()
+	sub, err := s.nc.SubscribeSync(inbox)
+	if err != nil {
+		return false
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	for _, inst := range insts {
+		_ = s.nc.PublishRequest(s.subject+ackSuffix, inbox, []byte(s.ref.id()+" "+s.instance+" "+ackAsk+" "+inst))
+	}
+	answered := map[string]bool{}
+	deadline := time.Now().Add(250 * time.Millisecond)
+	for len(answered) < len(insts) {
+		m, err := sub.NextMsg(time.Until(deadline))
+		if err != nil {
+			return false
+		}
+		inst, state, _ := strings.Cut(string(m.Data), " ")
+		if !slices.Contains(insts, inst) {
+			continue
+		}
+		if state == ackRunning {
+			return true
+		}
+		answered[inst] = true
+	}
+	return false
+}
+
 // endState is where the ends of stream of an input stand.
 type endState struct {
-	open []string // live instances that have not sent their end of stream
+	open  []string // live instances that have not sent their end of stream
+	ended []string // instances that have sent it
 	// ghosts: none of those has sent anything.
 	ghosts bool
 	// unsure: what the ends of stream say was sent has not all arrived
@@ -319,8 +371,11 @@ func (s *natsSubscriber) endState(live []string, sole bool) endState {
 	for _, c := range s.taken {
 		st.taken += c.Load()
 	}
-	for _, f := range s.from {
+	for inst, f := range s.from {
 		st.got += f.got
+		if f.eos {
+			st.ended = append(st.ended, inst)
+		}
 		if !f.eos || !sole {
 			continue
 		}
