@@ -77,6 +77,7 @@ func (r *Runner) openTransport(useNATS bool) error {
 	nt := newNATSTransport(r.cfg.Name, r.instance, pool, r.edgeFlow, r.cfg.Queue, r.fail, &r.subOwners, r.log)
 	nt.remoteReaders = r.remoteReaders
 	nt.remote = func(stage string) bool { return r.remote[stage] }
+	nt.serving = len(r.opts.Serve) > 0
 	if r.opts.Transport == TransportNATS {
 		r.tr = nt
 	} else {

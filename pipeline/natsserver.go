@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/avflow/avflow/pipeline/secret"
@@ -173,9 +175,10 @@ func (p *connPool) lost(nc *nats.Conn, err error) {
 	if p.down[nc] != nil {
 		return
 	}
-	p.log.Warn("lost the connection to the NATS server: reconnecting", "url", p.url, "err", err, "fails_after", maxNATSDown)
-	p.down[nc] = time.AfterFunc(maxNATSDown, func() {
-		p.onErr(nil, fmt.Errorf("%w: lost the connection to the NATS server at %s, not back within %s: %w", ErrTransport, p.url, maxNATSDown, err))
+	bound := maxNATSDown
+	p.log.Warn("lost the connection to the NATS server: reconnecting", "url", p.url, "err", err, "fails_after", bound)
+	p.down[nc] = time.AfterFunc(bound, func() {
+		p.onErr(nil, fmt.Errorf("%w: lost the connection to the NATS server at %s, not back within %s: %w", ErrTransport, p.url, bound, err))
 	})
 }
 
@@ -249,7 +252,11 @@ func connect(srv *embeddedNATS, url string, extra []nats.Option, name string, ev
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.Timeout(5 * time.Second),
-		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
+			if srv == nil && sub == nil && netError(err) {
+				ev.lost(nc, err) // the server went away: the connection reconnects
+				return
+			}
 			subj := ""
 			if sub != nil {
 				subj = " on " + sub.Subject
@@ -285,6 +292,14 @@ func connect(srv *embeddedNATS, url string, extra []nats.Option, name string, ev
 		return nil, fmt.Errorf("%w: connecting to NATS at %s failed: %w", ErrTransport, secret.URL(url), err)
 	}
 	return nc, nil
+}
+
+// netError says err is the connection's own I/O failing (a server that
+// went away), which nats.go reports as an asynchronous error as well.
+func netError(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // ErrRunning refuses a second run of a deployment already running on the server.

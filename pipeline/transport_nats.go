@@ -66,6 +66,9 @@ type natsTransport struct {
 	remoteReaders func(stage, port string) []consumerRef
 	// remote says a stage runs in another process (nil: none does).
 	remote func(stage string) bool
+	// serving: this process serves stages (avflow serve), which other
+	// processes may serve too.
+	serving bool
 
 	mu       sync.Mutex
 	expected map[string][]consumerRef // subject -> inputs attached to it
@@ -121,10 +124,11 @@ func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage strin
 	return s, nil
 }
 
-// localInstance is this process's instance id when stage runs here (it
-// is then the producer's only instance), "" when it runs elsewhere.
+// localInstance is this process's instance id when stage runs here and
+// nowhere else (this process drives the pipeline), "" when other
+// processes may run it: its instances are then asked for.
 func (t *natsTransport) localInstance(stage string) string {
-	if t.remote != nil && t.remote(stage) {
+	if t.serving || (t.remote != nil && t.remote(stage)) {
 		return ""
 	}
 	return t.instance
