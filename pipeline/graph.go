@@ -12,6 +12,7 @@ import (
 
 	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/nats-io/nats.go/micro"
 )
 
 // The graph supervisor: the hosts of a run and their edges, built from the
@@ -70,7 +71,7 @@ func (r *Runner) openTransport(useNATS bool) error {
 		r.tr = newLocalTransport()
 		return nil
 	}
-	pool, err := connectPool(r.embedded, r.opts.NATSURL, r.opts.NATSOptions, "avflow "+r.cfg.Name, len(r.cfg.order), r.natsError)
+	pool, err := connectPool(r.embedded, r.opts.NATSURL, r.opts.NATSOptions, "avflow "+r.cfg.Name, len(r.cfg.order), r.natsError, r.log)
 	if err != nil {
 		return err
 	}
@@ -78,6 +79,7 @@ func (r *Runner) openTransport(useNATS bool) error {
 	nt := newNATSTransport(r.cfg.Name, r.instance, pool, r.edgeFlow, r.cfg.Queue, r.fail, &r.subOwners, r.log)
 	nt.remoteReaders = r.remoteReaders
 	nt.remote = func(stage string) bool { return r.remote[stage] }
+	nt.serving = len(r.opts.Serve) > 0
 	if r.opts.Transport == TransportNATS {
 		r.tr = nt
 	} else {
@@ -298,6 +300,9 @@ func (r *Runner) wire(ctx context.Context, hosts []*host) error {
 				return err
 			}
 			n.pubs[p.Name] = pub
+			if c, ok := pub.(EventCounter); ok {
+				n.m.counters = append(n.m.counters, c)
+			}
 		}
 	}
 	return r.tr.sync()
@@ -551,7 +556,7 @@ func (r *Runner) waitRemote(ctx context.Context) error {
 	if len(r.opts.Serve) > 0 {
 		// Other processes may already serve these stages: they must agree.
 		for _, name := range r.opts.Serve {
-			if err := r.checkPeers(name, pingServices(r.pool.connFor(name), ServiceName(r.cfg.Name, name), 200*time.Millisecond)); err != nil {
+			if err := r.checkPeers(name, pingServices(r.pool.connFor(name), micro.APIPrefix+".PING."+ServiceName(r.cfg.Name, name), 200*time.Millisecond)); err != nil {
 				return err
 			}
 		}
@@ -569,7 +574,7 @@ func (r *Runner) waitRemote(ctx context.Context) error {
 		svc := ServiceName(r.cfg.Name, name)
 		r.log.Info("waiting for a remote stage", "stage", name, "service", svc)
 		for {
-			if peers := pingServices(r.pool.connFor(name), svc, 200*time.Millisecond); len(peers) > 0 {
+			if peers := pingServices(r.pool.connFor(name), micro.APIPrefix+".PING."+svc, 200*time.Millisecond); len(peers) > 0 {
 				if err := r.checkPeers(name, peers); err != nil {
 					return err
 				}
@@ -685,8 +690,11 @@ func (r *Runner) watchRemote(ctx context.Context) {
 			if last[name] == nil {
 				last[name] = map[string]*seen{}
 			}
-			for _, p := range pingServices(r.pool.connFor(name), svc, 200*time.Millisecond) {
+			for _, p := range pingServices(r.pool.connFor(name), micro.APIPrefix+".PING."+svc, 200*time.Millisecond) {
 				inst := p.Metadata["instance"]
+				if inst == "" {
+					continue
+				}
 				if s := last[name][inst]; s != nil && s.gone {
 					r.log.Info("remote stage instance answers again", "stage", name, "service", svc, "instance", inst)
 				}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/avflow/avflow/accelerators"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
@@ -80,6 +79,11 @@ type Options struct {
 	// every other stage is another process's, and the run does not wait
 	// for them. A Drain stops taking new messages.
 	Serve []string
+	// Listen opens the embedded server to TCP clients on a loopback port
+	// (NATSURL), with a user and password made for the run
+	// (ListenCredentials). Without it the embedded server takes the run's
+	// own in-process connections only.
+	Listen bool
 }
 
 // Runner runs one validated pipeline once.
@@ -125,7 +129,7 @@ type Runner struct {
 	active     int           // hosts still running
 	over       bool          // every host has ended: the graph takes no more
 	allDone    chan struct{} // closed when over
-	embedded   *server.Server
+	embedded   *embeddedNATS
 	ready      chan struct{}
 	finished   chan struct{} // closed when Run returns
 }
@@ -223,12 +227,24 @@ func (r *Runner) Failed() <-chan struct{} { return r.failed }
 // Ready is closed once every stage is started and subscribed.
 func (r *Runner) Ready() <-chan struct{} { return r.ready }
 
-// NATSURL returns the client URL of the embedded server, once Ready ("" otherwise).
+// NATSURL returns the URL of the run's NATS server for other clients: the
+// external one's (Options.NATSURL), or, once Ready, the embedded server's
+// listener (Options.Listen), without its credentials; "" when the
+// embedded server has no listener.
 func (r *Runner) NATSURL() string {
 	if r.embedded != nil {
-		return r.embedded.ClientURL()
+		return r.embedded.url
 	}
 	return r.opts.NATSURL
+}
+
+// ListenCredentials returns the user and password of the embedded
+// server's listener once Ready (empty without one).
+func (r *Runner) ListenCredentials() (user, password string) {
+	if r.embedded == nil {
+		return "", ""
+	}
+	return r.embedded.user, r.embedded.password
 }
 
 // Drain stops the sources; every stage then finishes the frames in flight,
@@ -283,13 +299,17 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 
 	useNATS := r.opts.Transport != TransportLocal
 	if useNATS && r.opts.NATSURL == "" {
-		srv, err := StartEmbeddedNATS()
+		srv, err := startEmbeddedNATS(r.opts.Listen)
 		if err != nil {
 			return err
 		}
 		r.embedded = srv
 		defer srv.Shutdown()
-		r.log.Info("embedded NATS server started", "url", srv.ClientURL())
+		if srv.url != "" {
+			r.log.Info("embedded NATS server started", "url", srv.url, "user", srv.user)
+		} else {
+			r.log.Info("embedded NATS server started", "url", "in-process only")
+		}
 	}
 
 	var here []*StageConfig
@@ -310,6 +330,11 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 	defer r.closeTransports()
 	if err := r.openTransport(useNATS); err != nil {
 		return err
+	}
+	if useNATS {
+		if err := r.refuseSecondRun(); err != nil {
+			return err
+		}
 	}
 	r.inv = r.opts.Devices
 	if r.inv == nil {

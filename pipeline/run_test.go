@@ -676,9 +676,9 @@ flow: drop-oldest
 stages:
   - {name: g, kind: gen, params: {forever: true}}
   - {name: c, kind: collect, inputs: [g]}
-`, pipeline.Options{}, func(r *pipeline.Runner) {
+`, pipeline.Options{Listen: true}, func(r *pipeline.Runner) {
 		defer r.Drain()
-		nc, err := nats.Connect(r.NATSURL())
+		nc, err := nats.Connect(r.NATSURL(), nats.UserInfo(r.ListenCredentials()))
 		if err != nil {
 			t.Error(err)
 			return
@@ -962,10 +962,9 @@ stages:
 }
 
 // TestConsumerEndReleasesWaitingProducer: a consumer that ends while its
-// producer still sends (here: an end of stream published on its input
-// subject from outside) tells the producer, which stops waiting for its
-// credits and warns, naming the subject and the consumer; Drain then ends
-// the run.
+// producer still sends (here: removed from the graph) tells the producer,
+// which stops waiting for its credits and warns, naming the subject and
+// the consumer; Drain then ends the run.
 func TestConsumerEndReleasesWaitingProducer(t *testing.T) {
 	noLeaks(t)
 	logs := newLogRecorder()
@@ -977,31 +976,10 @@ stages:
   - {name: c, kind: collect, inputs: [g]}
 `, pipeline.Options{Log: logs.logger()}, func(r *pipeline.Runner) {
 		defer r.Drain()
-		nc, err := nats.Connect(r.NATSURL())
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer nc.Close()
-		eos, err := envelope.Marshal(&envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Stream: "g.out"})
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		// The end of stream as g's instance sends it (its id is in its
-		// service's metadata).
-		info, err := nc.Request("$SRV.INFO.early-g", nil, 5*time.Second)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		var svc micro.Info
-		if err := json.Unmarshal(info.Data, &svc); err != nil {
-			t.Error(err)
-			return
-		}
-		m := &nats.Msg{Subject: pipeline.Subject("early", "g", "out") + ".eos", Data: eos, Header: nats.Header{pipeline.HeaderInstance: []string{svc.Metadata["instance"]}}}
-		if err := nc.PublishMsg(m); err != nil {
+		col.waitFirst(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := r.RemoveStages(ctx, "c"); err != nil {
 			t.Error(err)
 			return
 		}

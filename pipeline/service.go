@@ -7,14 +7,15 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 )
 
 // ServiceVersion is the version stage services announce (semver, as micro wants).
 const ServiceVersion = "0.1.0"
+
+// hostname is this machine's name, in every service's metadata.
+var hostname, _ = os.Hostname()
 
 // ServiceName is the NATS micro service name of a stage: <pipeline>-<stage>.
 // Every running instance of the same stage shares it, so `nats micro ls`
@@ -37,7 +38,7 @@ func (r *Runner) addService(n *host) (micro.Service, error) {
 		Description: n.cfg.spec.Summary,
 		Metadata: map[string]string{
 			"pipeline": r.cfg.Name, "stage": n.cfg.Name, "kind": n.cfg.Kind, "device": n.m.device, "instance": r.instance,
-			"inputs": strings.Join(ins, ","), "outputs": strings.Join(outs, ","), "host": hostname(), "config": configHash(n.cfg),
+			"inputs": strings.Join(ins, ","), "outputs": strings.Join(outs, ","), "host": hostname, "config": configHash(n.cfg),
 		},
 		StatsHandler: func(*micro.Endpoint) any { return stats() },
 	})
@@ -53,11 +54,6 @@ func (r *Runner) addService(n *host) (micro.Service, error) {
 		return nil, fmt.Errorf("%w: stage %q metrics endpoint: %w", ErrTransport, n.cfg.Name, err)
 	}
 	return svc, nil
-}
-
-func hostname() string {
-	h, _ := os.Hostname()
-	return h
 }
 
 // configHash identifies what a stage does: its kind, inputs and params as
@@ -77,33 +73,6 @@ func configHash(s *StageConfig) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// pingServices sends a micro PING to a service and returns the answers,
-// waiting at most quiet after the last one.
-func pingServices(nc *nats.Conn, service string, quiet time.Duration) []micro.Ping {
-	inbox := nc.NewRespInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		return nil
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := nc.PublishRequest(micro.APIPrefix+".PING."+service, inbox, nil); err != nil {
-		return nil
-	}
-	var out []micro.Ping
-	deadline := time.Now().Add(5 * quiet)
-	for time.Now().Before(deadline) {
-		m, err := sub.NextMsg(quiet)
-		if err != nil {
-			break
-		}
-		var ping micro.Ping
-		if json.Unmarshal(m.Data, &ping) == nil && ping.Metadata["instance"] != "" {
-			out = append(out, ping)
-		}
-	}
-	return out
-}
-
 // checkPeers refuses to run a stage whose other instances (served by
 // other processes under the same deployment name) have another config
 // (the same name served from two different files), or that has other
@@ -113,7 +82,7 @@ func (r *Runner) checkPeers(name string, peers []micro.Ping) error {
 	want := configHash(sc)
 	others := 0
 	for _, p := range peers {
-		if p.Metadata["instance"] == r.instance {
+		if p.Metadata["instance"] == "" || p.Metadata["instance"] == r.instance {
 			continue
 		}
 		if others++; len(r.opts.Serve) > 0 || others > 1 {

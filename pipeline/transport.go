@@ -130,6 +130,14 @@ func (p *teePublisher) Publish(ctx context.Context, e *envelope.Envelope) error 
 	return p.local.Publish(ctx, e)
 }
 
+// Counts are the NATS publisher's (pipeline.EventCounter).
+func (p *teePublisher) Counts() map[string]int64 {
+	if c, ok := p.nats.(EventCounter); ok {
+		return c.Counts()
+	}
+	return nil
+}
+
 func (p *teePublisher) Close() {
 	p.local.Close()
 	p.nats.Close()

@@ -2,8 +2,10 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,15 +24,30 @@ import (
 //     read it subscribe in a queue group named after the consumer stage and
 //     input, so the processes serving one stage share its messages;
 //   - the end of stream on <subject>.eos (every instance gets it), with
-//     the same header;
+//     the same header and, in Avflow-Sent, the number of data messages that
+//     instance sent on the subject;
 //   - credits on <subject>.ack: "<consumer> <consumer instance> <n>
 //     <producer instance>" (that consumer instance has taken n messages of
-//     that producer instance) or "<consumer> <consumer instance> end".
+//     that producer instance) or "<consumer> <consumer instance> end";
+//     and requests "<consumer> <consumer instance> ended? <producer
+//     instance>", which that producer instance answers with "<instance>
+//     running" or "<instance> ended" (a consumer asks before it takes an
+//     end of stream as the end).
+//
+// Whatever else arrives on these subjects (no instance header, an
+// instance the producer's or consumer's service does not announce, a
+// message that does not parse, a credit above what was sent) is dropped or
+// clamped, counted (dropped_messages, clamped_credits) and logged once per
+// source; it never fails the run.
 const (
 	HeaderInstance = "Avflow-Instance"
+	HeaderSent     = "Avflow-Sent"
 	eosSuffix      = ".eos"
 	ackSuffix      = ".ack"
 	ackEnd         = "end"
+	ackAsk         = "ended?"
+	ackRunning     = "running"
+	ackEnded       = "ended"
 )
 
 // natsTransport sends a pipeline's messages on NATS subjects (see
@@ -49,16 +66,31 @@ type natsTransport struct {
 	remoteReaders func(stage, port string) []consumerRef
 	// remote says a stage runs in another process (nil: none does).
 	remote func(stage string) bool
+	// serving: this process serves stages (avflow serve), which other
+	// processes may serve too.
+	serving bool
 
 	mu       sync.Mutex
 	expected map[string][]consumerRef // subject -> inputs attached to it
 	pubs     map[string]*natsPublisher
+	insts    map[string]*instanceSet // stage -> the instances of its service
 }
 
 func newNATSTransport(pipeline, instance string, pool *connPool, flow func(PortType) FlowMode, window int, fail func(error), owners *sync.Map, log *slog.Logger) *natsTransport {
 	return &natsTransport{pipeline: pipeline, instance: instance, pool: pool, flow: flow, window: window, fail: fail, owners: owners, log: log,
 		remoteReaders: func(string, string) []consumerRef { return nil },
-		expected:      map[string][]consumerRef{}, pubs: map[string]*natsPublisher{}}
+		expected:      map[string][]consumerRef{}, pubs: map[string]*natsPublisher{}, insts: map[string]*instanceSet{}}
+}
+
+// instancesOf is the set of instances of a stage's service (one set per
+// stage, shared by its edges). Called with mu held.
+func (t *natsTransport) instancesOf(stage string) *instanceSet {
+	set := t.insts[stage]
+	if set == nil {
+		set = newInstanceSet(t.pool.connFor(stage), ServiceName(t.pipeline, stage), t.localInstance(stage))
+		t.insts[stage] = set
+	}
+	return set
 }
 
 // conn is the shared connection a stage's subscriptions and service use.
@@ -66,20 +98,24 @@ func (t *natsTransport) conn(stage string) *nats.Conn { return t.pool.connFor(st
 
 func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage string, port Port) (inlet, error) {
 	subject := Subject(t.pipeline, stage, port.Name)
+	log := t.log.With("stage", ref.stage, "subject", subject)
+	t.mu.Lock()
+	producers, self := t.instancesOf(stage), t.instancesOf(ref.stage)
+	t.mu.Unlock()
 	s := &natsSubscriber{nc: t.conn(ref.stage), subject: subject, ref: ref, instance: t.instance,
 		block: t.flow(port.Type) == FlowBlock, ackEvery: uint64(max(1, t.window/4)), ctx: ctx,
-		producers: newProducerSet(t.conn(ref.stage), ServiceName(t.pipeline, stage), t.localInstance(stage)),
-		log:       t.log.With("stage", ref.stage, "subject", subject), taken: map[string]*atomic.Uint64{},
-		reorder: t.reorderFor(stage, port), self: ServiceName(t.pipeline, ref.stage)}
+		producers: producers, self: self, log: log, drops: &dropLog{log: log}, taken: map[string]*atomic.Uint64{},
+		from: map[string]*fromProducer{}, reorder: t.reorderFor(stage, port)}
 	if err := s.subscribe(queueGroup(t.pipeline, ref)); err != nil {
 		return nil, err
 	}
 	t.owners.Store(s.sub, ref.stage)
+	s.unhook = t.pool.onReconnect(s.reconnected)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if p := t.pubs[subject]; p != nil {
 		s.producer = p.nc // in this process: drain can flush it
-		if !p.expect(ref) {
+		if !p.expect(ref, self) {
 			s.detach()
 			return nil, errPortEnded
 		}
@@ -88,10 +124,11 @@ func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage strin
 	return s, nil
 }
 
-// localInstance is this process's instance id when stage runs here (it
-// is then the producer's only instance), "" when it runs elsewhere.
+// localInstance is this process's instance id when stage runs here and
+// nowhere else (this process drives the pipeline), "" when other
+// processes may run it: its instances are then asked for.
 func (t *natsTransport) localInstance(stage string) string {
-	if t.remote != nil && t.remote(stage) {
+	if t.serving || (t.remote != nil && t.remote(stage)) {
 		return ""
 	}
 	return t.instance
@@ -122,13 +159,18 @@ func (t *natsTransport) publisher(stage string, port Port, log *slog.Logger) (pu
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	consumers := append(t.expected[subject][:len(t.expected[subject]):len(t.expected[subject])], t.remoteReaders(stage, port.Name)...)
-	p, err := newNATSPublisher(t.conn(stage), subject, t.instance, consumers, t.flow(port.Type), t.window, log)
+	sets := make([]*instanceSet, len(consumers))
+	for i, c := range consumers {
+		sets[i] = t.instancesOf(c.stage)
+	}
+	p, err := newNATSPublisher(t.conn(stage), subject, t.instance, consumers, sets, t.flow(port.Type), t.window, log)
 	if err != nil {
 		return nil, err
 	}
 	if p.ackSub != nil {
 		t.owners.Store(p.ackSub, stage)
 	}
+	p.unhook = t.pool.onReconnect(p.reconnected)
 	t.pubs[subject] = p
 	return p, nil
 }
@@ -153,12 +195,15 @@ type natsPublisher struct {
 	maxPart  int
 	chunkID  uint64
 	log      *slog.Logger
+	drops    *dropLog     // credits refused
+	clamped  atomic.Int64 // credits above what was sent
+	unhook   func()
 
 	mu     sync.Mutex
-	sent   uint64
+	sent   uint64              // data messages sent or being sent
 	cons   map[string]*credits // consumer id (stage/input) -> what it took
 	ended  []string            // consumers that ended, not yet warned about
-	eos    bool                // the port has ended
+	eos    *nats.Msg           // the end of stream, once sent
 	credit chan struct{}
 	ackSub *nats.Subscription
 	buf    []byte
@@ -166,12 +211,18 @@ type natsPublisher struct {
 
 // credits is what the instances of one consumer have taken from this
 // publisher. A consumer whose every instance has ended is waited for no
-// more.
+// more, until one of them sends a credit again.
 type credits struct {
 	stage string
-	base  uint64            // messages sent before it attached
+	insts *instanceSet      // the consumer stage's instances
+	base  uint64            // messages not its to take (sent before it attached, or forgiven)
 	taken map[string]uint64 // consumer instance -> messages taken
 	live  map[string]bool   // instances that have not ended
+	ended bool
+}
+
+func newCredits(stage string, insts *instanceSet, base uint64) *credits {
+	return &credits{stage: stage, insts: insts, base: base, taken: map[string]uint64{}, live: map[string]bool{}}
 }
 
 // took is how many messages the consumer has taken, at most sent (a forged
@@ -184,10 +235,10 @@ func (c *credits) took(sent uint64) uint64 {
 	return min(n, sent)
 }
 
-func newNATSPublisher(nc *nats.Conn, subject, instance string, consumers []consumerRef, mode FlowMode, window int, log *slog.Logger) (*natsPublisher, error) {
+func newNATSPublisher(nc *nats.Conn, subject, instance string, consumers []consumerRef, sets []*instanceSet, mode FlowMode, window int, log *slog.Logger) (*natsPublisher, error) {
 	p := &natsPublisher{
 		nc: nc, subject: subject, instance: instance, block: mode == FlowBlock, window: uint64(window), log: log,
-		cons: map[string]*credits{}, credit: make(chan struct{}, 1),
+		drops: &dropLog{log: log.With("subject", subject+ackSuffix)}, cons: map[string]*credits{}, credit: make(chan struct{}, 1),
 	}
 	// Leave room for headers and protocol overhead.
 	p.maxPart = int(nc.MaxPayload()) - 1024
@@ -195,66 +246,159 @@ func newNATSPublisher(nc *nats.Conn, subject, instance string, consumers []consu
 		return nil, fmt.Errorf("%w: server max payload %d is too small", ErrTransport, nc.MaxPayload())
 	}
 	if p.block {
-		for _, c := range consumers {
-			p.cons[c.id()] = &credits{stage: c.stage, taken: map[string]uint64{}, live: map[string]bool{}}
+		for i, c := range consumers {
+			p.cons[c.id()] = newCredits(c.stage, sets[i], 0)
 		}
-		sub, err := nc.Subscribe(subject+ackSuffix, p.onAck)
-		if err != nil {
-			return nil, fmt.Errorf("%w: subscribing to %s.ack failed: %w", ErrTransport, subject, err)
-		}
-		p.ackSub = sub
 	}
+	// Credits in block flow, and in every flow the consumers' question
+	// whether this instance has ended.
+	sub, err := nc.Subscribe(subject+ackSuffix, p.onAck)
+	if err != nil {
+		return nil, fmt.Errorf("%w: subscribing to %s.ack failed: %w", ErrTransport, subject, err)
+	}
+	p.ackSub = sub
 	return p, nil
+}
+
+// Counts reports the credits refused and clamped, once there are some
+// (pipeline.EventCounter).
+func (p *natsPublisher) Counts() map[string]int64 {
+	return nonZero(map[string]int64{"dropped_messages": p.drops.n.Load(), "clamped_credits": p.clamped.Load()})
+}
+
+// nonZero leaves out the counters that are 0.
+func nonZero(m map[string]int64) map[string]int64 {
+	for k, v := range m {
+		if v == 0 {
+			delete(m, k)
+		}
+	}
+	return m
 }
 
 // expect adds a consumer attached after the publisher was made: from
 // now on the publisher waits for its credits too. It returns false when
 // the port has already ended.
-func (p *natsPublisher) expect(c consumerRef) bool {
+func (p *natsPublisher) expect(c consumerRef, insts *instanceSet) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.eos {
+	if p.eos != nil {
 		return false
 	}
 	if p.block {
 		// What was sent before it attached is not its to take: its
 		// credits count from here.
-		p.cons[c.id()] = &credits{stage: c.stage, base: p.sent, taken: map[string]uint64{}, live: map[string]bool{}}
+		p.cons[c.id()] = newCredits(c.stage, insts, p.sent)
 	}
 	return true
 }
 
-// onAck takes a credit or a consumer instance's end. Credits of consumers
-// it does not expect, or meant for another producer instance, are ignored.
+// ack is one message of the credit subject.
+type ack struct {
+	consumer, inst, producer string
+	n                        uint64
+	end                      bool
+	ask                      bool // has the producer ended?
+}
+
+// parseAck reads "<consumer> <instance> <n> <producer>", "<consumer>
+// <instance> end" or "<consumer> <instance> ended? <producer>".
+func parseAck(data []byte) (ack, error) {
+	f := strings.Fields(string(data))
+	switch {
+	case len(f) == 3 && f[2] == ackEnd:
+		return ack{consumer: f[0], inst: f[1], end: true}, nil
+	case len(f) == 4 && f[2] == ackAsk:
+		return ack{consumer: f[0], inst: f[1], producer: f[3], ask: true}, nil
+	case len(f) == 4:
+		n, err := strconv.ParseUint(f[2], 10, 64)
+		if err != nil {
+			return ack{}, fmt.Errorf("a credit whose count %.20q is not a number", f[2])
+		}
+		return ack{consumer: f[0], inst: f[1], n: n, producer: f[3]}, nil
+	}
+	return ack{}, fmt.Errorf("not a credit: %.64q", data)
+}
+
+// onAck takes a credit or a consumer instance's end, from the instances
+// of the consumers it expects; credits meant for another producer instance
+// (a replica of this stage) are theirs.
 func (p *natsPublisher) onAck(m *nats.Msg) {
-	f := strings.Fields(string(m.Data))
-	if len(f) < 3 {
+	a, err := parseAck(m.Data)
+	if err != nil {
+		p.drops.drop("unknown", err.Error())
 		return
 	}
-	id, inst := f[0], f[1]
+	if !a.end && a.producer != p.instance {
+		return
+	}
+	if a.ask {
+		p.answer(m)
+		return
+	}
 	p.mu.Lock()
-	c := p.cons[id]
+	c := p.cons[a.consumer]
+	p.mu.Unlock()
 	switch {
 	case c == nil:
-	case f[2] == ackEnd && len(f) == 3:
-		if _, known := c.taken[inst]; !known {
-			c.taken[inst] = 0
-		}
-		delete(c.live, inst)
-		if len(c.live) == 0 {
-			delete(p.cons, id)
-			if !p.eos {
-				p.ended = append(p.ended, c.stage)
-			}
-		}
-	case len(f) == 4 && f[3] == p.instance:
-		if n, err := strconv.ParseUint(f[2], 10, 64); err == nil && n > c.taken[inst] {
-			c.taken[inst] = n
-			c.live[inst] = true
-		}
+		p.drops.drop(a.inst, "a credit from "+a.consumer+", which does not read "+p.subject)
+		return
+	case !c.insts.has(a.inst): // may ask the service: not under mu
+		p.drops.drop(a.inst, "a credit from no instance of "+c.insts.service)
+		return
+	}
+	p.mu.Lock()
+	if a.end {
+		p.endConsumer(c, a.inst)
+	} else {
+		p.take(c, a)
 	}
 	p.mu.Unlock()
 	signal(p.credit)
+}
+
+// answer tells a consumer whether this instance has ended its port.
+func (p *natsPublisher) answer(m *nats.Msg) {
+	p.mu.Lock()
+	state := ackRunning
+	if p.eos != nil {
+		state = ackEnded
+	}
+	p.mu.Unlock()
+	if m.Reply != "" {
+		_ = m.Respond([]byte(p.instance + " " + state))
+	}
+}
+
+// endConsumer records a consumer instance's end. Called with mu held.
+func (p *natsPublisher) endConsumer(c *credits, inst string) {
+	if _, known := c.taken[inst]; !known {
+		c.taken[inst] = 0
+	}
+	delete(c.live, inst)
+	if len(c.live) == 0 && !c.ended {
+		c.ended = true
+		if p.eos == nil {
+			p.ended = append(p.ended, c.stage)
+		}
+	}
+}
+
+// take records a credit, clamped to what was sent: no consumer can have
+// taken more. Called with mu held.
+func (p *natsPublisher) take(c *credits, a ack) {
+	if a.n > p.sent {
+		if p.clamped.Add(1) == 1 {
+			p.log.Warn("a credit above what was sent: clamped (further ones are only counted)", "subject", p.subject+ackSuffix,
+				"from", a.inst, "credit", a.n, "sent", p.sent)
+		}
+		a.n = p.sent
+	}
+	if a.n > c.taken[a.inst] {
+		c.taken[a.inst] = a.n
+	}
+	c.live[a.inst] = true
+	c.ended = false // an instance that has ended sends no credit: a forged end is undone
 }
 
 // lagging returns the consumers the publisher must wait for before it may
@@ -263,12 +407,29 @@ func (p *natsPublisher) lagging() []string {
 	var out []string
 	for _, c := range p.cons {
 		// A window for each instance of the consumer that reads now.
-		if p.sent-c.took(p.sent) >= p.window*uint64(max(1, len(c.live))) {
+		if !c.ended && p.sent-c.took(p.sent) >= p.window*uint64(max(1, len(c.live))) {
 			out = append(out, c.stage)
 		}
 	}
 	sort.Strings(out)
 	return out
+}
+
+// reconnected runs when a connection of the run is back after the server
+// was away: messages and credits in flight then may be lost, so what was
+// sent before counts as taken (a consumer may get one window more), and
+// an end of stream already sent is sent again.
+func (p *natsPublisher) reconnected() {
+	p.mu.Lock()
+	for _, c := range p.cons {
+		c.base += p.sent - c.took(p.sent)
+	}
+	eos := p.eos
+	p.mu.Unlock()
+	signal(p.credit)
+	if eos != nil {
+		_ = p.nc.PublishMsg(eos)
+	}
 }
 
 func (p *natsPublisher) Publish(ctx context.Context, e *envelope.Envelope) error {
@@ -280,26 +441,32 @@ func (p *natsPublisher) Publish(ctx context.Context, e *envelope.Envelope) error
 	}
 	p.buf = data
 	if e.Kind == envelope.KindEOS {
-		p.mu.Lock()
-		p.eos = true
-		p.mu.Unlock()
-		m := &nats.Msg{Subject: p.subject + eosSuffix, Data: data, Header: nats.Header{HeaderInstance: []string{p.instance}}}
-		if err := p.nc.PublishMsg(m); err != nil {
-			return fmt.Errorf("%w: publishing the end of %s failed: %w", ErrTransport, p.subject, err)
-		}
-		return nil
+		return p.publishEOS(ctx, data)
 	}
 	if p.block {
 		if err := p.waitCredit(ctx); err != nil {
 			return err
 		}
 	}
-	if err := p.send(data); err != nil {
-		return fmt.Errorf("%w: publishing on %s failed: %w", ErrTransport, p.subject, err)
-	}
+	// Counted before it goes: a credit for it may come back at once.
 	p.mu.Lock()
 	p.sent++
 	p.mu.Unlock()
+	if err := p.send(ctx, data); err != nil {
+		return fmt.Errorf("%w: publishing on %s failed: %w", ErrTransport, p.subject, err)
+	}
+	return nil
+}
+
+func (p *natsPublisher) publishEOS(ctx context.Context, data []byte) error {
+	p.mu.Lock()
+	m := &nats.Msg{Subject: p.subject + eosSuffix, Data: slices.Clone(data), Header: nats.Header{
+		HeaderInstance: []string{p.instance}, HeaderSent: []string{strconv.FormatUint(p.sent, 10)}}}
+	p.eos = m
+	p.mu.Unlock()
+	if err := p.publishMsg(ctx, m); err != nil {
+		return fmt.Errorf("%w: publishing the end of %s failed: %w", ErrTransport, p.subject, err)
+	}
 	return nil
 }
 
@@ -336,9 +503,9 @@ func (p *natsPublisher) waitCredit(ctx context.Context) error {
 	}
 }
 
-func (p *natsPublisher) send(data []byte) error {
+func (p *natsPublisher) send(ctx context.Context, data []byte) error {
 	if len(data) <= p.maxPart {
-		return p.nc.PublishMsg(&nats.Msg{Subject: p.subject, Data: data, Header: nats.Header{HeaderInstance: []string{p.instance}}})
+		return p.publishMsg(ctx, &nats.Msg{Subject: p.subject, Data: data, Header: nats.Header{HeaderInstance: []string{p.instance}}})
 	}
 	p.chunkID++
 	parts, err := envelope.Split(p.chunkID, data, p.maxPart)
@@ -347,14 +514,34 @@ func (p *natsPublisher) send(data []byte) error {
 	}
 	for _, c := range parts {
 		m := &nats.Msg{Subject: p.subject, Data: c.Data, Header: nats.Header{envelope.HeaderChunk: []string{c.Header()}, HeaderInstance: []string{p.instance}}}
-		if err := p.nc.PublishMsg(m); err != nil {
+		if err := p.publishMsg(ctx, m); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// publishMsg publishes m; while the server is away and the connection's
+// reconnect buffer is full, it waits for the server (the pool fails the
+// run if it stays away).
+func (p *natsPublisher) publishMsg(ctx context.Context, m *nats.Msg) error {
+	for {
+		err := p.nc.PublishMsg(m)
+		if !errors.Is(err, nats.ErrReconnectBufExceeded) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 func (p *natsPublisher) Close() {
+	if p.unhook != nil {
+		p.unhook()
+	}
 	if p.ackSub != nil {
 		_ = p.ackSub.Unsubscribe()
 	}

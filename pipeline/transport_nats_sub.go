@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,8 +21,20 @@ import (
 const (
 	maxPendingMsgs     = 1 << 16 // messages the client holds for one subscription
 	maxPendingBytes    = 1 << 30
-	maxProducerStreams = 64 // producer instances an input reassembles chunks for
+	maxProducerStreams = 16 // producer instances an input reassembles chunks for
 	maxWarnedSources   = 64 // sources whose bad messages are logged (once each)
+)
+
+// Timing of an input's end (variables: tests shorten them).
+var (
+	// maxPartialAge is how long a partial chunked message is kept.
+	maxPartialAge = 10 * time.Second
+	// eosWait is how long an input that has every end of stream waits
+	// without progress for the messages they say were sent.
+	eosWait = 2 * time.Second
+	// ghostWait is how long it waits for an instance of the producer's
+	// service that has sent nothing at all, once every other has ended.
+	ghostWait = 10 * time.Second
 )
 
 // natsSubscriber feeds one input edge from its subject into the stage
@@ -35,29 +48,40 @@ type natsSubscriber struct {
 	instance  string // this process's
 	sub       *nats.Subscription
 	eosSub    *nats.Subscription
-	producer  *nats.Conn // the producer's connection, when it is in this process
-	producers *producerSet
+	producer  *nats.Conn      // the producer's connection, when it is in this process
+	producers *instanceSet    // the producer stage's instances
+	self      *instanceSet    // the consumer stage's instances (this one among them)
+	sources   map[string]bool // producer instances seen (data callback), until the reorder buffer is on
 	block     bool
 	ackEvery  uint64
 	ctx       context.Context
 	log       *slog.Logger
+	drops     *dropLog
+	unhook    func()
 
 	// Used only by the data subscription's callback.
-	reasm   map[string]*envelope.Reassembler
-	sources map[string]bool // producer instances seen, until the reorder buffer is on
-	self    string          // this stage's service
+	chunks joiner
 	// orderMu guards the reorder buffer and its gap timer.
 	orderMu  sync.Mutex
 	reorder  *reorder
 	gapTimer *time.Timer
 
-	mu      sync.Mutex
-	taken   map[string]*atomic.Uint64 // producer instance -> messages taken
-	warned  map[string]bool
-	eosFrom map[string]bool
-	ending  bool
-	dropped atomic.Int64
-	endOnce sync.Once
+	mu       sync.Mutex
+	taken    map[string]*atomic.Uint64 // producer instance -> messages taken
+	from     map[string]*fromProducer  // producer instance -> what it sent here
+	ending   bool
+	endSent  bool // ended() has told the producers
+	endOnce  sync.Once
+	detached bool
+}
+
+// fromProducer is what one producer instance has sent an input.
+type fromProducer struct {
+	got      uint64 // data messages taken from the bus
+	firstSeq uint64 // the Seq of the first of them
+	lastSeq  uint64 // the highest Seq among them
+	eos      bool   // it has sent its end of stream...
+	sent     uint64 // ...saying it sent this many data messages
 }
 
 func (s *natsSubscriber) subscribe(queue string) error {
@@ -74,75 +98,76 @@ func (s *natsSubscriber) subscribe(queue string) error {
 		_ = sub.Unsubscribe()
 		return fmt.Errorf("%w: subscribing to %s%s failed: %w", ErrTransport, s.subject, eosSuffix, err)
 	}
-	s.sub, s.eosSub, s.reasm, s.sources = sub, eos, map[string]*envelope.Reassembler{}, map[string]bool{}
+	s.sub, s.eosSub, s.sources = sub, eos, map[string]bool{}
 	return nil
 }
 
-// Counts reports the messages dropped (pipeline.EventCounter).
+// Counts reports the messages dropped, once there are some (pipeline.EventCounter).
 func (s *natsSubscriber) Counts() map[string]int64 {
-	return map[string]int64{"dropped_messages": s.dropped.Load()}
+	return nonZero(map[string]int64{"dropped_messages": s.drops.n.Load()})
 }
 
-// drop counts a message that is not the pipeline's, logging the first of
-// each source.
-func (s *natsSubscriber) drop(source, why string) {
-	s.dropped.Add(1)
-	s.mu.Lock()
-	first := !s.warned[source] && len(s.warned) < maxWarnedSources
-	if first {
-		if s.warned == nil {
-			s.warned = map[string]bool{}
-		}
-		s.warned[source] = true
+// dropLog counts the messages an edge drops and logs the first of each
+// source (at most maxWarnedSources of them).
+type dropLog struct {
+	log    *slog.Logger
+	n      atomic.Int64
+	mu     sync.Mutex
+	warned map[string]bool
+}
+
+func (d *dropLog) drop(source, why string) {
+	d.n.Add(1)
+	if source == "" {
+		source = "unknown"
 	}
-	s.mu.Unlock()
+	d.mu.Lock()
+	first := !d.warned[source] && len(d.warned) < maxWarnedSources
 	if first {
-		s.log.Warn("dropped a message that is not the pipeline's (further ones from this source are only counted)", "from", source, "why", why)
+		if d.warned == nil {
+			d.warned = map[string]bool{}
+		}
+		d.warned[source] = true
+	}
+	d.mu.Unlock()
+	if first {
+		d.log.Warn("dropped a message that is not the pipeline's (further ones from this source are only counted)", "from", source, "why", why)
 	}
 }
 
 func (s *natsSubscriber) onMsg(m *nats.Msg) {
 	inst := m.Header.Get(HeaderInstance)
 	if inst == "" {
-		s.drop("unknown", "no "+HeaderInstance+" header")
+		s.drops.drop("unknown", "no "+HeaderInstance+" header")
 		return
 	}
 	if !s.producers.has(inst) {
-		s.drop(inst, "not an instance of "+s.producers.service)
+		s.drops.drop(inst, "not an instance of "+s.producers.service)
 		return
 	}
 	data := m.Data
 	if h := m.Header.Get(envelope.HeaderChunk); h != "" {
-		r := s.reasm[inst]
-		if r == nil {
-			if len(s.reasm) >= maxProducerStreams {
-				s.drop(inst, "too many producers sending chunks")
-				return
-			}
-			r = &envelope.Reassembler{}
-			s.reasm[inst] = r
-		}
-		id, idx, n, err := envelope.ParseChunkHeader(h)
-		if err == nil {
-			data, err = r.Add(envelope.Chunk{ID: id, Index: idx, Count: n, Data: m.Data})
-		}
-		if err != nil {
-			s.drop(inst, err.Error())
+		var err error
+		if data, err = s.chunks.add(inst, h, m.Data, time.Now()); err != nil {
+			s.drops.drop(inst, err.Error())
 			return
 		}
 		if data == nil {
 			return
 		}
+	} else if s.chunks.whole(inst) {
+		s.drops.drop(inst, "a chunked message that lost its tail")
 	}
 	e, err := envelope.Unmarshal(data)
 	switch {
 	case err != nil:
-		s.drop(inst, err.Error())
+		s.drops.drop(inst, err.Error())
 		return
 	case e.Kind == envelope.KindEOS:
-		s.drop(inst, "an end of stream on the data subject")
+		s.drops.drop(inst, "an end of stream on the data subject")
 		return
 	}
+	s.received(inst, e.Seq)
 	e.Input, e.From = s.ref.input, inst
 	if s.reorder != nil && !s.reorder.active && !s.sources[inst] {
 		s.sources[inst] = true
@@ -151,7 +176,7 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 		// unless this instance takes only part of them (its queue group
 		// has others): then there is no whole order to restore.
 		if len(s.sources) == 2 || (len(s.sources) == 1 && len(s.producers.live()) > 1) {
-			alone := len(pingInstances(s.nc, s.self, 200*time.Millisecond)) <= 1
+			alone := len(s.self.live()) <= 1
 			s.orderMu.Lock()
 			s.reorder.active = alone
 			s.orderMu.Unlock()
@@ -163,6 +188,28 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 		}
 		return s.reorder.add(e, time.Now())
 	})
+}
+
+// received counts a data message of a producer instance.
+func (s *natsSubscriber) received(inst string, seq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.fromLocked(inst)
+	if f.got == 0 {
+		f.firstSeq, f.lastSeq = seq, seq
+	}
+	f.got++
+	f.lastSeq = max(f.lastSeq, seq)
+}
+
+// fromLocked is what inst has sent, made on first use. Called with mu held.
+func (s *natsSubscriber) fromLocked(inst string) *fromProducer {
+	f := s.from[inst]
+	if f == nil {
+		f = &fromProducer{}
+		s.from[inst] = f
+	}
+	return f
 }
 
 // ordered pushes, in order, what f takes from the reorder buffer, and
@@ -190,27 +237,30 @@ func (s *natsSubscriber) ordered(f func() []*envelope.Envelope) {
 }
 
 // onEOS records a producer instance's end of stream. The input ends once
-// every instance of the producer's service that is still there has ended.
+// every instance of the producer's service that is still there has ended
+// and, when this is the only instance of the consumer, the messages they
+// say they sent have arrived (see waitEnd).
 func (s *natsSubscriber) onEOS(m *nats.Msg) {
 	inst := m.Header.Get(HeaderInstance)
 	if e, err := envelope.Unmarshal(m.Data); err != nil || e.Kind != envelope.KindEOS {
-		s.drop(inst, "not an end of stream on the end subject")
+		s.drops.drop(inst, "not an end of stream on the end subject")
 		return
 	}
-	if inst == "" {
-		s.drop(inst, "an end of stream from no instance")
+	sent, err := strconv.ParseUint(m.Header.Get(HeaderSent), 10, 64)
+	if err != nil {
+		s.drops.drop(inst, "an end of stream without a valid "+HeaderSent+" header")
 		return
 	}
-	// An instance that sent its end and left before this input asked who
-	// is there is unknown, yet its end counts: the input ends only once
-	// every instance still there has ended too, so a made-up one changes
-	// nothing while a producer runs.
-	_ = s.producers.has(inst)
+	// An instance that sent nothing and has already left (a served stage
+	// that ended before this input asked who is there) is unknown, yet its
+	// end must count, or the input waits for it for ever.
+	if inst == "" || (!s.producers.has(inst) && sent > 0) {
+		s.drops.drop(inst, "an end of stream from no instance of "+s.producers.service)
+		return
+	}
 	s.mu.Lock()
-	if s.eosFrom == nil {
-		s.eosFrom = map[string]bool{}
-	}
-	s.eosFrom[inst] = true
+	f := s.fromLocked(inst)
+	f.eos, f.sent = true, sent // the latest says
 	start := !s.ending
 	s.ending = true
 	s.mu.Unlock()
@@ -219,20 +269,59 @@ func (s *natsSubscriber) onEOS(m *nats.Msg) {
 	}
 }
 
-// waitEnd waits until no instance of the producer that has not sent its
-// end of stream is left, then ends the input.
+// waitEnd waits until every instance of the producer that is still there
+// has sent its end of stream (one that has sent nothing at all is waited
+// for ghostWait), and, when this is the only instance of the consumer
+// stage, until the messages they say they sent have arrived; then, once
+// none of those instances says it is still running (a forged end of
+// stream), it ends the input. An end of stream that says fewer messages
+// were sent than arrived (forged, or messages were injected), or one a
+// producer contradicts, ends the input only once nothing more has arrived
+// for eosWait (and, in block flow, the stage has taken all that did), and
+// so does one whose messages do not all come (lost while the server was
+// away).
 func (s *natsSubscriber) waitEnd() {
-	tick := time.NewTicker(250 * time.Millisecond)
+	sole := len(s.self.live()) <= 1
+	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
+	var ghostSince, stillSince time.Time
+	var lastGot uint64
+	contradicted := false
 	for {
 		live := s.producers.live()
-		s.mu.Lock()
-		done := true
-		for _, inst := range live {
-			done = done && s.eosFrom[inst]
+		st := s.endState(live, sole)
+		now := time.Now()
+		// Still: nothing arrived, and in block flow the stage has taken
+		// all that did (a stage that is behind holds its producer back).
+		if st.got != lastGot || stillSince.IsZero() || (s.block && st.taken < st.got) {
+			lastGot, stillSince = st.got, now
 		}
-		s.mu.Unlock()
-		if done {
+		switch {
+		case len(st.open) == 0 || !st.ghosts:
+			ghostSince = time.Time{}
+		case ghostSince.IsZero():
+			ghostSince = now
+		case now.Sub(ghostSince) >= ghostWait:
+			s.log.Warn("ending the input without the instances of its producer that answer discovery but sent nothing", "service", s.producers.service, "instances", st.open)
+			st.open = nil
+		}
+		still := now.Sub(stillSince) >= eosWait
+		switch {
+		case len(st.open) > 0:
+		case st.unsure && !still:
+		case st.unsure:
+			s.log.Warn("ending the input, though the ends of stream of its producer do not match what arrived", "service", s.producers.service,
+				"missing", st.missing, "beyond", st.beyond)
+			s.finish()
+			return
+		case !s.stillRunning(st.ended):
+			s.finish()
+			return
+		case !contradicted:
+			contradicted = true
+			s.drops.drop(strings.Join(st.ended, ","), "an end of stream from an instance that says it is still running")
+		case still:
+			s.log.Warn("ending the input: nothing has arrived for a while, though its producer says it is still running", "service", s.producers.service)
 			s.finish()
 			return
 		}
@@ -242,6 +331,97 @@ func (s *natsSubscriber) waitEnd() {
 			return
 		}
 	}
+}
+
+// stillRunning asks the producer instances that sent an end of stream
+// whether they have ended (on the credit subject, which they read): an
+// instance that answers "running" did not send it. An instance that does
+// not answer (gone) has ended.
+func (s *natsSubscriber) stillRunning(insts []string) bool {
+	if len(insts) == 0 {
+		return false
+	}
+	inbox := s.nc.NewRespInbox()
+	sub, err := s.nc.SubscribeSync(inbox)
+	if err != nil {
+		return false
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	for _, inst := range insts {
+		_ = s.nc.PublishRequest(s.subject+ackSuffix, inbox, []byte(s.ref.id()+" "+s.instance+" "+ackAsk+" "+inst))
+	}
+	answered := map[string]bool{}
+	deadline := time.Now().Add(250 * time.Millisecond)
+	for len(answered) < len(insts) {
+		m, err := sub.NextMsg(time.Until(deadline))
+		if err != nil {
+			return false
+		}
+		inst, state, _ := strings.Cut(string(m.Data), " ")
+		if !slices.Contains(insts, inst) {
+			continue
+		}
+		if state == ackRunning {
+			return true
+		}
+		answered[inst] = true
+	}
+	return false
+}
+
+// endState is where the ends of stream of an input stand.
+type endState struct {
+	open  []string // live instances that have not sent their end of stream
+	ended []string // instances that have sent it
+	// ghosts: none of those has sent anything.
+	ghosts bool
+	// unsure: what the ends of stream say was sent has not all arrived
+	// (missing), or less than arrived (beyond); only for a sole consumer.
+	unsure          bool
+	missing, beyond uint64
+	got, taken      uint64 // messages arrived in all, and taken by the stage (block flow)
+}
+
+func (s *natsSubscriber) endState(live []string, sole bool) endState {
+	pending := 0
+	if sole {
+		pending, _, _ = s.sub.Pending() // arrived, not yet through onMsg
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := endState{ghosts: true}
+	for _, inst := range live {
+		if f := s.from[inst]; f == nil || !f.eos {
+			st.open = append(st.open, inst)
+			st.ghosts = st.ghosts && f == nil
+		}
+	}
+	for _, c := range s.taken {
+		st.taken += c.Load()
+	}
+	for inst, f := range s.from {
+		st.got += f.got
+		if f.eos {
+			st.ended = append(st.ended, inst)
+		}
+		if !f.eos || !sole {
+			continue
+		}
+		first := uint64(0)
+		if f.got > 0 {
+			first = f.firstSeq // an input attached to a running stream missed what came before
+		}
+		want := f.sent - min(first, f.sent)
+		switch {
+		case f.got > want:
+			st.beyond += f.got - want
+		case f.got < want:
+			st.missing += want - f.got
+		}
+	}
+	st.missing -= min(st.missing, uint64(pending))
+	st.unsure = st.missing > 0 || st.beyond > 0
+	return st
 }
 
 // finish ends the input: what the server has sent is taken first, then
@@ -266,6 +446,9 @@ func (s *natsSubscriber) finish() {
 // ended tells the edge's producers that this consumer instance takes
 // nothing more, so they stop waiting for its credits.
 func (s *natsSubscriber) ended() {
+	s.mu.Lock()
+	s.endSent = true
+	s.mu.Unlock()
 	if s.block {
 		_ = s.nc.Publish(s.subject+ackSuffix, []byte(s.ref.id()+" "+s.instance+" "+ackEnd))
 	}
@@ -285,11 +468,46 @@ func (s *natsSubscriber) took(e *envelope.Envelope) {
 	}
 	s.mu.Unlock()
 	if n := c.Add(1); n%s.ackEvery == 0 {
-		_ = s.nc.Publish(s.subject+ackSuffix, []byte(s.ref.id()+" "+s.instance+" "+strconv.FormatUint(n, 10)+" "+e.From))
+		s.credit(e.From, n)
+	}
+}
+
+func (s *natsSubscriber) credit(producer string, n uint64) {
+	_ = s.nc.Publish(s.subject+ackSuffix, []byte(s.ref.id()+" "+s.instance+" "+strconv.FormatUint(n, 10)+" "+producer))
+}
+
+// reconnected runs when a connection of the run is back after the server
+// was away: credits sent meanwhile may be lost, so they go again (or the
+// end, once the input has ended).
+func (s *natsSubscriber) reconnected() {
+	if !s.block {
+		return
+	}
+	s.mu.Lock()
+	ended, detached := s.endSent, s.detached
+	counts := map[string]uint64{}
+	for inst, c := range s.taken {
+		counts[inst] = c.Load()
+	}
+	s.mu.Unlock()
+	switch {
+	case detached:
+	case ended:
+		s.ended()
+	default:
+		for inst, n := range counts {
+			s.credit(inst, n)
+		}
 	}
 }
 
 func (s *natsSubscriber) detach() {
+	s.mu.Lock()
+	s.detached = true
+	s.mu.Unlock()
+	if s.unhook != nil {
+		s.unhook()
+	}
 	_ = s.sub.Unsubscribe()
 	_ = s.eosSub.Unsubscribe()
 }
@@ -321,25 +539,86 @@ func (s *natsSubscriber) drain(ctx context.Context) error {
 	return nil
 }
 
-// producerSet is what the instances of a producer stage's micro service
-// say they are (their "instance" metadata), asked with a micro PING.
-type producerSet struct {
+// joiner reassembles the chunked messages of an input: one partial
+// message per producer instance, for at most maxProducerStreams of them,
+// each of at most envelope.DefaultMaxMessageBytes; a partial message is
+// dropped when a whole message of its producer overtakes it (a producer
+// sends a message's parts one after the other) or when it is older than
+// maxPartialAge.
+type joiner struct {
+	r     map[string]*envelope.Reassembler
+	since map[string]time.Time // when its partial message began
+}
+
+// add takes one chunk of inst's; it returns the message once whole.
+func (j *joiner) add(inst, header string, data []byte, now time.Time) ([]byte, error) {
+	id, idx, n, err := envelope.ParseChunkHeader(header)
+	if err != nil {
+		return nil, err
+	}
+	j.expire(now)
+	r := j.r[inst]
+	if r == nil {
+		if len(j.r) >= maxProducerStreams {
+			return nil, fmt.Errorf("%w: chunks from more than %d producers", envelope.ErrChunk, maxProducerStreams)
+		}
+		if j.r == nil {
+			j.r, j.since = map[string]*envelope.Reassembler{}, map[string]time.Time{}
+		}
+		r = &envelope.Reassembler{}
+		j.r[inst] = r
+	}
+	if idx == 0 {
+		j.since[inst] = now
+	}
+	out, err := r.Add(envelope.Chunk{ID: id, Index: idx, Count: n, Data: data})
+	if r.Pending() == 0 {
+		delete(j.r, inst)
+		delete(j.since, inst)
+	}
+	return out, err
+}
+
+// whole says a whole message of inst's arrived: a partial message of its
+// is lost. It reports whether there was one.
+func (j *joiner) whole(inst string) bool {
+	if _, ok := j.r[inst]; !ok {
+		return false
+	}
+	delete(j.r, inst)
+	delete(j.since, inst)
+	return true
+}
+
+// expire drops the partial messages older than maxPartialAge.
+func (j *joiner) expire(now time.Time) {
+	for inst, t := range j.since {
+		if now.Sub(t) > maxPartialAge {
+			delete(j.r, inst)
+			delete(j.since, inst)
+		}
+	}
+}
+
+// instanceSet is what the instances of a stage's micro service say they
+// are (their "instance" metadata), asked with a micro PING.
+type instanceSet struct {
 	nc      *nats.Conn
 	service string
-	local   string // the only instance, when the producer is in this process
+	local   string // the only instance, when the stage runs in this process
 
 	mu    sync.Mutex
 	known map[string]bool // every instance ever seen
 	asked time.Time
 }
 
-func newProducerSet(nc *nats.Conn, service, local string) *producerSet {
-	return &producerSet{nc: nc, service: service, local: local, known: map[string]bool{}}
+func newInstanceSet(nc *nats.Conn, service, local string) *instanceSet {
+	return &instanceSet{nc: nc, service: service, local: local, known: map[string]bool{}}
 }
 
 // has reports whether inst is (or was) an instance of the service; an
 // unknown one makes it ask again, at most 5 times a second.
-func (p *producerSet) has(inst string) bool {
+func (p *instanceSet) has(inst string) bool {
 	if p.local != "" {
 		return inst == p.local
 	}
@@ -349,18 +628,20 @@ func (p *producerSet) has(inst string) bool {
 	if ok || !stale {
 		return ok
 	}
-	return slices.Contains(p.ask(inst), inst)
+	return slices.Contains(p.live(), inst)
 }
 
 // live asks which instances are there now.
-func (p *producerSet) live() []string { return p.ask("") }
-
-// ask pings the service; it stops early once want (when set) answers.
-func (p *producerSet) ask(want string) []string {
+func (p *instanceSet) live() []string {
 	if p.local != "" {
 		return []string{p.local}
 	}
-	insts := pingUntil(p.nc, p.service, 300*time.Millisecond, want)
+	var insts []string
+	for _, ping := range pingServices(p.nc, micro.APIPrefix+".PING."+p.service, 300*time.Millisecond) {
+		if i := ping.Metadata["instance"]; i != "" {
+			insts = append(insts, i)
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.asked = time.Now()
@@ -371,24 +652,30 @@ func (p *producerSet) ask(want string) []string {
 }
 
 // pingInstances sends a micro PING to a service and collects the
-// "instance" metadata of those that answer, waiting at most quiet after
-// the last answer.
+// "instance" metadata of those that answer.
 func pingInstances(nc *nats.Conn, service string, quiet time.Duration) []string {
-	return pingUntil(nc, service, quiet, "")
+	var out []string
+	for _, ping := range pingServices(nc, micro.APIPrefix+".PING."+service, quiet) {
+		if i := ping.Metadata["instance"]; i != "" {
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
-// pingUntil is pingInstances that returns as soon as want answers.
-func pingUntil(nc *nats.Conn, service string, quiet time.Duration, want string) []string {
+// pingServices sends a micro PING on subject and collects the answers,
+// waiting at most quiet after the last one.
+func pingServices(nc *nats.Conn, subject string, quiet time.Duration) []micro.Ping {
 	inbox := nc.NewRespInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
 		return nil
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	if err := nc.PublishRequest(micro.APIPrefix+".PING."+service, inbox, nil); err != nil {
+	if err := nc.PublishRequest(subject, inbox, nil); err != nil {
 		return nil
 	}
-	var out []string
+	var out []micro.Ping
 	deadline := time.Now().Add(5 * quiet)
 	for time.Now().Before(deadline) {
 		m, err := sub.NextMsg(quiet)
@@ -396,11 +683,8 @@ func pingUntil(nc *nats.Conn, service string, quiet time.Duration, want string) 
 			break
 		}
 		var ping micro.Ping
-		if json.Unmarshal(m.Data, &ping) == nil && ping.Metadata["instance"] != "" {
-			out = append(out, ping.Metadata["instance"])
-			if want != "" && ping.Metadata["instance"] == want {
-				break
-			}
+		if json.Unmarshal(m.Data, &ping) == nil {
+			out = append(out, ping)
 		}
 	}
 	return out
@@ -412,9 +696,9 @@ func pingUntil(nc *nats.Conn, service string, quiet time.Duration, want string) 
 // upstream leaves a gap for good; an input attached to a running stream
 // starts with one).
 type reorder struct {
-	active bool // two producer instances were seen: until then messages pass in order
-	limit  int
+	active bool          // several producer instances were seen: until then messages pass in order
 	wait   time.Duration // how long a gap may hold messages back
+	limit  int
 	next   map[string]uint64
 	held   map[string][]*envelope.Envelope
 	since  map[string]time.Time
@@ -475,7 +759,7 @@ func (r *reorder) waiting() bool {
 	return false
 }
 
-// skip gives up on the gaps of streams that have waited gapWait.
+// skip gives up on the gaps of streams that have waited wait.
 func (r *reorder) skip() []*envelope.Envelope {
 	var out []*envelope.Envelope
 	now := time.Now()

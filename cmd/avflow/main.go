@@ -179,6 +179,7 @@ func runCmd() *cli.Command {
 		ArgsUsage: "pipeline.yaml",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "nats", Usage: "use the NATS server at this URL instead of the embedded one", EnvVars: []string{"AVFLOW_NATS_URL"}},
+			&cli.BoolFlag{Name: "listen", Usage: "open the embedded NATS server to other clients (nats sub, nats micro ls) on a loopback port, with a user and password made for this run, printed once"},
 			&cli.StringFlag{Name: "transport", Usage: "override the pipeline's transport: auto (default: in-process edges zero-copy, NATS for services, metadata and unread ports), nats (every edge a NATS subject) or local (in-process only, no NATS)"},
 			&cli.StringSliceFlag{Name: "set", Usage: "override a param: stage.param=value (repeatable)"},
 			&cli.StringFlag{Name: "name", Usage: "the deployment's name (its subjects and services): the file's name: by default"},
@@ -247,7 +248,10 @@ func runPipeline(c *cli.Context, cmd string, serve []string) error {
 		slog.Info("external NATS server", "url", secret.URL(auth.URL), "nats", auth)
 	}
 	opts := pipeline.Options{NATSURL: auth.URL, NATSOptions: natsOpts, Transport: c.String("transport"),
-		Remote: c.StringSlice("remote"), RemoteTimeout: c.Duration("remote-timeout"), Serve: serve}
+		Remote: c.StringSlice("remote"), RemoteTimeout: c.Duration("remote-timeout"), Serve: serve, Listen: c.Bool("listen")}
+	if opts.Listen && auth.URL != "" {
+		return cli.Exit("avflow "+cmd+": --listen opens the embedded NATS server; with --nats, other clients connect to that server", exitInvalid)
+	}
 	if auth.URL == "" && (len(opts.Remote) > 0 || cfg.HasRemote()) {
 		return cli.Exit("avflow "+cmd+": remote stages need --nats: the server their services use", exitInvalid)
 	}
@@ -285,6 +289,9 @@ func runPipeline(c *cli.Context, cmd string, serve []string) error {
 		}()
 		showProgress(r, done, stopped, c.Duration("progress-interval"))
 	}()
+	if opts.Listen {
+		go printListener(r, done)
+	}
 	start := time.Now()
 	err = r.Run(ctx)
 	close(done)

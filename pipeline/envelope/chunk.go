@@ -18,6 +18,10 @@ var ErrChunk = errors.New("envelope: bad chunk")
 // MaxChunks bounds how many chunks one message may have (with 1 MiB chunks, 1 GiB).
 const MaxChunks = 1024
 
+// DefaultMaxMessageBytes is the largest message a Reassembler joins unless
+// told otherwise: an 8192x8192 RGBA frame, the largest a filter makes.
+const DefaultMaxMessageBytes = 256 << 20
+
 // Chunk is one part of a split message.
 type Chunk struct {
 	ID    uint64
@@ -72,13 +76,28 @@ func Split(id uint64, b []byte, max int) ([]Chunk, error) {
 
 // Reassembler joins the chunks of one producer's messages, which NATS
 // delivers in order. A gap or a new id before the last part drops the partial
-// message and reports ErrChunk; the next message starts fresh.
+// message and reports ErrChunk; the next message starts fresh. It holds one
+// partial message at most, of at most MaxBytes: a message that would be
+// larger is refused from its first part on.
 type Reassembler struct {
+	// MaxBytes is the largest message it joins (0: DefaultMaxMessageBytes).
+	MaxBytes int
+
 	id    uint64
 	next  int
 	count int
 	buf   []byte
 }
+
+func (r *Reassembler) maxBytes() int {
+	if r.MaxBytes > 0 {
+		return r.MaxBytes
+	}
+	return DefaultMaxMessageBytes
+}
+
+// Pending is the number of bytes it holds of a partial message.
+func (r *Reassembler) Pending() int { return len(r.buf) }
 
 // Add takes one chunk. It returns the whole message once its last part arrives.
 func (r *Reassembler) Add(c Chunk) ([]byte, error) {
@@ -89,12 +108,16 @@ func (r *Reassembler) Add(c Chunk) ([]byte, error) {
 	if c.Index == 0 {
 		lost := r.next != 0
 		r.reset()
+		// Every part but the last is as long as the first.
+		if max := r.maxBytes(); len(c.Data) > max || (c.Count-1)*len(c.Data) > max {
+			return nil, fmt.Errorf("%w: message %d of %d parts of %d bytes is over %d bytes", ErrChunk, c.ID, c.Count, len(c.Data), max)
+		}
 		r.id, r.count = c.ID, c.Count
 		if c.Count == 1 {
 			r.reset()
 			return append([]byte(nil), c.Data...), nil
 		}
-		r.buf = append(r.buf[:0], c.Data...)
+		r.buf = append([]byte(nil), c.Data...)
 		r.next = 1
 		if lost {
 			return nil, fmt.Errorf("%w: message %d lost its tail", ErrChunk, r.id)
@@ -104,6 +127,10 @@ func (r *Reassembler) Add(c Chunk) ([]byte, error) {
 	if c.ID != r.id || c.Index != r.next || c.Count != r.count {
 		r.reset()
 		return nil, fmt.Errorf("%w: got part %d/%d of message %d, expected part %d of message %d", ErrChunk, c.Index, c.Count, c.ID, r.next, r.id)
+	}
+	if max := r.maxBytes(); len(r.buf)+len(c.Data) > max {
+		r.reset()
+		return nil, fmt.Errorf("%w: message %d is over %d bytes", ErrChunk, c.ID, max)
 	}
 	r.buf = append(r.buf, c.Data...)
 	r.next++
@@ -116,7 +143,8 @@ func (r *Reassembler) Add(c Chunk) ([]byte, error) {
 	return out, nil
 }
 
+// reset drops the partial message and the memory it held.
 func (r *Reassembler) reset() {
-	r.buf = r.buf[:0]
+	r.buf = nil
 	r.next, r.count = 0, 0
 }

@@ -186,10 +186,15 @@ func FuzzUnmarshal(f *testing.F) {
 
 func FuzzChunks(f *testing.F) {
 	f.Add([]byte("hello world"), uint16(3), "1 0 2")
+	f.Add(bytes.Repeat([]byte("x"), 100), uint16(10), "77 0 1024") // announces a message over MaxBytes
+	f.Add(bytes.Repeat([]byte("y"), 5000), uint16(1000), "1 0 2")  // is one
 	f.Fuzz(func(t *testing.T, data []byte, max uint16, header string) {
-		var r Reassembler
+		r := Reassembler{MaxBytes: 4096}
 		if id, idx, n, err := ParseChunkHeader(header); err == nil {
 			_, _ = r.Add(Chunk{ID: id, Index: idx, Count: n, Data: data})
+		}
+		if r.Pending() > r.MaxBytes {
+			t.Fatalf("holds %d bytes, over its %d", r.Pending(), r.MaxBytes)
 		}
 		parts, err := Split(5, data, int(max))
 		if err != nil {
@@ -198,12 +203,21 @@ func FuzzChunks(f *testing.F) {
 		var got []byte
 		for _, p := range parts {
 			out, err := r.Add(p)
-			if err != nil && p.Index != 0 {
+			if err != nil && p.Index != 0 && len(data) <= r.MaxBytes {
 				t.Fatalf("in-order part %d rejected: %v", p.Index, err)
 			}
 			if out != nil {
 				got = out
 			}
+			if r.Pending() > r.MaxBytes {
+				t.Fatalf("holds %d bytes, over its %d", r.Pending(), r.MaxBytes)
+			}
+		}
+		if len(data) > r.MaxBytes {
+			if got != nil {
+				t.Fatalf("joined a message of %d bytes, over its %d", len(got), r.MaxBytes)
+			}
+			return
 		}
 		if !bytes.Equal(got, data) {
 			t.Fatalf("reassembled %q, want %q", got, data)

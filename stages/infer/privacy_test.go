@@ -192,14 +192,14 @@ stages:
 	if err := env.Validate(cfg); err != nil {
 		t.Fatal(err)
 	}
-	r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Log: slog.New(slog.DiscardHandler)})
+	r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Log: slog.New(slog.DiscardHandler), Listen: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- r.Run(context.Background()) }()
 	<-r.Ready()
-	nc, err := nats.Connect(r.NATSURL())
+	nc, err := nats.Connect(r.NATSURL(), nats.UserInfo(r.ListenCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
