@@ -313,8 +313,14 @@ func (r *Runner) refuseSecondRun() error {
 	if r.embedded != nil || len(r.opts.Serve) > 0 {
 		return nil
 	}
+	// Another driver would run the same stages: asking the service of
+	// one of them is enough (and needs one permission, not every service's).
+	probe := r.firstLocalStage()
+	if probe == "" {
+		return nil
+	}
 	var first *micro.Ping
-	for _, ping := range pingServices(r.pool.conns[0], micro.APIPrefix+".PING", 300*time.Millisecond) {
+	for _, ping := range pingServices(r.pool.conns[0], micro.APIPrefix+".PING."+ServiceName(r.cfg.Name, probe), 300*time.Millisecond) {
 		stage := ping.Metadata["stage"]
 		if ping.Metadata["pipeline"] != r.cfg.Name || r.cfg.Stage(stage) == nil || r.remote[stage] || ping.Metadata["instance"] == r.instance {
 			continue
@@ -332,4 +338,15 @@ func (r *Runner) refuseSecondRun() error {
 	}
 	return fmt.Errorf("%w: deployment %q already runs on the NATS server at %s: its stage %q answers from instance %s on %s; a second run would exchange frames with it: stop that one, or give this one another name (--name)",
 		ErrRunning, r.cfg.Name, secret.URL(r.opts.NATSURL), first.Metadata["stage"], first.Metadata["instance"], host)
+}
+
+// firstLocalStage is the first stage, in topological order, that this
+// process runs ("" if none).
+func (r *Runner) firstLocalStage() string {
+	for _, s := range r.cfg.order {
+		if !r.remote[s.Name] {
+			return s.Name
+		}
+	}
+	return ""
 }

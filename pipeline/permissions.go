@@ -90,6 +90,11 @@ func Permissions(cfg *Config, p Process) (NATSPermissions, error) {
 	for _, name := range p.Serve { // serve checks the stage's other instances agree
 		ps.ping(name)
 	}
+	if len(p.Serve) == 0 { // a second driver of the deployment is refused: its first stage is asked for
+		if first := ps.r.firstLocalStage(); first != "" {
+			ps.ping(first)
+		}
+	}
 	return NATSPermissions{Publish: sortSubjects(ps.pub), Subscribe: sortSubjects(ps.sub), Responses: 2*ps.services - 1}, nil
 }
 
@@ -141,6 +146,9 @@ func (ps *permSet) outputs(s *StageConfig) {
 		ps.pub[subject+eosSuffix] = true
 		if ps.r.edgeFlow(port.Type) == FlowBlock {
 			ps.sub[subject+ackSuffix] = true
+			for _, in := range ps.r.remoteReaders(s.Name, port.Name) {
+				ps.ping(in.stage) // credits are taken only from the reader's instances
+			}
 		}
 	}
 }

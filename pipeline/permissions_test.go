@@ -86,13 +86,14 @@ func TestPermissions(t *testing.T) {
 		pub, sub  []string
 	}{
 		{"run, one process", "block", pipeline.Process{}, 5,
-			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.src.audio.eos"},
-			append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.src.audio.ack"}, services("flt", "out", "src")...)},
+			// A second driver is refused: the first stage's service is asked for.
+			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.src.audio.eos", "$SRV.PING.cam-src"},
+			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.src.audio.ack"}, services("flt", "out", "src")...), "_INBOX.>")},
 		{"serve flt", "block", pipeline.Process{Serve: []string{"flt"}}, 1,
-			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-flt", "$SRV.PING.cam-src"},
+			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-flt", "$SRV.PING.cam-out", "$SRV.PING.cam-src"},
 			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.flt.out.ack", "avflow.cam.src.video", "avflow.cam.src.video.eos"}, services("flt")...), "_INBOX.>")},
 		{"run, flt remote", "block", pipeline.Process{Remote: []string{"flt"}}, 3,
-			[]string{"avflow.cam.flt.out.ack", "avflow.cam.src.audio.eos", "avflow.cam.src.video", "avflow.cam.src.video.eos", "$SRV.PING.cam-flt", "$SRV.PING.cam-out"},
+			[]string{"avflow.cam.flt.out.ack", "avflow.cam.src.audio.eos", "avflow.cam.src.video", "avflow.cam.src.video.eos", "$SRV.PING.cam-flt", "$SRV.PING.cam-out", "$SRV.PING.cam-src"},
 			append(append([]string{"avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.audio.ack", "avflow.cam.src.video.ack"}, services("out", "src")...), "_INBOX.>")},
 		{"serve flt and out", "block", pipeline.Process{Serve: []string{"flt", "out"}}, 3,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-flt", "$SRV.PING.cam-out", "$SRV.PING.cam-src"},
@@ -103,9 +104,9 @@ func TestPermissions(t *testing.T) {
 			append(append([]string{"avflow.cam.src.video", "avflow.cam.src.video.eos"}, services("flt")...), "_INBOX.>")},
 		{"run, transport nats", "block", pipeline.Process{Transport: "nats"}, 5,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.ack", "avflow.cam.flt.out.eos",
-				"avflow.cam.src.audio.eos", "avflow.cam.src.video", "avflow.cam.src.video.ack", "avflow.cam.src.video.eos"},
-			append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.flt.out", "avflow.cam.flt.out.ack", "avflow.cam.flt.out.eos",
-				"avflow.cam.src.audio.ack", "avflow.cam.src.video", "avflow.cam.src.video.ack", "avflow.cam.src.video.eos"}, services("flt", "out", "src")...)},
+				"avflow.cam.src.audio.eos", "avflow.cam.src.video", "avflow.cam.src.video.ack", "avflow.cam.src.video.eos", "$SRV.PING.cam-src"},
+			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.flt.out", "avflow.cam.flt.out.ack", "avflow.cam.flt.out.eos",
+				"avflow.cam.src.audio.ack", "avflow.cam.src.video", "avflow.cam.src.video.ack", "avflow.cam.src.video.eos"}, services("flt", "out", "src")...), "_INBOX.>")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -145,6 +146,7 @@ func TestPermissionsConfig(t *testing.T) {
       "avflow.cam.flt.out.eos"
       "avflow.cam.src.video.ack"
       "$SRV.PING.cam-flt"
+      "$SRV.PING.cam-out"
       "$SRV.PING.cam-src"
     ]
   }

@@ -394,8 +394,10 @@ func (r *Runner) syncErrors() {
 	if r.pool == nil {
 		return
 	}
-	_ = r.pool.Flush()
 	for _, nc := range r.pool.conns {
+		if nc.IsConnected() { // a server that is away is another error, with its own bound
+			_ = nc.FlushTimeout(2 * time.Second)
+		}
 		if err := nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) {
 			r.fail(fmt.Errorf("%w: NATS error: %w", ErrTransport, err))
 		}

@@ -44,14 +44,14 @@ func TestPermissionsCommand(t *testing.T) {
 		wants, nots []string
 	}{
 		{"served stage", []string{"--stage", "flt"}, 0,
-			[]string{"#   avflow serve " + p + " --stage flt --nats URL\n", "permissions: {\n", `"avflow.cam.dec.out"`, `"avflow.cam.flt.out"`, `"$SRV.PING.cam-dec"`, `"$SRV.STATS.cam-flt.*"`, "allow_responses: {max: 1}\n"},
-			[]string{`"avflow.cam.src.video"`, `"avflow.cam.enc.out"`, "cam-enc"}},
+			[]string{"#   avflow serve " + p + " --stage flt --nats URL\n", "permissions: {\n", `"avflow.cam.dec.out"`, `"avflow.cam.flt.out"`, `"$SRV.PING.cam-dec"`, `"$SRV.STATS.cam-flt.*"`, "allow_responses: {max: 1}\n", `"$SRV.PING.cam-enc"`},
+			[]string{`"avflow.cam.src.video"`, `"avflow.cam.enc.out"`, `"$SRV.INFO.cam-enc"`}},
 		{"run with a remote stage", []string{"--remote", "flt"}, 0,
 			[]string{"#   avflow run " + p + " --remote flt --nats URL\n", `"avflow.cam.dec.out"`, `"$SRV.PING.cam-flt"`, `"_INBOX.>"`},
 			[]string{`"$SRV.PING.cam-flt.*"`, `"avflow.cam.src.video"`}},
 		{"one process", nil, 0,
-			[]string{"#   avflow run " + p + " --nats URL\n", `"$SRV.PING.cam-src"`},
-			[]string{`"avflow.cam.dec.out"`, `"_INBOX.>"`}},
+			[]string{"#   avflow run " + p + " --nats URL\n", `"$SRV.PING.cam-src"`, `"_INBOX.>"`},
+			[]string{`"avflow.cam.dec.out"`}},
 		{"both, renamed", []string{"--stage", "flt", "--remote", "flt", "--name", "cam2"}, 0,
 			[]string{`deployment "cam2"`, "--stage flt --name cam2 --nats URL\n", "--remote flt --name cam2 --nats URL\n", `"avflow.cam2.dec.out"`, `"avflow.cam2.flt.out"`},
 			[]string{`"avflow.cam.`}},
