@@ -12,7 +12,6 @@ import (
 
 	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline/envelope"
-	"github.com/nats-io/nats.go/micro"
 )
 
 // The graph supervisor: the hosts of a run and their edges, built from the
@@ -410,8 +409,7 @@ func (r *Runner) RemoveStages(ctx context.Context, names ...string) error {
 			if err := in.drain(ctx); err != nil {
 				return fmt.Errorf("stage %q: %w", n.cfg.Name, err)
 			}
-			in.ended()
-			_ = n.q.Push(ctx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Input: i}, nil)
+			n.endInput(ctx, i)
 		}
 	}
 	for _, n := range hosts {
@@ -556,7 +554,7 @@ func (r *Runner) waitRemote(ctx context.Context) error {
 	if len(r.opts.Serve) > 0 {
 		// Other processes may already serve these stages: they must agree.
 		for _, name := range r.opts.Serve {
-			if err := r.checkPeers(name, pingServices(r.pool.connFor(name), micro.APIPrefix+".PING."+ServiceName(r.cfg.Name, name), 200*time.Millisecond)); err != nil {
+			if err := r.checkPeers(name, pingService(r.pool.connFor(name), ServiceName(r.cfg.Name, name), 200*time.Millisecond)); err != nil {
 				return err
 			}
 		}
@@ -574,7 +572,7 @@ func (r *Runner) waitRemote(ctx context.Context) error {
 		svc := ServiceName(r.cfg.Name, name)
 		r.log.Info("waiting for a remote stage", "stage", name, "service", svc)
 		for {
-			if peers := pingServices(r.pool.connFor(name), micro.APIPrefix+".PING."+svc, 200*time.Millisecond); len(peers) > 0 {
+			if peers := pingService(r.pool.connFor(name), svc, 200*time.Millisecond); len(peers) > 0 {
 				if err := r.checkPeers(name, peers); err != nil {
 					return err
 				}
@@ -628,8 +626,7 @@ func (r *Runner) stopTaking() {
 				n.log.Warn("draining an input failed", "input", n.cfg.Inputs[i].String(), "err", err)
 			}
 			cancel()
-			in.ended()
-			_ = n.q.Push(r.runCtx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Input: i}, nil)
+			n.endInput(r.runCtx, i)
 		}
 	}
 }
@@ -690,7 +687,7 @@ func (r *Runner) watchRemote(ctx context.Context) {
 			if last[name] == nil {
 				last[name] = map[string]*seen{}
 			}
-			for _, p := range pingServices(r.pool.connFor(name), micro.APIPrefix+".PING."+svc, 200*time.Millisecond) {
+			for _, p := range pingService(r.pool.connFor(name), svc, 200*time.Millisecond) {
 				inst := p.Metadata["instance"]
 				if inst == "" {
 					continue

@@ -55,6 +55,14 @@ func (n *host) ended() {
 	}
 }
 
+// endInput ends input i as its end of stream would, once it takes
+// nothing more: its producers stop waiting for it, and the stage sees the
+// end after what is already queued.
+func (n *host) endInput(ctx context.Context, i int) {
+	n.ins[i].ended()
+	_ = n.q.Push(ctx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Input: i}, nil)
+}
+
 // closeTransport ends the host's subscriptions and publishers and releases
 // what is left in its queue; the connection is the pool's.
 func (n *host) closeTransport() {

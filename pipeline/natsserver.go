@@ -320,7 +320,7 @@ func (r *Runner) refuseSecondRun() error {
 		return nil
 	}
 	var first *micro.Ping
-	for _, ping := range pingServices(r.pool.conns[0], micro.APIPrefix+".PING."+ServiceName(r.cfg.Name, probe), 300*time.Millisecond) {
+	for _, ping := range pingService(r.pool.conns[0], ServiceName(r.cfg.Name, probe), 300*time.Millisecond) {
 		stage := ping.Metadata["stage"]
 		if ping.Metadata["pipeline"] != r.cfg.Name || r.cfg.Stage(stage) == nil || r.remote[stage] || ping.Metadata["instance"] == r.instance {
 			continue

@@ -182,12 +182,7 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 			s.orderMu.Unlock()
 		}
 	}
-	s.ordered(func() []*envelope.Envelope {
-		if s.reorder == nil {
-			return []*envelope.Envelope{e}
-		}
-		return s.reorder.add(e, time.Now())
-	})
+	s.ordered(func() []*envelope.Envelope { return s.reorder.add(e, time.Now()) })
 }
 
 // received counts a data message of a producer instance.
@@ -215,12 +210,6 @@ func (s *natsSubscriber) fromLocked(inst string) *fromProducer {
 // ordered pushes, in order, what f takes from the reorder buffer, and
 // arms the gap timer while messages wait there.
 func (s *natsSubscriber) ordered(f func() []*envelope.Envelope) {
-	if s.reorder == nil {
-		for _, out := range f() {
-			_ = s.ref.q.Push(s.ctx, out, nil)
-		}
-		return
-	}
 	s.orderMu.Lock()
 	defer s.orderMu.Unlock()
 	for _, out := range f() {
@@ -436,9 +425,7 @@ func (s *natsSubscriber) finish() {
 				return
 			}
 		}
-		if s.reorder != nil {
-			s.ordered(s.reorder.flush)
-		}
+		s.ordered(s.reorder.flush)
 		_ = s.ref.q.Push(s.ctx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Input: s.ref.input}, nil)
 	})
 }
@@ -533,9 +520,7 @@ func (s *natsSubscriber) drain(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	if s.reorder != nil {
-		s.ordered(s.reorder.flush)
-	}
+	s.ordered(s.reorder.flush)
 	return nil
 }
 
@@ -636,12 +621,7 @@ func (p *instanceSet) live() []string {
 	if p.local != "" {
 		return []string{p.local}
 	}
-	var insts []string
-	for _, ping := range pingServices(p.nc, micro.APIPrefix+".PING."+p.service, 300*time.Millisecond) {
-		if i := ping.Metadata["instance"]; i != "" {
-			insts = append(insts, i)
-		}
-	}
+	insts := pingInstances(p.nc, p.service, 300*time.Millisecond)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.asked = time.Now()
@@ -655,12 +635,17 @@ func (p *instanceSet) live() []string {
 // "instance" metadata of those that answer.
 func pingInstances(nc *nats.Conn, service string, quiet time.Duration) []string {
 	var out []string
-	for _, ping := range pingServices(nc, micro.APIPrefix+".PING."+service, quiet) {
+	for _, ping := range pingService(nc, service, quiet) {
 		if i := ping.Metadata["instance"]; i != "" {
 			out = append(out, i)
 		}
 	}
 	return out
+}
+
+// pingService is pingServices to one service's PING subject.
+func pingService(nc *nats.Conn, service string, quiet time.Duration) []micro.Ping {
+	return pingServices(nc, micro.APIPrefix+".PING."+service, quiet)
 }
 
 // pingServices sends a micro PING on subject and collects the answers,
@@ -708,9 +693,10 @@ func newReorder(limit int, wait time.Duration) *reorder {
 	return &reorder{limit: limit, wait: wait, next: map[string]uint64{}, held: map[string][]*envelope.Envelope{}, since: map[string]time.Time{}}
 }
 
-// add takes a message and returns those that may go on, in order.
+// add takes a message and returns those that may go on, in order. A nil
+// reorder (an input whose producer runs here) lets everything through.
 func (r *reorder) add(e *envelope.Envelope, now time.Time) []*envelope.Envelope {
-	if e.Src == nil {
+	if r == nil || e.Src == nil {
 		return []*envelope.Envelope{e}
 	}
 	st, seq := e.Src.Stream, e.Src.Seq
@@ -751,6 +737,9 @@ func (r *reorder) add(e *envelope.Envelope, now time.Time) []*envelope.Envelope 
 
 // waiting reports whether messages wait for a gap to fill.
 func (r *reorder) waiting() bool {
+	if r == nil {
+		return false
+	}
 	for _, h := range r.held {
 		if len(h) > 0 {
 			return true
@@ -780,6 +769,9 @@ func (r *reorder) skip() []*envelope.Envelope {
 
 // flush returns every message held, in order.
 func (r *reorder) flush() []*envelope.Envelope {
+	if r == nil {
+		return nil
+	}
 	var out []*envelope.Envelope
 	for st, h := range r.held {
 		out = append(out, h...)
