@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -52,21 +50,6 @@ func (b *brancher) Process(ctx context.Context, in pipeline.Batch) (pipeline.Bat
 
 func (b *brancher) Close() error { return nil }
 
-// frameCount is the number of video frames ffprobe decodes in a file.
-func frameCount(t *testing.T, path string) int {
-	t.Helper()
-	out, err := exec.Command(e2e.Tool(t, "ffprobe"), "-v", "error", "-count_frames", "-select_streams", "v:0",
-		"-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", path).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ffprobe %s: %v\n%s", path, err, out)
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(out)))
-	if err != nil {
-		t.Fatalf("ffprobe %s: %q", path, out)
-	}
-	return n
-}
-
 // TestBranchAddedAndRemoved: a stage adds a branch (an encoder and a file)
 // while the pipeline runs and removes it again; the main output has every
 // frame, the branch's file is a finished MP4 with exactly the frames passed
@@ -109,10 +92,10 @@ stages:
 			if b.addErr != nil || b.removeErr != nil {
 				t.Fatalf("adding the branch: %v; removing it: %v", b.addErr, b.removeErr)
 			}
-			if n := frameCount(t, main); n != 150 {
+			if n := e2e.VideoFrames(t, main); n != 150 {
 				t.Errorf("main output has %d frames, want 150", n)
 			}
-			if n := frameCount(t, b.branchPath); n != b.removeAt-b.addAt {
+			if n := e2e.VideoFrames(t, b.branchPath); n != b.removeAt-b.addAt {
 				t.Errorf("branch output has %d frames, want %d", n, b.removeAt-b.addAt)
 			}
 			stats := map[string]pipeline.StageStats{}

@@ -120,21 +120,6 @@ func videoSize(t *testing.T, video string) (int, int) {
 	return w, h
 }
 
-// videoFrames is the number of video packets in a file, by ffprobe.
-func videoFrames(t *testing.T, video string) int {
-	t.Helper()
-	out, err := exec.Command(e2e.Tool(t, "ffprobe"), "-v", "error", "-select_streams", "v:0", "-count_packets",
-		"-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", video).Output()
-	if err != nil {
-		t.Fatalf("ffprobe %s: %v", video, err)
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(out)))
-	if err != nil {
-		t.Fatalf("ffprobe %s: frames %q", video, out)
-	}
-	return n
-}
-
 func TestCropWindow(t *testing.T) {
 	// A face 64x96 at 288,96 of a 640x480 frame.
 	b := [4]float64{288.0 / 640, 96.0 / 480, 352.0 / 640, 192.0 / 480}

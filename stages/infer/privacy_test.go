@@ -142,7 +142,7 @@ func checkPrivate(t *testing.T, chk *checker, media, clip string) {
 	run(t, pipeline.Default, cfg)
 	input := filepath.Join(media, "facecam", clip+".mkv")
 	result := filepath.Join(out, clip+"-private.mp4")
-	frames := videoFrames(t, input)
+	frames := e2e.VideoPackets(t, input)
 	for _, sc := range checkScalers {
 		scores := chk.scores(t, result, sc.vf)
 		if len(scores) != frames {

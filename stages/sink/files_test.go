@@ -151,7 +151,7 @@ func TestFileRules(t *testing.T) {
 				if boxes := topBoxes(t, out); indexOf(boxes, "moov") < 0 {
 					t.Errorf("output boxes %v: no moov", boxes)
 				}
-				if n := videoPackets(t, out); n != len(pkts) {
+				if n := e2e.VideoPackets(t, out); n != len(pkts) {
 					t.Errorf("output holds %d packets, want %d", n, len(pkts))
 				}
 			case c.wantOldKept:

@@ -9,8 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -133,21 +131,6 @@ func indexOf(list []string, s string) int {
 		}
 	}
 	return -1
-}
-
-// videoPackets counts the video packets ffprobe reads in a file.
-func videoPackets(t *testing.T, path string) int {
-	t.Helper()
-	out, err := exec.Command(e2e.Tool(t, "ffprobe"), "-v", "error", "-select_streams", "v:0", "-count_packets",
-		"-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", path).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ffprobe %s: %v\n%s", path, err, out)
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(out)))
-	if err != nil {
-		t.Fatalf("ffprobe %s: %q", path, out)
-	}
-	return n
 }
 
 // smallDisk mounts a tmpfs of size bytes on a fresh folder, to be filled.

@@ -76,7 +76,7 @@ func TestFaststart(t *testing.T) {
 			if got := moov < mdat; got != c.moovFirst {
 				t.Errorf("top-level boxes %v: moov before mdat is %v, want %v", boxes, got, c.moovFirst)
 			}
-			if n := videoPackets(t, out); n != 60 {
+			if n := e2e.VideoPackets(t, out); n != 60 {
 				t.Errorf("ffprobe reads %d video packets, want 60", n)
 			}
 			if p := partialFiles(t, dir); len(p) != 0 {
