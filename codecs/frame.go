@@ -11,13 +11,14 @@ import (
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // Frame is an FFmpeg frame travelling with an envelope inside one process.
 type Frame struct{ F *astiav.Frame }
 
 // Clone returns a new reference to the same buffers.
-func (f *Frame) Clone() (envelope.Local, error) {
+func (f *Frame) Clone() (stage.Local, error) {
 	c := f.F.Clone()
 	if c == nil {
 		return nil, fmt.Errorf("codecs: cloning frame failed")
@@ -30,11 +31,11 @@ func (f *Frame) Free() { f.F.Free() }
 
 // FrameEnvelope wraps a frame in an envelope, taking ownership of f.
 // tb is the frame's time base; frameRate may be zero for audio.
-func FrameEnvelope(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) *envelope.Envelope {
-	e := &envelope.Envelope{
+func FrameEnvelope(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) *stage.Msg {
+	e := stage.New(envelope.Envelope{
 		Kind: envelope.KindFrame, Media: media, PTS: f.Pts(), DTS: f.Pts(),
-		TimeBase: Rat(tb), Key: f.KeyFrame(), Local: &Frame{F: f},
-	}
+		TimeBase: Rat(tb), Key: f.KeyFrame(),
+	}, &Frame{F: f})
 	if media == envelope.MediaVideo {
 		e.Video = videoFormat(f, Rat(frameRate))
 	} else {
@@ -66,7 +67,7 @@ func videoFormat(f *astiav.Frame, frameRate envelope.Rational) *envelope.VideoFo
 // one (a GPU frame is copied off the device first, see ToHost), or one
 // rebuilt from the payload (then kept as e.Local, so releasing e frees it).
 // The frame belongs to the envelope.
-func FrameOf(e *envelope.Envelope) (*astiav.Frame, error) {
+func FrameOf(e *stage.Msg) (*astiav.Frame, error) {
 	if l, ok := e.Local.(*Frame); ok {
 		if err := l.ToHost(e); err != nil {
 			return nil, err

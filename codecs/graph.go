@@ -25,6 +25,7 @@ import (
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // Sentinel errors.
@@ -198,8 +199,8 @@ func sar(r astiav.Rational) astiav.Rational {
 // Push sends a frame (nil: end of stream) and returns the frames that are
 // ready. A frame in another format than the graph was configured for ends
 // the graph (its last frames come out first) and configures a new one.
-func (g *Graph) Push(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) ([]*envelope.Envelope, error) {
-	var out []*envelope.Envelope
+func (g *Graph) Push(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) ([]*stage.Msg, error) {
+	var out []*stage.Msg
 	if f != nil && g.g != nil {
 		if in := FormatOf(f, media); in != g.in {
 			var err error
@@ -229,7 +230,7 @@ func (g *Graph) Push(f *astiav.Frame, media envelope.Media, tb, frameRate astiav
 }
 
 // send feeds f (nil: end of stream) and appends the frames that are ready.
-func (g *Graph) send(out []*envelope.Envelope, f *astiav.Frame) ([]*envelope.Envelope, error) {
+func (g *Graph) send(out []*stage.Msg, f *astiav.Frame) ([]*stage.Msg, error) {
 	if err := g.src.BuffersrcAddFrame(f, astiav.NewBuffersrcFlags(astiav.BuffersrcFlagKeepRef)); err != nil {
 		return out, fmt.Errorf("%w: feeding %q: %w", ErrFilter, g.spec, err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // videoFrame is a w x h yuv420p frame: luma 235 on the left half, 16 on
@@ -50,9 +51,7 @@ func videoFrame(t *testing.T, w, h int, pts int64) *astiav.Frame {
 // rate, with layout l, built from a zeroed payload.
 func audioFrame(t *testing.T, sf astiav.SampleFormat, bytes, rate int, l astiav.ChannelLayout, n int, pts int64) *astiav.Frame {
 	t.Helper()
-	e := &envelope.Envelope{Kind: envelope.KindFrame, Media: envelope.MediaAudio, PTS: pts,
-		Audio:   &envelope.AudioFormat{SampleFmt: sf.Name(), SampleRate: int32(rate), Channels: int32(l.NbChannels()), Samples: int32(n)},
-		Payload: make([]byte, n*l.NbChannels()*bytes)}
+	e := &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindFrame, Media: envelope.MediaAudio, PTS: pts, Audio: &envelope.AudioFormat{SampleFmt: sf.Name(), SampleRate: int32(rate), Channels: int32(l.NbChannels()), Samples: int32(n)}, Payload: make([]byte, n*l.NbChannels()*bytes)}}
 	f, err := FrameOf(e)
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +107,7 @@ func TestGraphConfiguresAgainOnANewFormat(t *testing.T) {
 			frames := tt.frames(t)
 			var got []string
 			var last FrameFormat
-			collect := func(out []*envelope.Envelope) {
+			collect := func(out []*stage.Msg) {
 				for _, e := range out {
 					f, err := FrameOf(e)
 					if err != nil {

@@ -11,7 +11,7 @@ import (
 	"sync"
 
 	"github.com/asticode/go-astiav"
-	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // ErrDownload reports a hardware frame that could not be copied to system memory.
@@ -134,10 +134,10 @@ func (l *downloaderList) put(d *Downloader) {
 
 // ToHost replaces a frame in device memory by a system-memory copy, in the
 // planar format a CPU decoder would give, and updates e's video format
-// (envelope.Hoster). Frames already in system memory are left alone. Stages
+// (stage.Hoster). Frames already in system memory are left alone. Stages
 // that run on the CPU get their frames through FrameOf, which calls it, so
 // a GPU decoder may hand device frames to any stage.
-func (f *Frame) ToHost(e *envelope.Envelope) error {
+func (f *Frame) ToHost(e *stage.Msg) error {
 	if f.F == nil || !IsHardwarePixelFormat(f.F.PixelFormat()) {
 		return nil
 	}
@@ -158,7 +158,7 @@ func (f *Frame) ToHost(e *envelope.Envelope) error {
 // FrameOn returns the envelope's frame the way a stage bound to dev takes
 // it: a frame in dev's memory as it is, anything else in system memory
 // (copied off its device if need be). dev nil: always system memory.
-func FrameOn(e *envelope.Envelope, dev *astiav.HardwareDeviceContext) (*astiav.Frame, error) {
+func FrameOn(e *stage.Msg, dev *astiav.HardwareDeviceContext) (*astiav.Frame, error) {
 	if dev == nil {
 		return FrameOf(e)
 	}
@@ -172,7 +172,7 @@ func FrameOn(e *envelope.Envelope, dev *astiav.HardwareDeviceContext) (*astiav.F
 // DeviceFrameOf returns the envelope's in-process frame as it is, in
 // device memory if it is a GPU frame, for stages that take those (an NVENC
 // encoder on the same GPU); anything else goes through FrameOf.
-func DeviceFrameOf(e *envelope.Envelope) (*astiav.Frame, error) {
+func DeviceFrameOf(e *stage.Msg) (*astiav.Frame, error) {
 	if l, ok := e.Local.(*Frame); ok {
 		return l.F, nil
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // TestAstiavLayout checks what ccPtr, devRef, filterPtr and graphPtr rely
@@ -75,8 +76,7 @@ func pattern(t *testing.T, w, h int) (*astiav.Frame, []byte) {
 			buf[i] = byte(96 + x*64/w)
 		}
 	}
-	e := &envelope.Envelope{Kind: envelope.KindFrame, Media: envelope.MediaVideo, TimeBase: envelope.Rational{Num: 1, Den: 25},
-		PTS: 42, Video: &envelope.VideoFormat{PixFmt: "nv12", Width: int32(w), Height: int32(h)}, Payload: buf}
+	e := &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindFrame, Media: envelope.MediaVideo, TimeBase: envelope.Rational{Num: 1, Den: 25}, PTS: 42, Video: &envelope.VideoFormat{PixFmt: "nv12", Width: int32(w), Height: int32(h)}, Payload: buf}}
 	f, err := FrameOf(e)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // Packet is an FFmpeg packet travelling with an envelope inside one process.
@@ -20,7 +21,7 @@ func (p *Packet) WritePayload(dst []byte) error {
 }
 
 // Clone returns a new reference to the same data.
-func (p *Packet) Clone() (envelope.Local, error) {
+func (p *Packet) Clone() (stage.Local, error) {
 	c := p.P.Clone()
 	if c == nil {
 		return nil, fmt.Errorf("codecs: cloning packet failed")
@@ -43,16 +44,16 @@ func MediaOf(t astiav.MediaType) envelope.Media {
 }
 
 // PacketEnvelope wraps a packet, taking ownership of p.
-func PacketEnvelope(p *astiav.Packet, media envelope.Media, cp *envelope.CodecParams, tb astiav.Rational) *envelope.Envelope {
-	return &envelope.Envelope{
+func PacketEnvelope(p *astiav.Packet, media envelope.Media, cp *envelope.CodecParams, tb astiav.Rational) *stage.Msg {
+	return stage.New(envelope.Envelope{
 		Kind: envelope.KindPacket, Media: media, PTS: p.Pts(), DTS: p.Dts(), Duration: p.Duration(),
-		TimeBase: Rat(tb), Key: p.Flags().Has(astiav.PacketFlagKey), Codec: cp, Local: &Packet{P: p},
-	}
+		TimeBase: Rat(tb), Key: p.Flags().Has(astiav.PacketFlagKey), Codec: cp,
+	}, &Packet{P: p})
 }
 
 // PacketOf returns the envelope's packet: the in-process one, or one rebuilt
 // from the payload (kept as e.Local). The packet belongs to the envelope.
-func PacketOf(e *envelope.Envelope) (*astiav.Packet, error) {
+func PacketOf(e *stage.Msg) (*astiav.Packet, error) {
 	if l, ok := e.Local.(*Packet); ok {
 		return l.P, nil
 	}

@@ -1,24 +1,34 @@
 package pipeline_test
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // A stage that may move from its GPU to the CPU while it runs embeds
-// CPUFallback; the runner reads Device at every metrics snapshot.
+// CPUFallback and reports its Device in Status, which the runner reads at
+// every metrics snapshot.
 func ExampleCPUFallback() {
-	type encoder struct {
-		pipeline.CPUFallback
-		// ...
-	}
 	var enc encoder
-	var _ pipeline.DeviceReporter = &enc
-	fmt.Printf("%q\n", enc.Device()) // "" : the device it was bound to
-	enc.FellBack()                   // the hardware encoder would not open
-	fmt.Println(enc.Device())
+	fmt.Printf("%q\n", enc.Status().Device) // "" : the device it was bound to
+	enc.FellBack()                          // the hardware encoder would not open
+	fmt.Println(enc.Status().Device)
 	// Output:
 	// ""
 	// cpu:0
 }
+
+type encoder struct {
+	stage.Base
+	pipeline.CPUFallback
+	// ...
+}
+
+func (e *encoder) Process(ctx context.Context, in stage.Batch) (stage.Batch, error) { return nil, nil }
+
+func (e *encoder) Status() stage.Status { return stage.Status{Device: e.Device()} }
+
+var _ stage.Stage = &encoder{}

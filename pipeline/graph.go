@@ -287,7 +287,7 @@ func (r *Runner) wire(ctx context.Context, hosts []*host) error {
 				return fmt.Errorf("stage %q: input %q: %w", n.cfg.Name, in, err)
 			}
 			n.ins = append(n.ins, l)
-			if c, ok := l.(EventCounter); ok {
+			if c, ok := l.(eventCounter); ok {
 				n.m.counters = append(n.m.counters, c)
 			}
 		}
@@ -299,7 +299,7 @@ func (r *Runner) wire(ctx context.Context, hosts []*host) error {
 				return err
 			}
 			n.pubs[p.Name] = pub
-			if c, ok := pub.(EventCounter); ok {
+			if c, ok := pub.(eventCounter); ok {
 				n.m.counters = append(n.m.counters, c)
 			}
 		}
@@ -499,22 +499,16 @@ func (r *Runner) build(startCtx context.Context, stop context.CancelFunc, hosts 
 			}
 		}
 		for _, inst := range n.instances() {
-			if c, ok := inst.(EventCounter); ok {
-				n.m.counters = append(n.m.counters, c)
-			}
+			n.m.counters = append(n.m.counters, stageCounts{inst})
 		}
-		st := n.stage
-		if dr, ok := st.(DeviceReporter); ok {
-			n.m.reporter = dr
-			if d := dr.Device(); d != "" && d != b.Device.ID {
-				b.Device.ID = d
-				binds[n] = b
-				n.m.device = b.Device.ID
-			}
+		n.m.reporter = n.stage
+		status := n.stage.Status()
+		if d := status.Device; d != "" && d != b.Device.ID {
+			b.Device.ID = d
+			binds[n] = b
+			n.m.device = b.Device.ID
 		}
-		if tf, ok := st.(TotalFramer); ok {
-			r.metrics.total.Add(tf.TotalFrames())
-		}
+		r.metrics.total.Add(status.Total)
 		n.log.Info("stage ready", "device", binds[n].Device.ID, "transport", r.opts.Transport)
 	}
 	return nil

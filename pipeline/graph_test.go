@@ -13,6 +13,7 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"go.uber.org/goleak"
 )
 
@@ -20,6 +21,7 @@ import (
 // encodes what it passes to branchPath, on frame removeAt it removes the
 // branch again (both before passing the frame on).
 type brancher struct {
+	stage.Base
 	graph             pipeline.Graph
 	frames            int
 	addAt, removeAt   int
@@ -27,8 +29,8 @@ type brancher struct {
 	addErr, removeErr error
 }
 
-func (b *brancher) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	out := make(pipeline.Batch, 0, len(in))
+func (b *brancher) Process(ctx context.Context, in stage.Batch) (stage.Batch, error) {
+	out := make(stage.Batch, 0, len(in))
 	for _, e := range in {
 		out = append(out, e.Pass())
 		if e.Kind != envelope.KindFrame {
@@ -48,8 +50,6 @@ func (b *brancher) Process(ctx context.Context, in pipeline.Batch) (pipeline.Bat
 	return out, nil
 }
 
-func (b *brancher) Close() error { return nil }
-
 // TestBranchAddedAndRemoved: a stage adds a branch (an encoder and a file)
 // while the pipeline runs and removes it again; the main output has every
 // frame, the branch's file is a finished MP4 with exactly the frames passed
@@ -65,7 +65,7 @@ func TestBranchAddedAndRemoved(t *testing.T) {
 				Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
 					return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 				},
-				New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) { b.graph = in.Graph; return b, nil }})
+				New: func(_ context.Context, in pipeline.Init) (stage.Stage, error) { b.graph = in.Graph; return b, nil }})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -144,17 +144,17 @@ func TestGraphEditsRefused(t *testing.T) {
 				Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
 					return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 				},
-				New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
-					return stageFunc(func(ctx context.Context, b pipeline.Batch) (pipeline.Batch, error) {
+				New: func(_ context.Context, in pipeline.Init) (stage.Stage, error) {
+					return funcStage{f: func(ctx context.Context, b stage.Batch) (stage.Batch, error) {
 						if !done {
 							done, editErr = true, tt.edit(ctx, in.Graph)
 						}
-						out := make(pipeline.Batch, len(b))
+						out := make(stage.Batch, len(b))
 						for i, e := range b {
 							out[i] = e.Pass()
 						}
 						return out, nil
-					}), nil
+					}}, nil
 				}})
 			if err != nil {
 				t.Fatal(err)
@@ -190,25 +190,32 @@ stages:
 }
 
 // stageFunc is a stage made of its Process.
-type stageFunc func(context.Context, pipeline.Batch) (pipeline.Batch, error)
+type stageFunc func(context.Context, stage.Batch) (stage.Batch, error)
 
-func (f stageFunc) Process(ctx context.Context, b pipeline.Batch) (pipeline.Batch, error) {
-	return f(ctx, b)
+// funcStage runs a stageFunc.
+type funcStage struct {
+	stage.Base
+	f stageFunc
 }
-func (f stageFunc) Close() error { return nil }
+
+func (s funcStage) Process(ctx context.Context, b stage.Batch) (stage.Batch, error) {
+	return s.f(ctx, b)
+}
 
 // ender is a replicable pass-through stage that counts EndInput calls.
-type ender struct{ ends *atomic.Int64 }
+type ender struct {
+	stage.Base
+	ends *atomic.Int64
+}
 
-func (s ender) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	out := make(pipeline.Batch, len(in))
+func (s ender) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+	out := make(stage.Batch, len(in))
 	for i, e := range in {
 		out[i] = e.Pass()
 	}
 	return out, nil
 }
-func (s ender) EndInput(context.Context, int) (pipeline.Batch, error) { s.ends.Add(1); return nil, nil }
-func (s ender) Close() error                                          { return nil }
+func (s ender) EndInput(context.Context, int) (stage.Batch, error) { s.ends.Add(1); return nil, nil }
 
 // TestEndInputReachesEveryReplica: each replica of a stage hears that an
 // input ended (it reached the first only).
@@ -220,7 +227,7 @@ func TestEndInputReachesEveryReplica(t *testing.T) {
 		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
 			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 		},
-		New: func(context.Context, pipeline.Init) (pipeline.Stage, error) { return ender{&ends}, nil }}); err != nil {
+		New: func(context.Context, pipeline.Init) (stage.Stage, error) { return ender{ends: &ends}, nil }}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := runYAML(t, env, `name: ends

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/nats-io/nats.go"
 )
 
@@ -17,7 +18,7 @@ import (
 // between its inputs and its output ports.
 type host struct {
 	cfg   *StageConfig
-	stage Stage
+	stage stage.Stage
 	q     *queue
 	pubs  map[string]publisher
 	ports []Port
@@ -32,15 +33,15 @@ type host struct {
 	seq        map[string]uint64
 	log        *slog.Logger
 	nInputs    int
-	extra      []Stage // replicas beyond the first (StageConfig.Replicas)
+	extra      []stage.Stage // replicas beyond the first (StageConfig.Replicas)
 }
 
 // instances is the stage and its replicas (none before they are built).
-func (n *host) instances() []Stage {
+func (n *host) instances() []stage.Stage {
 	if n.stage == nil {
 		return nil
 	}
-	return append([]Stage{n.stage}, n.extra...)
+	return append([]stage.Stage{n.stage}, n.extra...)
 }
 
 // ended tells the host's producers that it takes nothing more (after its
@@ -60,7 +61,7 @@ func (n *host) ended() {
 // end after what is already queued.
 func (n *host) endInput(ctx context.Context, i int) {
 	n.ins[i].ended()
-	_ = n.q.Push(ctx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Input: i}, nil)
+	_ = n.q.Push(ctx, stage.EOS(i), nil)
 }
 
 // closeTransport ends the host's subscriptions and publishers and releases
@@ -97,11 +98,7 @@ func (r *Runner) runHost(ctx context.Context, n *host) (err error) {
 		}
 	}
 	for _, st := range n.instances() {
-		f, ok := st.(Flusher)
-		if !ok {
-			continue
-		}
-		out, err := f.Flush(ctx)
+		out, err := st.Flush(ctx)
 		if err != nil {
 			releaseAll(out)
 			return fmt.Errorf("flushing failed: %w", err)
@@ -111,7 +108,9 @@ func (r *Runner) runHost(ctx context.Context, n *host) (err error) {
 		}
 	}
 	for _, p := range n.ports {
-		if err := n.pubs[p.Name].Publish(ctx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Stream: n.cfg.Name + "." + p.Name}); err != nil {
+		eos := stage.EOS(0)
+		eos.Stream = n.cfg.Name + "." + p.Name
+		if err := n.pubs[p.Name].Publish(ctx, eos); err != nil {
 			return err
 		}
 	}
@@ -160,13 +159,13 @@ func (r *Runner) runSource(ctx context.Context, n *host) error {
 	}
 }
 
-func releaseAll(b Batch) {
+func releaseAll(b stage.Batch) {
 	for _, e := range b {
 		e.Release()
 	}
 }
 
-func (r *Runner) publish(ctx context.Context, n *host, out Batch) error {
+func (r *Runner) publish(ctx context.Context, n *host, out stage.Batch) error {
 	now := time.Now().UnixNano()
 	for i, e := range out {
 		port := e.Port
@@ -223,7 +222,7 @@ func addStamp(stamps []envelope.Stamp, s envelope.Stamp) []envelope.Stamp {
 // inheritStamps gives outputs that a stage built from scratch (a decoder's
 // frames, an encoder's packets) the stamps of the input they came from, so
 // latency is measured from the source.
-func inheritStamps(out Batch, in *envelope.Envelope) {
+func inheritStamps(out stage.Batch, in *stage.Msg) {
 	for _, o := range out {
 		if len(o.Stamps) == 0 && len(in.Stamps) > 0 {
 			o.Stamps = append(make([]envelope.Stamp, 0, len(in.Stamps)+1), in.Stamps...)
@@ -233,27 +232,18 @@ func inheritStamps(out Batch, in *envelope.Envelope) {
 
 // consume feeds the stage from its queue until every input has ended.
 func (r *Runner) consume(ctx context.Context, n *host) error {
-	// credit tells the producer of a taken message's edge it may send one more.
-	credit := func(e *envelope.Envelope) {
-		if e.Kind != envelope.KindEOS && e.Input >= 0 && e.Input < len(n.ins) {
-			n.ins[e.Input].took(e)
-		}
-	}
-	maxBatch, wait := 1, time.Duration(0)
-	if b, ok := n.stage.(Batcher); ok {
-		maxBatch, wait = b.BatchLimits()
-		maxBatch = max(1, maxBatch)
-	}
+	maxBatch, wait := n.stage.BatchLimits()
+	maxBatch = max(1, maxBatch)
 	var reps *replicaPool
 	if len(n.extra) > 0 {
 		reps = newReplicaPool(ctx, r, n)
 		defer reps.abandon() // on an early return: no instance may still be working
 	}
 	eos := 0
-	inputEnded := n.inputEnded  // an input ends once: its end of stream, or its removal
-	var held *envelope.Envelope // an EOS that arrived while a batch was filling
+	inputEnded := n.inputEnded // an input ends once: its end of stream, or its removal
+	var held *stage.Msg        // an EOS that arrived while a batch was filling
 	for eos < n.nInputs {
-		var e *envelope.Envelope
+		var e *stage.Msg
 		if held != nil {
 			e, held = held, nil
 		} else {
@@ -261,7 +251,7 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 			if e, err = n.q.Pop(ctx); err != nil {
 				return err
 			}
-			credit(e)
+			e.Ack() // the transport's: its producer may send one more
 		}
 		if e.Kind == envelope.KindEOS {
 			if e.Input < 0 || e.Input >= n.nInputs || inputEnded[e.Input].Load() {
@@ -276,11 +266,7 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 			}
 			// Every replica hears of it, not only the first.
 			for _, st := range n.instances() {
-				ie, ok := st.(InputEnder)
-				if !ok {
-					continue
-				}
-				out, err := ie.EndInput(ctx, e.Input)
+				out, err := st.EndInput(ctx, e.Input)
 				if err != nil {
 					releaseAll(out)
 					return err
@@ -291,7 +277,7 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 			}
 			continue
 		}
-		batch := Batch{e}
+		batch := stage.Batch{e}
 		if maxBatch > 1 {
 			var timeout <-chan time.Time
 			var timer *time.Timer
@@ -300,7 +286,7 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 				timeout = timer.C
 			}
 			for len(batch) < maxBatch {
-				var next *envelope.Envelope
+				var next *stage.Msg
 				if timeout == nil {
 					next = n.q.TryPop()
 				} else {
@@ -316,7 +302,7 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 				if next == nil {
 					break
 				}
-				credit(next)
+				next.Ack()
 				if next.Kind == envelope.KindEOS {
 					held = next
 					break
@@ -359,7 +345,7 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 
 // processBatch runs one batch through a stage instance, timing it, and
 // releases the batch.
-func processBatch(ctx context.Context, n *host, st Stage, batch Batch) (Batch, error) {
+func processBatch(ctx context.Context, n *host, st stage.Stage, batch stage.Batch) (stage.Batch, error) {
 	t0 := time.Now()
 	out, err := st.Process(ctx, batch)
 	per := time.Since(t0) / time.Duration(len(batch))
@@ -381,19 +367,19 @@ type replicaPool struct {
 	ctx     context.Context
 	r       *Runner
 	n       *host
-	free    chan Stage
+	free    chan stage.Stage
 	pending []*replicaJob
 }
 
 type replicaJob struct {
-	out  Batch
+	out  stage.Batch
 	err  error
 	done chan struct{}
 }
 
 func newReplicaPool(ctx context.Context, r *Runner, n *host) *replicaPool {
 	all := n.instances()
-	p := &replicaPool{ctx: ctx, r: r, n: n, free: make(chan Stage, len(all))}
+	p := &replicaPool{ctx: ctx, r: r, n: n, free: make(chan stage.Stage, len(all))}
 	for _, st := range all {
 		p.free <- st
 	}
@@ -402,8 +388,8 @@ func newReplicaPool(ctx context.Context, r *Runner, n *host) *replicaPool {
 
 // start hands a batch to a free instance, publishing finished batches
 // (in order) while it waits for one.
-func (p *replicaPool) start(ctx context.Context, batch Batch) error {
-	var st Stage
+func (p *replicaPool) start(ctx context.Context, batch stage.Batch) error {
+	var st stage.Stage
 	for st == nil {
 		if err := p.finish(false); err != nil {
 			releaseAll(batch)

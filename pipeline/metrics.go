@@ -11,15 +11,28 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
+
+// eventCounter counts events beyond the messages a stage takes and
+// emits: a stage's own (see stageCounts), and those of the transport's
+// inlets and publishers (forged messages dropped, credits clamped). Read
+// at every snapshot while the stage runs.
+type eventCounter interface {
+	Counts() map[string]int64
+}
+
+// stageCounts are a stage instance's Status.Counts.
+type stageCounts struct{ st stage.Stage }
+
+func (c stageCounts) Counts() map[string]int64 { return c.st.Status().Counts }
 
 // stageMetrics are one stage's live counters.
 type stageMetrics struct {
 	name, kind string
 	device     string
-	reporter   DeviceReporter // read at each snapshot, when the stage is one
-	counters   []EventCounter // the stage's instances that count events
+	reporter   stage.Stage    // its first instance, whose Status.Device is read at each snapshot
+	counters   []eventCounter // its instances' Status.Counts and its transport's counters
 	in, out    atomic.Int64
 	videoIn    atomic.Int64
 	busyNS     atomic.Int64
@@ -70,7 +83,7 @@ func (m *stageMetrics) observeBusy(d time.Duration) {
 	m.busy.add(int64(d))
 }
 
-func (m *stageMetrics) observeLatency(e *envelope.Envelope, now int64) {
+func (m *stageMetrics) observeLatency(e *stage.Msg, now int64) {
 	if len(e.Stamps) == 0 {
 		return
 	}
@@ -106,7 +119,7 @@ type StageStats struct {
 	Depth      int   // messages waiting in the input queue
 	Drops      int64 // messages dropped by drop-oldest flow control
 	Terminal   bool  // the stage has no outputs (a sink)
-	// Events are the stage's own counters (EventCounter), summed over its
+	// Events are the stage's own counters (stage.Status.Counts), summed over its
 	// replicas: corrupt_packets, undecodable_packets...
 	Events map[string]int64 `json:",omitempty"`
 }
@@ -147,7 +160,7 @@ func (m *Metrics) now() (time.Time, []*stageMetrics) {
 // the first frame, moves to the CPU after the stage was built.
 func (s *stageMetrics) deviceNow() string {
 	if s.reporter != nil {
-		if d := s.reporter.Device(); d != "" {
+		if d := s.reporter.Status().Device; d != "" {
 			return d
 		}
 	}

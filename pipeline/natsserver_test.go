@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 
 	"github.com/nats-io/nats.go"
 )
@@ -87,7 +88,7 @@ func TestReconnectResends(t *testing.T) {
 		t.Fatal(err)
 	}
 	send := func(ctx context.Context) error {
-		return pub.Publish(ctx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindData, Payload: []byte("x")})
+		return pub.Publish(ctx, &stage.Msg{Envelope: envelope.Envelope{V: envelope.Version, Kind: envelope.KindData, Payload: []byte("x")}})
 	}
 	for range window {
 		if err := send(ctx); err != nil {
@@ -98,7 +99,7 @@ func TestReconnectResends(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in.took(e) // one credit: "c/0 me 1 me"
+	e.Ack() // one credit: "c/0 me 1 me"
 	// The rest of the window is "lost": never taken, so never credited.
 	next := func() error {
 		c, stop := context.WithTimeout(ctx, 300*time.Millisecond)
@@ -115,7 +116,7 @@ func TestReconnectResends(t *testing.T) {
 	if err := next(); err != nil {
 		t.Fatalf("after the reconnect the window is still full: %v", err)
 	}
-	if err := pub.Publish(ctx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS}); err != nil {
+	if err := pub.Publish(ctx, &stage.Msg{Envelope: envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS}}); err != nil {
 		t.Fatal(err)
 	}
 	pool.back(pool.conns[0])

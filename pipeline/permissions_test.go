@@ -14,6 +14,7 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -26,7 +27,7 @@ func permEnv(t *testing.T) *pipeline.Environment {
 	ports := func(ps ...pipeline.Port) func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
 		return func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return ps, nil }
 	}
-	never := func(context.Context, pipeline.Init) (pipeline.Stage, error) { return nil, errors.New("not run") }
+	never := func(context.Context, pipeline.Init) (stage.Stage, error) { return nil, errors.New("not run") }
 	for _, s := range []pipeline.Spec{
 		{Kind: "camsrc", New: never, Ports: ports(
 			pipeline.Port{Name: "video", Type: pipeline.PortType{Kind: envelope.KindPacket, Media: envelope.MediaVideo}},

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // queue is a stage's bounded input queue. In block mode Push waits for room;
@@ -16,7 +17,7 @@ import (
 // ended (close), Push releases what it is given and never waits.
 type queue struct {
 	mu      sync.Mutex
-	items   []*envelope.Envelope
+	items   []*stage.Msg
 	head    int
 	cap     int
 	drop    bool
@@ -71,7 +72,7 @@ func (q *queue) Len() int {
 // queue in block mode makes Push wait for room; stalled, when set, is
 // called while the wait lasts (see slowWait). Pushing to a queue whose
 // consumer has ended releases e and returns errConsumerEnded.
-func (q *queue) Push(ctx context.Context, e *envelope.Envelope, stalled func(waited time.Duration)) error {
+func (q *queue) Push(ctx context.Context, e *stage.Msg, stalled func(waited time.Duration)) error {
 	var w slowWait
 	defer w.stop()
 	for {
@@ -168,13 +169,13 @@ func (w *slowWait) stop() {
 }
 
 // Pop takes the oldest message, waiting for one.
-func (q *queue) Pop(ctx context.Context) (*envelope.Envelope, error) {
+func (q *queue) Pop(ctx context.Context) (*stage.Msg, error) {
 	return q.PopUntil(ctx, nil)
 }
 
 // PopUntil is Pop that gives up (nil, nil) when timeout fires; a nil
 // timeout waits for ever.
-func (q *queue) PopUntil(ctx context.Context, timeout <-chan time.Time) (*envelope.Envelope, error) {
+func (q *queue) PopUntil(ctx context.Context, timeout <-chan time.Time) (*stage.Msg, error) {
 	for {
 		// An aborted run stops at once, not after the messages still queued.
 		if err := ctx.Err(); err != nil {
@@ -194,7 +195,7 @@ func (q *queue) PopUntil(ctx context.Context, timeout <-chan time.Time) (*envelo
 }
 
 // TryPop takes the oldest message if there is one, without waiting.
-func (q *queue) TryPop() *envelope.Envelope {
+func (q *queue) TryPop() *stage.Msg {
 	q.mu.Lock()
 	if q.lenLocked() == 0 {
 		q.mu.Unlock()

@@ -7,19 +7,20 @@ import (
 	"time"
 
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // countedLocal is an in-process object that counts its Free calls.
 type countedLocal struct{ freed *int }
 
-func (c countedLocal) PayloadSize() (int, error)      { return 0, nil }
-func (c countedLocal) WritePayload([]byte) error      { return nil }
-func (c countedLocal) Clone() (envelope.Local, error) { return c, nil }
-func (c countedLocal) Free()                          { *c.freed++ }
+func (c countedLocal) PayloadSize() (int, error)   { return 0, nil }
+func (c countedLocal) WritePayload([]byte) error   { return nil }
+func (c countedLocal) Clone() (stage.Local, error) { return c, nil }
+func (c countedLocal) Free()                       { *c.freed++ }
 
 // pushStalled pushes e into q from another goroutine and returns once the
 // push waits (its stall is reported), with the channel of its result.
-func pushStalled(t *testing.T, q *queue, e *envelope.Envelope) <-chan error {
+func pushStalled(t *testing.T, q *queue, e *stage.Msg) <-chan error {
 	t.Helper()
 	stalled := make(chan time.Duration, 1)
 	done := make(chan error, 1)
@@ -49,10 +50,10 @@ func pushStalled(t *testing.T, q *queue, e *envelope.Envelope) <-chan error {
 func TestQueuePushWaitsAndWarns(t *testing.T) {
 	defer SetSlowConsumerAfter(20 * time.Millisecond)()
 	q := newQueue(1, FlowBlock)
-	if err := q.Push(context.Background(), &envelope.Envelope{Kind: envelope.KindData}, nil); err != nil {
+	if err := q.Push(context.Background(), &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindData}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	done := pushStalled(t, q, &envelope.Envelope{Kind: envelope.KindData})
+	done := pushStalled(t, q, &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindData}})
 	if q.TryPop() == nil {
 		t.Fatal("queue empty")
 	}
@@ -70,11 +71,11 @@ func TestQueuePushWaitsAndWarns(t *testing.T) {
 func TestQueueCloseReleasesPush(t *testing.T) {
 	defer SetSlowConsumerAfter(20 * time.Millisecond)()
 	q := newQueue(1, FlowBlock)
-	if err := q.Push(context.Background(), &envelope.Envelope{Kind: envelope.KindData}, nil); err != nil {
+	if err := q.Push(context.Background(), &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindData}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	freed := 0
-	done := pushStalled(t, q, &envelope.Envelope{Kind: envelope.KindData, Local: countedLocal{&freed}})
+	done := pushStalled(t, q, &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindData}, Local: countedLocal{&freed}})
 	q.close()
 	select {
 	case err := <-done:
@@ -84,7 +85,7 @@ func TestQueueCloseReleasesPush(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("closing the queue did not release the waiting push")
 	}
-	if err := q.Push(context.Background(), &envelope.Envelope{Kind: envelope.KindData, Local: countedLocal{&freed}}, nil); !errors.Is(err, errConsumerEnded) {
+	if err := q.Push(context.Background(), &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindData}, Local: countedLocal{&freed}}, nil); !errors.Is(err, errConsumerEnded) {
 		t.Fatalf("push after close: %v, want errConsumerEnded", err)
 	}
 	if freed != 2 {
@@ -97,7 +98,7 @@ func TestQueueCloseReleasesPush(t *testing.T) {
 func TestPopAfterCancelStops(t *testing.T) {
 	q := newQueue(4, FlowBlock)
 	for range 3 {
-		if err := q.Push(context.Background(), &envelope.Envelope{Kind: envelope.KindData}, nil); err != nil {
+		if err := q.Push(context.Background(), &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindData}}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -50,12 +50,6 @@ func stageError(n *host, replica int, err error) error {
 	return &StageError{Stage: n.cfg.Name, Kind: n.cfg.Kind, Replica: replica, Err: err}
 }
 
-// TotalFramer is implemented by sources that know how many video frames they
-// will produce (files); the CLI shows progress and an ETA from it.
-type TotalFramer interface {
-	TotalFrames() int64
-}
-
 // Options tune a run.
 type Options struct {
 	// NATSURL selects an external NATS server; empty starts an embedded one.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -34,12 +35,13 @@ import (
 var dataPort = pipeline.PortType{Kind: envelope.KindData}
 
 type gen struct {
+	stage.Base
 	n, size, sent int
 	forever       bool
 	deaf          bool // ignores its context, as FFmpeg's lavfi reads do
 }
 
-func (g *gen) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch, error) {
+func (g *gen) Process(ctx context.Context, _ stage.Batch) (stage.Batch, error) {
 	if !g.forever && g.sent >= g.n {
 		return nil, io.EOF
 	}
@@ -57,9 +59,8 @@ func (g *gen) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch, er
 	}
 	flowProbe.add(true, g.sent)
 	g.sent++
-	return pipeline.Batch{{Kind: envelope.KindData, Payload: p, Meta: map[string]string{"sum": fmt.Sprintf("%x", sha256.Sum256(p))}}}, nil
+	return stage.Batch{{Envelope: envelope.Envelope{Kind: envelope.KindData, Payload: p, Meta: map[string]string{"sum": fmt.Sprintf("%x", sha256.Sum256(p))}}}}, nil
 }
-func (g *gen) Close() error { return nil }
 
 // flowProbe, when set, records the order in which gen makes messages and
 // relay takes them (TestBlockWaitsForSlowStage).
@@ -86,6 +87,7 @@ func (l *eventLog) add(made bool, n int) {
 }
 
 type relay struct {
+	stage.Base
 	delay  time.Duration
 	jitter time.Duration // extra random delay per call, so replicas finish out of order
 	failAt int
@@ -96,7 +98,7 @@ type relay struct {
 
 var errBoom = errors.New("boom")
 
-func (r *relay) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+func (r *relay) Process(ctx context.Context, in stage.Batch) (stage.Batch, error) {
 	for _, e := range in {
 		flowProbe.add(false, int(binary.BigEndian.Uint64(e.Payload)))
 	}
@@ -127,7 +129,7 @@ func (r *relay) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch,
 			return nil, ctx.Err()
 		}
 	}
-	out := make(pipeline.Batch, len(in))
+	out := make(stage.Batch, len(in))
 	for i, e := range in {
 		cp := *e
 		cp.Port = ""
@@ -135,11 +137,11 @@ func (r *relay) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch,
 	}
 	return out, nil
 }
-func (r *relay) Close() error { return nil }
 
 type collector struct {
+	stage.Base
 	mu      sync.Mutex
-	got     []*envelope.Envelope
+	got     []*stage.Msg
 	flushed bool
 	closed  bool
 	arrived chan struct{} // closed at the first message (see first)
@@ -165,7 +167,7 @@ func (c *collector) waitFirst(t *testing.T) {
 	}
 }
 
-func (c *collector) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+func (c *collector) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(in) > 0 && len(c.got) == 0 {
@@ -183,8 +185,8 @@ func (c *collector) Process(_ context.Context, in pipeline.Batch) (pipeline.Batc
 	}
 	return nil, nil
 }
-func (c *collector) Flush(context.Context) (pipeline.Batch, error) { c.flushed = true; return nil, nil }
-func (c *collector) Close() error                                  { c.closed = true; return nil }
+func (c *collector) Flush(context.Context) (stage.Batch, error) { c.flushed = true; return nil, nil }
+func (c *collector) Close() error                               { c.closed = true; return nil }
 
 // relays are the relay instances made (the replica tests count them).
 var (
@@ -214,7 +216,7 @@ func testEnv(t testing.TB, col *collector) *pipeline.Environment {
 		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
 			return []pipeline.Port{{Name: "out", Type: dataPort}}, nil
 		},
-		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+		New: func(_ context.Context, in pipeline.Init) (stage.Stage, error) {
 			return &gen{n: in.Params.Int("n"), size: in.Params.Int("size"), forever: in.Params.Bool("forever"), deaf: in.Params.Bool("deaf")}, nil
 		},
 	}))
@@ -230,7 +232,7 @@ func testEnv(t testing.TB, col *collector) *pipeline.Environment {
 		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
 			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 		},
-		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+		New: func(_ context.Context, in pipeline.Init) (stage.Stage, error) {
 			r := &relay{delay: in.Params.Duration("delay"), jitter: in.Params.Duration("jitter"), failAt: in.Params.Int("fail_at"), quitAt: in.Params.Int("quit_at")}
 			if in.Params.Bool("hold") {
 				r.hold = holdRelays
@@ -245,7 +247,7 @@ func testEnv(t testing.TB, col *collector) *pipeline.Environment {
 	must(env.Register(pipeline.Spec{
 		Kind: "collect", MinInputs: 1, MaxInputs: -1,
 		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
-		New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return col, nil },
+		New:   func(context.Context, pipeline.Init) (stage.Stage, error) { return col, nil },
 	}))
 	return env
 }
@@ -799,7 +801,7 @@ func TestDownstreamDevices(t *testing.T) {
 				Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
 					return []pipeline.Port{{Name: "out", Type: dataPort}}, nil
 				},
-				New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+				New: func(_ context.Context, in pipeline.Init) (stage.Stage, error) {
 					got, readers = in.Downstream, in.Consumers
 					return &gen{n: 3, size: 8}, nil
 				},
@@ -1044,7 +1046,7 @@ func TestDrainWhileStarting(t *testing.T) {
 				Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
 					return []pipeline.Port{{Name: "out", Type: dataPort}}, nil
 				},
-				New: func(ctx context.Context, _ pipeline.Init) (pipeline.Stage, error) {
+				New: func(ctx context.Context, _ pipeline.Init) (stage.Stage, error) {
 					close(opening)
 					<-ctx.Done() // a server that never answers
 					return nil, fmt.Errorf("opening interrupted: %w", ctx.Err())
@@ -1077,12 +1079,13 @@ func TestDrainWhileStarting(t *testing.T) {
 }
 
 // countingStage passes messages on and counts every third one as an event.
-type countingStage struct{ seen atomic.Int64 }
+type countingStage struct {
+	stage.Base
+	seen atomic.Int64
+}
 
-func (c *countingStage) Close() error { return nil }
-
-func (c *countingStage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	out := make(pipeline.Batch, 0, len(in))
+func (c *countingStage) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+	out := make(stage.Batch, 0, len(in))
 	for _, e := range in {
 		c.seen.Add(1)
 		out = append(out, e.Pass())
@@ -1090,8 +1093,8 @@ func (c *countingStage) Process(_ context.Context, in pipeline.Batch) (pipeline.
 	return out, nil
 }
 
-func (c *countingStage) Counts() map[string]int64 {
-	return map[string]int64{"thirds": c.seen.Load() / 3}
+func (c *countingStage) Status() stage.Status {
+	return stage.Status{Counts: map[string]int64{"thirds": c.seen.Load() / 3}}
 }
 
 // TestEventCounters: a stage's own counters reach the snapshot (summed over
@@ -1105,7 +1108,7 @@ func TestEventCounters(t *testing.T) {
 			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 		},
 		Replicable: func(pipeline.Params) error { return nil },
-		New:        func(context.Context, pipeline.Init) (pipeline.Stage, error) { return &countingStage{}, nil },
+		New:        func(context.Context, pipeline.Init) (stage.Stage, error) { return &countingStage{}, nil },
 	}); err != nil {
 		t.Fatal(err)
 	}

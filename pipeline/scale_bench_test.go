@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // The per-stage cost of a pipeline: pipelines of many light stages (a
@@ -71,11 +72,12 @@ func camerasYAML(c int) string {
 // idleSource sends a few messages once released, then idles until the run
 // drains: the pipeline's idle cost is measured while it waits.
 type idleSource struct {
+	stage.Base
 	release <-chan struct{}
 	gen     gen
 }
 
-func (s *idleSource) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+func (s *idleSource) Process(ctx context.Context, in stage.Batch) (stage.Batch, error) {
 	select {
 	case <-s.release:
 	case <-ctx.Done():
@@ -87,10 +89,10 @@ func (s *idleSource) Process(ctx context.Context, in pipeline.Batch) (pipeline.B
 	<-ctx.Done()
 	return nil, ctx.Err()
 }
-func (s *idleSource) Close() error { return nil }
 
 // tally counts what reaches the sinks and when the first message came.
 type tally struct {
+	stage.Base
 	t *scaleTally
 }
 
@@ -102,7 +104,7 @@ type scaleTally struct {
 	once  sync.Once
 }
 
-func (s tally) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+func (s tally) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
 	now := time.Now().UnixNano()
 	s.t.first.CompareAndSwap(0, now)
 	if s.t.n.Add(int64(len(in))) >= s.t.want {
@@ -110,7 +112,6 @@ func (s tally) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, er
 	}
 	return nil, nil
 }
-func (s tally) Close() error { return nil }
 
 // scaleEnv is the runner's test kinds plus idle and tally.
 func scaleEnv(b *testing.B, release <-chan struct{}, st *scaleTally, perSource int) *pipeline.Environment {
@@ -120,12 +121,12 @@ func scaleEnv(b *testing.B, release <-chan struct{}, st *scaleTally, perSource i
 			Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
 				return []pipeline.Port{{Name: "out", Type: dataPort}}, nil
 			},
-			New: func(context.Context, pipeline.Init) (pipeline.Stage, error) {
+			New: func(context.Context, pipeline.Init) (stage.Stage, error) {
 				return &idleSource{release: release, gen: gen{n: perSource, size: 64}}, nil
 			}},
 		{Kind: "tally", MinInputs: 1, MaxInputs: -1,
 			Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
-			New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return tally{st}, nil }},
+			New:   func(context.Context, pipeline.Init) (stage.Stage, error) { return tally{t: st}, nil }},
 	} {
 		if err := env.Register(spec); err != nil {
 			b.Fatal(err)

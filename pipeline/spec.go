@@ -10,6 +10,7 @@ import (
 
 	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // Sentinel errors of the registry.
@@ -94,7 +95,7 @@ type Spec struct {
 	// Check validates params beyond their types (files exist, values fit). Optional.
 	Check func(p Params, dir string) error
 	// New builds a running stage.
-	New func(ctx context.Context, in Init) (Stage, error)
+	New func(ctx context.Context, in Init) (stage.Stage, error)
 	// Accelerators are the device kinds the stage has an implementation
 	// for; empty means CPU only. A stage asked for another kind falls back.
 	Accelerators []accelerators.Kind

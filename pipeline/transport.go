@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"slices"
 	"strconv"
 
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // ErrTransport wraps failures of the message transport (NATS).
@@ -38,15 +38,12 @@ type transport interface {
 
 // publisher sends one output port's messages to its consumers.
 type publisher interface {
-	Publish(ctx context.Context, e *envelope.Envelope) error
+	Publish(ctx context.Context, e *stage.Msg) error
 	Close()
 }
 
 // inlet is one input edge as its transport feeds it.
 type inlet interface {
-	// took says the consumer took one message of this input from its
-	// queue: the producer may send one more.
-	took(e *envelope.Envelope)
 	// ended says the consumer takes nothing more from this input: its
 	// producer stops waiting for it.
 	ended()
@@ -107,21 +104,16 @@ type teePublisher struct {
 	nats  publisher
 }
 
-func (p *teePublisher) Publish(ctx context.Context, e *envelope.Envelope) error {
+func (p *teePublisher) Publish(ctx context.Context, e *stage.Msg) error {
 	if p.local.lp.readers() == 0 {
 		return p.nats.Publish(ctx, e) // marshalling releases e's media
 	}
-	cp := *e
-	cp.Stamps = slices.Clone(e.Stamps)
-	if e.Local != nil {
-		l, err := e.Local.Clone()
-		if err != nil {
-			e.Release()
-			return err
-		}
-		cp.Local = l
+	cp, err := e.Clone()
+	if err != nil {
+		e.Release()
+		return err
 	}
-	err := p.nats.Publish(ctx, &cp)
+	err = p.nats.Publish(ctx, cp)
 	cp.Release()
 	if err != nil {
 		e.Release()
@@ -130,9 +122,9 @@ func (p *teePublisher) Publish(ctx context.Context, e *envelope.Envelope) error 
 	return p.local.Publish(ctx, e)
 }
 
-// Counts are the NATS publisher's (pipeline.EventCounter).
+// Counts are the NATS publisher's.
 func (p *teePublisher) Counts() map[string]int64 {
-	if c, ok := p.nats.(EventCounter); ok {
+	if c, ok := p.nats.(eventCounter); ok {
 		return c.Counts()
 	}
 	return nil

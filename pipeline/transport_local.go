@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // localTransport passes envelopes between the hosts of one process by
@@ -72,8 +73,7 @@ type localInlet struct {
 	id string
 }
 
-func (l *localInlet) took(*envelope.Envelope) {}
-func (l *localInlet) ended()                  {}
+func (l *localInlet) ended() {}
 
 // drain detaches: a local publisher has put what it sent in the queue
 // before its Publish returned.
@@ -95,7 +95,7 @@ type localPublisher struct {
 	gone map[string]bool // consumers found ended, warned about once
 }
 
-func (p *localPublisher) Publish(ctx context.Context, e *envelope.Envelope) error {
+func (p *localPublisher) Publish(ctx context.Context, e *stage.Msg) error {
 	p.lp.mu.Lock()
 	consumers := p.lp.consumers
 	if e.Kind == envelope.KindEOS {
@@ -105,16 +105,10 @@ func (p *localPublisher) Publish(ctx context.Context, e *envelope.Envelope) erro
 	for i, c := range consumers {
 		m := e
 		if i < len(consumers)-1 {
-			cp := *e
-			if e.Local != nil {
-				l, err := e.Local.Clone()
-				if err != nil {
-					return err
-				}
-				cp.Local = l
+			var err error
+			if m, err = e.Clone(); err != nil {
+				return err
 			}
-			cp.Stamps = append([]envelope.Stamp(nil), e.Stamps...)
-			m = &cp
 		}
 		m.Input = c.input
 		stalled := func(waited time.Duration) {

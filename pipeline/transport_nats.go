@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/nats-io/nats.go"
 )
 
@@ -261,7 +262,7 @@ func newNATSPublisher(nc *nats.Conn, subject, instance string, consumers []consu
 }
 
 // Counts reports the credits refused and clamped, once there are some
-// (pipeline.EventCounter).
+// (an eventCounter).
 func (p *natsPublisher) Counts() map[string]int64 {
 	return nonZero(map[string]int64{"dropped_messages": p.drops.n.Load(), "clamped_credits": p.clamped.Load()})
 }
@@ -432,10 +433,10 @@ func (p *natsPublisher) reconnected() {
 	}
 }
 
-func (p *natsPublisher) Publish(ctx context.Context, e *envelope.Envelope) error {
+func (p *natsPublisher) Publish(ctx context.Context, e *stage.Msg) error {
 	// nats.go copies the data into its write buffer before Publish returns,
 	// so one buffer serves every message of this port.
-	data, err := envelope.AppendMarshal(p.buf[:0], e)
+	data, err := stage.AppendMarshal(p.buf[:0], e)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 )
@@ -102,7 +103,7 @@ func (s *natsSubscriber) subscribe(queue string) error {
 	return nil
 }
 
-// Counts reports the messages dropped, once there are some (pipeline.EventCounter).
+// Counts reports the messages dropped, once there are some (an eventCounter).
 func (s *natsSubscriber) Counts() map[string]int64 {
 	return nonZero(map[string]int64{"dropped_messages": s.drops.n.Load()})
 }
@@ -158,7 +159,7 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 	} else if s.chunks.whole(inst) {
 		s.drops.drop(inst, "a chunked message that lost its tail")
 	}
-	e, err := envelope.Unmarshal(data)
+	e, err := stage.Unmarshal(data)
 	switch {
 	case err != nil:
 		s.drops.drop(inst, err.Error())
@@ -168,7 +169,10 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 		return
 	}
 	s.received(inst, e.Seq)
-	e.Input, e.From = s.ref.input, inst
+	e.Input = s.ref.input
+	if s.block {
+		e.SetAck(func() { s.took(inst) })
+	}
 	if s.reorder != nil && !s.reorder.active && !s.sources[inst] {
 		s.sources[inst] = true
 		// Outputs of several producer instances (there at the first
@@ -182,7 +186,7 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 			s.orderMu.Unlock()
 		}
 	}
-	s.ordered(func() []*envelope.Envelope { return s.reorder.add(e, time.Now()) })
+	s.ordered(func() []*stage.Msg { return s.reorder.add(e, time.Now()) })
 }
 
 // received counts a data message of a producer instance.
@@ -209,7 +213,7 @@ func (s *natsSubscriber) fromLocked(inst string) *fromProducer {
 
 // ordered pushes, in order, what f takes from the reorder buffer, and
 // arms the gap timer while messages wait there.
-func (s *natsSubscriber) ordered(f func() []*envelope.Envelope) {
+func (s *natsSubscriber) ordered(f func() []*stage.Msg) {
 	s.orderMu.Lock()
 	defer s.orderMu.Unlock()
 	for _, out := range f() {
@@ -220,7 +224,7 @@ func (s *natsSubscriber) ordered(f func() []*envelope.Envelope) {
 			s.orderMu.Lock()
 			s.gapTimer = nil
 			s.orderMu.Unlock()
-			s.ordered(func() []*envelope.Envelope { return s.reorder.skip() })
+			s.ordered(func() []*stage.Msg { return s.reorder.skip() })
 		})
 	}
 }
@@ -426,7 +430,7 @@ func (s *natsSubscriber) finish() {
 			}
 		}
 		s.ordered(s.reorder.flush)
-		_ = s.ref.q.Push(s.ctx, &envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS, Input: s.ref.input}, nil)
+		_ = s.ref.q.Push(s.ctx, stage.EOS(s.ref.input), nil)
 	})
 }
 
@@ -441,21 +445,18 @@ func (s *natsSubscriber) ended() {
 	}
 }
 
-// took is called when the stage takes a message of this input from its
-// queue: it credits the producer instance that sent it.
-func (s *natsSubscriber) took(e *envelope.Envelope) {
-	if !s.block || e.From == "" {
-		return
-	}
+// took is a block-flow message's ack hook, run when the stage takes it
+// from its queue: it credits the producer instance that sent it.
+func (s *natsSubscriber) took(producer string) {
 	s.mu.Lock()
-	c := s.taken[e.From]
+	c := s.taken[producer]
 	if c == nil {
 		c = &atomic.Uint64{}
-		s.taken[e.From] = c
+		s.taken[producer] = c
 	}
 	s.mu.Unlock()
 	if n := c.Add(1); n%s.ackEvery == 0 {
-		s.credit(e.From, n)
+		s.credit(producer, n)
 	}
 }
 
@@ -685,33 +686,33 @@ type reorder struct {
 	wait   time.Duration // how long a gap may hold messages back
 	limit  int
 	next   map[string]uint64
-	held   map[string][]*envelope.Envelope
+	held   map[string][]*stage.Msg
 	since  map[string]time.Time
 }
 
 func newReorder(limit int, wait time.Duration) *reorder {
-	return &reorder{limit: limit, wait: wait, next: map[string]uint64{}, held: map[string][]*envelope.Envelope{}, since: map[string]time.Time{}}
+	return &reorder{limit: limit, wait: wait, next: map[string]uint64{}, held: map[string][]*stage.Msg{}, since: map[string]time.Time{}}
 }
 
 // add takes a message and returns those that may go on, in order. A nil
 // reorder (an input whose producer runs here) lets everything through.
-func (r *reorder) add(e *envelope.Envelope, now time.Time) []*envelope.Envelope {
+func (r *reorder) add(e *stage.Msg, now time.Time) []*stage.Msg {
 	if r == nil || e.Src == nil {
-		return []*envelope.Envelope{e}
+		return []*stage.Msg{e}
 	}
 	st, seq := e.Src.Stream, e.Src.Seq
 	if !r.active {
 		r.next[st] = max(r.next[st], seq+1)
-		return []*envelope.Envelope{e}
+		return []*stage.Msg{e}
 	}
 	if seq < r.next[st] {
-		return []*envelope.Envelope{e} // late: on at once rather than never
+		return []*stage.Msg{e} // late: on at once rather than never
 	}
 	h := r.held[st]
 	if len(h) == 0 {
 		r.since[st] = now
 	}
-	i, _ := slices.BinarySearchFunc(h, seq, func(x *envelope.Envelope, q uint64) int {
+	i, _ := slices.BinarySearchFunc(h, seq, func(x *stage.Msg, q uint64) int {
 		switch {
 		case x.Src.Seq < q:
 			return -1
@@ -724,7 +725,7 @@ func (r *reorder) add(e *envelope.Envelope, now time.Time) []*envelope.Envelope 
 	if h[0].Src.Seq != r.next[st] && ((r.limit > 0 && len(h) > r.limit) || now.Sub(r.since[st]) > r.wait) {
 		r.next[st] = h[0].Src.Seq // give up on the gap
 	}
-	var out []*envelope.Envelope
+	var out []*stage.Msg
 	for len(h) > 0 && h[0].Src.Seq == r.next[st] {
 		out = append(out, h[0])
 		h = h[1:]
@@ -749,8 +750,8 @@ func (r *reorder) waiting() bool {
 }
 
 // skip gives up on the gaps of streams that have waited wait.
-func (r *reorder) skip() []*envelope.Envelope {
-	var out []*envelope.Envelope
+func (r *reorder) skip() []*stage.Msg {
+	var out []*stage.Msg
 	now := time.Now()
 	for st, h := range r.held {
 		if len(h) == 0 || now.Sub(r.since[st]) < r.wait {
@@ -768,11 +769,11 @@ func (r *reorder) skip() []*envelope.Envelope {
 }
 
 // flush returns every message held, in order.
-func (r *reorder) flush() []*envelope.Envelope {
+func (r *reorder) flush() []*stage.Msg {
 	if r == nil {
 		return nil
 	}
-	var out []*envelope.Envelope
+	var out []*stage.Msg
 	for st, h := range r.held {
 		out = append(out, h...)
 		delete(r.held, st)

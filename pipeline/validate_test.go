@@ -12,6 +12,7 @@ import (
 
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
+	"github.com/avflow/avflow/pipeline/stage"
 	_ "github.com/avflow/avflow/stages/all"
 )
 
@@ -299,7 +300,7 @@ func TestWarningsSayWhatBecomesOfUnreadPorts(t *testing.T) {
 				{Name: "off", Type: dataPort, Unread: pipeline.UnreadQuiet},
 			}, nil
 		},
-		New: func(context.Context, pipeline.Init) (pipeline.Stage, error) { return &gen{}, nil },
+		New: func(context.Context, pipeline.Init) (stage.Stage, error) { return &gen{}, nil },
 	}); err != nil {
 		t.Fatal(err)
 	}

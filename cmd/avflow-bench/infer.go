@@ -20,15 +20,19 @@ import (
 
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	_ "github.com/avflow/avflow/stages/all"
 	"github.com/avflow/avflow/stages/infer/model"
 	"github.com/avflow/avflow/stages/infer/onnx"
 	ort "github.com/yalue/onnxruntime_go"
 )
 
-type counter struct{ frames, meta atomic.Int64 }
+type counter struct {
+	stage.Base
+	frames, meta atomic.Int64
+}
 
-func (c *counter) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+func (c *counter) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
 	for _, e := range in {
 		if e.Kind == envelope.KindFrame {
 			c.frames.Add(1)
@@ -38,14 +42,13 @@ func (c *counter) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch,
 	}
 	return nil, nil
 }
-func (c *counter) Close() error { return nil }
 
 func runWithCounter(yaml string, transport string) (*counter, time.Duration, *pipeline.Metrics, error) {
 	c := &counter{}
 	env := pipeline.Default.Clone()
 	_ = env.Register(pipeline.Spec{Kind: "count", MinInputs: 1, MaxInputs: -1,
 		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
-		New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return c, nil }})
+		New:   func(context.Context, pipeline.Init) (stage.Stage, error) { return c, nil }})
 	cfg, err := pipeline.Parse([]byte(yaml), "bench.yaml")
 	if err != nil {
 		return nil, 0, nil, err
@@ -130,9 +133,12 @@ func inferBench(b *strings.Builder, bin, work string, rounds int, part string) {
 }
 
 // keeper holds on to decoded frames (a reference each) for a timed replay.
-type keeper struct{ frames []*envelope.Envelope }
+type keeper struct {
+	stage.Base
+	frames []*stage.Msg
+}
 
-func (k *keeper) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+func (k *keeper) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
 	for _, e := range in {
 		cp := *e
 		e.Local = nil // keep the frame
@@ -140,7 +146,6 @@ func (k *keeper) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, 
 	}
 	return nil, nil
 }
-func (k *keeper) Close() error { return nil }
 
 // inferStage times the infer stage on its own: frames decoded beforehand
 // are passed to its Process one at a time, as the runner does, on one
@@ -151,7 +156,7 @@ func inferStage(b *strings.Builder, modelPath string, rounds, n int) {
 	env := pipeline.Default.Clone()
 	_ = env.Register(pipeline.Spec{Kind: "keep", MinInputs: 1, MaxInputs: 1,
 		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
-		New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return k, nil }})
+		New:   func(context.Context, pipeline.Init) (stage.Stage, error) { return k, nil }})
 	cfg, err := pipeline.Parse([]byte(fmt.Sprintf(`name: frames
 stages:
   - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=640x480:rate=30", max_frames: %d}}
@@ -201,7 +206,7 @@ stages:
 		// Paired rounds: each stage round runs right after its bare round, so
 		// both see the same load on this shared machine; the ratio is the
 		// median of the per-round ratios.
-		var bare, stage, ratios []float64
+		var bare, stageFPS, ratios []float64
 		var bareCPU, stageCPU []float64
 		for i := 0; i < pairs; i++ {
 			c0 := selfCPU()
@@ -215,26 +220,26 @@ stages:
 			for _, e := range k.frames[:per] {
 				in := *e
 				in.Detections = nil
-				out, err := st.Process(context.Background(), pipeline.Batch{&in})
+				out, err := st.Process(context.Background(), stage.Batch{&in})
 				if err != nil {
 					fail(fmt.Errorf("infer bench: %w", err))
 				}
 				outs += len(out)
 			}
-			out, err := st.(pipeline.Flusher).Flush(context.Background())
+			out, err := st.Flush(context.Background())
 			if outs += len(out); err != nil || outs != 2*per {
 				fail(fmt.Errorf("infer bench: %d outputs for %d frames, %v", outs, per, err))
 			}
 			w := time.Since(t0)
 			c2 := selfCPU()
 			bare = append(bare, float64(per)/d.Seconds())
-			stage = append(stage, float64(per)/w.Seconds())
+			stageFPS = append(stageFPS, float64(per)/w.Seconds())
 			ratios = append(ratios, d.Seconds()/w.Seconds())
 			bareCPU = append(bareCPU, float64((c1-c0).Microseconds())/1000/float64(per))
 			stageCPU = append(stageCPU, float64((c2-c1).Microseconds())/1000/float64(per))
 		}
 		_ = st.Close()
-		fmt.Fprintf(b, "| %d | %v | %v | %.1f | %.1f | **%.3f** (%.3f-%.3f) | %.2f | %.2f |\n", threads, run.overlap, run.spin, medianOf(bare), medianOf(stage),
+		fmt.Fprintf(b, "| %d | %v | %v | %.1f | %.1f | **%.3f** (%.3f-%.3f) | %.2f | %.2f |\n", threads, run.overlap, run.spin, medianOf(bare), medianOf(stageFPS),
 			medianOf(ratios), slices.Min(ratios), slices.Max(ratios), medianOf(bareCPU), medianOf(stageCPU))
 	}
 	fmt.Fprintf(b, "\nTarget: the infer stage at least 0.85 of the bare loop.\n\n")
@@ -276,21 +281,22 @@ func runWithMerge(yaml string) (*counter, time.Duration, *pipeline.Metrics, erro
 			Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
 				return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 			},
-			New: func(context.Context, pipeline.Init) (pipeline.Stage, error) { return mergeStage{}, nil }})
+			New: func(context.Context, pipeline.Init) (stage.Stage, error) { return mergeStage{}, nil }})
 	}
 	return runWithCounter(yaml, pipeline.TransportLocal)
 }
 
-type mergeStage struct{}
+type mergeStage struct {
+	stage.Base
+}
 
-func (mergeStage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	out := make(pipeline.Batch, len(in))
+func (mergeStage) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+	out := make(stage.Batch, len(in))
 	for i, e := range in {
 		out[i] = e.Pass()
 	}
 	return out, nil
 }
-func (mergeStage) Close() error { return nil }
 
 const privacyYAML = `name: streams
 flow: drop-oldest

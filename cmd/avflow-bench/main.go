@@ -40,6 +40,7 @@ import (
 
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/nats-io/nats.go"
 )
 
@@ -202,39 +203,41 @@ func walls(ms []measure) string {
 
 const frameBytes = 1280 * 720 * 3 / 2 // one raw yuv420p 720p frame
 
-type frameGen struct{ n, sent int }
+type frameGen struct {
+	stage.Base
+	n, sent int
+}
 
-func (g *frameGen) Process(context.Context, pipeline.Batch) (pipeline.Batch, error) {
+func (g *frameGen) Process(context.Context, stage.Batch) (stage.Batch, error) {
 	if g.sent >= g.n {
 		return nil, io.EOF
 	}
 	g.sent++
-	return pipeline.Batch{{Kind: envelope.KindFrame, Media: envelope.MediaVideo,
-		Video:   &envelope.VideoFormat{PixFmt: "yuv420p", Width: 1280, Height: 720, Strides: []int32{1280, 640, 640}},
-		Payload: make([]byte, frameBytes)}}, nil
+	return stage.Batch{{Envelope: envelope.Envelope{Kind: envelope.KindFrame, Media: envelope.MediaVideo, Video: &envelope.VideoFormat{PixFmt: "yuv420p", Width: 1280, Height: 720, Strides: []int32{1280, 640, 640}}, Payload: make([]byte, frameBytes)}}}, nil
 }
-func (g *frameGen) Close() error { return nil }
 
-type frameCount struct{ n, bytes int }
+type frameCount struct {
+	stage.Base
+	n, bytes int
+}
 
-func (c *frameCount) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+func (c *frameCount) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
 	for _, e := range in {
 		c.n++
 		c.bytes += len(e.Payload)
 	}
 	return nil, nil
 }
-func (c *frameCount) Close() error { return nil }
 
 func edgeEnv(n int, count *frameCount) *pipeline.Environment {
 	env := pipeline.NewEnvironment()
 	port := pipeline.PortType{Kind: envelope.KindFrame, Media: envelope.MediaVideo}
 	_ = env.Register(pipeline.Spec{Kind: "frames", Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
 		return []pipeline.Port{{Name: "out", Type: port}}, nil
-	}, New: func(context.Context, pipeline.Init) (pipeline.Stage, error) { return &frameGen{n: n}, nil }})
+	}, New: func(context.Context, pipeline.Init) (stage.Stage, error) { return &frameGen{n: n}, nil }})
 	_ = env.Register(pipeline.Spec{Kind: "count", MinInputs: 1, MaxInputs: 1, Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) {
 		return nil, nil
-	}, New: func(context.Context, pipeline.Init) (pipeline.Stage, error) { return count, nil }})
+	}, New: func(context.Context, pipeline.Init) (stage.Stage, error) { return count, nil }})
 	return env
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	_ "github.com/avflow/avflow/stages/all" // the built-in stages
 )
 
@@ -35,14 +36,15 @@ func (s *Stats) add(v float64) { s.mu.Lock(); s.Luma = append(s.Luma, v); s.mu.U
 // lumaStats is the custom stage: frames in, the same frames out, with
 // meta["luma.mean"] set.
 type lumaStats struct {
+	stage.Base
 	every int
 	stats *Stats
 	log   *slog.Logger
 	n     int
 }
 
-func (l *lumaStats) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	out := make(pipeline.Batch, 0, len(in))
+func (l *lumaStats) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+	out := make(stage.Batch, 0, len(in))
 	for _, e := range in {
 		f, err := codecs.FrameOf(e)
 		if err != nil {
@@ -75,8 +77,6 @@ func (l *lumaStats) Process(_ context.Context, in pipeline.Batch) (pipeline.Batc
 	return out, nil
 }
 
-func (l *lumaStats) Close() error { return nil }
-
 // Register adds the lumastats kind to env; every stage of that kind reports into stats.
 func Register(env *pipeline.Environment, stats *Stats) error {
 	return env.Register(pipeline.Spec{
@@ -92,7 +92,7 @@ func Register(env *pipeline.Environment, stats *Stats) error {
 			}
 			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 		},
-		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+		New: func(_ context.Context, in pipeline.Init) (stage.Stage, error) {
 			return &lumaStats{every: max(1, in.Params.Int("log_every")), stats: stats, log: in.Log}, nil
 		},
 	})

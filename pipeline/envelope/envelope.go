@@ -169,27 +169,14 @@ type Segment struct {
 	Score float32 `msgpack:"s,omitempty"`
 }
 
-// Local is an in-process object (an FFmpeg frame or packet) that travels with
-// an envelope between stages of one process without being serialised.
-// [AppendMarshal] writes its media straight into the message when one
-// leaves the process.
-type Local interface {
+// PayloadWriter is media held elsewhere (an FFmpeg frame in memory) that
+// AppendMarshalFrom writes straight into the message, without a copy in
+// between.
+type PayloadWriter interface {
 	// PayloadSize is the number of bytes WritePayload writes.
 	PayloadSize() (int, error)
-	// WritePayload writes the payload into dst (PayloadSize bytes), so the
-	// transport can copy media straight into an outgoing message.
+	// WritePayload writes the payload into dst (PayloadSize bytes).
 	WritePayload(dst []byte) error
-	// Clone returns a new reference to the same data (for fan-out).
-	Clone() (Local, error)
-	// Free releases this reference.
-	Free()
-}
-
-// Hoster is a Local that may live in device memory (a GPU frame): ToHost
-// brings it to system memory, updating e's format fields, before it is
-// serialised. Stages on the same device pass it on without that copy.
-type Hoster interface {
-	ToHost(e *Envelope) error
 }
 
 // Envelope is one message on an edge.
@@ -219,47 +206,28 @@ type Envelope struct {
 	// messages through keeps it, so the consumer of a stage served by
 	// several processes can put their outputs back in order.
 	Src *Origin `msgpack:"src,omitempty"`
-
-	// Local, when set, holds the media in process memory; Payload may then be empty.
-	Local Local `msgpack:"-"`
-	// Port names the producing stage's output port ("" is its first port). Set by stages.
-	Port string `msgpack:"-"`
-	// Input is the index of the consuming stage's input edge it arrived on. Set by the runner.
-	Input int `msgpack:"-"`
-	// From is the producer instance that sent it over NATS. Set by the runner.
-	From string `msgpack:"-"`
 }
 
-// Release frees the in-process object, if any.
-func (e *Envelope) Release() {
-	if e != nil && e.Local != nil {
-		e.Local.Free()
-		e.Local = nil
-	}
-}
-
-// Marshal encodes the envelope. An in-process object is written straight
-// into the message (one copy) and released.
+// Marshal encodes the envelope.
 func Marshal(e *Envelope) ([]byte, error) { return AppendMarshal(nil, e) }
 
 // AppendMarshal is Marshal appending to dst, so a publisher can reuse one
 // buffer for every message instead of allocating (and zeroing) a new one.
-func AppendMarshal(dst []byte, e *Envelope) ([]byte, error) {
+func AppendMarshal(dst []byte, e *Envelope) ([]byte, error) { return AppendMarshalFrom(dst, e, nil) }
+
+// AppendMarshalFrom is AppendMarshal with the payload written by p instead
+// of taken from e.Payload (when p is not nil).
+func AppendMarshalFrom(dst []byte, e *Envelope, p PayloadWriter) ([]byte, error) {
 	if e.V == 0 {
 		e.V = Version
-	}
-	if h, ok := e.Local.(Hoster); ok {
-		if err := h.ToHost(e); err != nil {
-			return nil, fmt.Errorf("envelope: copying media off the device failed: %w", err)
-		}
 	}
 	hdr, err := msgpack.Marshal(e)
 	if err != nil {
 		return nil, fmt.Errorf("envelope: encoding header failed: %w", err)
 	}
 	n := len(e.Payload)
-	if e.Local != nil {
-		if n, err = e.Local.PayloadSize(); err != nil {
+	if p != nil {
+		if n, err = p.PayloadSize(); err != nil {
 			return nil, fmt.Errorf("envelope: sizing payload failed: %w", err)
 		}
 	}
@@ -267,7 +235,7 @@ func AppendMarshal(dst []byte, e *Envelope) ([]byte, error) {
 	buf = append(buf, 0x92) // fixarray of 2
 	buf = append(buf, hdr...)
 	switch {
-	case n == 0 && e.Local == nil && e.Payload == nil:
+	case n == 0 && p == nil && e.Payload == nil:
 		return append(buf, 0xc0), nil // nil
 	case n <= 0xff:
 		buf = append(buf, 0xc4, byte(n))
@@ -276,13 +244,12 @@ func AppendMarshal(dst []byte, e *Envelope) ([]byte, error) {
 	default:
 		buf = append(buf, 0xc6, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	}
-	if e.Local != nil {
+	if p != nil {
 		start := len(buf)
 		buf = buf[:start+n]
-		if err := e.Local.WritePayload(buf[start:]); err != nil {
+		if err := p.WritePayload(buf[start:]); err != nil {
 			return nil, fmt.Errorf("envelope: writing payload failed: %w", err)
 		}
-		e.Release()
 		return buf, nil
 	}
 	return append(buf, e.Payload...), nil
@@ -291,13 +258,21 @@ func AppendMarshal(dst []byte, e *Envelope) ([]byte, error) {
 // Unmarshal decodes and checks an envelope.
 // The payload aliases b: the caller must not reuse b while the envelope lives.
 func Unmarshal(b []byte) (*Envelope, error) {
-	if len(b) < 2 || b[0] != 0x92 {
-		return nil, fmt.Errorf("%w: not a [header, payload] array", ErrMalformed)
-	}
 	e := new(Envelope)
+	if err := UnmarshalInto(b, e); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// UnmarshalInto is Unmarshal into e, which must be zero.
+func UnmarshalInto(b []byte, e *Envelope) error {
+	if len(b) < 2 || b[0] != 0x92 {
+		return fmt.Errorf("%w: not a [header, payload] array", ErrMalformed)
+	}
 	r := bytes.NewReader(b[1:])
 	if err := msgpack.NewDecoder(r).Decode(e); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+		return fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	rest := b[len(b)-r.Len():]
 	var n, h int
@@ -311,40 +286,29 @@ func Unmarshal(b []byte) (*Envelope, error) {
 	case len(rest) >= 5 && rest[0] == 0xc6:
 		h, n = 5, int(binary.BigEndian.Uint32(rest[1:]))
 	default:
-		return nil, fmt.Errorf("%w: payload is not msgpack bin", ErrMalformed)
+		return fmt.Errorf("%w: payload is not msgpack bin", ErrMalformed)
 	}
 	if n >= 0 {
 		if h+n != len(rest) {
-			return nil, fmt.Errorf("%w: payload declares %d bytes, message holds %d", ErrMalformed, n, len(rest)-h)
+			return fmt.Errorf("%w: payload declares %d bytes, message holds %d", ErrMalformed, n, len(rest)-h)
 		}
 		e.Payload = rest[h : h+n : h+n]
 	} else if len(rest) != 1 {
-		return nil, fmt.Errorf("%w: trailing bytes", ErrMalformed)
+		return fmt.Errorf("%w: trailing bytes", ErrMalformed)
 	}
 	if e.V == 0 {
-		return nil, fmt.Errorf("%w: missing version", ErrMalformed)
+		return fmt.Errorf("%w: missing version", ErrMalformed)
 	}
 	if e.V > Version {
-		return nil, fmt.Errorf("%w: got v%d, this build reads up to v%d", ErrVersion, e.V, Version)
+		return fmt.Errorf("%w: got v%d, this build reads up to v%d", ErrVersion, e.V, Version)
 	}
 	switch e.Kind {
 	case KindPacket, KindFrame, KindEOS, KindData:
 	default:
-		return nil, fmt.Errorf("%w: unknown kind %d", ErrMalformed, e.Kind)
+		return fmt.Errorf("%w: unknown kind %d", ErrMalformed, e.Kind)
 	}
 	if e.Kind == KindFrame && e.Video == nil && e.Audio == nil {
-		return nil, fmt.Errorf("%w: frame without video or audio format", ErrMalformed)
+		return fmt.Errorf("%w: frame without video or audio format", ErrMalformed)
 	}
-	return e, nil
-}
-
-// Pass returns a copy of e to send on from a stage that lets a message
-// through (filters on metadata, drawing in place): the copy takes over the
-// in-process media, so releasing e afterwards frees nothing, and its port
-// is cleared (the stage's first port).
-func (e *Envelope) Pass() *Envelope {
-	cp := *e
-	e.Local = nil
-	cp.Port = ""
-	return &cp
+	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // Run parses yaml (name is the file name in messages), validates it and
@@ -38,17 +39,18 @@ func Run(t testing.TB, inv *accelerators.Inventory, name, yaml string) (*pipelin
 
 // Counter is a terminal stage that counts the messages it takes and
 // releases them.
-type Counter struct{ N atomic.Int64 }
+type Counter struct {
+	stage.Base
+	N atomic.Int64
+}
 
-func (c *Counter) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+func (c *Counter) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
 	for _, e := range in {
 		c.N.Add(1)
 		e.Release()
 	}
 	return nil, nil
 }
-
-func (c *Counter) Close() error { return nil }
 
 // WithCounter returns a copy of the Default environment with a terminal
 // kind of that name whose every instance is c.
@@ -57,7 +59,7 @@ func WithCounter(t testing.TB, kind string, c *Counter) *pipeline.Environment {
 	env := pipeline.Default.Clone()
 	if err := env.Register(pipeline.Spec{Kind: kind, MinInputs: 1, MaxInputs: 1,
 		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
-		New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return c, nil }}); err != nil {
+		New:   func(context.Context, pipeline.Init) (stage.Stage, error) { return c, nil }}); err != nil {
 		t.Fatal(err)
 	}
 	return env

@@ -13,6 +13,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // Sentinel errors.
@@ -61,6 +62,7 @@ func init() {
 
 // Decoder decodes one stream.
 type Decoder struct {
+	stage.Base
 	in        pipeline.Init
 	cc        *astiav.CodecContext
 	frame     *astiav.Frame
@@ -74,7 +76,7 @@ type Decoder struct {
 	hw        *hardware // nil: decoding on the CPU
 	// CPUFallback reports the CPU when FFmpeg has no hardware path for
 	// the stream's codec or profile, which the decoder learns at the first
-	// packet (pipeline.DeviceReporter).
+	// packet (see Status).
 	pipeline.CPUFallback
 }
 
@@ -91,7 +93,7 @@ type hardware struct {
 }
 
 // New returns a decoder that opens on the first packet, from its codec parameters.
-func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+func New(_ context.Context, in pipeline.Init) (stage.Stage, error) {
 	d := &Decoder{in: in, frame: astiav.AllocFrame()}
 	if in.Device.Kind == accelerators.GPU {
 		kind, name, typ, ok := accelerators.FFmpegDevice(in.Device.ID)
@@ -189,7 +191,7 @@ func keepOnDevice(in pipeline.Init) bool {
 	return false
 }
 
-func (d *Decoder) open(e *envelope.Envelope) error {
+func (d *Decoder) open(e *stage.Msg) error {
 	if e.Codec == nil {
 		return fmt.Errorf("%w: packet without codec parameters", ErrOpen)
 	}
@@ -244,8 +246,8 @@ func (d *Decoder) open(e *envelope.Envelope) error {
 }
 
 // Process decodes one or more packets.
-func (d *Decoder) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	var out pipeline.Batch
+func (d *Decoder) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+	var out stage.Batch
 	for _, e := range in {
 		if d.cc == nil {
 			if err := d.open(e); err != nil {
@@ -273,7 +275,7 @@ func (d *Decoder) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch,
 	return out, nil
 }
 
-func (d *Decoder) receive(out pipeline.Batch) (pipeline.Batch, error) {
+func (d *Decoder) receive(out stage.Batch) (stage.Batch, error) {
 	for {
 		if err := d.cc.ReceiveFrame(d.frame); err != nil {
 			if errors.Is(err, astiav.ErrEagain) || errors.Is(err, astiav.ErrEof) {
@@ -298,13 +300,14 @@ func (d *Decoder) receive(out pipeline.Batch) (pipeline.Batch, error) {
 	}
 }
 
-// Counts are the decoder's own counters, for the run's metrics.
-func (d *Decoder) Counts() map[string]int64 {
-	return map[string]int64{"undecodable_packets": d.skipped.Load()}
+// Status reports packets the decoder could not decode, and the CPU once
+// it fell back to it.
+func (d *Decoder) Status() stage.Status {
+	return stage.Status{Device: d.Device(), Counts: map[string]int64{"undecodable_packets": d.skipped.Load()}}
 }
 
 // Flush drains the decoder's delayed frames.
-func (d *Decoder) Flush(context.Context) (pipeline.Batch, error) {
+func (d *Decoder) Flush(context.Context) (stage.Batch, error) {
 	if d.cc == nil {
 		return nil, nil
 	}

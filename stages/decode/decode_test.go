@@ -14,18 +14,20 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
+	"github.com/avflow/avflow/pipeline/stage"
 	_ "github.com/avflow/avflow/stages/all"
 )
 
 // planes keeps a copy of each decoded picture's Y, U and V planes.
 type planes struct {
+	stage.Base
 	mu     sync.Mutex
 	w, h   int
 	format string
 	pics   [][3][]byte
 }
 
-func (p *planes) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+func (p *planes) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, e := range in {
@@ -54,8 +56,6 @@ func (p *planes) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, 
 	return nil, nil
 }
 
-func (p *planes) Close() error { return nil }
-
 // decodeAll decodes a clip's video on the given accelerator and returns its
 // pictures, and how long the run took.
 func decodeAll(t *testing.T, clip, accel string, strict bool) (*planes, time.Duration, error) {
@@ -64,7 +64,7 @@ func decodeAll(t *testing.T, clip, accel string, strict bool) (*planes, time.Dur
 	env := pipeline.Default.Clone()
 	if err := env.Register(pipeline.Spec{Kind: "keep", MinInputs: 1, MaxInputs: 1,
 		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
-		New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return p, nil }}); err != nil {
+		New:   func(context.Context, pipeline.Init) (stage.Stage, error) { return p, nil }}); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: hwdec

@@ -11,6 +11,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/avflow/avflow/stages/infer/detections"
 )
 
@@ -31,7 +32,7 @@ func init() {
 			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 		},
 		Replicable: func(pipeline.Params) error { return nil }, // each frame on its own
-		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+		New: func(_ context.Context, in pipeline.Init) (stage.Stage, error) {
 			return &Stage{thick: max(1, in.Params.Int("thickness")), scale: max(1, in.Params.Int("scale")), labels: in.Params.Bool("labels"),
 				guard: detections.Guard{Log: in.Log, Stage: in.Name}}, nil
 		},
@@ -40,6 +41,7 @@ func init() {
 
 // Stage draws detections.
 type Stage struct {
+	stage.Base
 	thick, scale int
 	labels       bool
 	guard        detections.Guard // detections are outside bytes: checked before drawing
@@ -59,8 +61,8 @@ var palette = []colour{
 }
 
 // Process draws on each frame that has detections.
-func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	out := make(pipeline.Batch, 0, len(in))
+func (s *Stage) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+	out := make(stage.Batch, 0, len(in))
 	for _, e := range in {
 		s.guard.Check(e)
 		if len(e.Detections) > 0 {
@@ -73,7 +75,7 @@ func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 	return out, nil
 }
 
-func (s *Stage) draw(e *envelope.Envelope) error {
+func (s *Stage) draw(e *stage.Msg) error {
 	f, err := codecs.FrameOf(e)
 	if err != nil {
 		return err
@@ -185,8 +187,5 @@ func (c canvas) text(x, y, scale int, s string, col colour) {
 	}
 }
 
-// Close does nothing.
-func (s *Stage) Close() error { return nil }
-
-// Counts reports the detections dropped as unusable (pipeline.EventCounter).
-func (s *Stage) Counts() map[string]int64 { return s.guard.Counts() }
+// Status reports the detections dropped as unusable.
+func (s *Stage) Status() stage.Status { return stage.Status{Counts: s.guard.Counts()} }

@@ -9,13 +9,13 @@ import (
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/codecs"
-	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
 // frame returns an envelope holding a black yuv420p frame of w x h.
-func frame(t testing.TB, w, h int) *envelope.Envelope {
+func frame(t testing.TB, w, h int) *stage.Msg {
 	t.Helper()
 	f := astiav.AllocFrame()
 	f.SetWidth(w)
@@ -40,12 +40,12 @@ func drawOn(t testing.TB, w, h int, dets []envelope.Detection, limit time.Durati
 	e.Detections = dets
 	s := &Stage{thick: 2, scale: 2, labels: true}
 	type result struct {
-		out pipeline.Batch
+		out stage.Batch
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		out, err := s.Process(context.Background(), pipeline.Batch{e})
+		out, err := s.Process(context.Background(), stage.Batch{e})
 		done <- result{out, err}
 	}()
 	var r result
@@ -129,15 +129,14 @@ func FuzzDraw(f *testing.F) {
 }
 
 // TestDrawCountsMalformedDetections: what the guard drops is counted for
-// the run's metrics (pipeline.EventCounter).
+// the run's metrics (stage.Status.Counts).
 func TestDrawCountsMalformedDetections(t *testing.T) {
 	s := &Stage{thick: 2, scale: 2}
-	var _ pipeline.EventCounter = s
 	nan := float32(math.NaN())
 	for range 2 {
 		e := frame(t, 64, 48)
 		e.Detections = []envelope.Detection{{X1: nan, Y1: 0, X2: 0.5, Y2: 0.5}, {X1: 0.1, Y1: 0.1, X2: 0.2, Y2: 0.2, Score: 1}}
-		out, err := s.Process(context.Background(), pipeline.Batch{e})
+		out, err := s.Process(context.Background(), stage.Batch{e})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,7 +145,7 @@ func TestDrawCountsMalformedDetections(t *testing.T) {
 		}
 		e.Release()
 	}
-	if got := s.Counts()["malformed_detections"]; got != 2 {
+	if got := s.Status().Counts["malformed_detections"]; got != 2 {
 		t.Fatalf("malformed_detections = %d, want 2", got)
 	}
 }

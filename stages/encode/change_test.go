@@ -12,6 +12,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // newEncoder builds an encode stage with the spec's defaults and the given
@@ -43,7 +44,7 @@ func newEncoder(t *testing.T, params pipeline.Params, live bool) (*Encoder, *byt
 // halves is a w x h yuv420p frame, luma 235 on the left half and 16 on
 // the right: any crop of it that keeps the top-left corner is all 235 on
 // the left of the encoder's frame.
-func halves(t *testing.T, w, h int, pts int64) *envelope.Envelope {
+func halves(t *testing.T, w, h int, pts int64) *stage.Msg {
 	t.Helper()
 	f := astiav.AllocFrame()
 	f.SetWidth(w)
@@ -80,7 +81,7 @@ func halves(t *testing.T, w, h int, pts int64) *envelope.Envelope {
 
 // decodeAll decodes H.264 packets (headers in-band) into frames, which it
 // hands to check.
-func decodeAll(t *testing.T, pkts pipeline.Batch, check func(f *astiav.Frame)) int {
+func decodeAll(t *testing.T, pkts stage.Batch, check func(f *astiav.Frame)) int {
 	t.Helper()
 	cc := astiav.AllocCodecContext(astiav.FindDecoder(astiav.CodecIDH264))
 	defer cc.Free()
@@ -143,9 +144,9 @@ func TestEncoderScalesAFrameOfAnotherSize(t *testing.T) {
 	}
 	enc, logs := newEncoder(t, pipeline.Params{"codec": "libx264", "preset": "ultrafast", "crf": 10, "global_header": false}, false)
 	sizes := [][2]int{{320, 240}, {320, 240}, {640, 480}, {640, 480}, {160, 120}, {320, 240}, {1280, 720}}
-	var pkts pipeline.Batch
+	var pkts stage.Batch
 	for i, s := range sizes {
-		out, err := enc.Process(context.Background(), pipeline.Batch{halves(t, s[0], s[1], int64(i))})
+		out, err := enc.Process(context.Background(), stage.Batch{halves(t, s[0], s[1], int64(i))})
 		if err != nil {
 			t.Fatalf("frame %d (%dx%d): %v", i, s[0], s[1], err)
 		}
@@ -177,11 +178,9 @@ func TestEncoderScalesAFrameOfAnotherSize(t *testing.T) {
 var sampleBytes = map[astiav.SampleFormat]int{astiav.SampleFormatFltp: 4, astiav.SampleFormatS16: 2}
 
 // silence is n samples of silence, built from a zeroed payload.
-func silence(t *testing.T, sf astiav.SampleFormat, rate int, l astiav.ChannelLayout, n int, pts int64) *envelope.Envelope {
+func silence(t *testing.T, sf astiav.SampleFormat, rate int, l astiav.ChannelLayout, n int, pts int64) *stage.Msg {
 	t.Helper()
-	e := &envelope.Envelope{Kind: envelope.KindFrame, Media: envelope.MediaAudio, PTS: pts, TimeBase: envelope.Rational{Num: 1, Den: int32(rate)},
-		Audio:   &envelope.AudioFormat{SampleFmt: sf.Name(), SampleRate: int32(rate), Channels: int32(l.NbChannels()), Samples: int32(n)},
-		Payload: make([]byte, n*l.NbChannels()*sampleBytes[sf])}
+	e := &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindFrame, Media: envelope.MediaAudio, PTS: pts, TimeBase: envelope.Rational{Num: 1, Den: int32(rate)}, Audio: &envelope.AudioFormat{SampleFmt: sf.Name(), SampleRate: int32(rate), Channels: int32(l.NbChannels()), Samples: int32(n)}, Payload: make([]byte, n*l.NbChannels()*sampleBytes[sf])}}
 	if _, err := codecs.FrameOf(e); err != nil {
 		t.Fatal(err)
 	}
@@ -195,16 +194,16 @@ func silence(t *testing.T, sf astiav.SampleFormat, rate int, l astiav.ChannelLay
 func TestEncoderResamplesAudioOfAnotherFormat(t *testing.T) {
 	enc, logs := newEncoder(t, pipeline.Params{"codec": "aac"}, false)
 	stereo, mono := astiav.ChannelLayoutStereo, astiav.ChannelLayoutMono
-	in := []*envelope.Envelope{
+	in := []*stage.Msg{
 		silence(t, astiav.SampleFormatFltp, 48000, stereo, 1000, 0),
 		silence(t, astiav.SampleFormatFltp, 48000, stereo, 1000, 1000),
 		silence(t, astiav.SampleFormatS16, 44100, mono, 1000, 1837),
 		silence(t, astiav.SampleFormatS16, 44100, mono, 1000, 2756),
 		silence(t, astiav.SampleFormatFltp, 48000, stereo, 1000, 4000),
 	}
-	var pkts pipeline.Batch
+	var pkts stage.Batch
 	for i, e := range in {
-		out, err := enc.Process(context.Background(), pipeline.Batch{e})
+		out, err := enc.Process(context.Background(), stage.Batch{e})
 		if err != nil {
 			t.Fatalf("frame %d: %v", i, err)
 		}

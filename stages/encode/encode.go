@@ -17,6 +17,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // Sentinel errors.
@@ -127,6 +128,7 @@ func parseBitrate(s string) (int64, error) {
 
 // Encoder encodes one stream.
 type Encoder struct {
+	stage.Base
 	in    pipeline.Init
 	copy  bool
 	codec *astiav.Codec
@@ -156,9 +158,12 @@ type Encoder struct {
 	input input
 	up    *astiav.Frame
 	// CPUFallback reports the CPU once a hardware encoder that would not
-	// open gave way to the software one (pipeline.DeviceReporter).
+	// open gave way to the software one (see Status).
 	pipeline.CPUFallback
 }
+
+// Status reports the CPU once the encoder fell back to it.
+func (enc *Encoder) Status() stage.Status { return stage.Status{Device: enc.Device()} }
 
 // input is how a video encoder takes its frames.
 type input int
@@ -170,7 +175,7 @@ const (
 )
 
 // New prepares the encoder; it opens on the first frame, from its format.
-func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+func New(_ context.Context, in pipeline.Init) (stage.Stage, error) {
 	name := in.Params.String("codec")
 	if name == "copy" {
 		return &Encoder{in: in, copy: true}, nil
@@ -204,7 +209,7 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 // session limit) gives way to the software one with a warning. It returns
 // the frame to encode: a copy in system memory if f was a device frame
 // the encoder that opened cannot take.
-func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) (*astiav.Frame, error) {
+func (enc *Encoder) open(f *astiav.Frame, e *stage.Msg) (*astiav.Frame, error) {
 	err := enc.openCodec(f, e)
 	if err == nil || enc.soft == nil {
 		return f, err
@@ -228,7 +233,7 @@ func (enc *Encoder) open(f *astiav.Frame, e *envelope.Envelope) (*astiav.Frame, 
 // frame returns e's frame the way the encoder takes it: GPU frames stay
 // on the GPU for a hardware encoder on that same device (the first frame
 // decides, at open), and are copied to system memory for anything else.
-func (enc *Encoder) frame(e *envelope.Envelope) (*astiav.Frame, error) {
+func (enc *Encoder) frame(e *stage.Msg) (*astiav.Frame, error) {
 	var dev *astiav.HardwareDeviceContext
 	if _, hw := familyOf(enc.codec.Name()); hw && enc.media == envelope.MediaVideo && (enc.cc == nil || enc.input == inputDevice) {
 		dev, _ = enc.device() // none: frames come to system memory, and open says why
@@ -301,7 +306,7 @@ func (enc *Encoder) bindVideo(cc *astiav.CodecContext, f *astiav.Frame, pf astia
 	return sw, nil
 }
 
-func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
+func (enc *Encoder) openCodec(f *astiav.Frame, e *stage.Msg) error {
 	p := enc.in.Params
 	cc := astiav.AllocCodecContext(enc.codec)
 	if cc == nil {
@@ -458,8 +463,8 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *envelope.Envelope) error {
 }
 
 // Process encodes frames (or passes packets through with codec: copy).
-func (enc *Encoder) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	var out pipeline.Batch
+func (enc *Encoder) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+	var out stage.Batch
 	for _, e := range in {
 		if enc.copy {
 			cp := e.Pass() // the copy owns the packet now
@@ -517,7 +522,7 @@ func (enc *Encoder) formatChanged(f *astiav.Frame) bool {
 // encoder opened on, scaled (swscale, bicubic, as the ffmpeg CLI's
 // autoscale does: the picture is stretched to fill the frame) to the
 // encoder's size and format, in system memory.
-func (enc *Encoder) scale(out pipeline.Batch, e *envelope.Envelope) (pipeline.Batch, error) {
+func (enc *Encoder) scale(out stage.Batch, e *stage.Msg) (stage.Batch, error) {
 	f, err := codecs.FrameOf(e) // a GPU frame is copied off its device
 	if err != nil {
 		return out, err
@@ -535,7 +540,7 @@ func (enc *Encoder) scale(out pipeline.Batch, e *envelope.Envelope) (pipeline.Ba
 }
 
 // timing is the time base and frame rate of e's frame (zero for nil).
-func timing(e *envelope.Envelope) (tb, rate astiav.Rational) {
+func timing(e *stage.Msg) (tb, rate astiav.Rational) {
 	if e == nil {
 		return tb, rate
 	}
@@ -546,7 +551,7 @@ func timing(e *envelope.Envelope) (tb, rate astiav.Rational) {
 }
 
 // send encodes f (nil: flush), through the conversion graphs if there are any.
-func (enc *Encoder) send(out pipeline.Batch, f *astiav.Frame, e *envelope.Envelope) (pipeline.Batch, error) {
+func (enc *Encoder) send(out stage.Batch, f *astiav.Frame, e *stage.Msg) (stage.Batch, error) {
 	tb, rate := timing(e)
 	if len(enc.conv) == 0 {
 		if f != nil && tb != enc.tb {
@@ -567,12 +572,12 @@ func (enc *Encoder) send(out pipeline.Batch, f *astiav.Frame, e *envelope.Envelo
 
 // convert runs f (nil: end of stream) through the graphs of chain in
 // turn and returns what comes out of the last.
-func (enc *Encoder) convert(chain []*codecs.Graph, f *astiav.Frame, tb, rate astiav.Rational) ([]*envelope.Envelope, error) {
+func (enc *Encoder) convert(chain []*codecs.Graph, f *astiav.Frame, tb, rate astiav.Rational) ([]*stage.Msg, error) {
 	res, err := chain[0].Push(f, enc.media, tb, rate)
 	if err != nil || len(chain) == 1 {
 		return res, err
 	}
-	var out []*envelope.Envelope
+	var out []*stage.Msg
 	for i, r := range res {
 		rf, _ := codecs.FrameOf(r) // the graph's own frame
 		more, err := enc.convert(chain[1:], rf, codecs.AVRat(r.TimeBase), rate)
@@ -591,7 +596,7 @@ func (enc *Encoder) convert(chain []*codecs.Graph, f *astiav.Frame, tb, rate ast
 }
 
 // encodeAll encodes the frames of a conversion graph, releasing them.
-func (enc *Encoder) encodeAll(out pipeline.Batch, frames []*envelope.Envelope) (pipeline.Batch, error) {
+func (enc *Encoder) encodeAll(out stage.Batch, frames []*stage.Msg) (stage.Batch, error) {
 	for i, c := range frames {
 		cf, _ := codecs.FrameOf(c) // the graph's own frame
 		cf.SetPts(astiav.RescaleQ(cf.Pts(), codecs.AVRat(c.TimeBase), enc.tb))
@@ -606,13 +611,13 @@ func (enc *Encoder) encodeAll(out pipeline.Batch, frames []*envelope.Envelope) (
 	return out, nil
 }
 
-func release(es []*envelope.Envelope) {
+func release(es []*stage.Msg) {
 	for _, e := range es {
 		e.Release()
 	}
 }
 
-func (enc *Encoder) encode(out pipeline.Batch, f *astiav.Frame) (pipeline.Batch, error) {
+func (enc *Encoder) encode(out stage.Batch, f *astiav.Frame) (stage.Batch, error) {
 	if f != nil {
 		pt := astiav.PictureTypeNone
 		if enc.keys != nil && enc.keys.due(f.Pts()) {
@@ -647,11 +652,11 @@ func (enc *Encoder) encode(out pipeline.Batch, f *astiav.Frame) (pipeline.Batch,
 }
 
 // Flush drains the encoder.
-func (enc *Encoder) Flush(context.Context) (pipeline.Batch, error) {
+func (enc *Encoder) Flush(context.Context) (stage.Batch, error) {
 	if enc.copy || enc.cc == nil {
 		return nil, nil
 	}
-	var out pipeline.Batch
+	var out stage.Batch
 	if enc.resize != nil {
 		res, err := enc.resize.Push(nil, enc.media, astiav.Rational{}, astiav.Rational{})
 		out, eerr := enc.encodeAll(out, res)

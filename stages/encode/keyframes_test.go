@@ -8,6 +8,7 @@ import (
 
 	"github.com/asticode/go-astiav"
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // gappy is 25 fps frame numbers with holes, as drop-oldest leaves them under
@@ -61,7 +62,7 @@ func TestKeyframesByTime(t *testing.T) {
 			tt.params["codec"], tt.params["preset"] = "libx264", "veryfast"
 			enc, logs := newEncoder(t, tt.params, tt.live)
 			var keys []int64
-			collect := func(out pipeline.Batch) {
+			collect := func(out stage.Batch) {
 				for _, e := range out {
 					if e.Key {
 						keys = append(keys, e.PTS)
@@ -70,7 +71,7 @@ func TestKeyframesByTime(t *testing.T) {
 				}
 			}
 			for _, p := range pts {
-				out, err := enc.Process(context.Background(), pipeline.Batch{halves(t, 320, 240, p)})
+				out, err := enc.Process(context.Background(), stage.Batch{halves(t, 320, 240, p)})
 				if err != nil {
 					t.Fatal(err)
 				}

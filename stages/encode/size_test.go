@@ -10,10 +10,11 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // black is a black w x h frame in pf.
-func black(t *testing.T, w, h int, pf astiav.PixelFormat) *envelope.Envelope {
+func black(t *testing.T, w, h int, pf astiav.PixelFormat) *stage.Msg {
 	t.Helper()
 	f := astiav.AllocFrame()
 	f.SetWidth(w)
@@ -65,7 +66,7 @@ func TestPictureSizeAgainstChroma(t *testing.T) {
 				t.Fatal(err)
 			}
 			enc, _ := newEncoder(t, pipeline.Params{"codec": tt.codec, "pixel_format": tt.pixfmt, "preset": presets[tt.codec]}, false)
-			_, err = enc.Process(context.Background(), pipeline.Batch{black(t, tt.w, tt.h, pf)})
+			_, err = enc.Process(context.Background(), stage.Batch{black(t, tt.w, tt.h, pf)})
 			if tt.want == "" {
 				if err != nil {
 					t.Fatalf("%dx%d %s: %v", tt.w, tt.h, tt.pixfmt, err)

@@ -17,6 +17,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // ErrDevice reports a graph that cannot run where the stage is bound.
@@ -92,7 +93,7 @@ var uploads = map[string]string{"cuda": "hwupload", "vaapi": "format=nv12,hwuplo
 
 // New builds the stage: on a GPU, a graph whose filters get the device;
 // on the CPU, the graph (or cpu_graph, when graph needs a GPU).
-func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+func New(_ context.Context, in pipeline.Init) (stage.Stage, error) {
 	graph, threads := in.Params.String("graph"), in.Params.Int("threads")
 	f := &Filter{in: in}
 	if in.Device.Kind == accelerators.GPU {
@@ -132,6 +133,7 @@ func New(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
 
 // Filter runs one filter graph.
 type Filter struct {
+	stage.Base
 	in    pipeline.Init
 	g     *codecs.Graph
 	dev   *astiav.HardwareDeviceContext // the GPU the graph runs on; nil: CPU
@@ -139,15 +141,18 @@ type Filter struct {
 	tb    envelope.Rational
 	rate  envelope.Rational
 	// CPUFallback reports the CPU when the GPU would not open and
-	// cpu_graph runs instead (pipeline.DeviceReporter).
+	// cpu_graph runs instead (see Status).
 	pipeline.CPUFallback
 	// hostOut: frames leave in system memory, read back by this stage.
 	hostOut bool
 }
 
+// Status reports the CPU once the filter fell back to it.
+func (f *Filter) Status() stage.Status { return stage.Status{Device: f.Device()} }
+
 // Process filters frames.
-func (f *Filter) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	var out pipeline.Batch
+func (f *Filter) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+	var out stage.Batch
 	for _, e := range in {
 		fr, err := codecs.FrameOn(e, f.dev)
 		if err != nil {
@@ -185,7 +190,7 @@ func (f *Filter) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, 
 }
 
 // Flush drains frames the graph holds back.
-func (f *Filter) Flush(context.Context) (pipeline.Batch, error) {
+func (f *Filter) Flush(context.Context) (stage.Batch, error) {
 	return f.g.Push(nil, f.media, codecs.AVRat(f.tb), codecs.AVRat(f.rate))
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/avflow/avflow/stages/infer/model"
 	"github.com/avflow/avflow/stages/infer/onnx"
 )
@@ -160,8 +161,8 @@ func (m *loaded) device(in pipeline.Init) string {
 	return in.Device.ID
 }
 
-// Device reports where the model runs (pipeline.DeviceReporter).
-func (s *Video) Device() string { return s.m.device(s.in) }
+// Status reports where the model runs.
+func (s *Video) Status() stage.Status { return stage.Status{Device: s.m.device(s.in)} }
 
 // provider maps the device a stage is bound to onto an ONNX Runtime
 // execution provider and its options ("" for the CPU).
@@ -231,7 +232,7 @@ func OpenCard(card *model.Card, o onnx.Options, log *slog.Logger) (*onnx.Session
 }
 
 // New loads the model (and recognizer), checking the card against it.
-func New(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
+func New(ctx context.Context, in pipeline.Init) (stage.Stage, error) {
 	m, err := load(ctx, in, in.Params.String("model"))
 	if err != nil {
 		return nil, err
@@ -333,6 +334,7 @@ func (d *Detector) Model() string { return d.m.card.Name }
 // normalisation cost no throughput; each call returns the frames of the
 // call before it, and Flush returns the last ones.
 type Video struct {
+	stage.Base
 	*Detector
 	in       pipeline.Init
 	interval int
@@ -347,8 +349,8 @@ type Video struct {
 // inFlight is a model run under way and the messages waiting for it.
 type inFlight struct {
 	run *modelRun
-	in  pipeline.Batch // the call's messages, owned by the stage
-	due []int          // which of them the run is for
+	in  stage.Batch // the call's messages, owned by the stage
+	due []int       // which of them the run is for
 }
 
 // BatchLimits lets the runner hand over several frames at once.
@@ -358,7 +360,7 @@ func (s *Video) BatchLimits() (int, time.Duration) {
 
 // Process runs the model on the frames due for it (together, when the
 // model takes batches) and passes every frame on.
-func (s *Video) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+func (s *Video) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
 	var due []int
 	var frames []*astiav.Frame
 	for i, e := range in {
@@ -400,7 +402,7 @@ func (s *Video) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 		return s.inferNow(in, due, frames, out)
 	}
 	s.next ^= 1
-	held := make(pipeline.Batch, len(in))
+	held := make(stage.Batch, len(in))
 	for i, e := range in {
 		held[i] = e.Pass() // the stage keeps the frames until the run is done
 	}
@@ -410,7 +412,7 @@ func (s *Video) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 }
 
 // inferNow runs the model on frames and returns in with the results, after out.
-func (s *Video) inferNow(in pipeline.Batch, due []int, frames []*astiav.Frame, out pipeline.Batch) (pipeline.Batch, error) {
+func (s *Video) inferNow(in stage.Batch, due []int, frames []*astiav.Frame, out stage.Batch) (stage.Batch, error) {
 	var res [][]box
 	if len(frames) > 0 {
 		var err error
@@ -422,7 +424,7 @@ func (s *Video) inferNow(in pipeline.Batch, due []int, frames []*astiav.Frame, o
 }
 
 // drain waits for the run in flight and returns its messages with results.
-func (s *Video) drain() (pipeline.Batch, error) {
+func (s *Video) drain() (stage.Batch, error) {
 	f := s.flight
 	if f == nil {
 		return nil, nil
@@ -441,7 +443,7 @@ func (s *Video) drain() (pipeline.Batch, error) {
 
 // emit appends to out the messages of in, with the results of the frames
 // in due attached, and a metadata message for each of those.
-func (s *Video) emit(out, in pipeline.Batch, due []int, res [][]box) pipeline.Batch {
+func (s *Video) emit(out, in stage.Batch, due []int, res [][]box) stage.Batch {
 	inferred := make([]bool, len(in))
 	for k, i := range due {
 		in[i].Detections = append(in[i].Detections, res[k]...)
@@ -461,16 +463,16 @@ func (s *Video) emit(out, in pipeline.Batch, due []int, res [][]box) pipeline.Ba
 		}
 		out = append(out, cp)
 		if inferred[i] {
-			out = append(out, &envelope.Envelope{Kind: envelope.KindData, Media: e.Media, Port: "meta", PTS: e.PTS, DTS: e.DTS,
+			out = append(out, &stage.Msg{Port: "meta", Envelope: envelope.Envelope{Kind: envelope.KindData, Media: e.Media, PTS: e.PTS, DTS: e.DTS,
 				TimeBase: e.TimeBase, Detections: append([]envelope.Detection(nil), cp.Detections...),
-				Meta: map[string]string{"stream": e.Stream, "model": s.Model()}, Stamps: append([]envelope.Stamp(nil), e.Stamps...)})
+				Meta: map[string]string{"stream": e.Stream, "model": s.Model()}, Stamps: append([]envelope.Stamp(nil), e.Stamps...)}})
 		}
 	}
 	return out
 }
 
 // Flush returns the frames of the last run.
-func (s *Video) Flush(context.Context) (pipeline.Batch, error) { return s.drain() }
+func (s *Video) Flush(context.Context) (stage.Batch, error) { return s.drain() }
 
 // Close waits for a run in flight, then frees the models.
 func (s *Video) Close() error {

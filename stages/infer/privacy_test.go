@@ -18,6 +18,7 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	_ "github.com/avflow/avflow/stages/all"
 	"github.com/avflow/avflow/stages/infer/onnx"
 	"github.com/nats-io/nats.go"
@@ -25,13 +26,14 @@ import (
 
 // collector gathers the detections of every frame that reaches it.
 type collector struct {
+	stage.Base
 	mu     sync.Mutex
 	frames int
 	dets   [][]envelope.Detection
 	segs   []envelope.Segment
 }
 
-func (c *collector) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+func (c *collector) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, e := range in {
@@ -43,13 +45,12 @@ func (c *collector) Process(_ context.Context, in pipeline.Batch) (pipeline.Batc
 	}
 	return nil, nil
 }
-func (c *collector) Close() error { return nil }
 
 func envWithCollector(t *testing.T, c *collector) *pipeline.Environment {
 	env := pipeline.Default.Clone()
 	err := env.Register(pipeline.Spec{Kind: "collect", MinInputs: 1, MaxInputs: -1,
 		Ports: func(pipeline.Params, []pipeline.PortType) ([]pipeline.Port, error) { return nil, nil },
-		New:   func(context.Context, pipeline.Init) (pipeline.Stage, error) { return c, nil }})
+		New:   func(context.Context, pipeline.Init) (stage.Stage, error) { return c, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,9 +206,9 @@ stages:
 	}
 	defer nc.Close()
 	var mu sync.Mutex
-	var got []*envelope.Envelope
+	var got []*stage.Msg
 	sub, err := nc.Subscribe(pipeline.Subject("meta", "faces", "meta"), func(m *nats.Msg) {
-		if e, err := envelope.Unmarshal(m.Data); err == nil && e.Kind != envelope.KindEOS {
+		if e, err := stage.Unmarshal(m.Data); err == nil && e.Kind != envelope.KindEOS {
 			mu.Lock()
 			got = append(got, e)
 			mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/avflow/avflow/stages/infer/onnx"
 )
 
@@ -18,6 +19,7 @@ import (
 // Audio frames pass through unchanged on "out"; each finished speech
 // segment is published on "meta".
 type VAD struct {
+	stage.Base
 	in      pipeline.Init
 	m       *loaded
 	conv    *codecs.Graph
@@ -42,10 +44,10 @@ type VAD struct {
 	tb       envelope.Rational
 }
 
-// Device reports where the model runs (pipeline.DeviceReporter).
-func (v *VAD) Device() string { return v.m.device(v.in) }
+// Status reports where the model runs.
+func (v *VAD) Status() stage.Status { return stage.Status{Device: v.m.device(v.in)} }
 
-func newVAD(in pipeline.Init, m *loaded) (pipeline.Stage, error) {
+func newVAD(in pipeline.Init, m *loaded) (stage.Stage, error) {
 	a := m.card.Audio
 	if a == nil || a.SampleRate <= 0 || a.Window <= 0 {
 		m.sess.Close()
@@ -65,8 +67,8 @@ func newVAD(in pipeline.Init, m *loaded) (pipeline.Stage, error) {
 }
 
 // Process resamples and scores the audio; frames pass through.
-func (v *VAD) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	var out pipeline.Batch
+func (v *VAD) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+	var out stage.Batch
 	for _, e := range in {
 		f, err := codecs.FrameOf(e)
 		if err != nil {
@@ -91,7 +93,7 @@ func (v *VAD) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, err
 	return out, nil
 }
 
-func (v *VAD) consume(out pipeline.Batch, conv []*envelope.Envelope) (pipeline.Batch, error) {
+func (v *VAD) consume(out stage.Batch, conv []*stage.Msg) (stage.Batch, error) {
 	for _, c := range conv {
 		cf, _ := codecs.FrameOf(c)
 		pl, _ := codecs.Plane(cf, 0, 1)
@@ -159,14 +161,14 @@ func (v *VAD) step(p float32, t float64) (envelope.Segment, bool) {
 	return envelope.Segment{}, false
 }
 
-func (v *VAD) segmentEnvelope(s envelope.Segment) *envelope.Envelope {
-	return &envelope.Envelope{Kind: envelope.KindData, Media: envelope.MediaAudio, Port: "meta", Segments: []envelope.Segment{s},
+func (v *VAD) segmentEnvelope(s envelope.Segment) *stage.Msg {
+	return &stage.Msg{Port: "meta", Envelope: envelope.Envelope{Kind: envelope.KindData, Media: envelope.MediaAudio, Segments: []envelope.Segment{s},
 		TimeBase: envelope.Rational{Num: 1, Den: 1000}, PTS: int64(s.Start * 1000), DTS: int64(s.Start * 1000),
-		Meta: map[string]string{"model": v.m.card.Name}}
+		Meta: map[string]string{"model": v.m.card.Name}}}
 }
 
 // Flush scores what is left and closes an open segment at the end of the stream.
-func (v *VAD) Flush(context.Context) (pipeline.Batch, error) {
+func (v *VAD) Flush(context.Context) (stage.Batch, error) {
 	conv, err := v.conv.Push(nil, envelope.MediaAudio, astiav.NewRational(1, v.rate), astiav.NewRational(0, 1))
 	if err != nil {
 		return nil, err

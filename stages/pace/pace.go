@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // ErrParams reports pace params that cannot work.
@@ -31,7 +32,7 @@ func init() {
 		},
 		Check:      check,
 		Replicable: func(pipeline.Params) error { return nil }, // each message on its own
-		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+		New: func(_ context.Context, in pipeline.Init) (stage.Stage, error) {
 			return New(in.Params.Float("rate"), nil), nil
 		},
 	})
@@ -69,6 +70,7 @@ func (wallClock) Sleep(ctx context.Context, d time.Duration) error {
 
 // Stage passes messages at most Rate per second.
 type Stage struct {
+	stage.Base
 	gap   time.Duration // least time between two messages
 	clock Clock
 	next  time.Time // the earliest the next message may go (zero: at once)
@@ -87,8 +89,8 @@ func New(rate float64, clock Clock) *Stage {
 // kept on a schedule (next = last turn + 1/rate), so a sleep that ends
 // late does not slow the rate down; a message that arrives after its turn
 // goes at once and starts the schedule again from now.
-func (s *Stage) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	out := make(pipeline.Batch, 0, len(in))
+func (s *Stage) Process(ctx context.Context, in stage.Batch) (stage.Batch, error) {
+	out := make(stage.Batch, 0, len(in))
 	for _, e := range in {
 		if err := s.wait(ctx); err != nil {
 			for _, o := range out { // passed on, so the runner no longer holds their frames
@@ -114,6 +116,3 @@ func (s *Stage) wait(ctx context.Context) error {
 	s.next = now.Add(s.gap)
 	return nil
 }
-
-// Close does nothing: the stage holds no resources.
-func (s *Stage) Close() error { return nil }

@@ -12,6 +12,7 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
 	"github.com/avflow/avflow/pipeline/pipelinetest"
+	"github.com/avflow/avflow/pipeline/stage"
 	_ "github.com/avflow/avflow/stages/decode"
 	_ "github.com/avflow/avflow/stages/source"
 	"go.uber.org/goleak"
@@ -65,9 +66,9 @@ func TestPaceSchedule(t *testing.T) {
 			ms := func() int { return int(clk.now.Sub(t0) / time.Millisecond) }
 			var leave []int
 			if tc.oneCall {
-				batch := pipeline.Batch{}
+				batch := stage.Batch{}
 				for i := range tc.arrive {
-					batch = append(batch, &envelope.Envelope{Kind: envelope.KindFrame, Seq: uint64(i)})
+					batch = append(batch, &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindFrame, Seq: uint64(i)}})
 				}
 				out, err := s.Process(context.Background(), batch)
 				if err != nil || len(out) != len(batch) {
@@ -81,7 +82,7 @@ func TestPaceSchedule(t *testing.T) {
 					if a := t0.Add(time.Duration(at) * time.Millisecond); a.After(clk.now) {
 						clk.now = a
 					}
-					out, err := s.Process(context.Background(), pipeline.Batch{{Kind: envelope.KindFrame, Seq: uint64(i)}})
+					out, err := s.Process(context.Background(), stage.Batch{{Envelope: envelope.Envelope{Kind: envelope.KindFrame, Seq: uint64(i)}}})
 					if err != nil || len(out) != 1 || out[0].Seq != uint64(i) {
 						t.Fatalf("message %d: out %v, %v", i, out, err)
 					}
@@ -98,10 +99,10 @@ func TestPaceSchedule(t *testing.T) {
 // local is an in-process object that records being freed.
 type local struct{ freed bool }
 
-func (l *local) PayloadSize() (int, error)      { return 0, nil }
-func (l *local) WritePayload([]byte) error      { return nil }
-func (l *local) Clone() (envelope.Local, error) { return &local{}, nil }
-func (l *local) Free()                          { l.freed = true }
+func (l *local) PayloadSize() (int, error)   { return 0, nil }
+func (l *local) WritePayload([]byte) error   { return nil }
+func (l *local) Clone() (stage.Local, error) { return &local{}, nil }
+func (l *local) Free()                       { l.freed = true }
 
 // TestPacePassesUnchanged: what comes out is the message that went in,
 // its in-process frame handed on (not freed, not copied), its port reset;
@@ -111,14 +112,13 @@ func TestPacePassesUnchanged(t *testing.T) {
 	clk := &fakeClock{now: time.Unix(0, 0)}
 	s := New(1, clk)
 	fr := &local{}
-	in := &envelope.Envelope{Kind: envelope.KindFrame, Media: envelope.MediaVideo, Seq: 7, PTS: 3003, Port: "out",
-		Detections: []envelope.Detection{{X2: 1, Y2: 1, Label: "face"}}, Local: fr, Src: &envelope.Origin{Stream: "src.video", Seq: 7}}
-	out, err := s.Process(context.Background(), pipeline.Batch{in})
+	in := &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindFrame, Media: envelope.MediaVideo, Seq: 7, PTS: 3003, Detections: []envelope.Detection{{X2: 1, Y2: 1, Label: "face"}}, Src: &envelope.Origin{Stream: "src.video", Seq: 7}}, Port: "out", Local: fr}
+	out, err := s.Process(context.Background(), stage.Batch{in})
 	if err != nil || len(out) != 1 {
 		t.Fatalf("Process: %v, %v", out, err)
 	}
 	o := out[0]
-	if o.Seq != 7 || o.PTS != 3003 || o.Local != envelope.Local(fr) || o.Port != "" || len(o.Detections) != 1 || o.Src == nil || o.Src.Seq != 7 || in.Local != nil || fr.freed {
+	if o.Seq != 7 || o.PTS != 3003 || o.Local != stage.Local(fr) || o.Port != "" || len(o.Detections) != 1 || o.Src == nil || o.Src.Seq != 7 || in.Local != nil || fr.freed {
 		t.Errorf("passed %+v (input now %+v, frame freed %v)", o, in, fr.freed)
 	}
 
@@ -126,7 +126,7 @@ func TestPacePassesUnchanged(t *testing.T) {
 	s, clk = New(1, clk), &fakeClock{now: time.Unix(0, 0), cancelled: true}
 	s.clock = clk
 	first, second := &local{}, &local{}
-	in2 := pipeline.Batch{{Kind: envelope.KindFrame, Local: first}, {Kind: envelope.KindFrame, Local: second}}
+	in2 := stage.Batch{{Envelope: envelope.Envelope{Kind: envelope.KindFrame}, Local: first}, {Envelope: envelope.Envelope{Kind: envelope.KindFrame}, Local: second}}
 	out, err = s.Process(context.Background(), in2)
 	if !errors.Is(err, context.Canceled) || out != nil {
 		t.Errorf("stopped during a wait: %v, %v; want context.Canceled and nothing", out, err)
@@ -143,9 +143,9 @@ func TestPacePassesUnchanged(t *testing.T) {
 func TestPaceWallClock(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	s := New(100, nil)
-	batch := pipeline.Batch{}
+	batch := stage.Batch{}
 	for range 11 {
-		batch = append(batch, &envelope.Envelope{Kind: envelope.KindFrame})
+		batch = append(batch, &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindFrame}})
 	}
 	t0 := time.Now()
 	out, err := s.Process(context.Background(), batch)
@@ -155,12 +155,12 @@ func TestPaceWallClock(t *testing.T) {
 
 	slow := New(0.001, nil) // one message per 1000 s
 	ctx, cancel := context.WithCancel(context.Background())
-	if _, err := slow.Process(ctx, pipeline.Batch{{Kind: envelope.KindFrame}}); err != nil {
+	if _, err := slow.Process(ctx, stage.Batch{{Envelope: envelope.Envelope{Kind: envelope.KindFrame}}}); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := slow.Process(ctx, pipeline.Batch{{Kind: envelope.KindFrame}})
+		_, err := slow.Process(ctx, stage.Batch{{Envelope: envelope.Envelope{Kind: envelope.KindFrame}}})
 		done <- err
 	}()
 	cancel()

@@ -12,6 +12,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/avflow/avflow/stages/infer"
 	"github.com/avflow/avflow/stages/infer/detections"
 )
@@ -46,7 +47,7 @@ func init() {
 		},
 		Check:      check,
 		Replicable: func(pipeline.Params) error { return nil }, // each frame on its own
-		New: func(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
+		New: func(ctx context.Context, in pipeline.Init) (stage.Stage, error) {
 			r := &Stage{mode: in.Params.String("mode"), margin: float32(in.Params.Float("margin")),
 				strength: float32(in.Params.Float("strength")), minScore: float32(in.Params.Float("min_score")), labels: map[string]bool{},
 				passes: in.Params.Int("verify_passes"), guard: detections.Guard{Log: in.Log, Stage: in.Name}}
@@ -88,6 +89,7 @@ func check(p pipeline.Params, _ string) error {
 
 // Stage hides detected regions.
 type Stage struct {
+	stage.Base
 	mode     string
 	margin   float32
 	strength float32
@@ -101,12 +103,12 @@ type Stage struct {
 	Verified int64 // regions the verify pass found and hid
 }
 
-// Counts reports the malformed detections dropped (pipeline.EventCounter).
-func (s *Stage) Counts() map[string]int64 { return s.guard.Counts() }
+// Status reports the malformed detections dropped.
+func (s *Stage) Status() stage.Status { return stage.Status{Counts: s.guard.Counts()} }
 
 // Process hides the regions of each frame's detections.
-func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	out := make(pipeline.Batch, 0, len(in))
+func (s *Stage) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+	out := make(stage.Batch, 0, len(in))
 	for _, e := range in {
 		s.guard.Check(e)
 		if len(e.Detections) > 0 {
@@ -126,7 +128,7 @@ func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 
 // recheck runs the verify model on the redacted frame and hides what it
 // still finds, until it finds nothing or the passes run out.
-func (s *Stage) recheck(e *envelope.Envelope) error {
+func (s *Stage) recheck(e *stage.Msg) error {
 	f, err := codecs.FrameOf(e)
 	if err != nil {
 		return err
@@ -148,7 +150,7 @@ func (s *Stage) recheck(e *envelope.Envelope) error {
 	return nil
 }
 
-func (s *Stage) hide(e *envelope.Envelope, dets []envelope.Detection) error {
+func (s *Stage) hide(e *stage.Msg, dets []envelope.Detection) error {
 	f, err := codecs.FrameOf(e)
 	if err != nil {
 		return err

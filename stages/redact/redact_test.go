@@ -11,6 +11,7 @@ import (
 	"github.com/avflow/avflow/codecs"
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -45,7 +46,7 @@ func TestCheck(t *testing.T) {
 // frame returns an envelope with a w x h yuv420p frame whose every byte
 // is a different-looking value (so a blur changes it), and copies of its
 // planes.
-func frame(t testing.TB, w, h int) (*envelope.Envelope, [3][]byte, [3]int) {
+func frame(t testing.TB, w, h int) (*stage.Msg, [3][]byte, [3]int) {
 	t.Helper()
 	f := astiav.AllocFrame()
 	f.SetWidth(w)
@@ -72,15 +73,15 @@ func frame(t testing.TB, w, h int) (*envelope.Envelope, [3][]byte, [3]int) {
 
 // redactOne runs a redact stage on one frame within limit and returns the
 // frame's planes afterwards, checking it kept its size and format.
-func redactOne(t testing.TB, s *Stage, e *envelope.Envelope, w, h int, limit time.Duration) ([3][]byte, []envelope.Detection) {
+func redactOne(t testing.TB, s *Stage, e *stage.Msg, w, h int, limit time.Duration) ([3][]byte, []envelope.Detection) {
 	t.Helper()
 	type result struct {
-		out pipeline.Batch
+		out stage.Batch
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		out, err := s.Process(context.Background(), pipeline.Batch{e})
+		out, err := s.Process(context.Background(), stage.Batch{e})
 		done <- result{out, err}
 	}()
 	var r result
@@ -134,7 +135,7 @@ func TestRedactOutsideDetections(t *testing.T) {
 			if s.Hidden != tt.hidden || int64(len(out)) != tt.hidden {
 				t.Fatalf("hid %d regions, passed on %d detections; want %d", s.Hidden, len(out), tt.hidden)
 			}
-			if got := s.Counts()["malformed_detections"]; got != tt.counted {
+			if got := s.Status().Counts["malformed_detections"]; got != tt.counted {
 				t.Fatalf("malformed_detections = %d, want %d", got, tt.counted)
 			}
 		})

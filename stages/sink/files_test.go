@@ -10,7 +10,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/stages/sink"
 )
@@ -124,17 +123,17 @@ func TestFileRules(t *testing.T) {
 				}
 				switch c.end {
 				case "finish":
-					if _, err := st.(pipeline.Flusher).Flush(ctx); err != nil {
+					if _, err := st.Flush(ctx); err != nil {
 						t.Fatalf("Flush: %v\n%s", err, logs)
 					}
 				case "cancel":
 					cancel()
-					if _, err := st.(pipeline.Flusher).Flush(ctx); !errors.Is(err, context.Canceled) {
+					if _, err := st.Flush(ctx); !errors.Is(err, context.Canceled) {
 						t.Fatalf("Flush of a cancelled run: %v, want context.Canceled", err)
 					}
 				}
 			case "fail":
-				if _, err := st.(pipeline.Flusher).Flush(ctx); err == nil {
+				if _, err := st.Flush(ctx); err == nil {
 					t.Fatal("Flush with no packet did not fail")
 				}
 			}
@@ -231,7 +230,7 @@ func TestHLSNeverWritesThroughLinks(t *testing.T) {
 			if err := feed(ctx, t, st, pkts); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := st.(pipeline.Flusher).Flush(ctx); err != nil {
+			if _, err := st.Flush(ctx); err != nil {
 				t.Fatalf("Flush: %v\n%s", err, logs)
 			}
 			if got := readFile(t, target); got != oldContent {

@@ -17,6 +17,7 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	_ "github.com/avflow/avflow/stages/all"
 	"github.com/avflow/avflow/stages/sink"
 	"github.com/avflow/avflow/stages/source"
@@ -206,7 +207,7 @@ var (
 
 // clipPackets reads the video packets of a 30-frame 160x120 H.264 clip
 // (made once with the ffmpeg CLI) with the source stage.
-func clipPackets(t *testing.T) []*envelope.Envelope {
+func clipPackets(t *testing.T) []*stage.Msg {
 	t.Helper()
 	clipOnce.Do(func() {
 		if clipDir, clipErr = os.MkdirTemp("", "sinktest"); clipErr != nil {
@@ -234,7 +235,7 @@ func clipPackets(t *testing.T) []*envelope.Envelope {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	var pkts []*envelope.Envelope
+	var pkts []*stage.Msg
 	for {
 		b, err := st.Process(context.Background(), nil)
 		if errors.Is(err, io.EOF) {
@@ -257,7 +258,7 @@ func clipPackets(t *testing.T) []*envelope.Envelope {
 }
 
 // newSink builds a sink stage fed by one video input.
-func newSink(ctx context.Context, t *testing.T, p pipeline.Params, logs *e2e.Buffer) (pipeline.Stage, error) {
+func newSink(ctx context.Context, t *testing.T, p pipeline.Params, logs *e2e.Buffer) (stage.Stage, error) {
 	t.Helper()
 	return sink.New(ctx, pipeline.Init{Name: "out", Pipeline: "p", Params: p, Dir: t.TempDir(),
 		Inputs: []pipeline.PortType{{Kind: envelope.KindPacket, Media: envelope.MediaVideo}}, Log: logs.Logger()})
@@ -265,7 +266,7 @@ func newSink(ctx context.Context, t *testing.T, p pipeline.Params, logs *e2e.Buf
 
 // feed gives the sink the packets (copies: the sink may keep them) the way
 // the runner does.
-func feed(ctx context.Context, t *testing.T, st pipeline.Stage, pkts []*envelope.Envelope) error {
+func feed(ctx context.Context, t *testing.T, st stage.Stage, pkts []*stage.Msg) error {
 	t.Helper()
 	for _, e := range pkts {
 		c := *e
@@ -274,7 +275,7 @@ func feed(ctx context.Context, t *testing.T, st pipeline.Stage, pkts []*envelope
 			t.Fatal(err)
 		}
 		c.Local = l
-		_, err = st.Process(ctx, pipeline.Batch{&c})
+		_, err = st.Process(ctx, stage.Batch{&c})
 		c.Release()
 		if err != nil {
 			return err

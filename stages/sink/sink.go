@@ -20,6 +20,7 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
 	"github.com/avflow/avflow/pipeline/secret"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // Sentinel errors.
@@ -106,6 +107,7 @@ func (st *stream) fixTimestamps(pkt *astiav.Packet) {
 
 // Sink muxes its inputs into one output.
 type Sink struct {
+	stage.Base
 	in      pipeline.Init
 	path    string // final path or URL
 	url     string // path as logs and errors show it (credentials hidden)
@@ -121,7 +123,7 @@ type Sink struct {
 	stopCtx func() bool
 	dog     *watchdog // network outputs only
 	streams []*stream
-	pending []*envelope.Envelope
+	pending []*stage.Msg
 	header  bool
 	done    bool
 	written int64
@@ -131,7 +133,7 @@ type Sink struct {
 // New prepares the output; it is opened once every input has sent its
 // first packet. A file output's temporary file is created here, so that a
 // path that cannot be written fails the run before it starts.
-func New(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
+func New(ctx context.Context, in pipeline.Init) (stage.Stage, error) {
 	s := &Sink{in: in, format: in.Params.String("format"), fd: -1, timeout: in.Params.Duration("timeout"), started: time.Now()}
 	for range in.Inputs {
 		s.streams = append(s.streams, &stream{last: astiav.NoPtsValue})
@@ -289,7 +291,7 @@ func (s *Sink) interrupt() {
 }
 
 // Process takes packets; they are held until every input has started.
-func (s *Sink) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch, error) {
+func (s *Sink) Process(ctx context.Context, in stage.Batch) (stage.Batch, error) {
 	for _, e := range in {
 		st := s.streams[e.Input]
 		if !st.seen {
@@ -315,7 +317,7 @@ func (s *Sink) Process(ctx context.Context, in pipeline.Batch) (pipeline.Batch, 
 }
 
 // EndInput notes that an input is over (it may never have sent anything).
-func (s *Sink) EndInput(ctx context.Context, i int) (pipeline.Batch, error) {
+func (s *Sink) EndInput(ctx context.Context, i int) (stage.Batch, error) {
 	s.streams[i].ended = true
 	if !s.header {
 		return nil, s.tryHeader(ctx, false)
@@ -501,7 +503,7 @@ func (s *Sink) display() string {
 	return secret.URL(s.path)
 }
 
-func (s *Sink) write(ctx context.Context, e *envelope.Envelope) error {
+func (s *Sink) write(ctx context.Context, e *stage.Msg) error {
 	st := s.streams[e.Input]
 	if st.st == nil {
 		return nil // a stream that started too late to be in the header
@@ -522,7 +524,7 @@ func (s *Sink) write(ctx context.Context, e *envelope.Envelope) error {
 }
 
 // Flush writes the trailer and gives a file output its real name.
-func (s *Sink) Flush(ctx context.Context) (pipeline.Batch, error) {
+func (s *Sink) Flush(ctx context.Context) (stage.Batch, error) {
 	if !s.header {
 		if err := s.tryHeader(ctx, true); err != nil {
 			return nil, err

@@ -20,6 +20,7 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
 	"github.com/avflow/avflow/pipeline/secret"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // Sentinel errors.
@@ -213,6 +214,7 @@ type stream struct {
 }
 
 type Source struct {
+	stage.Base
 	in        pipeline.Init
 	url       string // what FFmpeg opens
 	display   string // url for logs and errors, credentials hidden
@@ -239,7 +241,7 @@ type Source struct {
 
 // New opens the input. ctx (the run's) interrupts the opening: a server
 // that never answers, a FIFO nobody writes to.
-func New(ctx context.Context, in pipeline.Init) (pipeline.Stage, error) {
+func New(ctx context.Context, in pipeline.Init) (stage.Stage, error) {
 	s := &Source{in: in, streams: map[int]*stream{}, realtime: in.Params.Bool("realtime"),
 		loop: in.Params.Bool("loop"), max: in.Params.Int("max_frames"), onCorrupt: in.Params.String("on_corrupt")}
 	if s.onCorrupt == "" {
@@ -447,12 +449,15 @@ func (s *Source) has(m envelope.Media) bool {
 	return false
 }
 
-// TotalFrames is the expected number of video packets (0: unknown or endless).
-func (s *Source) TotalFrames() int64 { return s.total }
+// Status reports the expected number of video packets (0: unknown or
+// endless) and the corrupt packets read.
+func (s *Source) Status() stage.Status {
+	return stage.Status{Total: s.total, Counts: map[string]int64{"corrupt_packets": s.corrupt.Load()}}
+}
 
 // Process reads the next packet of a selected stream. ctx (the source's:
 // Drain ends it) interrupts a read that waits for data.
-func (s *Source) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch, error) {
+func (s *Source) Process(ctx context.Context, _ stage.Batch) (stage.Batch, error) {
 	if !s.reading {
 		s.reading = true
 		s.stopOn(ctx)
@@ -492,7 +497,7 @@ func (s *Source) Process(ctx context.Context, _ pipeline.Batch) (pipeline.Batch,
 		if err != nil {
 			return nil, err
 		}
-		return pipeline.Batch{e}, nil
+		return stage.Batch{e}, nil
 	}
 }
 
@@ -528,14 +533,9 @@ func (s *Source) damaged(st *stream) error {
 	return nil
 }
 
-// Counts are the source's own counters, for the run's metrics.
-func (s *Source) Counts() map[string]int64 {
-	return map[string]int64{"corrupt_packets": s.corrupt.Load()}
-}
-
 // emit turns the packet read into an envelope: timestamps moved on after a
 // loop, paced in real time when asked.
-func (s *Source) emit(ctx context.Context, st *stream) (*envelope.Envelope, error) {
+func (s *Source) emit(ctx context.Context, st *stream) (*stage.Msg, error) {
 	p := astiav.AllocPacket()
 	p.MoveRef(s.pkt)
 	if st.offset != 0 {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/avflow/avflow/stages/infer/detections"
 )
 
@@ -30,7 +31,7 @@ func init() {
 			}
 			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
 		},
-		New: func(_ context.Context, in pipeline.Init) (pipeline.Stage, error) {
+		New: func(_ context.Context, in pipeline.Init) (stage.Stage, error) {
 			return &Stage{cfg: Config{IoU: float32(in.Params.Float("iou")), MaxAge: in.Params.Int("max_age"), Grow: float32(in.Params.Float("grow"))},
 				trackers: map[string]*Tracker{}, guard: detections.Guard{Log: in.Log, Stage: in.Name}}, nil
 		},
@@ -168,14 +169,15 @@ func (t *Tracker) expire() {
 
 // Stage tracks every stream of its input separately.
 type Stage struct {
+	stage.Base
 	cfg      Config
 	trackers map[string]*Tracker
 	guard    detections.Guard // detections are outside bytes: checked before tracking
 }
 
 // Process attaches tracked boxes to each frame.
-func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, error) {
-	out := make(pipeline.Batch, 0, len(in))
+func (s *Stage) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+	out := make(stage.Batch, 0, len(in))
 	for _, e := range in {
 		key := e.Stream
 		t := s.trackers[key]
@@ -197,8 +199,5 @@ func (s *Stage) Process(_ context.Context, in pipeline.Batch) (pipeline.Batch, e
 	return out, nil
 }
 
-// Close does nothing.
-func (s *Stage) Close() error { return nil }
-
-// Counts reports the detections dropped as unusable (pipeline.EventCounter).
-func (s *Stage) Counts() map[string]int64 { return s.guard.Counts() }
+// Status reports the detections dropped as unusable.
+func (s *Stage) Status() stage.Status { return stage.Status{Counts: s.guard.Counts()} }

@@ -5,8 +5,8 @@ import (
 	"math"
 	"testing"
 
-	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 func det(x float32) envelope.Detection {
@@ -69,12 +69,12 @@ func TestStageOutsideDetections(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := &Stage{cfg: Config{IoU: .3, MaxAge: 5, Grow: .1}, trackers: map[string]*Tracker{}}
 			for i := 0; i < 4; i++ {
-				e := &envelope.Envelope{Kind: envelope.KindFrame, Media: envelope.MediaVideo, Stream: "cam"}
+				e := &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindFrame, Media: envelope.MediaVideo, Stream: "cam"}}
 				if i%2 == 0 { // inferred frames carry the box, the others are carried over
 					e.Meta = map[string]string{"infer.m": "1"}
 					e.Detections = []envelope.Detection{tt.d}
 				}
-				out, err := s.Process(context.Background(), pipeline.Batch{e})
+				out, err := s.Process(context.Background(), stage.Batch{e})
 				if err != nil || len(out) != 1 {
 					t.Fatalf("frame %d: %d out, %v", i, len(out), err)
 				}

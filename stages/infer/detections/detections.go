@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/avflow/avflow/pipeline/envelope"
+	"github.com/avflow/avflow/pipeline/stage"
 )
 
 // Limits on what one frame's detections may hold.
@@ -113,7 +114,7 @@ type Guard struct {
 }
 
 // Check sanitizes e's detections in place (a new slice when any changes).
-func (g *Guard) Check(e *envelope.Envelope) {
+func (g *Guard) Check(e *stage.Msg) {
 	ds, dropped := Sanitize(e.Detections)
 	e.Detections = ds
 	if dropped == 0 {
@@ -127,7 +128,7 @@ func (g *Guard) Check(e *envelope.Envelope) {
 }
 
 // Counts is the guard's counter for the run's metrics (a stage's
-// pipeline.EventCounter): "malformed_detections".
+// stage.Status.Counts): "malformed_detections".
 func (g *Guard) Counts() map[string]int64 {
 	return map[string]int64{"malformed_detections": g.Dropped.Load()}
 }
