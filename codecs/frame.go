@@ -14,7 +14,7 @@ import (
 	"github.com/avflow/avflow/pipeline/stage"
 )
 
-// Frame is an FFmpeg frame travelling with an envelope inside one process.
+// Frame is an FFmpeg frame travelling with a message (stage.Msg.Local) inside one process.
 type Frame struct{ F *astiav.Frame }
 
 // Clone returns a new reference to the same buffers.
@@ -29,9 +29,9 @@ func (f *Frame) Clone() (stage.Local, error) {
 // Free releases the reference.
 func (f *Frame) Free() { f.F.Free() }
 
-// FrameEnvelope wraps a frame in an envelope, taking ownership of f.
+// FrameMsg wraps a frame in a message, taking ownership of f.
 // tb is the frame's time base; frameRate may be zero for audio.
-func FrameEnvelope(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) *stage.Msg {
+func FrameMsg(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) *stage.Msg {
 	e := stage.New(envelope.Envelope{
 		Kind: envelope.KindFrame, Media: media, PTS: f.Pts(), DTS: f.Pts(),
 		TimeBase: Rat(tb), Key: f.KeyFrame(),
@@ -63,10 +63,10 @@ func videoFormat(f *astiav.Frame, frameRate envelope.Rational) *envelope.VideoFo
 		Strides: strides, SAR: Rat(f.SampleAspectRatio()), FrameRate: frameRate}
 }
 
-// FrameOf returns the envelope's frame in system memory: the in-process
+// FrameOf returns the message's frame in system memory: the in-process
 // one (a GPU frame is copied off the device first, see ToHost), or one
 // rebuilt from the payload (then kept as e.Local, so releasing e frees it).
-// The frame belongs to the envelope.
+// The frame belongs to the message.
 func FrameOf(e *stage.Msg) (*astiav.Frame, error) {
 	if l, ok := e.Local.(*Frame); ok {
 		if err := l.ToHost(e); err != nil {

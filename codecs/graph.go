@@ -243,7 +243,7 @@ func (g *Graph) send(out []*stage.Msg, f *astiav.Frame) ([]*stage.Msg, error) {
 		}
 		o := astiav.AllocFrame()
 		o.MoveRef(g.frame)
-		out = append(out, FrameEnvelope(o, g.media, g.outTB, g.rate))
+		out = append(out, FrameMsg(o, g.media, g.outTB, g.rate))
 	}
 }
 

@@ -155,7 +155,7 @@ func (f *Frame) ToHost(e *stage.Msg) error {
 	return nil
 }
 
-// FrameOn returns the envelope's frame the way a stage bound to dev takes
+// FrameOn returns the message's frame the way a stage bound to dev takes
 // it: a frame in dev's memory as it is, anything else in system memory
 // (copied off its device if need be). dev nil: always system memory.
 func FrameOn(e *stage.Msg, dev *astiav.HardwareDeviceContext) (*astiav.Frame, error) {
@@ -169,7 +169,7 @@ func FrameOn(e *stage.Msg, dev *astiav.HardwareDeviceContext) (*astiav.Frame, er
 	return FrameOf(e)
 }
 
-// DeviceFrameOf returns the envelope's in-process frame as it is, in
+// DeviceFrameOf returns the message's in-process frame as it is, in
 // device memory if it is a GPU frame, for stages that take those (an NVENC
 // encoder on the same GPU); anything else goes through FrameOf.
 func DeviceFrameOf(e *stage.Msg) (*astiav.Frame, error) {

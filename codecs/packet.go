@@ -8,7 +8,7 @@ import (
 	"github.com/avflow/avflow/pipeline/stage"
 )
 
-// Packet is an FFmpeg packet travelling with an envelope inside one process.
+// Packet is an FFmpeg packet travelling with a message (stage.Msg.Local) inside one process.
 type Packet struct{ P *astiav.Packet }
 
 // PayloadSize is the packet's size.
@@ -43,16 +43,16 @@ func MediaOf(t astiav.MediaType) envelope.Media {
 	return envelope.MediaUnknown
 }
 
-// PacketEnvelope wraps a packet, taking ownership of p.
-func PacketEnvelope(p *astiav.Packet, media envelope.Media, cp *envelope.CodecParams, tb astiav.Rational) *stage.Msg {
+// PacketMsg wraps a packet in a message, taking ownership of p.
+func PacketMsg(p *astiav.Packet, media envelope.Media, cp *envelope.CodecParams, tb astiav.Rational) *stage.Msg {
 	return stage.New(envelope.Envelope{
 		Kind: envelope.KindPacket, Media: media, PTS: p.Pts(), DTS: p.Dts(), Duration: p.Duration(),
 		TimeBase: Rat(tb), Key: p.Flags().Has(astiav.PacketFlagKey), Codec: cp,
 	}, &Packet{P: p})
 }
 
-// PacketOf returns the envelope's packet: the in-process one, or one rebuilt
-// from the payload (kept as e.Local). The packet belongs to the envelope.
+// PacketOf returns the message's packet: the in-process one, or one rebuilt
+// from the payload (kept as e.Local). The packet belongs to the message.
 func PacketOf(e *stage.Msg) (*astiav.Packet, error) {
 	if l, ok := e.Local.(*Packet); ok {
 		return l.P, nil

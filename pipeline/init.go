@@ -54,10 +54,11 @@ type Graph interface {
 // Path resolves a path param against the pipeline file's folder.
 func (in Init) Path(p string) string { return ResolvePath(in.Dir, p) }
 
-// CPUFallback is the Status.Device of stages that move from their GPU to
-// the CPU while they run (a decoder meeting a stream its GPU cannot
-// decode, a hardware encoder that will not open): embed it and call
-// FellBack when that happens. Safe for concurrent use.
+// CPUFallback is for stages that move from their GPU to the CPU while
+// they run (a decoder meeting a stream its GPU cannot decode, a hardware
+// encoder that will not open): embed it, call FellBack when that happens
+// and return its Device as the stage's Status().Device (embedding alone
+// reports nothing: stage.Base's Status is empty). Safe for concurrent use.
 type CPUFallback struct{ on atomic.Bool }
 
 // FellBack records that the stage now runs on the CPU.

@@ -24,7 +24,7 @@ func Subject(pipeline, stage, port string) string {
 // the publisher of a stage's port sends reaches every input attached to
 // that port. Inputs attach and detach while the pipeline runs.
 //
-// The local transport passes envelopes by reference (zero-copy); the NATS
+// The local transport passes messages (stage.Msg) by reference (zero-copy); the NATS
 // transport sends them on the port's subject (see Subject).
 type transport interface {
 	// attach feeds the input ref from stage's port, before or after the

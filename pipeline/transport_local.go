@@ -13,7 +13,7 @@ import (
 	"github.com/avflow/avflow/pipeline/stage"
 )
 
-// localTransport passes envelopes between the hosts of one process by
+// localTransport passes messages between the hosts of one process by
 // reference: a frame is never copied, only referenced once more for each
 // further consumer of its port.
 type localTransport struct {

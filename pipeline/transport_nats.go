@@ -103,11 +103,13 @@ func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage strin
 	t.mu.Lock()
 	producers, self := t.instancesOf(stage), t.instancesOf(ref.stage)
 	t.mu.Unlock()
+	bgCtx, bgStop := context.WithCancel(ctx)
 	s := &natsSubscriber{nc: t.conn(ref.stage), subject: subject, ref: ref, instance: t.instance,
-		block: t.flow(port.Type) == FlowBlock, ackEvery: uint64(max(1, t.window/4)), ctx: ctx,
+		block: t.flow(port.Type) == FlowBlock, ackEvery: uint64(max(1, t.window/4)), ctx: ctx, bgCtx: bgCtx, bgStop: bgStop,
 		producers: producers, self: self, log: log, drops: &dropLog{log: log}, taken: map[string]*atomic.Uint64{},
 		from: map[string]*fromProducer{}, reorder: t.reorderFor(stage, port)}
 	if err := s.subscribe(queueGroup(t.pipeline, ref)); err != nil {
+		bgStop()
 		return nil, err
 	}
 	t.owners.Store(s.sub, ref.stage)

@@ -59,6 +59,11 @@ type natsSubscriber struct {
 	log       *slog.Logger
 	drops     *dropLog
 	unhook    func()
+	// bg are the subscriber's background questions to the services,
+	// ended by bgStop when it detaches.
+	bg     sync.WaitGroup
+	bgCtx  context.Context
+	bgStop context.CancelFunc
 
 	// Used only by the data subscription's callback.
 	chunks joiner
@@ -173,20 +178,41 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 	if s.block {
 		e.SetAck(func() { s.took(inst) })
 	}
-	if s.reorder != nil && !s.reorder.active && !s.sources[inst] {
+	if s.reorder != nil && !s.sources[inst] && len(s.sources) < 2 {
 		s.sources[inst] = true
 		// Outputs of several producer instances (there at the first
 		// message, or a second one seen later) are put back in order,
 		// unless this instance takes only part of them (its queue group
-		// has others): then there is no whole order to restore.
-		if len(s.sources) == 2 || (len(s.sources) == 1 && len(s.producers.live()) > 1) {
-			alone := len(s.self.live()) <= 1
-			s.orderMu.Lock()
-			s.reorder.active = alone
-			s.orderMu.Unlock()
+		// has others): then there is no whole order to restore. At the
+		// first message the question goes to the services in the
+		// background, so the message does not wait for their answers;
+		// until then messages pass in order of arrival, as one
+		// producer's do.
+		if len(s.sources) == 2 {
+			s.orderIfAlone(context.Background())
+		} else {
+			s.bg.Add(1)
+			go func() {
+				defer s.bg.Done()
+				if len(s.producers.liveCtx(s.bgCtx)) > 1 {
+					s.orderIfAlone(s.bgCtx)
+				}
+			}()
 		}
 	}
 	s.ordered(func() []*stage.Msg { return s.reorder.add(e, time.Now()) })
+}
+
+// orderIfAlone turns the reorder buffer on when this is the consumer's
+// only instance.
+func (s *natsSubscriber) orderIfAlone(ctx context.Context) {
+	alone := len(s.self.liveCtx(ctx)) <= 1
+	if ctx.Err() != nil {
+		return
+	}
+	s.orderMu.Lock()
+	s.reorder.active = s.reorder.active || alone
+	s.orderMu.Unlock()
 }
 
 // received counts a data message of a producer instance.
@@ -498,6 +524,8 @@ func (s *natsSubscriber) detach() {
 	}
 	_ = s.sub.Unsubscribe()
 	_ = s.eosSub.Unsubscribe()
+	s.bgStop()
+	s.bg.Wait()
 }
 
 // drain makes sure the server has what the producer (a stage of this
@@ -614,15 +642,25 @@ func (p *instanceSet) has(inst string) bool {
 	if ok || !stale {
 		return ok
 	}
-	return slices.Contains(p.live(), inst)
+	return slices.Contains(p.ask(context.Background(), inst), inst)
 }
 
 // live asks which instances are there now.
-func (p *instanceSet) live() []string {
+func (p *instanceSet) live() []string { return p.liveCtx(context.Background()) }
+
+// liveCtx is live, given up when ctx ends.
+func (p *instanceSet) liveCtx(ctx context.Context) []string {
 	if p.local != "" {
 		return []string{p.local}
 	}
-	insts := pingInstances(p.nc, p.service, 300*time.Millisecond)
+	return p.ask(ctx, "")
+}
+
+// ask pings the service and records the instances that answer; it
+// returns as soon as want answers (a new instance's first message waits
+// for one round trip, not for the quiet time after the last answer).
+func (p *instanceSet) ask(ctx context.Context, want string) []string {
+	insts := pingInstances(ctx, p.nc, p.service, 300*time.Millisecond, want)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.asked = time.Now()
@@ -633,10 +671,12 @@ func (p *instanceSet) live() []string {
 }
 
 // pingInstances sends a micro PING to a service and collects the
-// "instance" metadata of those that answer.
-func pingInstances(nc *nats.Conn, service string, quiet time.Duration) []string {
+// "instance" metadata of those that answer, until want answers (when
+// not empty).
+func pingInstances(ctx context.Context, nc *nats.Conn, service string, quiet time.Duration, want string) []string {
 	var out []string
-	for _, ping := range pingService(nc, service, quiet) {
+	stop := func(p micro.Ping) bool { return want != "" && p.Metadata["instance"] == want }
+	for _, ping := range pingServices(ctx, nc, micro.APIPrefix+".PING."+service, quiet, stop) {
 		if i := ping.Metadata["instance"]; i != "" {
 			out = append(out, i)
 		}
@@ -644,14 +684,16 @@ func pingInstances(nc *nats.Conn, service string, quiet time.Duration) []string 
 	return out
 }
 
-// pingService is pingServices to one service's PING subject.
+// pingService is pingServices to one service's PING subject, collecting
+// every answer.
 func pingService(nc *nats.Conn, service string, quiet time.Duration) []micro.Ping {
-	return pingServices(nc, micro.APIPrefix+".PING."+service, quiet)
+	return pingServices(context.Background(), nc, micro.APIPrefix+".PING."+service, quiet, nil)
 }
 
 // pingServices sends a micro PING on subject and collects the answers,
-// waiting at most quiet after the last one.
-func pingServices(nc *nats.Conn, subject string, quiet time.Duration) []micro.Ping {
+// waiting at most quiet after the last one, or until stop (when not nil)
+// says an answer is the one wanted, or ctx ends.
+func pingServices(ctx context.Context, nc *nats.Conn, subject string, quiet time.Duration, stop func(micro.Ping) bool) []micro.Ping {
 	inbox := nc.NewRespInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
@@ -664,13 +706,18 @@ func pingServices(nc *nats.Conn, subject string, quiet time.Duration) []micro.Pi
 	var out []micro.Ping
 	deadline := time.Now().Add(5 * quiet)
 	for time.Now().Before(deadline) {
-		m, err := sub.NextMsg(quiet)
+		wctx, cancel := context.WithTimeout(ctx, quiet)
+		m, err := sub.NextMsgWithContext(wctx)
+		cancel()
 		if err != nil {
 			break
 		}
 		var ping micro.Ping
 		if json.Unmarshal(m.Data, &ping) == nil {
 			out = append(out, ping)
+			if stop != nil && stop(ping) {
+				break
+			}
 		}
 	}
 	return out

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -46,6 +47,7 @@ func run(args []string) int {
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "onnxruntime", Usage: "path of libonnxruntime.so (default: third_party/onnxruntime next to the binary)", EnvVars: []string{"AVFLOW_ORT_LIB"}},
+			&cli.StringFlag{Name: "cpuprofile", Usage: "write a Go CPU profile of the command to this file (go tool pprof)", EnvVars: []string{"AVFLOW_CPUPROFILE"}},
 		},
 		Before: func(c *cli.Context) error {
 			var lvl slog.Level
@@ -66,6 +68,10 @@ func run(args []string) int {
 			if p := c.String("onnxruntime"); p != "" {
 				onnx.SetLibraryPath(p)
 			}
+			return startCPUProfile(c.String("cpuprofile"))
+		},
+		After: func(*cli.Context) error {
+			pprof.StopCPUProfile()
 			return nil
 		},
 		Commands: []*cli.Command{runCmd(), serveCmd(), permissionsCmd(), validateCmd(), stagesCmd(), modelsCmd(), devicesCmd(), calibrateCmd(), planCmd(), versionCmd()},
@@ -94,6 +100,23 @@ func run(args []string) int {
 		return exitInvalid
 	}
 	return 0
+}
+
+// startCPUProfile starts writing a CPU profile to path (none when empty);
+// After stops it, once the command has returned.
+func startCPUProfile(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return cli.Exit("avflow: --cpuprofile: "+err.Error(), exitInvalid)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return cli.Exit("avflow: --cpuprofile: "+err.Error(), exitInvalid)
+	}
+	return nil
 }
 
 // flagsFirst moves a subcommand's flags in front of its other arguments, so

@@ -151,9 +151,11 @@ func AppendMarshal(dst []byte, m *Msg) ([]byte, error) {
 //
 // The runner owns the input messages: it releases their in-process media
 // after Process returns, so a stage that keeps a frame must take its own
-// reference. Every replica of a stage (StageConfig.Replicas) gets every
-// call but Process, which goes to one of them. Close is called exactly
-// once, after the last Process or Flush.
+// reference. Of a stage's replicas (StageConfig.Replicas), each Process
+// call goes to one; EndInput, Flush and Close go to every one; Status
+// Counts are summed over all of them, while BatchLimits and Status'
+// Device and Total are read from the first. Close is called exactly once
+// per replica, after its last Process or Flush.
 type Stage interface {
 	// Process handles a batch (up to BatchLimits' max messages).
 	Process(ctx context.Context, in Batch) (Batch, error)

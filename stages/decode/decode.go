@@ -295,7 +295,7 @@ func (d *Decoder) receive(out stage.Batch) (stage.Batch, error) {
 			f = astiav.AllocFrame()
 			f.MoveRef(d.frame)
 		}
-		out = append(out, codecs.FrameEnvelope(f, d.media, d.tb, d.frameRate))
+		out = append(out, codecs.FrameMsg(f, d.media, d.tb, d.frameRate))
 		d.frames++
 	}
 }

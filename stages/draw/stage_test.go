@@ -29,7 +29,7 @@ func frame(t testing.TB, w, h int) *stage.Msg {
 		f.Free()
 		t.Fatal(err)
 	}
-	return codecs.FrameEnvelope(f, envelope.MediaVideo, astiav.NewRational(1, 30), astiav.NewRational(30, 1))
+	return codecs.FrameMsg(f, envelope.MediaVideo, astiav.NewRational(1, 30), astiav.NewRational(30, 1))
 }
 
 // drawOn runs a draw stage on one w x h frame carrying dets, within limit,

@@ -74,7 +74,7 @@ func halves(t *testing.T, w, h int, pts int64) *stage.Msg {
 			planes[p][i] = 128
 		}
 	}
-	e := codecs.FrameEnvelope(f, envelope.MediaVideo, astiav.NewRational(1, 25), astiav.NewRational(25, 1))
+	e := codecs.FrameMsg(f, envelope.MediaVideo, astiav.NewRational(1, 25), astiav.NewRational(25, 1))
 	t.Cleanup(e.Release)
 	return e
 }

@@ -647,7 +647,7 @@ func (enc *Encoder) encode(out stage.Batch, f *astiav.Frame) (stage.Batch, error
 		}
 		p := astiav.AllocPacket()
 		p.MoveRef(enc.pkt)
-		out = append(out, codecs.PacketEnvelope(p, enc.media, enc.params, enc.tb))
+		out = append(out, codecs.PacketMsg(p, enc.media, enc.params, enc.tb))
 	}
 }
 

@@ -28,7 +28,7 @@ func black(t *testing.T, w, h int, pf astiav.PixelFormat) *stage.Msg {
 		f.Free()
 		t.Fatal(err)
 	}
-	e := codecs.FrameEnvelope(f, envelope.MediaVideo, astiav.NewRational(1, 25), astiav.NewRational(25, 1))
+	e := codecs.FrameMsg(f, envelope.MediaVideo, astiav.NewRational(1, 25), astiav.NewRational(25, 1))
 	t.Cleanup(e.Release)
 	return e
 }

@@ -68,7 +68,7 @@ func frame(t testing.TB, w, h int) (*stage.Msg, [3][]byte, [3]int) {
 		}
 		before[p] = append([]byte(nil), pl[p]...)
 	}
-	return codecs.FrameEnvelope(f, envelope.MediaVideo, astiav.NewRational(1, 30), astiav.NewRational(30, 1)), before, st
+	return codecs.FrameMsg(f, envelope.MediaVideo, astiav.NewRational(1, 30), astiav.NewRational(30, 1)), before, st
 }
 
 // redactOne runs a redact stage on one frame within limit and returns the

@@ -564,7 +564,7 @@ func (s *Source) emit(ctx context.Context, st *stream) (*stage.Msg, error) {
 			}
 		}
 	}
-	e := codecs.PacketEnvelope(p, st.media, st.params, st.tb)
+	e := codecs.PacketMsg(p, st.media, st.params, st.tb)
 	e.Port = st.port
 	if st.media == envelope.MediaVideo {
 		s.vcount++
