@@ -619,7 +619,8 @@ func (j *joiner) expire(now time.Time) {
 type instanceSet struct {
 	nc      *nats.Conn
 	service string
-	local   string // the only instance, when the stage runs in this process
+	local   string        // the only instance, when the stage runs in this process
+	quiet   time.Duration // how long a PING waits after the last answer
 
 	mu    sync.Mutex
 	known map[string]bool // every instance ever seen
@@ -627,7 +628,7 @@ type instanceSet struct {
 }
 
 func newInstanceSet(nc *nats.Conn, service, local string) *instanceSet {
-	return &instanceSet{nc: nc, service: service, local: local, known: map[string]bool{}}
+	return &instanceSet{nc: nc, service: service, local: local, quiet: 300 * time.Millisecond, known: map[string]bool{}}
 }
 
 // has reports whether inst is (or was) an instance of the service; an
@@ -660,10 +661,14 @@ func (p *instanceSet) liveCtx(ctx context.Context) []string {
 // returns as soon as want answers (a new instance's first message waits
 // for one round trip, not for the quiet time after the last answer).
 func (p *instanceSet) ask(ctx context.Context, want string) []string {
-	insts := pingInstances(ctx, p.nc, p.service, 300*time.Millisecond, want)
+	insts := pingInstances(ctx, p.nc, p.service, p.quiet, want)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.asked = time.Now()
+	if want == "" || !slices.Contains(insts, want) {
+		// Every answer is in: an instance not among them is not there
+		// (for 200 ms). After stopping at want, others may still answer.
+		p.asked = time.Now()
+	}
 	for _, i := range insts {
 		p.known[i] = true
 	}
