@@ -43,12 +43,17 @@ import (
 const (
 	HeaderInstance = "Avflow-Instance"
 	HeaderSent     = "Avflow-Sent"
-	eosSuffix      = ".eos"
-	ackSuffix      = ".ack"
-	ackEnd         = "end"
-	ackAsk         = "ended?"
-	ackRunning     = "running"
-	ackEnded       = "ended"
+	// HeaderSole is set ("1") on the data of a producer that is its
+	// stage's only instance by construction (a stage of the process that
+	// drives the pipeline): its consumers need not ask the stage's service
+	// whether other instances send too, before the first message passes.
+	HeaderSole = "Avflow-Sole"
+	eosSuffix  = ".eos"
+	ackSuffix  = ".ack"
+	ackEnd     = "end"
+	ackAsk     = "ended?"
+	ackRunning = "running"
+	ackEnded   = "ended"
 )
 
 // natsTransport sends a pipeline's messages on NATS subjects (see
@@ -103,13 +108,11 @@ func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage strin
 	t.mu.Lock()
 	producers, self := t.instancesOf(stage), t.instancesOf(ref.stage)
 	t.mu.Unlock()
-	bgCtx, bgStop := context.WithCancel(ctx)
 	s := &natsSubscriber{nc: t.conn(ref.stage), subject: subject, ref: ref, instance: t.instance,
-		block: t.flow(port.Type) == FlowBlock, ackEvery: uint64(max(1, t.window/4)), ctx: ctx, bgCtx: bgCtx, bgStop: bgStop,
+		block: t.flow(port.Type) == FlowBlock, ackEvery: uint64(max(1, t.window/4)), ctx: ctx,
 		producers: producers, self: self, log: log, drops: &dropLog{log: log}, taken: map[string]*atomic.Uint64{},
 		from: map[string]*fromProducer{}, reorder: t.reorderFor(stage, port)}
 	if err := s.subscribe(queueGroup(t.pipeline, ref)); err != nil {
-		bgStop()
 		return nil, err
 	}
 	t.owners.Store(s.sub, ref.stage)
@@ -170,6 +173,7 @@ func (t *natsTransport) publisher(stage string, port Port, log *slog.Logger) (pu
 	if err != nil {
 		return nil, err
 	}
+	p.sole = t.localInstance(stage) != ""
 	if p.ackSub != nil {
 		t.owners.Store(p.ackSub, stage)
 	}
@@ -193,6 +197,7 @@ type natsPublisher struct {
 	nc       *nats.Conn
 	subject  string
 	instance string
+	sole     bool // the only instance of its stage (HeaderSole)
 	block    bool
 	window   uint64
 	maxPart  int
@@ -508,7 +513,7 @@ func (p *natsPublisher) waitCredit(ctx context.Context) error {
 
 func (p *natsPublisher) send(ctx context.Context, data []byte) error {
 	if len(data) <= p.maxPart {
-		return p.publishMsg(ctx, &nats.Msg{Subject: p.subject, Data: data, Header: nats.Header{HeaderInstance: []string{p.instance}}})
+		return p.publishMsg(ctx, &nats.Msg{Subject: p.subject, Data: data, Header: p.header()})
 	}
 	p.chunkID++
 	parts, err := envelope.Split(p.chunkID, data, p.maxPart)
@@ -516,12 +521,23 @@ func (p *natsPublisher) send(ctx context.Context, data []byte) error {
 		return err
 	}
 	for _, c := range parts {
-		m := &nats.Msg{Subject: p.subject, Data: c.Data, Header: nats.Header{envelope.HeaderChunk: []string{c.Header()}, HeaderInstance: []string{p.instance}}}
+		h := p.header()
+		h[envelope.HeaderChunk] = []string{c.Header()}
+		m := &nats.Msg{Subject: p.subject, Data: c.Data, Header: h}
 		if err := p.publishMsg(ctx, m); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// header is a data message's headers.
+func (p *natsPublisher) header() nats.Header {
+	h := nats.Header{HeaderInstance: []string{p.instance}}
+	if p.sole {
+		h[HeaderSole] = []string{"1"}
+	}
+	return h
 }
 
 // publishMsg publishes m; while the server is away and the connection's

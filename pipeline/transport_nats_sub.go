@@ -59,11 +59,6 @@ type natsSubscriber struct {
 	log       *slog.Logger
 	drops     *dropLog
 	unhook    func()
-	// bg are the subscriber's background questions to the services,
-	// ended by bgStop when it detaches.
-	bg     sync.WaitGroup
-	bgCtx  context.Context
-	bgStop context.CancelFunc
 
 	// Used only by the data subscription's callback.
 	chunks joiner
@@ -183,37 +178,24 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 		// Outputs of several producer instances (there at the first
 		// message, or a second one seen later) are put back in order,
 		// unless this instance takes only part of them (its queue group
-		// has others): then there is no whole order to restore. At the
-		// first message the question goes to the services in the
-		// background, so the message does not wait for their answers;
-		// until then messages pass in order of arrival, as one
-		// producer's do.
-		if len(s.sources) == 2 {
-			s.orderIfAlone(context.Background())
-		} else {
-			s.bg.Add(1)
-			go func() {
-				defer s.bg.Done()
-				if len(s.producers.liveCtx(s.bgCtx)) > 1 {
-					s.orderIfAlone(s.bgCtx)
-				}
-			}()
+		// has others): then there is no whole order to restore. A
+		// producer that is its stage's only instance says so; otherwise
+		// the answer of its service is used when it is fresh (the
+		// driver asked just before the run started), else asked.
+		if len(s.sources) == 2 || (m.Header.Get(HeaderSole) == "" && len(s.producers.recent(freshAnswer)) > 1) {
+			alone := len(s.self.recent(freshAnswer)) <= 1
+			s.orderMu.Lock()
+			s.reorder.active = alone
+			s.orderMu.Unlock()
 		}
 	}
 	s.ordered(func() []*stage.Msg { return s.reorder.add(e, time.Now()) })
 }
 
-// orderIfAlone turns the reorder buffer on when this is the consumer's
-// only instance.
-func (s *natsSubscriber) orderIfAlone(ctx context.Context) {
-	alone := len(s.self.liveCtx(ctx)) <= 1
-	if ctx.Err() != nil {
-		return
-	}
-	s.orderMu.Lock()
-	s.reorder.active = s.reorder.active || alone
-	s.orderMu.Unlock()
-}
+// freshAnswer is how old a service's full answer to a PING may be for
+// deciding whether a stream needs putting back in order: a replica that
+// starts later shows itself by its first message.
+const freshAnswer = 2 * time.Second
 
 // received counts a data message of a producer instance.
 func (s *natsSubscriber) received(inst string, seq uint64) {
@@ -524,8 +506,6 @@ func (s *natsSubscriber) detach() {
 	}
 	_ = s.sub.Unsubscribe()
 	_ = s.eosSub.Unsubscribe()
-	s.bgStop()
-	s.bg.Wait()
 }
 
 // drain makes sure the server has what the producer (a stage of this
@@ -624,7 +604,8 @@ type instanceSet struct {
 
 	mu    sync.Mutex
 	known map[string]bool // every instance ever seen
-	asked time.Time
+	asked time.Time       // when every instance last answered
+	full  []string        // who answered then
 }
 
 func newInstanceSet(nc *nats.Conn, service, local string) *instanceSet {
@@ -643,31 +624,53 @@ func (p *instanceSet) has(inst string) bool {
 	if ok || !stale {
 		return ok
 	}
-	return slices.Contains(p.ask(context.Background(), inst), inst)
+	return slices.Contains(p.ask(inst), inst)
 }
 
 // live asks which instances are there now.
-func (p *instanceSet) live() []string { return p.liveCtx(context.Background()) }
-
-// liveCtx is live, given up when ctx ends.
-func (p *instanceSet) liveCtx(ctx context.Context) []string {
+func (p *instanceSet) live() []string {
 	if p.local != "" {
 		return []string{p.local}
 	}
-	return p.ask(ctx, "")
+	return p.ask("")
+}
+
+// recent is the instances that answered the last full PING, when it is
+// younger than maxAge; else it asks (see live).
+func (p *instanceSet) recent(maxAge time.Duration) []string {
+	if p.local == "" {
+		p.mu.Lock()
+		full, at := p.full, p.asked
+		p.mu.Unlock()
+		if !at.IsZero() && time.Since(at) < maxAge {
+			return full
+		}
+	}
+	return p.live()
+}
+
+// record keeps a full answer to a PING asked elsewhere (the driver waiting
+// for its remote stages).
+func (p *instanceSet) record(insts []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.asked, p.full = time.Now(), slices.Clone(insts)
+	for _, i := range insts {
+		p.known[i] = true
+	}
 }
 
 // ask pings the service and records the instances that answer; it
 // returns as soon as want answers (a new instance's first message waits
 // for one round trip, not for the quiet time after the last answer).
-func (p *instanceSet) ask(ctx context.Context, want string) []string {
-	insts := pingInstances(ctx, p.nc, p.service, p.quiet, want)
+func (p *instanceSet) ask(want string) []string {
+	insts := pingInstances(p.nc, p.service, p.quiet, want)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if want == "" || !slices.Contains(insts, want) {
 		// Every answer is in: an instance not among them is not there
 		// (for 200 ms). After stopping at want, others may still answer.
-		p.asked = time.Now()
+		p.asked, p.full = time.Now(), insts
 	}
 	for _, i := range insts {
 		p.known[i] = true
@@ -678,10 +681,10 @@ func (p *instanceSet) ask(ctx context.Context, want string) []string {
 // pingInstances sends a micro PING to a service and collects the
 // "instance" metadata of those that answer, until want answers (when
 // not empty).
-func pingInstances(ctx context.Context, nc *nats.Conn, service string, quiet time.Duration, want string) []string {
+func pingInstances(nc *nats.Conn, service string, quiet time.Duration, want string) []string {
 	var out []string
 	stop := func(p micro.Ping) bool { return want != "" && p.Metadata["instance"] == want }
-	for _, ping := range pingServices(ctx, nc, micro.APIPrefix+".PING."+service, quiet, stop) {
+	for _, ping := range pingServices(nc, micro.APIPrefix+".PING."+service, quiet, stop) {
 		if i := ping.Metadata["instance"]; i != "" {
 			out = append(out, i)
 		}
@@ -692,13 +695,13 @@ func pingInstances(ctx context.Context, nc *nats.Conn, service string, quiet tim
 // pingService is pingServices to one service's PING subject, collecting
 // every answer.
 func pingService(nc *nats.Conn, service string, quiet time.Duration) []micro.Ping {
-	return pingServices(context.Background(), nc, micro.APIPrefix+".PING."+service, quiet, nil)
+	return pingServices(nc, micro.APIPrefix+".PING."+service, quiet, nil)
 }
 
 // pingServices sends a micro PING on subject and collects the answers,
 // waiting at most quiet after the last one, or until stop (when not nil)
-// says an answer is the one wanted, or ctx ends.
-func pingServices(ctx context.Context, nc *nats.Conn, subject string, quiet time.Duration, stop func(micro.Ping) bool) []micro.Ping {
+// says an answer is the one wanted.
+func pingServices(nc *nats.Conn, subject string, quiet time.Duration, stop func(micro.Ping) bool) []micro.Ping {
 	inbox := nc.NewRespInbox()
 	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
@@ -711,9 +714,7 @@ func pingServices(ctx context.Context, nc *nats.Conn, subject string, quiet time
 	var out []micro.Ping
 	deadline := time.Now().Add(5 * quiet)
 	for time.Now().Before(deadline) {
-		wctx, cancel := context.WithTimeout(ctx, quiet)
-		m, err := sub.NextMsgWithContext(wctx)
-		cancel()
+		m, err := sub.NextMsg(quiet)
 		if err != nil {
 			break
 		}
