@@ -12,7 +12,6 @@ import (
 
 	"github.com/avflow/avflow/accelerators"
 	"github.com/avflow/avflow/pipeline/envelope"
-	"github.com/nats-io/nats.go/micro"
 )
 
 // The graph supervisor: the hosts of a run and their edges, built from the
@@ -63,31 +62,6 @@ func (r *Runner) host(name string) *host {
 	r.graphMu.Lock()
 	defer r.graphMu.Unlock()
 	return r.byName[name]
-}
-
-// recordInstances gives the NATS transport a remote stage's full answer
-// to a PING: its consumers know at the first message whether several
-// instances send, without asking again.
-func (r *Runner) recordInstances(stage string, peers []micro.Ping) {
-	var nt *natsTransport
-	switch t := r.tr.(type) {
-	case *natsTransport:
-		nt = t
-	case *autoTransport:
-		nt = t.nats
-	default:
-		return
-	}
-	var insts []string
-	for _, p := range peers {
-		if i := p.Metadata["instance"]; i != "" {
-			insts = append(insts, i)
-		}
-	}
-	nt.mu.Lock()
-	set := nt.instancesOf(stage)
-	nt.mu.Unlock()
-	set.record(insts)
 }
 
 // openTransport connects to NATS (or makes the local transport).
@@ -596,7 +570,6 @@ func (r *Runner) waitRemote(ctx context.Context) error {
 				if err := r.checkPeers(name, peers); err != nil {
 					return err
 				}
-				r.recordInstances(name, peers)
 				r.log.Info("remote stage found", "stage", name, "service", svc, "instances", len(peers))
 				break
 			}

@@ -67,17 +67,4 @@ func TestInstanceSetAnswersAtOnce(t *testing.T) {
 			}
 		})
 	}
-	// A full answer recorded elsewhere (the driver's wait for its remote
-	// stages) serves while it is fresh, without asking.
-	fresh := newInstanceSet(nc, "p-s", "")
-	fresh.quiet = quiet
-	fresh.record([]string{"a", "b"})
-	t0 := time.Now()
-	if got := fresh.recent(time.Minute); len(got) != 2 || time.Since(t0) >= quiet/2 {
-		t.Fatalf("recent after record: %v in %s, want [a b] at once", got, time.Since(t0))
-	}
-	fresh.quiet = 100 * time.Millisecond
-	if got := fresh.recent(0); len(got) != 2 {
-		t.Fatalf("recent with a stale answer asks again: %v, want both instances", got)
-	}
 }

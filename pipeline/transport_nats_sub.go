@@ -179,11 +179,14 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 		// message, or a second one seen later) are put back in order,
 		// unless this instance takes only part of them (its queue group
 		// has others): then there is no whole order to restore. A
-		// producer that is its stage's only instance says so; otherwise
-		// the answer of its service is used when it is fresh (the
-		// driver asked just before the run started), else asked.
-		if len(s.sources) == 2 || (m.Header.Get(HeaderSole) == "" && len(s.producers.recent(freshAnswer)) > 1) {
-			alone := len(s.self.recent(freshAnswer)) <= 1
+		// producer that is its stage's only instance says so
+		// (HeaderSole); any other may have replicas, now or starting a
+		// moment later, so its stream is put in order from the first
+		// message (asking its service would cost a PING's quiet time,
+		// and a replica that answers late would see its first messages
+		// pass out of order).
+		if len(s.sources) == 2 || m.Header.Get(HeaderSole) == "" {
+			alone := len(s.self.live()) <= 1
 			s.orderMu.Lock()
 			s.reorder.active = alone
 			s.orderMu.Unlock()
@@ -191,11 +194,6 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 	}
 	s.ordered(func() []*stage.Msg { return s.reorder.add(e, time.Now()) })
 }
-
-// freshAnswer is how old a service's full answer to a PING may be for
-// deciding whether a stream needs putting back in order: a replica that
-// starts later shows itself by its first message.
-const freshAnswer = 2 * time.Second
 
 // received counts a data message of a producer instance.
 func (s *natsSubscriber) received(inst string, seq uint64) {
@@ -605,7 +603,6 @@ type instanceSet struct {
 	mu    sync.Mutex
 	known map[string]bool // every instance ever seen
 	asked time.Time       // when every instance last answered
-	full  []string        // who answered then
 }
 
 func newInstanceSet(nc *nats.Conn, service, local string) *instanceSet {
@@ -635,31 +632,6 @@ func (p *instanceSet) live() []string {
 	return p.ask("")
 }
 
-// recent is the instances that answered the last full PING, when it is
-// younger than maxAge; else it asks (see live).
-func (p *instanceSet) recent(maxAge time.Duration) []string {
-	if p.local == "" {
-		p.mu.Lock()
-		full, at := p.full, p.asked
-		p.mu.Unlock()
-		if !at.IsZero() && time.Since(at) < maxAge {
-			return full
-		}
-	}
-	return p.live()
-}
-
-// record keeps a full answer to a PING asked elsewhere (the driver waiting
-// for its remote stages).
-func (p *instanceSet) record(insts []string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.asked, p.full = time.Now(), slices.Clone(insts)
-	for _, i := range insts {
-		p.known[i] = true
-	}
-}
-
 // ask pings the service and records the instances that answer; it
 // returns as soon as want answers (a new instance's first message waits
 // for one round trip, not for the quiet time after the last answer).
@@ -670,7 +642,7 @@ func (p *instanceSet) ask(want string) []string {
 	if want == "" || !slices.Contains(insts, want) {
 		// Every answer is in: an instance not among them is not there
 		// (for 200 ms). After stopping at want, others may still answer.
-		p.asked, p.full = time.Now(), insts
+		p.asked = time.Now()
 	}
 	for _, i := range insts {
 		p.known[i] = true
