@@ -250,10 +250,11 @@ stages:
 // or (ends of stream only) the producer's real one copied from its
 // service's metadata, neither reach the consumer nor end its input early:
 // it gets every message of its producer, in order (block flow: all of
-// them), and each forgery is counted in its dropped_messages. An end of
-// stream with the real id and a made-up Avflow-Sent is taken, but does
-// not end an input whose messages keep coming: the real one, at the end,
-// says what was sent.
+// them), and each forgery is counted in its dropped_messages. Ends of
+// stream with the real id and a made-up Avflow-Sent are put to the
+// producer, which says it is still running: counted once (the input is
+// then waiting for a real end) and they do not end an input whose
+// messages keep coming: the real one, at the end, says what was sent.
 func TestInjectedMessagesDoNotAlterOutput(t *testing.T) {
 	const subject = "avflow.inject.g.out"
 	forged := func(id string) func(h *hostile, g string) {
@@ -284,7 +285,7 @@ func TestInjectedMessagesDoNotAlterOutput(t *testing.T) {
 			h.pub(subject+".eos", eos(h.t), pipeline.HeaderInstance, g)                                 // without Avflow-Sent: dropped
 			h.pub(subject+".eos", eos(h.t), pipeline.HeaderInstance, g, pipeline.HeaderSent, "1")       // says less than arrived
 			h.pub(subject+".eos", eos(h.t), pipeline.HeaderInstance, g, pipeline.HeaderSent, "1000000") // says more
-		}, 2},
+		}, 3},
 	}
 	for _, srv := range busServers {
 		for _, flow := range []string{"block", "drop-oldest"} {

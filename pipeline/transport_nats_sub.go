@@ -285,7 +285,7 @@ func (s *natsSubscriber) waitEnd() {
 	defer tick.Stop()
 	var ghostSince, stillSince time.Time
 	var lastGot uint64
-	contradicted := false
+	contradicted, askedUnsure := false, false
 	for {
 		live := s.producers.live()
 		st := s.endState(live, sole)
@@ -305,8 +305,16 @@ func (s *natsSubscriber) waitEnd() {
 			st.open = nil
 		}
 		still := now.Sub(stillSince) >= eosWait
+		// An end whose count does not match what arrived is put to its
+		// producer once too: one that says it is still running did not
+		// send it (counted, whatever the count says).
+		unsureAsk := st.unsure && len(st.open) == 0 && !contradicted && !askedUnsure
+		askedUnsure = askedUnsure || unsureAsk
 		switch {
 		case len(st.open) > 0:
+		case unsureAsk && s.stillRunning(st.ended):
+			contradicted = true
+			s.drops.drop(strings.Join(st.ended, ","), "an end of stream from an instance that says it is still running")
 		case st.unsure && !still:
 		case st.unsure:
 			s.log.Warn("ending the input, though the ends of stream of its producer do not match what arrived", "service", s.producers.service,
