@@ -90,6 +90,9 @@ func main() {
 	if *only == "" || *only == "scale" {
 		scaleBench(&b, *bin, *work, min(*rounds, 3))
 	}
+	if *only == "" {
+		appendManual(&b, "docs/benchmarks-gpu.md")
+	}
 	if *out == "-" {
 		fmt.Print(b.String())
 		return
@@ -98,6 +101,16 @@ func main() {
 		fail(err)
 	}
 	fmt.Print(b.String())
+}
+
+// appendManual appends a section measured by hand elsewhere (on a lent
+// GPU machine), so that regenerating the file keeps it.
+func appendManual(b *strings.Builder, path string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	fmt.Fprintf(b, "%s\n", strings.TrimSpace(string(data)))
 }
 
 // mediaDir is the sample media folder: $AVFLOW_MEDIA or ../shared/media.
