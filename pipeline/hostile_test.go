@@ -40,25 +40,12 @@ var busServers = []struct {
 // returns its URL; it is shut down when the test ends.
 func natsServer(t *testing.T, port int) string {
 	t.Helper()
-	s := startNATS(t, port)
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return s.ClientURL()
+	return e2e.NATSServer(t, &server.Options{Port: port}).ClientURL()
 }
 
 func startNATS(t *testing.T, port int) *server.Server {
 	t.Helper()
-	if port == 0 {
-		port = server.RANDOM_PORT
-	}
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server did not start")
-	}
-	return s
+	return e2e.StartNATS(t, &server.Options{Port: port})
 }
 
 // hostile is a client of the run's server that is not the pipeline's.

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -16,15 +17,7 @@ import (
 // over two hops). The quiet time is made long here, so that waiting for
 // it cannot pass for an answer.
 func TestInstanceSetAnswersAtOnce(t *testing.T) {
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start()
-	t.Cleanup(srv.Shutdown)
-	if !srv.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
+	srv := e2e.NATSServer(t, &server.Options{})
 	nc, err := nats.Connect(srv.ClientURL())
 	if err != nil {
 		t.Fatal(err)

@@ -249,17 +249,7 @@ func permServer(t *testing.T, users map[string]pipeline.NATSPermissions) string 
 	if err := opts.ProcessConfigString(conf.String()); err != nil {
 		t.Fatalf("%v:\n%s", err, conf.String())
 	}
-	opts.NoLog, opts.NoSigs = true, true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server did not start")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return s.ClientURL()
+	return e2e.NATSServer(t, opts).ClientURL()
 }
 
 const splitYAML = `name: t

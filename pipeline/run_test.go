@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/pipeline/envelope"
 	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/nats-io/nats-server/v2/server"
@@ -367,16 +368,7 @@ func (l *logRecorder) wait(t *testing.T, limit time.Duration, parts ...string) s
 // smallPayloadServer starts a NATS server with a 64 KiB max payload, so
 // that every test message larger than that is chunked.
 func smallPayloadServer(t *testing.T) string {
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true, MaxPayload: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server did not start")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return s.ClientURL()
+	return e2e.NATSServer(t, &server.Options{MaxPayload: 64 << 10}).ClientURL()
 }
 
 func TestRunDeliversEverythingInOrder(t *testing.T) {
@@ -637,21 +629,12 @@ stages:
 // itself in the chain, not only its text.
 func TestNATSErrorsStayInTheChain(t *testing.T) {
 	noLeaks(t)
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
-		Users: []*server.User{{Username: "u", Password: "p", Permissions: &server.Permissions{
-			Subscribe: &server.SubjectPermission{Deny: []string{"avflow.>"}},
-		}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server did not start")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	s := e2e.NATSServer(t, &server.Options{Users: []*server.User{{Username: "u", Password: "p", Permissions: &server.Permissions{
+		Subscribe: &server.SubjectPermission{Deny: []string{"avflow.>"}},
+	}}}})
 	url := strings.Replace(s.ClientURL(), "nats://", "nats://u:p@", 1)
 	col := &collector{}
-	_, err = runWithin(t, 20*time.Second, testEnv(t, col), `name: denied
+	_, err := runWithin(t, 20*time.Second, testEnv(t, col), `name: denied
 stages:
   - {name: g, kind: gen}
   - {name: c, kind: collect, inputs: [g]}
@@ -916,18 +899,10 @@ func TestStampsAreBounded(t *testing.T) {
 // connections (one per CPU at most), not one each.
 func TestStagesShareConnections(t *testing.T) {
 	noLeaks(t)
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server did not start")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	s := e2e.NATSServer(t, &server.Options{})
 	col := &collector{}
 	clients := 0
-	_, err = runYAML(t, testEnv(t, col), chainOf("share", 50, 5), pipeline.Options{NATSURL: s.ClientURL()}, func(*pipeline.Runner) {
+	_, err := runYAML(t, testEnv(t, col), chainOf("share", 50, 5), pipeline.Options{NATSURL: s.ClientURL()}, func(*pipeline.Runner) {
 		clients = s.NumClients()
 	})
 	if err != nil {

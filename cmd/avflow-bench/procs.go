@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -11,38 +10,20 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
+	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/nats-io/nats.go"
 )
 
 // Helpers of the benchmarks that run several processes around one real
 // nats-server on a free loopback port.
 
-// lockedBuffer collects a process's output while it runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // proc is a started process.
 type proc struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer // stdout and stderr
+	out  *e2e.Buffer // stdout and stderr
 	t0   time.Time
 	done chan struct{}
 	m    measure
@@ -50,7 +31,7 @@ type proc struct {
 }
 
 func startProc(env []string, name string, args ...string) (*proc, error) {
-	p := &proc{cmd: exec.Command(name, args...), out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(name, args...), out: &e2e.Buffer{}, done: make(chan struct{})}
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.t0 = time.Now()

@@ -6,6 +6,9 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 // Buffer is a bytes.Buffer that one goroutine may write (a run's logger, a
@@ -75,4 +78,35 @@ func Serve(t testing.TB, l net.Listener, handle func(net.Conn)) {
 		mu.Unlock()
 		wg.Wait()
 	})
+}
+
+// StartNATS starts an in-process nats-server with opts (a free loopback
+// port unless opts say otherwise; no logs, no signal handlers) and waits
+// until it takes connections. The caller shuts it down.
+func StartNATS(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	if opts.Port == 0 {
+		opts.Port = server.RANDOM_PORT
+	}
+	opts.NoLog, opts.NoSigs = true, true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server did not start")
+	}
+	return s
+}
+
+// NATSServer is StartNATS, shut down when the test ends.
+func NATSServer(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	s := StartNATS(t, opts)
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
 }

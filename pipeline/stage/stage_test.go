@@ -34,8 +34,11 @@ func (m *media) WritePayload(dst []byte) error {
 	copy(dst, m.data)
 	return nil
 }
-func (m *media) Clone() (stage.Local, error) { *m.refs++; return &media{data: m.data, refs: m.refs, hosted: m.hosted}, nil }
-func (m *media) Free()                       { *m.refs-- }
+func (m *media) Clone() (stage.Local, error) {
+	*m.refs++
+	return &media{data: m.data, refs: m.refs, hosted: m.hosted}, nil
+}
+func (m *media) Free() { *m.refs-- }
 func (m *media) ToHost(msg *stage.Msg) error {
 	if m.onGPU {
 		m.onGPU = false
@@ -189,4 +192,3 @@ func Example() {
 	fmt.Println(len(out), len(rest), max, st.Status().Device == "", st.Close())
 	// Output: 2 0 1 true <nil>
 }
-
