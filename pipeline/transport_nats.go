@@ -45,8 +45,8 @@ const (
 	HeaderSent     = "Avflow-Sent"
 	// HeaderSole is set ("1") on the data of a producer that is its
 	// stage's only instance by construction (a stage of the process that
-	// drives the pipeline): its consumers need not ask the stage's service
-	// whether other instances send too, before the first message passes.
+	// drives the pipeline): its stream arrives in order, so a consumer
+	// does not put it back in order (it does for any other producer).
 	HeaderSole = "Avflow-Sole"
 	eosSuffix  = ".eos"
 	ackSuffix  = ".ack"

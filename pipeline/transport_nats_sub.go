@@ -664,7 +664,7 @@ func (p *instanceSet) ask(want string) []string {
 func pingInstances(nc *nats.Conn, service string, quiet time.Duration, want string) []string {
 	var out []string
 	stop := func(p micro.Ping) bool { return want != "" && p.Metadata["instance"] == want }
-	for _, ping := range pingServices(nc, micro.APIPrefix+".PING."+service, quiet, stop) {
+	for _, ping := range pingServices(nc, pingSubject(service), quiet, stop) {
 		if i := ping.Metadata["instance"]; i != "" {
 			out = append(out, i)
 		}
@@ -675,8 +675,11 @@ func pingInstances(nc *nats.Conn, service string, quiet time.Duration, want stri
 // pingService is pingServices to one service's PING subject, collecting
 // every answer.
 func pingService(nc *nats.Conn, service string, quiet time.Duration) []micro.Ping {
-	return pingServices(nc, micro.APIPrefix+".PING."+service, quiet, nil)
+	return pingServices(nc, pingSubject(service), quiet, nil)
 }
+
+// pingSubject is the micro PING subject of one service.
+func pingSubject(service string) string { return micro.APIPrefix + ".PING." + service }
 
 // pingServices sends a micro PING on subject and collects the answers,
 // waiting at most quiet after the last one, or until stop (when not nil)
