@@ -89,9 +89,15 @@ func (r *Runner) openTransport(useNATS bool) error {
 
 // remoteReaders are the inputs of remote stages that read stage's port.
 func (r *Runner) remoteReaders(stage, port string) []consumerRef {
+	return r.readers(stage, port, true)
+}
+
+// readers are the inputs of the remote stages (remote) or of this
+// process's stages that read stage's port.
+func (r *Runner) readers(stage, port string, remote bool) []consumerRef {
 	var out []consumerRef
 	for _, s := range r.cfg.Stages {
-		if !r.remote[s.Name] {
+		if r.remote[s.Name] != remote {
 			continue
 		}
 		for i, in := range s.Inputs {

@@ -74,7 +74,7 @@ func Permissions(cfg *Config, p Process) (NATSPermissions, error) {
 		return NATSPermissions{}, err
 	}
 	ps := &permSet{r: &Runner{cfg: cfg, remote: remote, byName: map[string]*host{}}, nats: transport == TransportNATS,
-		pub: map[string]bool{}, sub: map[string]bool{}}
+		serving: len(p.Serve) > 0, pub: map[string]bool{}, sub: map[string]bool{}}
 	for _, s := range cfg.order {
 		if !remote[s.Name] {
 			ps.inputs(s)
@@ -103,6 +103,7 @@ func Permissions(cfg *Config, p Process) (NATSPermissions, error) {
 type permSet struct {
 	r        *Runner
 	nats     bool // transport nats: every edge is on NATS
+	serving  bool // avflow serve: its stages may have replicas in other processes
 	pub, sub map[string]bool
 	services int
 }
@@ -110,7 +111,7 @@ type permSet struct {
 // inputs are the subscriptions of a stage's inputs that cross NATS, and
 // the credits it sends back.
 func (ps *permSet) inputs(s *StageConfig) {
-	for _, in := range s.Inputs {
+	for i, in := range s.Inputs {
 		port, _ := findPort(ps.r.cfg.Stage(in.Stage).outputs, in.Port)
 		remote := ps.r.remote[in.Stage]
 		if !ps.nats && !remote {
@@ -120,6 +121,9 @@ func (ps *permSet) inputs(s *StageConfig) {
 		ps.sub[subject], ps.sub[subject+eosSuffix] = true, true
 		if ps.r.edgeFlow(port.Type) == FlowBlock {
 			ps.pub[subject+ackSuffix] = true
+			if ps.serving { // what its producers send this instance alone
+				ps.sub[directSubject(subject, consumerRef{stage: s.Name, input: i}, "*")] = true
+			}
 		}
 		if remote { // data and ends are taken only from its instances
 			ps.ping(in.Stage)
@@ -146,11 +150,24 @@ func (ps *permSet) outputs(s *StageConfig) {
 		ps.pub[subject+eosSuffix] = true
 		if ps.r.edgeFlow(port.Type) == FlowBlock {
 			ps.sub[subject+ackSuffix] = true
-			for _, in := range ps.r.remoteReaders(s.Name, port.Name) {
-				ps.ping(in.stage) // credits are taken only from the reader's instances
+			for _, in := range ps.routed(s.Name, port.Name) {
+				ps.ping(in.stage) // credits are taken only from the reader's instances, which are asked for
+				ps.pub[directSubject(subject, in, "*")] = true
 			}
 		}
 	}
+}
+
+// routed are the readers of a stage's port that may have replicas: each
+// message goes to one of their instances alone (see natsPublisher.route).
+// Those are the readers in other processes, and over transport nats in
+// avflow serve the served stages too.
+func (ps *permSet) routed(stage, port string) []consumerRef {
+	out := ps.r.remoteReaders(stage, port)
+	if ps.serving && ps.nats {
+		out = append(out, ps.r.readers(stage, port, false)...)
+	}
+	return out
 }
 
 // readers counts the stages of this process (local) and of others

@@ -90,19 +90,21 @@ func TestPermissions(t *testing.T) {
 			// A second driver is refused: the first stage's service is asked for.
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.src.audio.eos", "$SRV.PING.cam-src"},
 			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.src.audio.ack"}, services("flt", "out", "src")...), "_INBOX.>")},
+		// Replicas of a stage take each message on a subject of their own
+		// too (<subject>.to.<stage>.<input>.<instance>).
 		{"serve flt", "block", pipeline.Process{Serve: []string{"flt"}}, 1,
-			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-flt", "$SRV.PING.cam-out", "$SRV.PING.cam-src"},
-			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.flt.out.ack", "avflow.cam.src.video", "avflow.cam.src.video.eos"}, services("flt")...), "_INBOX.>")},
+			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.flt.out.to.out.0.*", "avflow.cam.src.video.ack", "$SRV.PING.cam-flt", "$SRV.PING.cam-out", "$SRV.PING.cam-src"},
+			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.flt.out.ack", "avflow.cam.src.video", "avflow.cam.src.video.eos", "avflow.cam.src.video.to.flt.0.*"}, services("flt")...), "_INBOX.>")},
 		{"run, flt remote", "block", pipeline.Process{Remote: []string{"flt"}}, 3,
-			[]string{"avflow.cam.flt.out.ack", "avflow.cam.src.audio.eos", "avflow.cam.src.video", "avflow.cam.src.video.eos", "$SRV.PING.cam-flt", "$SRV.PING.cam-out", "$SRV.PING.cam-src"},
+			[]string{"avflow.cam.flt.out.ack", "avflow.cam.src.audio.eos", "avflow.cam.src.video", "avflow.cam.src.video.eos", "avflow.cam.src.video.to.flt.0.*", "$SRV.PING.cam-flt", "$SRV.PING.cam-out", "$SRV.PING.cam-src"},
 			append(append([]string{"avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.audio.ack", "avflow.cam.src.video.ack"}, services("out", "src")...), "_INBOX.>")},
 		{"serve flt and out", "block", pipeline.Process{Serve: []string{"flt", "out"}}, 3,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-flt", "$SRV.PING.cam-out", "$SRV.PING.cam-src"},
-			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.src.video", "avflow.cam.src.video.eos"}, services("flt", "out")...), "_INBOX.>")},
+			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.src.video", "avflow.cam.src.video.eos", "avflow.cam.src.video.to.flt.0.*"}, services("flt", "out")...), "_INBOX.>")},
 		// Frames and data may be dropped: no credits; packets always block.
 		{"serve flt, drop-oldest", "drop-oldest", pipeline.Process{Serve: []string{"flt"}}, 1,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-flt", "$SRV.PING.cam-src"},
-			append(append([]string{"avflow.cam.src.video", "avflow.cam.src.video.eos"}, services("flt")...), "_INBOX.>")},
+			append(append([]string{"avflow.cam.src.video", "avflow.cam.src.video.eos", "avflow.cam.src.video.to.flt.0.*"}, services("flt")...), "_INBOX.>")},
 		{"run, transport nats", "block", pipeline.Process{Transport: "nats"}, 5,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.ack", "avflow.cam.flt.out.eos",
 				"avflow.cam.src.audio.eos", "avflow.cam.src.video", "avflow.cam.src.video.ack", "avflow.cam.src.video.eos", "$SRV.PING.cam-src"},
@@ -145,6 +147,7 @@ func TestPermissionsConfig(t *testing.T) {
       "avflow.cam.flt.meta.eos"
       "avflow.cam.flt.out"
       "avflow.cam.flt.out.eos"
+      "avflow.cam.flt.out.to.out.0.*"
       "avflow.cam.src.video.ack"
       "$SRV.PING.cam-flt"
       "$SRV.PING.cam-out"
@@ -158,6 +161,7 @@ func TestPermissionsConfig(t *testing.T) {
       "avflow.cam.flt.out.ack"
       "avflow.cam.src.video"
       "avflow.cam.src.video.eos"
+      "avflow.cam.src.video.to.flt.0.*"
       "$SRV.INFO"
       "$SRV.INFO.cam-flt"
       "$SRV.INFO.cam-flt.*"
@@ -351,6 +355,12 @@ func TestPermissionsAreNeeded(t *testing.T) {
 				// A stage reading a remote one asks its own service who shares
 				// its queue group only when that stage has several instances.
 				t.Skip("needed only when the remote producer has several instances")
+			}
+			if c.list == "publish" && strings.Contains(c.entry, ".to.") {
+				// Each message goes to one reader instance alone only when
+				// the reader has several (cmd/avflow's TestPermissionsCluster
+				// serves one twice with exactly these permissions).
+				t.Skip("needed only when the reader has several instances")
 			}
 			less := map[string]pipeline.NATSPermissions{}
 			for u, p := range users {

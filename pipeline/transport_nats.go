@@ -50,10 +50,12 @@ const (
 	HeaderSole = "Avflow-Sole"
 	eosSuffix  = ".eos"
 	ackSuffix  = ".ack"
-	ackEnd     = "end"
-	ackAsk     = "ended?"
-	ackRunning = "running"
-	ackEnded   = "ended"
+	// directInfix: see directSubject.
+	directInfix = ".to."
+	ackEnd      = "end"
+	ackAsk      = "ended?"
+	ackRunning  = "running"
+	ackEnded    = "ended"
 )
 
 // natsTransport sends a pipeline's messages on NATS subjects (see
@@ -115,7 +117,9 @@ func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage strin
 	if err := s.subscribe(queueGroup(t.pipeline, ref)); err != nil {
 		return nil, err
 	}
-	t.owners.Store(s.sub, ref.stage)
+	for _, sub := range s.dataSubs() {
+		t.owners.Store(sub, ref.stage)
+	}
 	s.unhook = t.pool.onReconnect(s.reconnected)
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -158,6 +162,13 @@ func (t *natsTransport) reorderFor(stage string, port Port) *reorder {
 // consumer stage takes part of its messages.
 func queueGroup(pipeline string, ref consumerRef) string {
 	return pipeline + "-" + ref.stage + "-" + strconv.Itoa(ref.input)
+}
+
+// directSubject is the subject on which the instance inst of the
+// consumer ref takes the messages its producers send it alone:
+// <subject>.to.<stage>.<input>.<instance>.
+func directSubject(subject string, ref consumerRef, inst string) string {
+	return subject + directInfix + ref.stage + "." + strconv.Itoa(ref.input) + "." + inst
 }
 
 func (t *natsTransport) publisher(stage string, port Port, log *slog.Logger) (publisher, error) {
@@ -207,6 +218,11 @@ type natsPublisher struct {
 	clamped  atomic.Int64 // credits above what was sent
 	unhook   func()
 
+	watch     sync.Once // starts watchReplicas
+	closeOnce sync.Once
+	stopWatch chan struct{} // closed by Close
+	watchDone chan struct{} // closed when watchReplicas returns
+
 	mu     sync.Mutex
 	sent   uint64              // data messages sent or being sent
 	cons   map[string]*credits // consumer id (stage/input) -> what it took
@@ -221,16 +237,25 @@ type natsPublisher struct {
 // publisher. A consumer whose every instance has ended is waited for no
 // more, until one of them sends a credit again.
 type credits struct {
-	stage string
+	ref   consumerRef
 	insts *instanceSet      // the consumer stage's instances
 	base  uint64            // messages not its to take (sent before it attached, or forgiven)
 	taken map[string]uint64 // consumer instance -> messages taken
 	live  map[string]bool   // instances that have not ended
 	ended bool
+
+	// Routing, for a consumer whose stage may have replicas (its inputs
+	// have a subject of their own each: directSubject).
+	replicas bool
+	found    map[string]bool   // instances its service answered for lately
+	gone     map[string]bool   // instances that have ended
+	sentTo   map[string]uint64 // instance -> messages sent to it alone (raised to what it took)
+	picked   map[string]uint64 // instance -> when it was last sent one (sent count)
 }
 
-func newCredits(stage string, insts *instanceSet, base uint64) *credits {
-	return &credits{stage: stage, insts: insts, base: base, taken: map[string]uint64{}, live: map[string]bool{}}
+func newCredits(ref consumerRef, insts *instanceSet, base uint64) *credits {
+	return &credits{ref: ref, insts: insts, base: base, taken: map[string]uint64{}, live: map[string]bool{},
+		replicas: insts.local == "", found: map[string]bool{}, gone: map[string]bool{}, sentTo: map[string]uint64{}, picked: map[string]uint64{}}
 }
 
 // took is how many messages the consumer has taken, at most sent (a forged
@@ -243,10 +268,54 @@ func (c *credits) took(sent uint64) uint64 {
 	return min(n, sent)
 }
 
+// instances is how many instances of the consumer take messages now: a
+// window each.
+func (c *credits) instances() int {
+	n := len(c.live)
+	for inst := range c.found {
+		if !c.live[inst] && !c.gone[inst] {
+			n++
+		}
+	}
+	return max(1, n)
+}
+
+// pick is the instance to send the next message to alone: the one with
+// the fewest messages sent to it and not yet taken, the longest unpicked
+// among equals; "" (the queue group picks) while fewer than two are
+// known, or when each already has window messages to take. Called with
+// the publisher's mu held.
+func (c *credits) pick(window uint64) string {
+	best, bestOut, bestAt, n := "", window, uint64(0), 0
+	consider := func(inst string) {
+		if c.gone[inst] {
+			return
+		}
+		n++
+		out := c.sentTo[inst] - min(c.taken[inst], c.sentTo[inst])
+		if at := c.picked[inst]; out < bestOut || (out == bestOut && best != "" && at < bestAt) {
+			best, bestOut, bestAt = inst, out, at
+		}
+	}
+	for inst := range c.live {
+		consider(inst)
+	}
+	for inst := range c.found {
+		if !c.live[inst] {
+			consider(inst)
+		}
+	}
+	if n < 2 {
+		return ""
+	}
+	return best
+}
+
 func newNATSPublisher(nc *nats.Conn, subject, instance string, consumers []consumerRef, sets []*instanceSet, mode FlowMode, window int, log *slog.Logger) (*natsPublisher, error) {
 	p := &natsPublisher{
 		nc: nc, subject: subject, instance: instance, block: mode == FlowBlock, window: uint64(window), log: log,
 		drops: &dropLog{log: log.With("subject", subject+ackSuffix)}, cons: map[string]*credits{}, credit: make(chan struct{}, 1),
+		stopWatch: make(chan struct{}), watchDone: make(chan struct{}),
 	}
 	// Leave room for headers and protocol overhead.
 	p.maxPart = int(nc.MaxPayload()) - 1024
@@ -255,7 +324,7 @@ func newNATSPublisher(nc *nats.Conn, subject, instance string, consumers []consu
 	}
 	if p.block {
 		for i, c := range consumers {
-			p.cons[c.id()] = newCredits(c.stage, sets[i], 0)
+			p.add(newCredits(c, sets[i], 0))
 		}
 	}
 	// Credits in block flow, and in every flow the consumers' question
@@ -296,9 +365,80 @@ func (p *natsPublisher) expect(c consumerRef, insts *instanceSet) bool {
 	if p.block {
 		// What was sent before it attached is not its to take: its
 		// credits count from here.
-		p.cons[c.id()] = newCredits(c.stage, insts, p.sent)
+		p.add(newCredits(c, insts, p.sent))
 	}
 	return true
+}
+
+// add waits for a consumer's credits from now on, and watches its
+// replicas when it may have some.
+func (p *natsPublisher) add(c *credits) {
+	p.cons[c.ref.id()] = c
+	if c.replicas {
+		p.watch.Do(func() { go p.watchReplicas() })
+	}
+}
+
+// watchReplicas asks, now and then every second, which instances of the
+// consumers that may have replicas are there, so that a message goes to
+// the one with the most room (route) rather than to one the queue group
+// picks at random: with a window of w per instance, random picks keep n
+// instances busy only about w*n/(w*n+n-1) of the time.
+func (p *natsPublisher) watchReplicas() {
+	defer close(p.watchDone)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		p.mu.Lock()
+		var routed []*credits
+		for _, c := range p.cons {
+			if c.replicas {
+				routed = append(routed, c)
+			}
+		}
+		p.mu.Unlock()
+		for _, c := range routed {
+			found := c.insts.ask("", p.stopWatch)
+			if closed(p.stopWatch) {
+				return
+			}
+			p.mu.Lock()
+			clear(c.found)
+			for _, inst := range found {
+				c.found[inst] = true
+			}
+			p.mu.Unlock()
+		}
+		signal(p.credit) // a new instance is room
+		select {
+		case <-tick.C:
+		case <-p.stopWatch:
+			return
+		}
+	}
+}
+
+// route is the subject of the next message, and counts it as sent to
+// the instance it goes to alone (if any): when the port has one consumer
+// whose stage may have replicas, each message goes to the replica with the
+// most room. Called with mu held.
+func (p *natsPublisher) route() string {
+	if !p.block || len(p.cons) != 1 {
+		return p.subject
+	}
+	for _, c := range p.cons {
+		if !c.replicas {
+			break
+		}
+		inst := c.pick(p.window)
+		if inst == "" {
+			break
+		}
+		c.sentTo[inst] = max(c.sentTo[inst], c.taken[inst]) + 1
+		c.picked[inst] = p.sent
+		return directSubject(p.subject, c.ref, inst)
+	}
+	return p.subject
 }
 
 // ack is one message of the credit subject.
@@ -384,10 +524,11 @@ func (p *natsPublisher) endConsumer(c *credits, inst string) {
 		c.taken[inst] = 0
 	}
 	delete(c.live, inst)
+	c.gone[inst] = true
 	if len(c.live) == 0 && !c.ended {
 		c.ended = true
 		if p.eos == nil {
-			p.ended = append(p.ended, c.stage)
+			p.ended = append(p.ended, c.ref.stage)
 		}
 	}
 }
@@ -406,6 +547,7 @@ func (p *natsPublisher) take(c *credits, a ack) {
 		c.taken[a.inst] = a.n
 	}
 	c.live[a.inst] = true
+	delete(c.gone, a.inst)
 	c.ended = false // an instance that has ended sends no credit: a forged end is undone
 }
 
@@ -415,8 +557,8 @@ func (p *natsPublisher) lagging() []string {
 	var out []string
 	for _, c := range p.cons {
 		// A window for each instance of the consumer that reads now.
-		if !c.ended && p.sent-c.took(p.sent) >= p.window*uint64(max(1, len(c.live))) {
-			out = append(out, c.stage)
+		if !c.ended && p.sent-c.took(p.sent) >= p.window*uint64(c.instances()) {
+			out = append(out, c.ref.stage)
 		}
 	}
 	sort.Strings(out)
@@ -431,6 +573,7 @@ func (p *natsPublisher) reconnected() {
 	p.mu.Lock()
 	for _, c := range p.cons {
 		c.base += p.sent - c.took(p.sent)
+		clear(c.sentTo) // what was sent to an instance counts as taken too
 	}
 	eos := p.eos
 	p.mu.Unlock()
@@ -458,9 +601,10 @@ func (p *natsPublisher) Publish(ctx context.Context, e *stage.Msg) error {
 	}
 	// Counted before it goes: a credit for it may come back at once.
 	p.mu.Lock()
+	subject := p.route()
 	p.sent++
 	p.mu.Unlock()
-	if err := p.send(ctx, data); err != nil {
+	if err := p.send(ctx, subject, data); err != nil {
 		return fmt.Errorf("%w: publishing on %s failed: %w", ErrTransport, p.subject, err)
 	}
 	return nil
@@ -511,9 +655,9 @@ func (p *natsPublisher) waitCredit(ctx context.Context) error {
 	}
 }
 
-func (p *natsPublisher) send(ctx context.Context, data []byte) error {
+func (p *natsPublisher) send(ctx context.Context, subject string, data []byte) error {
 	if len(data) <= p.maxPart {
-		return p.publishMsg(ctx, &nats.Msg{Subject: p.subject, Data: data, Header: p.header()})
+		return p.publishMsg(ctx, &nats.Msg{Subject: subject, Data: data, Header: p.header()})
 	}
 	p.chunkID++
 	parts, err := envelope.Split(p.chunkID, data, p.maxPart)
@@ -523,7 +667,7 @@ func (p *natsPublisher) send(ctx context.Context, data []byte) error {
 	for _, c := range parts {
 		h := p.header()
 		h[envelope.HeaderChunk] = []string{c.Header()}
-		m := &nats.Msg{Subject: p.subject, Data: c.Data, Header: h}
+		m := &nats.Msg{Subject: subject, Data: c.Data, Header: h}
 		if err := p.publishMsg(ctx, m); err != nil {
 			return err
 		}
@@ -558,6 +702,9 @@ func (p *natsPublisher) publishMsg(ctx context.Context, m *nats.Msg) error {
 }
 
 func (p *natsPublisher) Close() {
+	p.watch.Do(func() { close(p.watchDone) }) // never started
+	p.closeOnce.Do(func() { close(p.stopWatch) })
+	<-p.watchDone
 	if p.unhook != nil {
 		p.unhook()
 	}

@@ -46,8 +46,9 @@ type natsSubscriber struct {
 	nc        *nats.Conn
 	subject   string
 	ref       consumerRef
-	instance  string // this process's
-	sub       *nats.Subscription
+	instance  string             // this process's
+	sub       *nats.Subscription // the queue group's
+	direct    *nats.Subscription // this instance's own (directSubject), when the stage may have replicas
 	eosSub    *nats.Subscription
 	producer  *nats.Conn      // the producer's connection, when it is in this process
 	producers *instanceSet    // the producer stage's instances
@@ -60,7 +61,9 @@ type natsSubscriber struct {
 	drops     *dropLog
 	unhook    func()
 
-	// Used only by the data subscription's callback.
+	// recvMu makes the data subscriptions' callbacks take turns; the
+	// chunk joiner is theirs.
+	recvMu sync.Mutex
 	chunks joiner
 	// orderMu guards the reorder buffer and its gap timer.
 	orderMu  sync.Mutex
@@ -86,20 +89,68 @@ type fromProducer struct {
 }
 
 func (s *natsSubscriber) subscribe(queue string) error {
-	sub, err := s.nc.QueueSubscribe(s.subject, queue, s.onMsg)
+	sub, err := s.subscribeData(s.subject, queue)
 	if err != nil {
-		return fmt.Errorf("%w: subscribing to %s failed: %w", ErrTransport, s.subject, err)
+		return err
 	}
-	// Credits bound what the pipeline's producers send; these bound the rest.
-	if err := sub.SetPendingLimits(maxPendingMsgs, maxPendingBytes); err != nil {
-		return fmt.Errorf("%w: setting the pending limits of %s failed: %w", ErrTransport, s.subject, err)
+	var direct *nats.Subscription
+	if s.block && s.self.local == "" {
+		// A producer that knows the replicas sends each message to the
+		// one with the most room (see natsPublisher.route).
+		if direct, err = s.subscribeData(directSubject(s.subject, s.ref, s.instance), ""); err != nil {
+			_ = sub.Unsubscribe()
+			return err
+		}
 	}
 	eos, err := s.nc.Subscribe(s.subject+eosSuffix, s.onEOS)
 	if err != nil {
 		_ = sub.Unsubscribe()
+		if direct != nil {
+			_ = direct.Unsubscribe()
+		}
 		return fmt.Errorf("%w: subscribing to %s%s failed: %w", ErrTransport, s.subject, eosSuffix, err)
 	}
-	s.sub, s.eosSub, s.sources = sub, eos, map[string]bool{}
+	s.sub, s.direct, s.eosSub, s.sources = sub, direct, eos, map[string]bool{}
+	return nil
+}
+
+// subscribeData subscribes onMsg to a data subject, in a queue group
+// unless queue is "".
+func (s *natsSubscriber) subscribeData(subject, queue string) (*nats.Subscription, error) {
+	sub, err := s.nc.QueueSubscribe(subject, queue, s.onMsg)
+	if err != nil {
+		return nil, fmt.Errorf("%w: subscribing to %s failed: %w", ErrTransport, subject, err)
+	}
+	// Credits bound what the pipeline's producers send; these bound the rest.
+	if err := sub.SetPendingLimits(maxPendingMsgs, maxPendingBytes); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("%w: setting the pending limits of %s failed: %w", ErrTransport, subject, err)
+	}
+	return sub, nil
+}
+
+// dataSubs are the input's data subscriptions.
+func (s *natsSubscriber) dataSubs() []*nats.Subscription {
+	if s.direct == nil {
+		return []*nats.Subscription{s.sub}
+	}
+	return []*nats.Subscription{s.sub, s.direct}
+}
+
+// drainData drains the data subscriptions and waits until the messages
+// the server had sent them have been through onMsg.
+func (s *natsSubscriber) drainData(ctx context.Context) error {
+	for _, sub := range s.dataSubs() {
+		closed := sub.StatusChanged(nats.SubscriptionClosed)
+		if err := sub.Drain(); err != nil {
+			return fmt.Errorf("%w: draining %s failed: %w", ErrTransport, sub.Subject, err)
+		}
+		select {
+		case <-closed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	return nil
 }
 
@@ -137,6 +188,8 @@ func (d *dropLog) drop(source, why string) {
 }
 
 func (s *natsSubscriber) onMsg(m *nats.Msg) {
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
 	inst := m.Header.Get(HeaderInstance)
 	if inst == "" {
 		s.drops.drop("unknown", "no "+HeaderInstance+" header")
@@ -392,7 +445,10 @@ type endState struct {
 func (s *natsSubscriber) endState(live []string, sole bool) endState {
 	pending := 0
 	if sole {
-		pending, _, _ = s.sub.Pending() // arrived, not yet through onMsg
+		for _, sub := range s.dataSubs() {
+			n, _, _ := sub.Pending() // arrived, not yet through onMsg
+			pending += n
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -435,13 +491,8 @@ func (s *natsSubscriber) endState(live []string, sole bool) endState {
 // what the reorder buffer holds, then the end of stream.
 func (s *natsSubscriber) finish() {
 	s.endOnce.Do(func() {
-		closed := s.sub.StatusChanged(nats.SubscriptionClosed)
-		if s.sub.Drain() == nil {
-			select {
-			case <-closed:
-			case <-s.ctx.Done():
-				return
-			}
+		if err := s.drainData(s.ctx); err != nil && s.ctx.Err() != nil {
+			return
 		}
 		s.ordered(s.reorder.flush)
 		_ = s.ref.q.Push(s.ctx, stage.EOS(s.ref.input), nil)
@@ -510,7 +561,9 @@ func (s *natsSubscriber) detach() {
 	if s.unhook != nil {
 		s.unhook()
 	}
-	_ = s.sub.Unsubscribe()
+	for _, sub := range s.dataSubs() {
+		_ = sub.Unsubscribe()
+	}
 	_ = s.eosSub.Unsubscribe()
 }
 
@@ -519,7 +572,6 @@ func (s *natsSubscriber) detach() {
 // had sent before are in the queue.
 func (s *natsSubscriber) drain(ctx context.Context) error {
 	_ = s.eosSub.Unsubscribe()
-	closed := s.sub.StatusChanged(nats.SubscriptionClosed)
 	if s.producer != nil {
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -527,13 +579,8 @@ func (s *natsSubscriber) drain(ctx context.Context) error {
 			return fmt.Errorf("%w: flushing %s failed: %w", ErrTransport, s.subject, err)
 		}
 	}
-	if err := s.sub.Drain(); err != nil {
-		return fmt.Errorf("%w: draining %s failed: %w", ErrTransport, s.subject, err)
-	}
-	select {
-	case <-closed:
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := s.drainData(ctx); err != nil {
+		return err
 	}
 	s.ordered(s.reorder.flush)
 	return nil
@@ -629,7 +676,7 @@ func (p *instanceSet) has(inst string) bool {
 	if ok || !stale {
 		return ok
 	}
-	return slices.Contains(p.ask(inst), inst)
+	return slices.Contains(p.ask(inst, nil), inst)
 }
 
 // live asks which instances are there now.
@@ -637,17 +684,18 @@ func (p *instanceSet) live() []string {
 	if p.local != "" {
 		return []string{p.local}
 	}
-	return p.ask("")
+	return p.ask("", nil)
 }
 
 // ask pings the service and records the instances that answer; it
 // returns as soon as want answers (a new instance's first message waits
-// for one round trip, not for the quiet time after the last answer).
-func (p *instanceSet) ask(want string) []string {
-	insts := pingInstances(p.nc, p.service, p.quiet, want)
+// for one round trip, not for the quiet time after the last answer), or
+// done is closed.
+func (p *instanceSet) ask(want string, done <-chan struct{}) []string {
+	insts := pingInstances(p.nc, p.service, p.quiet, want, done)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if want == "" || !slices.Contains(insts, want) {
+	if (want == "" || !slices.Contains(insts, want)) && !closed(done) {
 		// Every answer is in: an instance not among them is not there
 		// (for 200 ms). After stopping at want, others may still answer.
 		p.asked = time.Now()
@@ -658,13 +706,23 @@ func (p *instanceSet) ask(want string) []string {
 	return insts
 }
 
+// closed reports whether done (nil: never) is closed.
+func closed(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
 // pingInstances sends a micro PING to a service and collects the
 // "instance" metadata of those that answer, until want answers (when
-// not empty).
-func pingInstances(nc *nats.Conn, service string, quiet time.Duration, want string) []string {
+// not empty) or done is closed.
+func pingInstances(nc *nats.Conn, service string, quiet time.Duration, want string, done <-chan struct{}) []string {
 	var out []string
 	stop := func(p micro.Ping) bool { return want != "" && p.Metadata["instance"] == want }
-	for _, ping := range pingServices(nc, pingSubject(service), quiet, stop) {
+	for _, ping := range pingServices(nc, pingSubject(service), quiet, stop, done) {
 		if i := ping.Metadata["instance"]; i != "" {
 			out = append(out, i)
 		}
@@ -675,7 +733,7 @@ func pingInstances(nc *nats.Conn, service string, quiet time.Duration, want stri
 // pingService is pingServices to one service's PING subject, collecting
 // every answer.
 func pingService(nc *nats.Conn, service string, quiet time.Duration) []micro.Ping {
-	return pingServices(nc, pingSubject(service), quiet, nil)
+	return pingServices(nc, pingSubject(service), quiet, nil, nil)
 }
 
 // pingSubject is the micro PING subject of one service.
@@ -683,10 +741,11 @@ func pingSubject(service string) string { return micro.APIPrefix + ".PING." + se
 
 // pingServices sends a micro PING on subject and collects the answers,
 // waiting at most quiet after the last one, or until stop (when not nil)
-// says an answer is the one wanted.
-func pingServices(nc *nats.Conn, subject string, quiet time.Duration, stop func(micro.Ping) bool) []micro.Ping {
+// says an answer is the one wanted, or done (when not nil) is closed.
+func pingServices(nc *nats.Conn, subject string, quiet time.Duration, stop func(micro.Ping) bool, done <-chan struct{}) []micro.Ping {
 	inbox := nc.NewRespInbox()
-	sub, err := nc.SubscribeSync(inbox)
+	answers := make(chan *nats.Msg, 256)
+	sub, err := nc.ChanSubscribe(inbox, answers)
 	if err != nil {
 		return nil
 	}
@@ -695,21 +754,30 @@ func pingServices(nc *nats.Conn, subject string, quiet time.Duration, stop func(
 		return nil
 	}
 	var out []micro.Ping
-	deadline := time.Now().Add(5 * quiet)
-	for time.Now().Before(deadline) {
-		m, err := sub.NextMsg(quiet)
-		if err != nil {
-			break
-		}
-		var ping micro.Ping
-		if json.Unmarshal(m.Data, &ping) == nil {
+	deadline := time.NewTimer(5 * quiet)
+	defer deadline.Stop()
+	wait := time.NewTimer(quiet)
+	defer wait.Stop()
+	for {
+		select {
+		case m := <-answers:
+			var ping micro.Ping
+			if json.Unmarshal(m.Data, &ping) != nil {
+				continue
+			}
 			out = append(out, ping)
 			if stop != nil && stop(ping) {
-				break
+				return out
 			}
+			wait.Reset(quiet)
+		case <-wait.C:
+			return out
+		case <-deadline.C:
+			return out
+		case <-done:
+			return out
 		}
 	}
-	return out
 }
 
 // reorder puts back in order, by their Src, the messages of a stream that

@@ -106,7 +106,7 @@ func scaleOutBench(b *strings.Builder, bin, natsBin string, rounds int, rate, se
 	}
 	fmt.Fprintf(b, "## Scale-out: a stage capped at %g messages/s per instance, served by 1, 2 and 4 processes\n\n", rate)
 	fmt.Fprintf(b, "`lavfi:testsrc2=size=160x120` source (raw video packets) -> slow (`pace`, `rate: %g`) -> sink(null). `avflow serve scaleout.yaml --stage slow --nats URL` in N processes, `avflow run scaleout.yaml --nats URL --remote slow` in one more, one `bin/nats-server` on loopback; %g s of messages per instance (%g x %g x N frames). "+
-		"The pace stage sleeps, so the 2 cores are not the limit: N instances can pass N x %g/s, and what they pass is what the machinery (queue group, credits, reorder buffer) lets through. frames/s is the steady rate at the sink (10%% to 90%% of the frames, from the run's progress lines); median of %d rounds. "+
+		"The pace stage sleeps, so the 2 cores are not the limit: N instances can pass N x %g/s, and what they pass is what the machinery (queue group, credits, routing each message to the replica with the most room, reorder buffer) lets through. frames/s is the steady rate at the sink (10%% to 90%% of the frames, from the run's progress lines); median of %d rounds. "+
 		"`queue` is the pipeline's credit window (the file's `queue:` key): messages an edge holds per consumer before the producer waits. The last row is one serve process with `replicas: 4` (the in-process replica pool), for comparison.\n\n", rate, secs, rate, secs, rate, rounds)
 	fmt.Fprintf(b, "| serve processes | replicas each | queue | instances | frames/s (steady) | of the cap (instances x rate) | ratio vs 1 process (same queue) |\n|---:|---:|---:|---:|---:|---:|---:|\n")
 	base := map[int]float64{}

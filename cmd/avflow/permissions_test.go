@@ -19,17 +19,25 @@ import (
 )
 
 // permPipeline writes a 5-stage transcode named name (its subjects are
-// avflow.<name>.*) of frames lavfi frames into out/out.mp4.
+// avflow.<name>.*) of frames lavfi frames into out/out.mp4; its flt stage
+// scales them.
 func permPipeline(t *testing.T, dir, name, out string, frames int, realtime bool) string {
+	t.Helper()
+	return writePermPipeline(t, dir, name, out, frames, realtime, `filter, params: {graph: "scale=320:180"}`)
+}
+
+// writePermPipeline is permPipeline whose flt stage is "flt" (its kind
+// and params).
+func writePermPipeline(t *testing.T, dir, name, out string, frames int, realtime bool, flt string) string {
 	t.Helper()
 	return writePipeline(t, dir, fmt.Sprintf(`name: %s
 stages:
   - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=640x360:rate=25", max_frames: %d, realtime: %t}}
   - {name: dec, kind: decode, inputs: [src.video]}
-  - {name: flt, kind: filter, inputs: [dec], params: {graph: "scale=320:180"}}
+  - {name: flt, kind: %s, inputs: [dec]}
   - {name: enc, kind: encode, inputs: [flt], params: {codec: libx264, preset: ultrafast}}
   - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
-`, name, frames, realtime, filepath.Join(out, "out.mp4")))
+`, name, frames, realtime, flt, filepath.Join(out, "out.mp4")))
 }
 
 // TestPermissionsCommand: what avflow permissions prints for each kind of
@@ -202,14 +210,15 @@ var violation = regexp.MustCompile(`avflow: .*Permissions Violation for (Subscri
 
 // TestPermissionsCluster: on a 3-node cluster whose two users may do
 // exactly what avflow permissions prints for their pipelines, pipeline a
-// runs split over two processes on two nodes and pipeline b in one
-// process on the third, each with every frame; a's user can neither run
+// runs split over three processes (its flt stage served twice) on three
+// nodes and pipeline b in one process on the third, each with every frame; a's user can neither run
 // nor serve b: one error naming the subject and the permission, exit 1,
 // no hang, no output.
 func TestPermissionsCluster(t *testing.T) {
 	e2e.Long(t)
 	outA, outB := t.TempDir(), t.TempDir()
-	a := permPipeline(t, t.TempDir(), "a", outA, 50, false)
+	// a's flt passes frames as they are (a stage that may have replicas).
+	a := writePermPipeline(t, t.TempDir(), "a", outA, 300, false, "pace, params: {rate: 1000}")
 	b := permPipeline(t, t.TempDir(), "b", outB, 25, false)
 	users := userEntry(t, "alice", "alice-pw", a, "--stage", "flt", "--remote", "flt") + userEntry(t, "bob", "bob-pw", b)
 	c := startCluster(t, users)
@@ -218,15 +227,16 @@ func TestPermissionsCluster(t *testing.T) {
 	}
 
 	serve := startAvflow(t, creds("alice"), "serve", a, "--stage", "flt", "--nats", c.urls[1])
+	serve2 := startAvflow(t, creds("alice"), "serve", a, "--stage", "flt", "--nats", c.urls[2])
 	run := startAvflow(t, creds("alice"), "run", a, "--remote", "flt", "--nats", c.urls[0])
 	runB := startAvflow(t, creds("bob"), "run", b, "--nats", c.urls[2])
-	for name, pr := range map[string]*proc{"run a": run, "serve a": serve, "run b": runB} {
+	for name, pr := range map[string]*proc{"run a": run, "serve a": serve, "serve a again": serve2, "run b": runB} {
 		if code := pr.wait(t, 90*time.Second); code != 0 {
 			t.Fatalf("%s with exactly the printed permissions: exit %d:\n%s", name, code, pr.out)
 		}
 	}
-	if n := probe(t, filepath.Join(outA, "out.mp4"))["video"].frames(); n != 50 {
-		t.Errorf("a's output has %d frames, want 50", n)
+	if n := probe(t, filepath.Join(outA, "out.mp4"))["video"].frames(); n != 300 {
+		t.Errorf("a's output has %d frames, want 300", n)
 	}
 	if n := probe(t, filepath.Join(outB, "out.mp4"))["video"].frames(); n != 25 {
 		t.Errorf("b's output has %d frames, want 25", n)
