@@ -482,6 +482,9 @@ func (r *Runner) build(startCtx context.Context, stop context.CancelFunc, hosts 
 			Live: r.cfg.Flow == FlowDropOldest, Downstream: downstream[n.cfg.Name], Consumers: readers[n.cfg.Name],
 			Graph: r,
 		}
+		if r.pool != nil {
+			in.Bus = r.pool.connFor(n.cfg.Name)
+		}
 		for i := range max(1, n.cfg.Replicas) {
 			if i > 0 {
 				in.Log = n.log.With("replica", i)

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/avflow/avflow/accelerators"
+	"github.com/nats-io/nats.go"
 )
 
 // Init is what a stage constructor gets.
@@ -42,6 +43,10 @@ type Init struct {
 	// Graph edits the running pipeline: a stage may add stages that read
 	// it (a branch) and remove them again.
 	Graph Graph
+	// Bus is the run's NATS connection, for a stage that asks a shared
+	// service (the infer stage's remote: true); nil over the local
+	// transport, which has no NATS.
+	Bus *nats.Conn
 }
 
 // Graph edits a running pipeline (the Runner implements it): see

@@ -220,18 +220,33 @@ func serveCmd() *cli.Command {
 	return &cli.Command{
 		Name: "serve",
 		Usage: "run stages of a pipeline as NATS services for a run elsewhere (avflow run --remote); any number of processes may serve one stage " +
-			"and share its messages; the process ends when the stage's inputs end (SIGTERM: finish the messages taken, then exit 0)",
-		ArgsUsage: "pipeline.yaml",
+			"and share its messages; the process ends when the stage's inputs end (SIGTERM: finish the messages taken, then exit 0). " +
+			"With --infer MODEL (no pipeline file): a shared inference service for the infer stages with remote: true of any pipeline, batching their frames (until SIGTERM)",
+		ArgsUsage: "pipeline.yaml | --infer MODEL",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "nats", Required: true, Usage: "the NATS server (or cluster) the run uses", EnvVars: []string{"AVFLOW_NATS_URL"}},
-			&cli.StringSliceFlag{Name: "stage", Required: true, Usage: "a stage to serve (repeatable)"},
+			&cli.StringSliceFlag{Name: "stage", Usage: "a stage to serve (repeatable)"},
+			&cli.StringFlag{Name: "infer", Usage: "serve this model (a card name or file) as the shared inference service avflow-infer-<model>"},
+			&cli.IntFlag{Name: "max-batch", Value: 8, Usage: "--infer: images per model run, from any callers"},
+			&cli.DurationFlag{Name: "max-wait", Value: 5 * time.Millisecond, Usage: "--infer: how long a model run waits for more images"},
+			&cli.IntFlag{Name: "threads", Usage: "--infer: ONNX Runtime intra-op threads (0: one per core)"},
 			&cli.StringFlag{Name: "transport", Usage: "auto (default) or nats"},
 			&cli.StringSliceFlag{Name: "set", Usage: "override a param: stage.param=value (repeatable)"},
 			&cli.StringFlag{Name: "name", Usage: "the deployment to join (its run's --name; the file's name: by default)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
 			&cli.DurationFlag{Name: "progress-interval", Value: 5 * time.Second, Usage: "how often to log progress when stderr is not a terminal"},
 		}, natsFlags()...),
-		Action: func(c *cli.Context) error { return runPipeline(c, "serve", c.StringSlice("stage")) },
+		Action: func(c *cli.Context) error {
+			switch {
+			case c.String("infer") != "" && (len(c.StringSlice("stage")) > 0 || c.NArg() > 0):
+				return cli.Exit("avflow serve: --infer serves a model, without a pipeline file or --stage", exitInvalid)
+			case c.String("infer") != "":
+				return serveInfer(c)
+			case len(c.StringSlice("stage")) == 0:
+				return cli.Exit("avflow serve: want --stage NAME (a stage of the pipeline file) or --infer MODEL", exitInvalid)
+			}
+			return runPipeline(c, "serve", c.StringSlice("stage"))
+		},
 	}
 }
 

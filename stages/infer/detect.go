@@ -158,19 +158,14 @@ func (s *Detector) finish(r *modelRun, res [][]box) ([][]box, error) {
 	card := s.m.card
 	n := len(r.frames)
 	for i := 0; i < n; i++ {
-		dets, err := s.decode(r.outs, i, n, r.tw, r.th)
+		dets, err := s.decode(r.outs, i, n, r.tw, r.th, s.thr)
 		if err != nil {
 			return res, err
 		}
 		if card.Decoder.Type != "classifier" {
 			dets = inFrame(dets, r.geos[i])
 		}
-		for j := range dets {
-			dets[j].Model = card.Name
-			if c := int(dets[j].Class); c >= 0 && c < len(card.Labels) {
-				dets[j].Label = card.Labels[c]
-			}
-		}
+		s.label(dets)
 		if s.rec != nil {
 			for j := range dets {
 				if dets[j].Text, _, err = s.rec.read(r.frames[i], dets[j]); err != nil {
@@ -181,6 +176,17 @@ func (s *Detector) finish(r *modelRun, res [][]box) ([][]box, error) {
 		res = append(res, dets)
 	}
 	return res, nil
+}
+
+// label names the model and class of each box.
+func (s *Detector) label(dets []box) {
+	card := s.m.card
+	for j := range dets {
+		dets[j].Model = card.Name
+		if c := int(dets[j].Class); c >= 0 && c < len(card.Labels) {
+			dets[j].Label = card.Labels[c]
+		}
+	}
 }
 
 // inFrame maps boxes from the model's input to the frame, dropping those
@@ -203,17 +209,17 @@ func item(t onnx.Tensor, i, n int) ([]float32, []int64) {
 }
 
 // decode turns the outputs of image i of a batch of n into boxes.
-func (s *Detector) decode(outs []onnx.Tensor, i, n, tw, th int) ([]box, error) {
+func (s *Detector) decode(outs []onnx.Tensor, i, n, tw, th int, thr float32) ([]box, error) {
 	card := s.m.card
 	d := card.Decoder
 	switch d.Type {
 	case "ultraface":
 		scores, _ := item(outs[0], i, n)
 		boxes, _ := item(outs[1], i, n)
-		return decodeUltraFace(scores, boxes, s.thr, nmsOr(d.NMSIoU)), nil
+		return decodeUltraFace(scores, boxes, thr, nmsOr(d.NMSIoU)), nil
 	case "yolo":
 		data, shape := item(outs[0], i, n)
-		return decodeYOLO(data, shape, d.Layout, tw, th, s.thr, nmsOr(d.NMSIoU)), nil
+		return decodeYOLO(data, shape, d.Layout, tw, th, thr, nmsOr(d.NMSIoU)), nil
 	case "classifier":
 		data, _ := item(outs[0], i, n)
 		return decodeClassifier(data, max(1, d.TopK)), nil
@@ -222,7 +228,7 @@ func (s *Detector) decode(outs []onnx.Tensor, i, n, tw, th int) ([]box, error) {
 		if len(sh) != 4 {
 			return nil, fmt.Errorf("%w: model %s: probability map shape %v", ErrInfer, card.Name, outs[0].Shape)
 		}
-		return decodeDBNet(data, int(sh[3]), int(sh[2]), s.thr, d.BoxThreshold, d.UnclipRatio), nil
+		return decodeDBNet(data, int(sh[3]), int(sh[2]), thr, d.BoxThreshold, d.UnclipRatio), nil
 	}
 	return nil, fmt.Errorf("%w: model %s: decoder %s does not apply to video frames", ErrInfer, card.Name, d.Type)
 }
@@ -367,6 +373,9 @@ func (s *Detector) Close() error {
 	}
 	if s.rec != nil {
 		s.rec.close()
+	}
+	if s.m.sess == nil { // a remote detector: the model runs in the service
+		return nil
 	}
 	return s.m.sess.Close()
 }

@@ -39,6 +39,10 @@ func init() {
 			{Name: "spin", Type: pipeline.TypeBool, Default: false, Doc: "let ONNX Runtime's worker threads spin between runs (for a model with cores to itself; in a pipeline they take cores other stages need)"},
 			{Name: "overlap", Type: pipeline.TypeBool, Default: false, Doc: "preprocess the next frames while the model runs (throughput where cores are spare; results leave one call later)"},
 			{Name: "optimization", Type: pipeline.TypeString, Default: "all", Enum: []string{"disable", "basic", "extended", "all"}, Doc: "ONNX Runtime graph optimisation level"},
+			{Name: "remote", Type: pipeline.TypeBool, Default: false, Doc: "run the model in the shared inference service avflow-infer-<model> on NATS (avflow serve --infer MODEL): frames are scaled to the model's input here and only that image crosses the wire (230 KB for a 320x240 model, not a 3 MB 1080p frame); the service batches the images of every caller. Not the stage-level remote: true, which runs the whole stage in another process"},
+			{Name: "timeout", Type: pipeline.TypeDuration, Default: "2s", Doc: "remote: how long a frame waits for its answer"},
+			{Name: "on_timeout", Type: pipeline.TypeString, Default: "", Enum: []string{"", PolicyHold, PolicySkip, PolicyFail}, Doc: "remote: a frame whose answer does not come in time (service gone or slow): hold keeps the stream's last boxes (marked kept), skip gives none, fail fails the stage; empty: hold in drop-oldest (live) flow, fail in block flow; counted (remote_timeouts, remote_held, remote_skipped)"},
+			{Name: "service_wait", Type: pipeline.TypeDuration, Default: "10s", Doc: "remote: how long the stage waits at start for an instance of the service"},
 		},
 		MinInputs: 1, MaxInputs: 1,
 		Ports: func(p pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
@@ -53,6 +57,16 @@ func init() {
 		Check: func(p pipeline.Params, dir string) error {
 			if err := CheckPad("pad", p.Float("pad")); err != nil {
 				return err
+			}
+			if p.Bool("remote") {
+				switch {
+				case p.String("recognizer") != "":
+					return errors.New("remote: the shared service runs one model; a recognizer runs here only")
+				case p.Bool("overlap"):
+					return errors.New("remote: the service overlaps runs itself; turn overlap off")
+				case p.Duration("timeout") <= 0:
+					return errors.New("remote: timeout must be > 0")
+				}
 			}
 			for _, k := range []string{"model", "recognizer"} {
 				if v := p.String(k); v != "" {
@@ -162,7 +176,12 @@ func (m *loaded) device(in pipeline.Init) string {
 }
 
 // Status reports where the model runs.
-func (s *Video) Status() stage.Status { return stage.Status{Device: s.m.device(s.in)} }
+func (s *Video) Status() stage.Status {
+	if s.remote != nil { // preprocessing runs here, on the CPU
+		return stage.Status{Device: accelerators.CPUID, Counts: s.remote.counts()}
+	}
+	return stage.Status{Device: s.m.device(s.in)}
+}
 
 // provider maps the device a stage is bound to onto an ONNX Runtime
 // execution provider and its options ("" for the CPU).
@@ -211,6 +230,11 @@ func OpenCard(card *model.Card, o onnx.Options, log *slog.Logger) (*onnx.Session
 	if err != nil {
 		return nil, files, err
 	}
+	for _, in := range card.Inputs {
+		if in.FreeBatch {
+			o.FreeBatch = append(o.FreeBatch, in.Name)
+		}
+	}
 	sess, err := onnx.Open(files.Model, o)
 	if err != nil {
 		return nil, files, fmt.Errorf("model %s: %w", card.Name, err)
@@ -233,6 +257,9 @@ func OpenCard(card *model.Card, o onnx.Options, log *slog.Logger) (*onnx.Session
 
 // New loads the model (and recognizer), checking the card against it.
 func New(ctx context.Context, in pipeline.Init) (stage.Stage, error) {
+	if in.Params.Bool("remote") {
+		return newRemoteVideo(ctx, in)
+	}
 	m, err := load(ctx, in, in.Params.String("model"))
 	if err != nil {
 		return nil, err
@@ -255,6 +282,32 @@ func New(ctx context.Context, in pipeline.Init) (stage.Stage, error) {
 	}
 	return &Video{in: in, Detector: d, interval: max(1, in.Params.Int("interval")), counts: map[string]int{},
 		overlap: in.Params.Bool("overlap")}, nil
+}
+
+// newRemoteVideo is an infer stage whose model runs in the shared service:
+// only the card is read here (no model file, no ONNX Runtime session).
+func newRemoteVideo(ctx context.Context, in pipeline.Init) (stage.Stage, error) {
+	card, err := lookup(in.Params.String("model"), in.Dir)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case in.Inputs[0].Media != envelope.MediaVideo:
+		return nil, fmt.Errorf("%w: model %s: remote: true takes video frames", ErrInfer, card.Name)
+	case card.Decoder.Type == "silero-vad":
+		return nil, fmt.Errorf("%w: model %s is an audio model; remote: true serves image models", ErrInfer, card.Name)
+	}
+	o := DetectorOptions{Threshold: float32(in.Params.Float("threshold")), Pad: in.Params.Float("pad"), Scalers: []string{in.Params.String("scaler")}}
+	d, err := newDetector(ctx, in, &loaded{card: card}, o, "")
+	if err != nil {
+		return nil, err
+	}
+	r, err := newRemote(in, d)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	return &Video{in: in, Detector: d, interval: max(1, in.Params.Int("interval")), counts: map[string]int{}, remote: r}, nil
 }
 
 // Detector runs an image model (and an optional text recognizer) on frames.
@@ -344,6 +397,7 @@ type Video struct {
 	flight   *inFlight
 	spare    [2][]float32 // input buffers, one being run while the other fills
 	next     int
+	remote   *remote // the model runs in the shared service (remote: true)
 }
 
 // inFlight is a model run under way and the messages waiting for it.
@@ -360,7 +414,7 @@ func (s *Video) BatchLimits() (int, time.Duration) {
 
 // Process runs the model on the frames due for it (together, when the
 // model takes batches) and passes every frame on.
-func (s *Video) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+func (s *Video) Process(ctx context.Context, in stage.Batch) (stage.Batch, error) {
 	var due []int
 	var frames []*astiav.Frame
 	for i, e := range in {
@@ -381,6 +435,9 @@ func (s *Video) Process(_ context.Context, in stage.Batch) (stage.Batch, error) 
 		}
 		due = append(due, i)
 		frames = append(frames, f)
+	}
+	if s.remote != nil {
+		return s.inferRemote(ctx, in, due, frames)
 	}
 	if !s.overlap {
 		return s.inferNow(in, due, frames, nil)
@@ -421,6 +478,26 @@ func (s *Video) inferNow(in stage.Batch, due []int, frames []*astiav.Frame, out 
 		}
 	}
 	return s.emit(out, in, due, res), nil
+}
+
+// inferRemote asks the shared service about the frames and returns in
+// with the results.
+func (s *Video) inferRemote(ctx context.Context, in stage.Batch, due []int, frames []*astiav.Frame) (stage.Batch, error) {
+	var res [][]box
+	if len(frames) > 0 {
+		streams := make([]string, len(due))
+		for k, i := range due {
+			streams[k] = in[i].Stream
+		}
+		var err error
+		if res, err = s.remote.detect(ctx, frames, streams); err != nil {
+			return nil, err
+		}
+		for _, dets := range res {
+			s.label(dets)
+		}
+	}
+	return s.emit(nil, in, due, res), nil
 }
 
 // drain waits for the run in flight and returns its messages with results.

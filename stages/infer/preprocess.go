@@ -85,12 +85,31 @@ func (p *preprocessor) size(fw, fh int) (tw, th, pw, ph int, err error) {
 	return w, h, pw, ph, nil
 }
 
-// fill writes frame f into dst (which must hold 3*tw*th floats, or tw*th
-// for GRAY) and returns the tensor shape and geometry.
-func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, error) {
+// scaled is a frame as swscale sized it for the model: the picture's
+// pixels (pw x ph, bpp bytes each, the first ch of them used) and where
+// it lies in the tw x th tensor.
+type scaled struct {
+	pix            []byte
+	stride         int
+	tw, th, pw, ph int
+	ch, bpp        int
+	offX, offY     int
+}
+
+// geometry maps boxes in the tensor back to the frame.
+func (sc scaled) geometry() geometry {
+	return geometry{inW: sc.tw, inH: sc.th, sx: float32(sc.pw) / float32(sc.tw), sy: float32(sc.ph) / float32(sc.th),
+		offX: float32(sc.offX) / float32(sc.tw), offY: float32(sc.offY) / float32(sc.th)}
+}
+
+// picture is the rectangle of the tensor the picture covers.
+func (sc scaled) picture() rect { return rect{sc.offX, sc.offY, sc.offX + sc.pw, sc.offY + sc.ph} }
+
+// scale sizes frame f for the model with swscale (valid until the next call).
+func (p *preprocessor) scale(f *astiav.Frame) (scaled, error) {
 	tw, th, pw, ph, err := p.size(f.Width(), f.Height())
 	if err != nil {
-		return nil, geometry{}, err
+		return scaled{}, err
 	}
 	// Four bytes a pixel: swscale's RGBA/BGRA output has SIMD paths and
 	// takes half the time of its RGB24 output; the alpha byte is skipped.
@@ -109,7 +128,7 @@ func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, 
 		p.sws, err = astiav.CreateSoftwareScaleContext(f.Width(), f.Height(), f.PixelFormat(), pw, ph, pf,
 			astiav.NewSoftwareScaleContextFlags(p.flags))
 		if err != nil {
-			return nil, geometry{}, fmt.Errorf("infer: creating scaler %dx%d %s -> %dx%d failed: %w", f.Width(), f.Height(), f.PixelFormat(), pw, ph, err)
+			return scaled{}, fmt.Errorf("infer: creating scaler %dx%d %s -> %dx%d failed: %w", f.Width(), f.Height(), f.PixelFormat(), pw, ph, err)
 		}
 		p.key = key
 	}
@@ -118,23 +137,39 @@ func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, 
 	p.dst.SetHeight(ph)
 	p.dst.SetPixelFormat(pf)
 	if err := p.dst.AllocBuffer(1); err != nil {
-		return nil, geometry{}, fmt.Errorf("infer: allocating scaled frame: %w", err)
+		return scaled{}, fmt.Errorf("infer: allocating scaled frame: %w", err)
 	}
 	if err := p.sws.ScaleFrame(f, p.dst); err != nil {
-		return nil, geometry{}, fmt.Errorf("infer: scaling frame: %w", err)
+		return scaled{}, fmt.Errorf("infer: scaling frame: %w", err)
 	}
+	pix, stride := codecs.Plane(p.dst, 0, ph)
+	return scaled{pix: pix, stride: stride, tw: tw, th: th, pw: pw, ph: ph, ch: ch, bpp: bpp, offX: (tw - pw) / 2, offY: (th - ph) / 2}, nil
+}
+
+// letterboxGrey is the value of the tensor around a letterboxed picture.
+const letterboxGrey = 114
+
+// fill writes frame f into dst (which must hold 3*tw*th floats, or tw*th
+// for GRAY) and returns the tensor shape and geometry.
+func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, error) {
+	sc, err := p.scale(f)
+	if err != nil {
+		return nil, geometry{}, err
+	}
+	tw, th, pw, ph, ch, bpp := sc.tw, sc.th, sc.pw, sc.ph, sc.ch, sc.bpp
 	need := ch * tw * th
 	if len(dst) < need {
 		return nil, geometry{}, fmt.Errorf("infer: tensor buffer %d < %d", len(dst), need)
 	}
+	nhwc := p.in.Layout == "NHWC"
 	mean, inv := normalisation(p.in)
-	offX, offY := (tw-pw)/2, (th-ph)/2
+	offX, offY := sc.offX, sc.offY
 	if pw != tw || ph != th {
-		// Letterbox padding: grey 114, normalised like the picture.
+		// Letterbox padding: grey, normalised like the picture.
 		for c := 0; c < ch; c++ {
-			v := (114 - mean[c]) * inv[c]
+			v := (letterboxGrey - mean[c]) * inv[c]
 			for i := 0; i < tw*th; i++ {
-				if p.in.Layout == "NHWC" {
+				if nhwc {
 					dst[i*ch+c] = v
 				} else {
 					dst[c*tw*th+i] = v
@@ -142,10 +177,10 @@ func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, 
 			}
 		}
 	}
-	pix, stride := codecs.Plane(p.dst, 0, ph)
+	pix, stride := sc.pix, sc.stride
 	plane := tw * th
 	switch {
-	case ch == 3 && !(p.in.Layout == "NHWC"):
+	case ch == 3 && !nhwc:
 		// The common case, written out: three planes, no branches per pixel.
 		m0, m1, m2, i0, i1, i2 := mean[0], mean[1], mean[2], inv[0], inv[1], inv[2]
 		for y := 0; y < ph; y++ {
@@ -162,7 +197,6 @@ func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, 
 			}
 		}
 	default:
-		nhwc := p.in.Layout == "NHWC"
 		for y := 0; y < ph; y++ {
 			row := pix[y*stride : y*stride+pw*bpp]
 			ty := y + offY
@@ -179,17 +213,79 @@ func (p *preprocessor) fill(f *astiav.Frame, dst []float32) ([]int64, geometry, 
 			}
 		}
 	}
-	nhwc := p.in.Layout == "NHWC"
 	if p.pad > 0 {
-		mirror(dst, tw, th, ch, nhwc, rect{offX, offY, offX + pw, offY + ph}, p.pad)
+		mirror(dst, tw, th, ch, nhwc, sc.picture(), p.pad)
 	}
-	shape := []int64{1, int64(ch), int64(th), int64(tw)}
+	return tensorShape(1, tw, th, ch, nhwc), sc.geometry(), nil
+}
+
+// tensorShape is the shape of n images of tw x th x ch in the layout.
+func tensorShape(n, tw, th, ch int, nhwc bool) []int64 {
 	if nhwc {
-		shape = []int64{1, int64(th), int64(tw), int64(ch)}
+		return []int64{int64(n), int64(th), int64(tw), int64(ch)}
 	}
-	g := geometry{inW: tw, inH: th, sx: float32(pw) / float32(tw), sy: float32(ph) / float32(th),
-		offX: float32(offX) / float32(tw), offY: float32(offY) / float32(th)}
-	return shape, g, nil
+	return []int64{int64(n), int64(ch), int64(th), int64(tw)}
+}
+
+// fillBytes writes frame f, sized for the model but not normalised, into
+// dst as tw x th pixels of ch interleaved channels (grey letterbox and
+// mirrored border as fill makes them), as the shared inference service
+// takes it (see package inferwire); dst is grown if needed.
+func (p *preprocessor) fillBytes(f *astiav.Frame, dst []byte) ([]byte, scaled, error) {
+	sc, err := p.scale(f)
+	if err != nil {
+		return nil, scaled{}, err
+	}
+	tw, th, ch := sc.tw, sc.th, sc.ch
+	if cap(dst) < tw*th*ch {
+		dst = make([]byte, tw*th*ch)
+	}
+	dst = dst[:tw*th*ch]
+	if sc.pw != tw || sc.ph != th {
+		for i := range dst {
+			dst[i] = letterboxGrey
+		}
+	}
+	for y := 0; y < sc.ph; y++ {
+		row := sc.pix[y*sc.stride : y*sc.stride+sc.pw*sc.bpp]
+		out := dst[((y+sc.offY)*tw+sc.offX)*ch : ((y+sc.offY)*tw+sc.offX+sc.pw)*ch]
+		if sc.bpp == ch {
+			copy(out, row)
+			continue
+		}
+		for x := 0; x < sc.pw; x++ {
+			copy(out[x*ch:x*ch+ch], row[x*sc.bpp:x*sc.bpp+ch])
+		}
+	}
+	if p.pad > 0 {
+		mirror(dst, tw, th, ch, true, sc.picture(), p.pad)
+	}
+	return dst, sc, nil
+}
+
+// normaliseBytes turns n images of tw x th pixels of ch interleaved
+// channels (fillBytes) into the model's float input, as fill would have
+// written it.
+func normaliseBytes(in model.Input, pix []byte, tw, th, ch int, dst []float32) {
+	mean, inv := normalisation(in)
+	nhwc := in.Layout == "NHWC"
+	plane := tw * th
+	per := plane * ch
+	for n := 0; n*per < len(pix); n++ {
+		img, out := pix[n*per:(n+1)*per], dst[n*per:(n+1)*per]
+		if nhwc {
+			for i, v := range img {
+				c := i % ch
+				out[i] = (float32(v) - mean[c]) * inv[c]
+			}
+			continue
+		}
+		for i := 0; i < plane; i++ {
+			for c := 0; c < ch; c++ {
+				out[c*plane+i] = (float32(img[i*ch+c]) - mean[c]) * inv[c]
+			}
+		}
+	}
 }
 
 // rect is a rectangle of the tensor, x1,y1 inclusive, x2,y2 exclusive.
@@ -200,7 +296,7 @@ type rect struct{ x1, y1, x2, y2 int }
 // size on each side as far as the tensor goes, with the picture reflected
 // at its edges (the edge pixel not repeated): a face that the frame's edge
 // cuts in half becomes a whole, symmetric face.
-func mirror(dst []float32, tw, th, ch int, nhwc bool, pic rect, pad float64) {
+func mirror[T float32 | byte](dst []T, tw, th, ch int, nhwc bool, pic rect, pad float64) {
 	pw, ph := pic.x2-pic.x1, pic.y2-pic.y1
 	bw, bh := int(math.Ceil(float64(pw)*pad)), int(math.Ceil(float64(ph)*pad))
 	x1, x2 := pic.x1-min(pic.x1, bw), pic.x2+min(tw-pic.x2, bw)

@@ -64,6 +64,11 @@ type Input struct {
 	MaxSide int       `yaml:"max_side,omitempty"`
 	Mean    []float32 `yaml:"mean,omitempty"` // per channel, in the input's colour order
 	Std     []float32 `yaml:"std,omitempty"`
+	// FreeBatch: the model file declares a batch size of 1 for this input
+	// and the outputs, but its graph takes the batch from the input's
+	// shape; avflow frees that dimension when it loads the model, so it
+	// runs on several images at once (the card's shapes say -1).
+	FreeBatch bool `yaml:"free_batch,omitempty"`
 }
 
 // Output describes a model output.

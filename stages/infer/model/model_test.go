@@ -117,7 +117,7 @@ func TestCheckShapes(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := c.CheckShapes(map[string][]int64{"input": {1, 3, 480, 640}}, outs)
-	if !errors.Is(err, ErrShape) || !strings.Contains(err.Error(), "[1 3 240 320]") || !strings.Contains(err.Error(), "[1 3 480 640]") {
+	if !errors.Is(err, ErrShape) || !strings.Contains(err.Error(), "[-1 3 240 320]") || !strings.Contains(err.Error(), "[1 3 480 640]") {
 		t.Fatalf("got %v", err)
 	}
 }

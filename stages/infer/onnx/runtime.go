@@ -138,6 +138,9 @@ type Options struct {
 	// is the CPU alone. ProviderOptions go to it (device_id, device_type).
 	Provider        string
 	ProviderOptions map[string]string
+	// FreeBatch names inputs whose declared batch size of 1 the graph does
+	// not depend on: it is freed at load (see FreeBatch).
+	FreeBatch []string
 	// Spin lets ONNX Runtime's worker threads spin between runs, as it does
 	// by default: a little lower latency for a model that has the cores to
 	// itself, but in a pipeline the spinning takes cores the other stages
@@ -211,7 +214,17 @@ func Open(path string, o Options) (*Session, error) {
 	if err := Init(); err != nil {
 		return nil, err
 	}
-	ins, outs, err := ort.GetInputOutputInfo(path)
+	var data []byte // the rewritten model (FreeBatch), or nil: the file
+	if len(o.FreeBatch) > 0 {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrModel, err)
+		}
+		if data, err = FreeBatch(raw, o.FreeBatch); err != nil {
+			return nil, fmt.Errorf("%w: %s: freeing the batch dimension failed: %w", ErrModel, path, err)
+		}
+	}
+	ins, outs, err := inputOutputInfo(path, data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrModel, path, err)
 	}
@@ -266,7 +279,12 @@ func Open(path string, o Options) (*Session, error) {
 		s.Outputs = append(s.Outputs, TensorInfo{Name: i.Name, Shape: []int64(i.Dimensions), Type: i.DataType.String()})
 		outNames = append(outNames, i.Name)
 	}
-	ds, err := ort.NewDynamicAdvancedSession(path, inNames, outNames, so)
+	var ds *ort.DynamicAdvancedSession
+	if data != nil {
+		ds, err = ort.NewDynamicAdvancedSessionWithONNXData(data, inNames, outNames, so)
+	} else {
+		ds, err = ort.NewDynamicAdvancedSession(path, inNames, outNames, so)
+	}
 	if err != nil && o.Provider != "" {
 		return nil, fmt.Errorf("%w: %s with %s: %w", ErrProvider, path, o.Provider, err)
 	}
@@ -275,6 +293,14 @@ func Open(path string, o Options) (*Session, error) {
 	}
 	s.s = ds
 	return s, nil
+}
+
+// inputOutputInfo describes the model in data, or in the file when data is nil.
+func inputOutputInfo(path string, data []byte) ([]ort.InputOutputInfo, []ort.InputOutputInfo, error) {
+	if data != nil {
+		return ort.GetInputOutputInfoWithONNXData(data)
+	}
+	return ort.GetInputOutputInfo(path)
 }
 
 // Tensor is a float32 input or output.
