@@ -56,7 +56,8 @@ func main() {
 	splitFrames := flag.Int("split-frames", 300, "frames of the privacy pipeline split over processes")
 	paceRate := flag.Float64("pace-rate", 20, "messages per second per instance of the scale-out stage")
 	paceSecs := flag.Float64("pace-seconds", 6, "seconds of messages per scale-out run")
-	only := flag.String("only", "", "run only: transcode, edge, wire, split, scaleout, infer, plan, scale, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
+	remoteFrames := flag.Int("remote-infer-frames", 150, "frames per stream of the remote inference benchmark")
+	only := flag.String("only", "", "run only: transcode, edge, wire, split, scaleout, remoteinfer, infer, plan, scale, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err := os.MkdirAll(*work, 0o755); err != nil {
@@ -80,6 +81,9 @@ func main() {
 	}
 	if *only == "" || *only == "scaleout" {
 		scaleOutBench(&b, *bin, *natsBin, min(*rounds, 3), *paceRate, *paceSecs)
+	}
+	if *only == "" || *only == "remoteinfer" {
+		remoteInferBench(&b, *bin, *natsBin, min(*rounds, 3), *remoteFrames)
 	}
 	if *only == "" || strings.HasPrefix(*only, "infer") {
 		inferBench(&b, *bin, *work, *rounds, strings.TrimPrefix(strings.TrimPrefix(*only, "infer"), "-"))
