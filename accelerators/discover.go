@@ -5,6 +5,7 @@
 package accelerators
 
 import (
+	"bytes"
 	"bufio"
 	"fmt"
 	"os"
@@ -334,7 +335,79 @@ func discoverORT(o Options) ([]Device, []Device) {
 		absent = append(absent, Device{Kind: p.kind, ID: "ort:" + p.name, Name: "ONNX Runtime " + p.name,
 			Reason: fmt.Sprintf("library built without it (%s not beside %s)", p.lib, filepath.Base(lib))})
 	}
+	if d := discoverWebGPU(o, lib); len(d.Caps) > 0 { // listed
+		out = append(out, d)
+	} else {
+		absent = append(absent, d)
+	}
 	return out, absent
+}
+
+// WebGPUProvider is ONNX Runtime's WebGPU execution provider (Dawn, over
+// Vulkan on Linux), built into the library make setup ships.
+const WebGPUProvider = "WebGpuExecutionProvider"
+
+// vulkanICDDirs are where Vulkan drivers (ICDs) announce themselves
+// (the last: NVIDIA's container toolkit); VK_DRIVER_FILES and
+// VK_ICD_FILENAMES, when set, name the files instead, as for the loader.
+var vulkanICDDirs = []string{"/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d", "/usr/local/nvidia/share/vulkan/icd.d"}
+
+// vulkanICDs are the Vulkan driver manifests the loader would read.
+func vulkanICDs(o Options) []string {
+	for _, env := range []string{"VK_DRIVER_FILES", "VK_ICD_FILENAMES"} {
+		if v := os.Getenv(env); v != "" && (o.Root == "" || o.Root == "/") {
+			return filepath.SplitList(v)
+		}
+	}
+	var out []string
+	for _, dir := range vulkanICDDirs {
+		out = append(out, o.glob(dir+"/*.json")...)
+	}
+	return out
+}
+
+// discoverWebGPU lists the WebGPU execution provider when the library has
+// it and a Vulkan GPU driver is there: an ICD other than Mesa's lavapipe
+// (a CPU rasteriser, which Dawn refuses: "Vulkan
+// shaderUniform*ArrayDynamicIndexing required") with its device node
+// (/dev/nvidia0 for NVIDIA's, a /dev/dri render node for Mesa's). Whether
+// Dawn takes the GPU, ONNX Runtime says when a stage's session starts; a
+// stage it refuses runs on the CPU, saying why. Caps empty: not listed.
+func discoverWebGPU(o Options, lib string) Device {
+	d := Device{Kind: GPU, ID: "ort:" + WebGPUProvider, Name: "ONNX Runtime WebGPU (Dawn over Vulkan)"}
+	if data, err := os.ReadFile(lib); err != nil || !bytes.Contains(data, []byte(WebGPUProvider)) {
+		d.Reason = "library built without it (no " + WebGPUProvider + " in " + filepath.Base(lib) + ")"
+		return d
+	}
+	var gpus, cpuOnly []string
+	for _, icd := range vulkanICDs(o) {
+		name := strings.TrimSuffix(filepath.Base(icd), ".json")
+		node := "/dev/dri/renderD*"
+		switch {
+		case strings.HasPrefix(name, "lvp_"):
+			cpuOnly = append(cpuOnly, name)
+			continue
+		case strings.HasPrefix(name, "nvidia"):
+			node = "/dev/nvidia[0-9]*"
+		}
+		if len(o.glob(node)) > 0 {
+			gpus = append(gpus, name)
+		}
+	}
+	switch {
+	case len(gpus) > 0:
+		d.Name += ": " + strings.Join(gpus, ", ")
+		d.Caps = []string{"onnx", "webgpu"}
+		d.Usable, d.Reason = o.Probe != nil, ""
+		if !d.Usable {
+			d.Reason = "not probed (discovery only)"
+		}
+	case len(cpuOnly) > 0:
+		d.Reason = "no Vulkan GPU driver, only Mesa's lavapipe (" + strings.Join(cpuOnly, ", ") + "), a CPU rasteriser that Dawn refuses (Vulkan shaderUniform*ArrayDynamicIndexing required)"
+	default:
+		d.Reason = "no Vulkan driver (no ICD in " + strings.Join(vulkanICDDirs, ", ") + ")"
+	}
+	return d
 }
 
 func probe(o Options, kind, dev string) (bool, string) {

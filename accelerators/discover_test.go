@@ -271,3 +271,48 @@ func TestVAAPIEncodingIsAsked(t *testing.T) {
 		})
 	}
 }
+
+// TestDiscoverWebGPU: ONNX Runtime's WebGPU provider is listed when the
+// library has it and a Vulkan GPU driver has its device node; Mesa's
+// lavapipe alone, no driver, or a library without it each say why.
+func TestDiscoverWebGPU(t *testing.T) {
+	tests := []struct {
+		name   string
+		files  []string
+		lib    string
+		listed bool
+		why    string
+	}{
+		{"NVIDIA driver and device", []string{"/usr/share/vulkan/icd.d/nvidia_icd.json", "/dev/nvidia0"}, WebGPUProvider, true, "not probed"},
+		{"Mesa Intel driver and render node", []string{"/usr/share/vulkan/icd.d/intel_icd.x86_64.json", "/dev/dri/renderD128"}, WebGPUProvider, true, "not probed"},
+		{"a driver without its device", []string{"/etc/vulkan/icd.d/nvidia_icd.json"}, WebGPUProvider, false, "no Vulkan driver"},
+		{"lavapipe only (this machine)", []string{"/usr/share/vulkan/icd.d/lvp_icd.x86_64.json", "/usr/share/vulkan/icd.d/radeon_icd.x86_64.json"}, WebGPUProvider, false, "only Mesa's lavapipe (lvp_icd.x86_64)"},
+		{"no Vulkan at all", nil, WebGPUProvider, false, "no Vulkan driver"},
+		{"a library without WebGPU", []string{"/usr/share/vulkan/icd.d/nvidia_icd.json", "/dev/nvidia0"}, "CPUExecutionProvider", false, "library built without it"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			for _, f := range tt.files {
+				write(t, root, f, "{}")
+			}
+			write(t, root, "/ort/libonnxruntime.so.1", "\x7fELF..."+tt.lib+"...")
+			inv := Discover(Options{Root: root, ORTLibrary: filepath.Join(root, "ort", "libonnxruntime.so.1"), LookPath: noCommands})
+			id := "ort:" + WebGPUProvider
+			var found *Device
+			for _, list := range [][]Device{inv.Devices, inv.Absent} {
+				for i := range list {
+					if list[i].ID == id {
+						found = &list[i]
+					}
+				}
+			}
+			if found == nil {
+				t.Fatalf("%s neither listed nor absent", id)
+			}
+			if listed := inv.KindOf(id) == GPU; listed != tt.listed || !strings.Contains(found.Reason, tt.why) || found.Usable {
+				t.Errorf("listed %v (want %v), usable %v (fake: never), reason %q (want %q)", listed, tt.listed, found.Usable, found.Reason, tt.why)
+			}
+		})
+	}
+}

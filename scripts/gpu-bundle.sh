@@ -14,8 +14,13 @@ rm -rf .gpu && mkdir -p .gpu/shared/media
 go build -ldflags=-s -o .gpu/avflow ./cmd/avflow
 go test -c -ldflags=-s -o .gpu/decode.test ./stages/decode
 go test -c -ldflags=-s -o .gpu/filter.test ./stages/filter
+go test -c -ldflags=-s -o .gpu/infer.test ./stages/infer
 cp ../shared/media/car-detection.mp4 .gpu/shared/media/
-for b in .gpu/avflow .gpu/decode.test .gpu/filter.test; do
+mkdir -p .gpu/shared/media/facecam .gpu/shared/models .gpu/ort
+cp ../shared/media/facecam/walk.mkv .gpu/shared/media/facecam/
+cp -r ../shared/models/ultraface .gpu/shared/models/
+cp third_party/onnxruntime/libonnxruntime.so.1 .gpu/ort/   # has the WebGPU execution provider built in
+for b in .gpu/avflow .gpu/decode.test .gpu/filter.test .gpu/infer.test; do
   if ldd "$b" | grep -q libav; then echo "gpu-bundle: $b links a shared FFmpeg" >&2; exit 1; fi
 done
 # xz brings ~57 MB down to ~20 MB; gpu-check.sh unpacks it.

@@ -4,7 +4,9 @@
 # NVDEC decode through avflow against CPU decode (frame count, PSNR above
 # 40 dB; twice in one process), NVDEC frames scaled in place by scale_cuda,
 # the same decode through `avflow run`, and whether NVENC opens (taking the
-# decoder's CUDA frames as they are).
+# decoder's CUDA frames as they are); ONNX Runtime's WebGPU provider (Dawn
+# over Vulkan) against the CPU, with the Vulkan loaders the device README
+# says to carry in .gl/ (unpacked when there).
 # Writes its log to ${OUT:-.gpu/out}/gpu-check.log.
 set -uo pipefail
 [ -f .gpu/bundle.tar.xz ] && tar xJf .gpu/bundle.tar.xz
@@ -64,3 +66,9 @@ for run in gpu:planar gpu:native cpu:planar; do
   e=$(date +%s.%N)
   awk -v a="$run" -v rc=$rc -v s="$s" -v e="$e" 'BEGIN { printf "%s: exit %d, 8 x 1500 frames in %.2f s = %.0f fps in all\n", a, rc, e-s, 12000/(e-s) }'
 done
+step "WebGPU execution provider (Dawn over Vulkan) vs the CPU"
+if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+[ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+ldconfig -p | grep libvulkan || echo "no libvulkan: carry the loaders (.gl, see the device README)"
+AVFLOW_ORT_LIB=$PWD/.gpu/ort/libonnxruntime.so.1 .gpu/avflow devices | grep -i webgpu
+AVFLOW_ORT_LIB=$PWD/.gpu/ort/libonnxruntime.so.1 AVFLOW_MEDIA=$PWD/.gpu/shared/media AVFLOW_MODEL_MIRROR=$PWD/.gpu/shared/models .gpu/infer.test -test.v -test.run 'TestWebGPUMatchesCPU' -test.count=1

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -295,57 +296,129 @@ stages:
 	}
 }
 
-// TestProviderFallback: an infer stage bound to ONNX Runtime's CUDA
-// provider, with a runtime that has none (the CPU build make setup
-// installs), runs on the CPU with one warning and says so in its metrics;
+// TestProviderFallback: an infer stage bound to an ONNX Runtime provider
+// that cannot run here (CUDA: the CPU build make setup installs has none;
+// WebGPU: built in, but Dawn finds no adapter, refusing Mesa's lavapipe)
+// runs on the CPU with one warning saying why and says so in its metrics;
 // with strict it refuses to start, naming the provider.
 func TestProviderFallback(t *testing.T) {
 	t.Setenv("AVFLOW_MODEL_MIRROR", e2e.Models(t))
-	inv := accelerators.Inventory{Devices: []accelerators.Device{
-		{Kind: accelerators.CPU, ID: "cpu:0", Usable: true},
-		{Kind: accelerators.GPU, ID: "cuda:0", Usable: true},
-		{Kind: accelerators.GPU, ID: "ort:CUDAExecutionProvider", Usable: true},
-	}}
-	for _, strict := range []bool{false, true} {
-		t.Run(fmt.Sprint("strict=", strict), func(t *testing.T) {
-			c := &collector{}
-			cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: ep
+	for _, tt := range []struct {
+		provider, why string
+	}{
+		{"CUDAExecutionProvider", "CUDA"},
+		{onnx.WebGPU, "Failed to get a WebGPU adapter"},
+	} {
+		if tt.provider == onnx.WebGPU && webGPUHere() {
+			t.Log("a Vulkan GPU is here: TestWebGPUMatchesCPU runs the model on it")
+			continue
+		}
+		inv := accelerators.Inventory{Devices: []accelerators.Device{
+			{Kind: accelerators.CPU, ID: "cpu:0", Usable: true},
+			{Kind: accelerators.GPU, ID: "ort:" + tt.provider, Usable: true},
+		}}
+		for _, strict := range []bool{false, true} {
+			t.Run(fmt.Sprint(tt.provider, " strict=", strict), func(t *testing.T) {
+				logs, r, c, err := runOnDevice(t, &inv, strict, "")
+				if strict {
+					if !errors.Is(err, onnx.ErrProvider) || !strings.Contains(err.Error(), tt.provider) {
+						t.Fatalf("strict: want ErrProvider naming %s, got %v", tt.provider, err)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.frames != 10 || strings.Count(logs, "accelerator fallback") != 1 || !strings.Contains(logs, "the model runs on the CPU") || !strings.Contains(logs, tt.why) {
+					t.Fatalf("%d frames; logs (want one fallback naming %q):\n%s", c.frames, tt.why, logs)
+				}
+				for _, st := range r.Metrics().Snapshot() {
+					if st.Name == "faces" && st.Device != "cpu:0" {
+						t.Errorf("faces reported on %s, want cpu:0", st.Device)
+					}
+				}
+			})
+		}
+	}
+}
+
+// runOnDevice runs 10 lavfi frames (or the clip) through an infer stage
+// that asks for a GPU among the devices of inv.
+func runOnDevice(t *testing.T, inv *accelerators.Inventory, strict bool, clip string) (string, *pipeline.Runner, *collector, error) {
+	t.Helper()
+	url := "lavfi:testsrc2=size=320x240:rate=10:duration=1"
+	if clip != "" {
+		url = clip
+	}
+	c := &collector{}
+	cfg, err := pipeline.Parse(fmt.Appendf(nil, `name: ep
 stages:
-  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=10:duration=1"}}
+  - {name: src, kind: source, params: {url: %q, max_frames: 30, audio: false}}
   - {name: dec, kind: decode, inputs: [src.video]}
   - {name: faces, kind: infer, inputs: [dec], accelerator: gpu, strict: %t, params: {model: ultraface-slim-320}}
   - {name: c, kind: collect, inputs: [faces]}
-`, strict), "ep.yaml")
-			if err != nil {
-				t.Fatal(err)
+`, url, strict), "ep.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := envWithCollector(t, c)
+	if err := env.Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Devices: inv, Transport: "local", Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Run(context.Background())
+	return logs.String(), r, c, err
+}
+
+// webGPUHere says whether discovery finds a Vulkan GPU for WebGPU.
+func webGPUHere() bool {
+	for _, d := range accelerators.Machine("").Usable(accelerators.GPU) {
+		if d.ID == "ort:"+onnx.WebGPU {
+			return true
+		}
+	}
+	return false
+}
+
+// TestWebGPUMatchesCPU (the GPU check, on a machine with a Vulkan GPU):
+// the model on WebGPU finds what it finds on the CPU, frame by frame.
+func TestWebGPUMatchesCPU(t *testing.T) {
+	if !webGPUHere() {
+		t.Skip("no Vulkan GPU here (avflow devices says why): run on a GPU machine")
+	}
+	if os.Getenv("AVFLOW_MODEL_MIRROR") == "" { // scripts/gpu-check.sh gives the bundle's
+		t.Setenv("AVFLOW_MODEL_MIRROR", e2e.Models(t))
+	}
+	clip := e2e.Media(t, "facecam/walk.mkv")
+	dets := map[string][][]envelope.Detection{}
+	for _, id := range []string{"ort:" + onnx.WebGPU, "cpu:0"} {
+		inv := accelerators.Inventory{Devices: []accelerators.Device{{Kind: accelerators.CPU, ID: "cpu:0", Usable: true}}}
+		if id != "cpu:0" {
+			inv.Devices = append(inv.Devices, accelerators.Device{Kind: accelerators.GPU, ID: id, Usable: true})
+		}
+		logs, _, c, err := runOnDevice(t, &inv, id != "cpu:0", clip) // strict on the GPU: no silent fallback
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", id, err, logs)
+		}
+		dets[id] = c.dets
+	}
+	gpu, cpu := dets["ort:"+onnx.WebGPU], dets["cpu:0"]
+	if len(gpu) != len(cpu) || len(cpu) == 0 {
+		t.Fatalf("%d frames on WebGPU, %d on the CPU", len(gpu), len(cpu))
+	}
+	for i := range cpu {
+		if len(gpu[i]) != len(cpu[i]) {
+			t.Errorf("frame %d: %d boxes on WebGPU, %d on the CPU", i, len(gpu[i]), len(cpu[i]))
+			continue
+		}
+		for j := range cpu[i] {
+			if d := math.Abs(float64(gpu[i][j].X1-cpu[i][j].X1)) + math.Abs(float64(gpu[i][j].Score-cpu[i][j].Score)); d > 0.02 {
+				t.Errorf("frame %d box %d: WebGPU %+v, CPU %+v", i, j, gpu[i][j], cpu[i][j])
 			}
-			env := envWithCollector(t, c)
-			if err := env.Validate(cfg); err != nil {
-				t.Fatal(err)
-			}
-			var logs strings.Builder
-			r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Devices: &inv, Transport: "local", Log: slog.New(slog.NewTextHandler(&logs, nil))})
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = r.Run(context.Background())
-			if strict {
-				if !errors.Is(err, onnx.ErrProvider) || !strings.Contains(err.Error(), "CUDAExecutionProvider") {
-					t.Fatalf("strict: want ErrProvider naming CUDA, got %v", err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if c.frames != 10 || strings.Count(logs.String(), "accelerator fallback") != 1 || !strings.Contains(logs.String(), "the model runs on the CPU") {
-				t.Fatalf("%d frames; logs:\n%s", c.frames, logs.String())
-			}
-			for _, st := range r.Metrics().Snapshot() {
-				if st.Name == "faces" && st.Device != "cpu:0" {
-					t.Errorf("faces reported on %s, want cpu:0", st.Device)
-				}
-			}
-		})
+		}
 	}
 }

@@ -148,6 +148,10 @@ type Options struct {
 	Spin bool
 }
 
+// WebGPU is the execution provider built into the ONNX Runtime library
+// make setup ships: Dawn, over Vulkan on Linux.
+const WebGPU = accelerators.WebGPUProvider
+
 // appendProvider adds an execution provider to session options.
 func appendProvider(so *ort.SessionOptions, name string, opts map[string]string) error {
 	var err error
@@ -170,6 +174,8 @@ func appendProvider(so *ort.SessionOptions, name string, opts map[string]string)
 		}
 	case "OpenVINOExecutionProvider":
 		err = so.AppendExecutionProviderOpenVINO(opts)
+	case WebGPU:
+		err = so.AppendExecutionProvider("WebGPU", opts) // ONNX Runtime's short name
 	default:
 		err = so.AppendExecutionProvider(strings.TrimSuffix(name, "ExecutionProvider"), opts)
 	}
