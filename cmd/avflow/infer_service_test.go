@@ -138,11 +138,7 @@ func TestSharedInferenceService(t *testing.T) {
 	const frames = 30
 	port, _ := startNATSServer(t)
 	url := "nats://127.0.0.1:" + strconv.Itoa(port)
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := natsClient(t, url)
 	meta := collectMeta(t, nc)
 	dir := t.TempDir()
 
@@ -218,11 +214,7 @@ func TestInferServiceBadRequests(t *testing.T) {
 
 	svc := startAvflow(t, nil, "serve", "--infer", faceModel, "--nats", url)
 	svc.waitLog(t, "inference service ready", 60*time.Second)
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := natsClient(t, url)
 	image := func(model string, w, h, c int) []byte {
 		r := inferwire.Request{Model: model, Caller: "test/hostile/1", W: w, H: h, C: c, Pixels: make([]byte, w*h*c)}
 		b, err := r.Marshal()

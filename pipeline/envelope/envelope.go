@@ -270,6 +270,9 @@ func UnmarshalInto(b []byte, e *Envelope) error {
 	if len(b) < 2 || b[0] != 0x92 {
 		return fmt.Errorf("%w: not a [header, payload] array", ErrMalformed)
 	}
+	if err := CheckLengths(b, MaxElements); err != nil {
+		return err
+	}
 	r := bytes.NewReader(b[1:])
 	if err := msgpack.NewDecoder(r).Decode(e); err != nil {
 		return fmt.Errorf("%w: %w", ErrMalformed, err)

@@ -33,6 +33,7 @@ const Version = 1
 const (
 	MaxSide   = 4096     // the largest image width or height
 	MaxPixels = 16 << 20 // the largest image, in bytes
+	MaxBoxes  = 1 << 16  // the most boxes in a reply (and entries of any array or map)
 )
 
 // Error codes of a reply's Nats-Service-Error-Code header.
@@ -86,6 +87,9 @@ func (r *Request) Marshal() ([]byte, error) {
 // UnmarshalRequest reads a request and checks it against the bounds.
 func UnmarshalRequest(b []byte) (Request, error) {
 	var r Request
+	if err := envelope.CheckLengths(b, MaxBoxes); err != nil { // before msgpack allocates what b claims
+		return Request{}, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
 	if err := msgpack.Unmarshal(b, &r); err != nil {
 		return Request{}, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
@@ -115,6 +119,9 @@ func (r *Reply) Marshal() ([]byte, error) {
 // UnmarshalReply reads a reply.
 func UnmarshalReply(b []byte) (Reply, error) {
 	var r Reply
+	if err := envelope.CheckLengths(b, MaxBoxes); err != nil { // before msgpack allocates what b claims
+		return Reply{}, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
 	if err := msgpack.Unmarshal(b, &r); err != nil {
 		return Reply{}, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
