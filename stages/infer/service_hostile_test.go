@@ -260,6 +260,8 @@ func TestServiceHostileRequests(t *testing.T) {
 // TestServiceSkipsRequestsWithoutReply: a request published without a
 // reply subject cannot be answered; the service must not spend a model
 // run on it (a flood of them would take the model from every caller).
+// Under -race this also shows the loop goroutine's failed Respond writing
+// micro's request while micro's reqHandler reads it.
 func TestServiceSkipsRequestsWithoutReply(t *testing.T) {
 	e2e.Long(t)
 	defect(t, "Service.handle queues and runs a request without a reply subject")
@@ -670,7 +672,11 @@ func TestRemoteAgainstABogusService(t *testing.T) {
 			}
 			_, nc := hostileBus(t)
 			bogusService(t, nc, tt.answer)
-			rv := newRemoteStage(t, remoteInit(nc, tt.policy == PolicyHold, pipeline.Params{"on_timeout": tt.policy, "timeout": 300 * time.Millisecond}))
+			timeout := 10 * time.Second // an answer comes: time enough under -race
+			if tt.answer == nil {
+				timeout = 300 * time.Millisecond
+			}
+			rv := newRemoteStage(t, remoteInit(nc, tt.policy == PolicyHold, pipeline.Params{"on_timeout": tt.policy, "timeout": timeout}))
 			var dets [][]box
 			var err error
 			func() {
