@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -726,5 +727,44 @@ func TestRemoteStageOnATextRecognizer(t *testing.T) {
 	}
 	if !errors.Is(err, ErrInfer) || !strings.Contains(err.Error(), "ppocr-v4-rec") {
 		t.Errorf("error %v: want ErrInfer naming the model", err)
+	}
+}
+
+// TestInferwireBoundedAllocation: a few bytes claiming a huge pixel
+// buffer or box list make the reader allocate no more than the bounds
+// allow. msgpack's []byte decoding allocates what the header claims (a
+// 10-byte request makes the service allocate, and on reuse zero, 4 GB),
+// and its slice decoding makes a slice of the claimed length (a 16-byte
+// reply makes the caller ask for 377 GB: fatal error: runtime: out of
+// memory, which no recover catches: the whole run dies).
+func TestInferwireBoundedAllocation(t *testing.T) {
+	tests := []struct {
+		name   string
+		read   func([]byte) error
+		body   []byte
+		limit  uint64
+		defect string
+	}{
+		{"a request whose px claims 4 GB", func(b []byte) error { _, err := inferwire.UnmarshalRequest(b); return err },
+			[]byte{0x81, 0xa2, 'p', 'x', 0xc6, 0xff, 0xff, 0xff, 0xff, 0x00}, 2 * inferwire.MaxPixels,
+			"inferwire.UnmarshalRequest lets msgpack allocate the px length a request claims (4 GB for 10 bytes)"},
+		{"a reply whose boxes claim 4 billion", func(b []byte) error { _, err := inferwire.UnmarshalReply(b); return err },
+			[]byte{0x82, 0xa1, 'v', 0x01, 0xa5, 'b', 'o', 'x', 'e', 's', 0xdd, 0xff, 0xff, 0xff, 0xff, 0x80}, 16 << 20,
+			"inferwire.UnmarshalReply makes a slice of the box count a reply claims: a 16-byte reply kills the caller (fatal out of memory, the test binary too)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			defect(t, tt.defect)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			err := tt.read(tt.body)
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, inferwire.ErrMalformed) {
+				t.Errorf("error %v, want ErrMalformed", err)
+			}
+			if grew := after.TotalAlloc - before.TotalAlloc; grew > tt.limit {
+				t.Errorf("reading %d bytes allocated %d MB (at most %d MB)", len(tt.body), grew>>20, tt.limit>>20)
+			}
+		})
 	}
 }
