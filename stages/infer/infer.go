@@ -344,7 +344,9 @@ func newDetector(ctx context.Context, in pipeline.Init, m *loaded, o DetectorOpt
 	switch m.card.Decoder.Type {
 	case "ultraface", "yolo", "dbnet", "classifier":
 	default:
-		m.sess.Close()
+		if m.sess != nil { // a remote detector has none
+			m.sess.Close()
+		}
 		return nil, fmt.Errorf("%w: model %s (decoder %s) does not take video frames", ErrInfer, m.card.Name, m.card.Decoder.Type)
 	}
 	d := &Detector{m: m, thr: o.Threshold}

@@ -24,6 +24,10 @@ const (
 	PolicyFail = "fail" // the stage fails
 )
 
+// errServiceStopping is a 503 answer: the instance is stopping, which is
+// treated as no answer at all.
+var errServiceStopping = errors.New("the service instance is stopping")
+
 // ErrRemote is a remote infer stage's failure: no service, an error reply,
 // or (with on_timeout: fail) no answer in time.
 var ErrRemote = errors.New("infer remote")
@@ -163,6 +167,9 @@ func (r *remote) ask(ctx context.Context, body []byte) ([]box, error) {
 		return nil, err
 	}
 	if msg := m.Header.Get(micro.ErrorHeader); msg != "" {
+		if m.Header.Get(micro.ErrorCodeHeader) == inferwire.CodeStopping {
+			return nil, errServiceStopping // no answer: on_timeout says what follows
+		}
 		return nil, fmt.Errorf("%w: model %s: service %s refused a %s request from %s: %s %s", ErrRemote, r.card,
 			inferwire.ServiceName(r.card), r.view.in.Name, r.caller, m.Header.Get(micro.ErrorCodeHeader), msg)
 	}

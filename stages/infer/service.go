@@ -46,12 +46,19 @@ type Service struct {
 	done  chan struct{}
 	once  sync.Once
 	stats serviceStats
+	nc    *nats.Conn
+
+	// inMu: handle holds it (read) while it queues a request, Stop (write)
+	// while it closes, so no request is queued after Stop emptied the queue.
+	inMu    sync.RWMutex
+	closing bool
 }
 
-// job is one request waiting for the model.
+// job is one request waiting for the model. Its answer goes straight to
+// reply: micro's request is its handler's, not the batch loop's.
 type job struct {
-	req micro.Request
-	r   inferwire.Request
+	reply string
+	r     inferwire.Request
 }
 
 // serviceStats are the service's counters (its micro stats data).
@@ -75,7 +82,7 @@ func NewService(ctx context.Context, nc *nats.Conn, o ServiceOptions) (*Service,
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrService, err)
 	}
-	s := &Service{o: o, det: d, jobs: make(chan *job, 4*o.MaxBatch), stop: make(chan struct{}), done: make(chan struct{})}
+	s := &Service{o: o, det: d, nc: nc, jobs: make(chan *job, 4*o.MaxBatch), stop: make(chan struct{}), done: make(chan struct{})}
 	s.w, s.h = inputSize(m.card.Inputs[0].Shape, m.card.Inputs[0].Layout, m.card.Inputs[0].Resize)
 	s.ch = channels(m.card.Inputs[0].Color)
 	if !d.Batchable() {
@@ -164,6 +171,10 @@ func (s *Service) Stats() ServiceStats {
 // handle checks a request and queues it for the model.
 func (s *Service) handle(req micro.Request) {
 	s.stats.requests.Add(1)
+	if req.Reply() == "" { // nobody would read the answer: not worth the model
+		s.stats.badRequests.Add(1)
+		return
+	}
 	r, err := inferwire.UnmarshalRequest(req.Data())
 	if err == nil {
 		err = s.check(r)
@@ -172,11 +183,26 @@ func (s *Service) handle(req micro.Request) {
 		s.refuse(req, r, err)
 		return
 	}
+	s.inMu.RLock()
+	defer s.inMu.RUnlock()
+	if s.closing {
+		_ = req.Error(inferwire.CodeStopping, "the service is stopping", nil)
+		return
+	}
 	select {
-	case s.jobs <- &job{req: req, r: r}:
+	case s.jobs <- &job{reply: req.Reply(), r: r}:
 	case <-s.stop:
 		_ = req.Error(inferwire.CodeStopping, "the service is stopping", nil)
 	}
+}
+
+// answer sends a job its reply, or its error (a micro error code and text).
+func (s *Service) answer(j *job, body []byte, code, text string) {
+	m := &nats.Msg{Subject: j.reply, Data: body}
+	if code != "" {
+		m.Header = nats.Header{micro.ErrorCodeHeader: []string{code}, micro.ErrorHeader: []string{text}}
+	}
+	_ = s.nc.PublishMsg(m)
 }
 
 // check says whether the service can run a well-formed request.
@@ -307,7 +333,7 @@ func (s *Service) run(batch []*job) {
 			s.fail(j, err)
 			continue
 		}
-		_ = j.req.Respond(body)
+		s.answer(j, body, "", "")
 	}
 }
 
@@ -315,19 +341,21 @@ func (s *Service) run(batch []*job) {
 func (s *Service) fail(j *job, err error) {
 	s.stats.failed.Add(1)
 	s.o.Log.Error("inference failed", "caller", fmt.Sprintf("%.80q", j.r.Caller), "model", s.det.m.card.Name, "image", fmt.Sprintf("%dx%dx%d", j.r.W, j.r.H, j.r.C), "err", err)
-	_ = j.req.Error(inferwire.CodeFailed, err.Error(), nil)
+	s.answer(j, nil, inferwire.CodeFailed, err.Error())
 }
 
 // Stop stops taking requests, answers those queued, and frees the model.
 func (s *Service) Stop() error {
 	var err error
 	s.once.Do(func() {
-		err = s.svc.Stop() // drains: no handler runs after it
+		err = s.svc.Stop() // unsubscribes; handlers may still be running
 		close(s.stop)
+		s.inMu.Lock() // a handler in flight has queued its request or answered
+		s.closing = true
+		s.inMu.Unlock()
 		<-s.done
-		for len(s.jobs) > 0 { // no handler and no loop is left to take them
-			j := <-s.jobs
-			_ = j.req.Error(inferwire.CodeStopping, "the service is stopping", nil)
+		for len(s.jobs) > 0 { // no handler queues more, and the loop is gone
+			s.answer(<-s.jobs, nil, inferwire.CodeStopping, "the service is stopping")
 		}
 		if cerr := s.det.Close(); err == nil {
 			err = cerr
