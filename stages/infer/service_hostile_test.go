@@ -723,11 +723,11 @@ func TestRemoteStageOnATextRecognizer(t *testing.T) {
 // memory, which no recover catches: the whole run dies).
 func TestInferwireBoundedAllocation(t *testing.T) {
 	tests := []struct {
-		name   string
-		read   func([]byte) error
-		body   []byte
-		limit  uint64
-		was    string // what the code before envelope.CheckLengths did
+		name  string
+		read  func([]byte) error
+		body  []byte
+		limit uint64
+		was   string // what the code before envelope.CheckLengths did
 	}{
 		{"a request whose px claims 4 GB", func(b []byte) error { _, err := inferwire.UnmarshalRequest(b); return err },
 			[]byte{0x81, 0xa2, 'p', 'x', 0xc6, 0xff, 0xff, 0xff, 0xff, 0x00}, 2 * inferwire.MaxPixels,
