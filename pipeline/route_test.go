@@ -21,22 +21,25 @@ func TestCreditsPick(t *testing.T) {
 	tests := []struct {
 		name                string
 		live, found, gone   []string
+		leaving             []string
 		sentTo, taken, last map[string]uint64
 		want                string
 	}{
-		{name: "none known: the queue group picks"},
-		{name: "one known: the queue group picks (a new replica gets its share)", live: []string{"a"}},
+		{name: "none known"},
+		{name: "one known", live: []string{"a"}, want: "a"},
 		{name: "the one with the fewest not taken", live: []string{"a", "b"},
 			sentTo: map[string]uint64{"a": 5, "b": 6}, taken: map[string]uint64{"a": 2, "b": 5}, want: "b"},
 		{name: "what it took beyond what it was sent alone counts as nothing owed", live: []string{"a", "b"},
 			sentTo: map[string]uint64{"a": 1}, taken: map[string]uint64{"a": 3, "b": 0}, want: "a", last: map[string]uint64{"b": 9}},
 		{name: "equals: the one picked longest ago", live: []string{"a", "b", "c"},
 			last: map[string]uint64{"a": 7, "b": 3, "c": 5}, want: "b"},
-		{name: "found by its service before its first credit", live: []string{"a"}, found: []string{"b"},
-			sentTo: map[string]uint64{"a": 2}, want: "b"},
-		{name: "an ended instance gets nothing", live: []string{"a"}, found: []string{"b"}, gone: []string{"b"},
-			sentTo: map[string]uint64{"a": 2}},
-		{name: "each has a full window: the queue group picks", live: []string{"a", "b"},
+		{name: "found by its service but not heard from: not picked (its own subject may not be there)", live: []string{"a"}, found: []string{"b"},
+			sentTo: map[string]uint64{"a": 2}, want: "a"},
+		{name: "an ended instance gets nothing", live: []string{"a", "b"}, gone: []string{"b"},
+			sentTo: map[string]uint64{"a": 2}, want: "a"},
+		{name: "a leaving instance gets nothing", live: []string{"a", "b"}, leaving: []string{"a"},
+			sentTo: map[string]uint64{"b": 3}, want: "b"},
+		{name: "each has a full window", live: []string{"a", "b"},
 			sentTo: map[string]uint64{"a": window, "b": window + 2}, taken: map[string]uint64{"b": 2}},
 	}
 	set := func(l []string) map[string]bool {
@@ -54,7 +57,7 @@ func TestCreditsPick(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &credits{live: set(tt.live), found: set(tt.found), gone: set(tt.gone), sentTo: orEmpty(tt.sentTo), taken: orEmpty(tt.taken), picked: orEmpty(tt.last)}
+			c := &credits{live: set(tt.live), found: set(tt.found), gone: set(tt.gone), leaving: set(tt.leaving), sentTo: orEmpty(tt.sentTo), taken: orEmpty(tt.taken), picked: orEmpty(tt.last)}
 			if got := c.pick(window); got != tt.want {
 				t.Errorf("picked %q, want %q", got, tt.want)
 			}

@@ -53,6 +53,8 @@ const (
 	// directInfix: see directSubject.
 	directInfix = ".to."
 	ackEnd      = "end"
+	ackLeaving  = "leaving" // a consumer instance about to go: send it nothing alone from now on
+	ackLeft     = "ok"
 	ackAsk      = "ended?"
 	ackRunning  = "running"
 	ackEnded    = "ended"
@@ -218,7 +220,8 @@ type natsPublisher struct {
 	clamped  atomic.Int64 // credits above what was sent
 	unhook   func()
 
-	watch     sync.Once // starts watchReplicas
+	sendMu    sync.Mutex // held while a message is routed and sent (see leave)
+	watch     sync.Once  // starts watchReplicas
 	closeOnce sync.Once
 	stopWatch chan struct{} // closed by Close
 	watchDone chan struct{} // closed when watchReplicas returns
@@ -249,13 +252,15 @@ type credits struct {
 	replicas bool
 	found    map[string]bool   // instances its service answered for lately
 	gone     map[string]bool   // instances that have ended
+	leaving  map[string]bool   // instances that said they are going (never undone)
 	sentTo   map[string]uint64 // instance -> messages sent to it alone (raised to what it took)
 	picked   map[string]uint64 // instance -> when it was last sent one (sent count)
 }
 
 func newCredits(ref consumerRef, insts *instanceSet, base uint64) *credits {
 	return &credits{ref: ref, insts: insts, base: base, taken: map[string]uint64{}, live: map[string]bool{},
-		replicas: insts.local == "", found: map[string]bool{}, gone: map[string]bool{}, sentTo: map[string]uint64{}, picked: map[string]uint64{}}
+		replicas: insts.local == "", found: map[string]bool{}, gone: map[string]bool{}, leaving: map[string]bool{},
+		sentTo: map[string]uint64{}, picked: map[string]uint64{}}
 }
 
 // took is how many messages the consumer has taken, at most sent (a forged
@@ -280,35 +285,57 @@ func (c *credits) instances() int {
 	return max(1, n)
 }
 
-// pick is the instance to send the next message to alone: the one with
-// the fewest messages sent to it and not yet taken, the longest unpicked
-// among equals; "" (the queue group picks) while fewer than two are
-// known, or when each already has window messages to take. Called with
-// the publisher's mu held.
+// pick is the instance to send the next message to alone: among those
+// that have taken messages (so their own subject is subscribed) and have
+// not said they are going, the one with the fewest messages sent to it
+// and not yet taken, the longest unpicked among equals; "" when there is
+// none or each already has window messages to take. Called with the
+// publisher's mu held.
 func (c *credits) pick(window uint64) string {
-	best, bestOut, bestAt, n := "", window, uint64(0), 0
-	consider := func(inst string) {
-		if c.gone[inst] {
-			return
+	best, bestOut, bestAt := "", window, uint64(0)
+	for inst := range c.live {
+		if c.gone[inst] || c.leaving[inst] {
+			continue
 		}
-		n++
 		out := c.sentTo[inst] - min(c.taken[inst], c.sentTo[inst])
 		if at := c.picked[inst]; out < bestOut || (out == bestOut && best != "" && at < bestAt) {
 			best, bestOut, bestAt = inst, out, at
 		}
 	}
+	return best
+}
+
+// routable is how many instances pick chooses among.
+func (c *credits) routable() int {
+	n := 0
 	for inst := range c.live {
-		consider(inst)
-	}
-	for inst := range c.found {
-		if !c.live[inst] {
-			consider(inst)
+		if !c.gone[inst] && !c.leaving[inst] {
+			n++
 		}
 	}
-	if n < 2 {
-		return ""
+	return n
+}
+
+// unheard reports whether an instance its service answers for has not
+// taken a message yet: the queue group must reach it now and then, or it
+// never would.
+func (c *credits) unheard() bool {
+	for inst := range c.found {
+		if !c.live[inst] && !c.gone[inst] && !c.leaving[inst] {
+			return true
+		}
 	}
-	return best
+	return false
+}
+
+// exploring is how many messages sent through the queue group have not
+// been taken yet: what is not taken, less what was sent to instances alone.
+func (c *credits) exploring(sent uint64) uint64 {
+	out := sent - c.took(sent)
+	for inst, n := range c.sentTo {
+		out -= min(out, n-min(c.taken[inst], n))
+	}
+	return out
 }
 
 func newNATSPublisher(nc *nats.Conn, subject, instance string, consumers []consumerRef, sets []*instanceSet, mode FlowMode, window int, log *slog.Logger) (*natsPublisher, error) {
@@ -430,6 +457,16 @@ func (p *natsPublisher) route() string {
 		if !c.replicas {
 			break
 		}
+		unheard := c.unheard()
+		switch n := c.routable(); {
+		case n == 0, n == 1 && !unheard: // the queue group has it
+			return p.subject
+		case unheard && c.exploring(p.sent) == 0:
+			// One message at a time through the queue group, which may
+			// pick the replica not heard from yet (one that never takes
+			// it holds that one only).
+			return p.subject
+		}
 		inst := c.pick(p.window)
 		if inst == "" {
 			break
@@ -447,6 +484,7 @@ type ack struct {
 	n                        uint64
 	end                      bool
 	ask                      bool // has the producer ended?
+	leaving                  bool // the consumer instance is about to go
 }
 
 // parseAck reads "<consumer> <instance> <n> <producer>", "<consumer>
@@ -456,6 +494,8 @@ func parseAck(data []byte) (ack, error) {
 	switch {
 	case len(f) == 3 && f[2] == ackEnd:
 		return ack{consumer: f[0], inst: f[1], end: true}, nil
+	case len(f) == 3 && f[2] == ackLeaving:
+		return ack{consumer: f[0], inst: f[1], leaving: true}, nil
 	case len(f) == 4 && f[2] == ackAsk:
 		return ack{consumer: f[0], inst: f[1], producer: f[3], ask: true}, nil
 	case len(f) == 4:
@@ -477,7 +517,7 @@ func (p *natsPublisher) onAck(m *nats.Msg) {
 		p.drops.drop("unknown", err.Error())
 		return
 	}
-	if !a.end && a.producer != p.instance {
+	if !a.end && !a.leaving && a.producer != p.instance {
 		return
 	}
 	if a.ask {
@@ -495,6 +535,10 @@ func (p *natsPublisher) onAck(m *nats.Msg) {
 		p.drops.drop(a.inst, "a credit from no instance of "+c.insts.service)
 		return
 	}
+	if a.leaving {
+		p.leave(c, a.inst, m)
+		return
+	}
 	p.mu.Lock()
 	if a.end {
 		p.endConsumer(c, a.inst)
@@ -503,6 +547,20 @@ func (p *natsPublisher) onAck(m *nats.Msg) {
 	}
 	p.mu.Unlock()
 	signal(p.credit)
+}
+
+// leave sends a consumer instance that is going nothing more alone, and
+// answers once what it was sent alone is on the wire (before the answer,
+// on this connection): the instance may then drop its own subject.
+func (p *natsPublisher) leave(c *credits, inst string, m *nats.Msg) {
+	p.sendMu.Lock()
+	p.mu.Lock()
+	c.leaving[inst] = true
+	p.mu.Unlock()
+	p.sendMu.Unlock()
+	if m.Reply != "" {
+		_ = m.Respond([]byte(p.instance + " " + ackLeft))
+	}
 }
 
 // answer tells a consumer whether this instance has ended its port.
@@ -599,7 +657,10 @@ func (p *natsPublisher) Publish(ctx context.Context, e *stage.Msg) error {
 			return err
 		}
 	}
-	// Counted before it goes: a credit for it may come back at once.
+	// Counted before it goes: a credit for it may come back at once. The
+	// route and the send are one step for leave.
+	p.sendMu.Lock()
+	defer p.sendMu.Unlock()
 	p.mu.Lock()
 	subject := p.route()
 	p.sent++

@@ -572,6 +572,9 @@ func (s *natsSubscriber) detach() {
 // had sent before are in the queue.
 func (s *natsSubscriber) drain(ctx context.Context) error {
 	_ = s.eosSub.Unsubscribe()
+	if s.direct != nil {
+		s.leave()
+	}
 	if s.producer != nil {
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -584,6 +587,28 @@ func (s *natsSubscriber) drain(ctx context.Context) error {
 	}
 	s.ordered(s.reorder.flush)
 	return nil
+}
+
+// leave tells the input's producers that this instance is going, so they
+// send it nothing more on its own subject, and waits for their answers
+// (each comes after what that producer sent it alone), at most a second,
+// or a quarter of one after the last answer.
+func (s *natsSubscriber) leave() {
+	inbox := s.nc.NewRespInbox()
+	sub, err := s.nc.SubscribeSync(inbox)
+	if err != nil {
+		return
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if s.nc.PublishRequest(s.subject+ackSuffix, inbox, []byte(s.ref.id()+" "+s.instance+" "+ackLeaving)) != nil {
+		return
+	}
+	deadline := time.Now().Add(time.Second)
+	for wait := time.Second; ; wait = 250 * time.Millisecond {
+		if _, err := sub.NextMsg(min(wait, time.Until(deadline))); err != nil {
+			return
+		}
+	}
 }
 
 // joiner reassembles the chunked messages of an input: one partial
