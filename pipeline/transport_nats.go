@@ -293,49 +293,38 @@ func (c *credits) instances() int {
 // publisher's mu held.
 func (c *credits) pick(window uint64) string {
 	best, bestOut, bestAt := "", window, uint64(0)
-	for inst := range c.live {
-		if c.gone[inst] || c.leaving[inst] {
-			continue
-		}
+	c.eachRoutable(func(inst string) {
 		out := c.sentTo[inst] - min(c.taken[inst], c.sentTo[inst])
 		if at := c.picked[inst]; out < bestOut || (out == bestOut && best != "" && at < bestAt) {
 			best, bestOut, bestAt = inst, out, at
 		}
-	}
+	})
 	return best
+}
+
+// eachRoutable calls f with each instance a message may be sent to alone:
+// those that have taken messages or that the service answers for, less
+// those that have ended or said they are going. (One that answers the
+// service's PING but has no subject of its own, a phantom, loses what it
+// is sent: see TestRouteInstanceThatTakesNothing.)
+func (c *credits) eachRoutable(f func(string)) {
+	for inst := range c.live {
+		if !c.gone[inst] && !c.leaving[inst] {
+			f(inst)
+		}
+	}
+	for inst := range c.found {
+		if !c.live[inst] && !c.gone[inst] && !c.leaving[inst] {
+			f(inst)
+		}
+	}
 }
 
 // routable is how many instances pick chooses among.
 func (c *credits) routable() int {
 	n := 0
-	for inst := range c.live {
-		if !c.gone[inst] && !c.leaving[inst] {
-			n++
-		}
-	}
+	c.eachRoutable(func(string) { n++ })
 	return n
-}
-
-// unheard reports whether an instance its service answers for has not
-// taken a message yet: the queue group must reach it now and then, or it
-// never would.
-func (c *credits) unheard() bool {
-	for inst := range c.found {
-		if !c.live[inst] && !c.gone[inst] && !c.leaving[inst] {
-			return true
-		}
-	}
-	return false
-}
-
-// exploring is how many messages sent through the queue group have not
-// been taken yet: what is not taken, less what was sent to instances alone.
-func (c *credits) exploring(sent uint64) uint64 {
-	out := sent - c.took(sent)
-	for inst, n := range c.sentTo {
-		out -= min(out, n-min(c.taken[inst], n))
-	}
-	return out
 }
 
 func newNATSPublisher(nc *nats.Conn, subject, instance string, consumers []consumerRef, sets []*instanceSet, mode FlowMode, window int, log *slog.Logger) (*natsPublisher, error) {
@@ -457,14 +446,7 @@ func (p *natsPublisher) route() string {
 		if !c.replicas {
 			break
 		}
-		unheard := c.unheard()
-		switch n := c.routable(); {
-		case n == 0, n == 1 && !unheard: // the queue group has it
-			return p.subject
-		case unheard && c.exploring(p.sent) == 0:
-			// One message at a time through the queue group, which may
-			// pick the replica not heard from yet (one that never takes
-			// it holds that one only).
+		if c.routable() < 2 { // the queue group has it (and a new replica its share)
 			return p.subject
 		}
 		inst := c.pick(p.window)
