@@ -128,6 +128,10 @@ func TestReconnectResends(t *testing.T) {
 			t.Fatalf("%d ends of stream and credits %q: %v", eos, acks, err)
 		}
 		switch {
+		case strings.HasSuffix(m.Subject, ".ack") && strings.Contains(string(m.Data), " "+ackAsk+" "):
+			// The consumer asks whether the producer has ended when the end
+			// of stream's count does not match what arrived (here, what the
+			// "lost" window never brought): a question, not a credit.
 		case strings.HasSuffix(m.Subject, ".ack"):
 			acks = append(acks, string(m.Data))
 		case strings.HasSuffix(m.Subject, ".eos"):
