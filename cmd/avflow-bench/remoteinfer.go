@@ -42,7 +42,10 @@ type remoteInferSample struct {
 	batch    float64       // the service's mean batch (remote)
 }
 
-var eventCount = regexp.MustCompile(`(remote_bytes|remote_requests)=(\d+)`)
+var (
+	eventCount = regexp.MustCompile(`(remote_bytes|remote_requests)=(\d+)`)
+	meanBatch  = regexp.MustCompile(`mean_batch=([0-9.]+)`) // the service's last log line
+)
 
 // remoteInferRun runs the pipeline once, local or with one serve --infer
 // service, over one nats-server.
@@ -83,7 +86,7 @@ func remoteInferRun(bin, dir, natsBin string, frames int, remote bool) remoteInf
 			fail(err)
 		}
 		s.cpu += sm.cpu
-		if mb := regexp.MustCompile(`mean_batch=([0-9.]+)`).FindStringSubmatch(svc.out.String()); mb != nil {
+		if mb := meanBatch.FindStringSubmatch(svc.out.String()); mb != nil {
 			s.batch, _ = strconv.ParseFloat(mb[1], 64)
 		}
 		var bytes, reqs float64

@@ -121,7 +121,7 @@ func channels(color string) int {
 // inputName is the image size the service takes, as its metadata says.
 func (s *Service) inputName() string {
 	if s.w == 0 {
-		return "Wx" + "Hx" + strconv.Itoa(s.ch) + " (multiples of 32)"
+		return "WxHx" + strconv.Itoa(s.ch) + " (multiples of 32)"
 	}
 	return fmt.Sprintf("%dx%dx%d", s.w, s.h, s.ch)
 }
