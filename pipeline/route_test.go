@@ -20,26 +20,30 @@ func TestCreditsPick(t *testing.T) {
 	const window = 4
 	tests := []struct {
 		name                string
-		live, found, gone   []string
-		leaving             []string
+		hello, stale, live  []string // said hello now, said it too long ago, have sent credits
+		gone, leaving       []string
 		sentTo, taken, last map[string]uint64
 		want                string
 	}{
 		{name: "none known"},
-		{name: "one known", live: []string{"a"}, want: "a"},
-		{name: "found by its service before its first credit", live: []string{"a"}, found: []string{"b"},
+		{name: "one known", hello: []string{"a"}, want: "a"},
+		{name: "said hello before its first credit", hello: []string{"a", "b"}, live: []string{"a"},
 			sentTo: map[string]uint64{"a": 2}, want: "b"},
-		{name: "the one with the fewest not taken", live: []string{"a", "b"},
-			sentTo: map[string]uint64{"a": 5, "b": 6}, taken: map[string]uint64{"a": 2, "b": 5}, want: "b"},
-		{name: "what it took beyond what it was sent alone counts as nothing owed", live: []string{"a", "b"},
-			sentTo: map[string]uint64{"a": 1}, taken: map[string]uint64{"a": 3, "b": 0}, want: "a", last: map[string]uint64{"b": 9}},
-		{name: "equals: the one picked longest ago", live: []string{"a", "b", "c"},
-			last: map[string]uint64{"a": 7, "b": 3, "c": 5}, want: "b"},
-		{name: "an ended instance gets nothing", live: []string{"a", "b"}, gone: []string{"b"},
+		{name: "credits without a hello: no subject of its own", hello: []string{"a"}, live: []string{"a", "b"},
 			sentTo: map[string]uint64{"a": 2}, want: "a"},
-		{name: "a leaving instance gets nothing", live: []string{"a", "b"}, leaving: []string{"a"},
+		{name: "a hello too long ago counts no more", hello: []string{"a"}, stale: []string{"b"},
+			sentTo: map[string]uint64{"a": 2}, want: "a"},
+		{name: "the one with the fewest not taken", hello: []string{"a", "b"},
+			sentTo: map[string]uint64{"a": 5, "b": 6}, taken: map[string]uint64{"a": 2, "b": 5}, want: "b"},
+		{name: "what it took beyond what it was sent alone counts as nothing owed", hello: []string{"a", "b"},
+			sentTo: map[string]uint64{"a": 1}, taken: map[string]uint64{"a": 3, "b": 0}, want: "a", last: map[string]uint64{"b": 9}},
+		{name: "equals: the one picked longest ago", hello: []string{"a", "b", "c"},
+			last: map[string]uint64{"a": 7, "b": 3, "c": 5}, want: "b"},
+		{name: "an ended instance gets nothing", hello: []string{"a", "b"}, gone: []string{"b"},
+			sentTo: map[string]uint64{"a": 2}, want: "a"},
+		{name: "a leaving instance gets nothing", hello: []string{"a", "b"}, leaving: []string{"a"},
 			sentTo: map[string]uint64{"b": 3}, want: "b"},
-		{name: "each has a full window", live: []string{"a", "b"},
+		{name: "each has a full window", hello: []string{"a", "b"},
 			sentTo: map[string]uint64{"a": window, "b": window + 2}, taken: map[string]uint64{"b": 2}},
 	}
 	set := func(l []string) map[string]bool {
@@ -55,10 +59,18 @@ func TestCreditsPick(t *testing.T) {
 		}
 		return m
 	}
+	now := time.Now()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := &credits{live: set(tt.live), found: set(tt.found), gone: set(tt.gone), leaving: set(tt.leaving), sentTo: orEmpty(tt.sentTo), taken: orEmpty(tt.taken), picked: orEmpty(tt.last)}
-			if got := c.pick(window); got != tt.want {
+			hello := map[string]time.Time{}
+			for _, inst := range tt.hello {
+				hello[inst] = now
+			}
+			for _, inst := range tt.stale {
+				hello[inst] = now.Add(-helloFresh - time.Millisecond)
+			}
+			c := &credits{live: set(tt.live), hello: hello, gone: set(tt.gone), leaving: set(tt.leaving), sentTo: orEmpty(tt.sentTo), taken: orEmpty(tt.taken), picked: orEmpty(tt.last)}
+			if got := c.pick(window, now); got != tt.want {
 				t.Errorf("picked %q, want %q", got, tt.want)
 			}
 		})
@@ -125,10 +137,10 @@ func TestRouteAroundAStuckReplica(t *testing.T) {
 	}
 	defer pub.Close()
 	p := pub.(*natsPublisher)
-	e2e.WaitFor(t, 10*time.Second, func() string { return "the producer to find both instances" }, func() bool {
+	e2e.WaitFor(t, 10*time.Second, func() string { return "both instances to say hello" }, func() bool {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		return len(p.cons["c/0"].found) == 2
+		return p.cons["c/0"].routable(time.Now()) == 2
 	})
 	taken := make(chan int)
 	go func() { // fast takes all it gets

@@ -33,7 +33,13 @@ import (
 //     and requests "<consumer> <consumer instance> ended? <producer
 //     instance>", which that producer instance answers with "<instance>
 //     running" or "<instance> ended" (a consumer asks before it takes an
-//     end of stream as the end).
+//     end of stream as the end);
+//   - "<consumer> <consumer instance> hello", every helloEvery from an
+//     instance of a stage that may have replicas, once its own subject
+//     (directSubject) is subscribed: producers send messages alone only to
+//     the instances that said hello lately. Credits not followed by a
+//     message for helloEvery go again (a credit lost on the way would
+//     stall the producer).
 //
 // Whatever else arrives on these subjects (no instance header, an
 // instance the producer's or consumer's service does not announce, a
@@ -53,6 +59,7 @@ const (
 	// directInfix: see directSubject.
 	directInfix = ".to."
 	ackEnd      = "end"
+	ackHello    = "hello"   // a consumer instance whose own subject is subscribed
 	ackLeaving  = "leaving" // a consumer instance about to go: send it nothing alone from now on
 	ackLeft     = "ok"
 	ackAsk      = "ended?"
@@ -220,11 +227,7 @@ type natsPublisher struct {
 	clamped  atomic.Int64 // credits above what was sent
 	unhook   func()
 
-	sendMu    sync.Mutex // held while a message is routed and sent (see leave)
-	watch     sync.Once  // starts watchReplicas
-	closeOnce sync.Once
-	stopWatch chan struct{} // closed by Close
-	watchDone chan struct{} // closed when watchReplicas returns
+	sendMu sync.Mutex // held while a message is routed and sent (see leave)
 
 	mu     sync.Mutex
 	sent   uint64              // data messages sent or being sent
@@ -250,16 +253,16 @@ type credits struct {
 	// Routing, for a consumer whose stage may have replicas (its inputs
 	// have a subject of their own each: directSubject).
 	replicas bool
-	found    map[string]bool   // instances its service answered for lately
-	gone     map[string]bool   // instances that have ended
-	leaving  map[string]bool   // instances that said they are going (never undone)
-	sentTo   map[string]uint64 // instance -> messages sent to it alone (raised to what it took)
-	picked   map[string]uint64 // instance -> when it was last sent one (sent count)
+	hello    map[string]time.Time // instance -> when it last said hello (its own subject is subscribed)
+	gone     map[string]bool      // instances that have ended
+	leaving  map[string]bool      // instances that said they are going (never undone)
+	sentTo   map[string]uint64    // instance -> messages sent to it alone (raised to what it took)
+	picked   map[string]uint64    // instance -> when it was last sent one (sent count)
 }
 
 func newCredits(ref consumerRef, insts *instanceSet, base uint64) *credits {
 	return &credits{ref: ref, insts: insts, base: base, taken: map[string]uint64{}, live: map[string]bool{},
-		replicas: insts.local == "", found: map[string]bool{}, gone: map[string]bool{}, leaving: map[string]bool{},
+		replicas: insts.local == "", hello: map[string]time.Time{}, gone: map[string]bool{}, leaving: map[string]bool{},
 		sentTo: map[string]uint64{}, picked: map[string]uint64{}}
 }
 
@@ -275,25 +278,31 @@ func (c *credits) took(sent uint64) uint64 {
 
 // instances is how many instances of the consumer take messages now: a
 // window each.
-func (c *credits) instances() int {
+func (c *credits) instances(now time.Time) int {
 	n := len(c.live)
-	for inst := range c.found {
-		if !c.live[inst] && !c.gone[inst] {
+	for inst := range c.hello {
+		if !c.live[inst] && !c.gone[inst] && c.fresh(inst, now) {
 			n++
 		}
 	}
 	return max(1, n)
 }
 
+// fresh says inst has said hello lately (helloFresh).
+func (c *credits) fresh(inst string, now time.Time) bool {
+	at, ok := c.hello[inst]
+	return ok && now.Sub(at) <= helloFresh
+}
+
 // pick is the instance to send the next message to alone: among those
-// that have taken messages (so their own subject is subscribed) and have
-// not said they are going, the one with the fewest messages sent to it
-// and not yet taken, the longest unpicked among equals; "" when there is
-// none or each already has window messages to take. Called with the
+// that said hello lately (their own subject is subscribed) and have not
+// ended or said they are going, the one with the fewest messages sent to
+// it and not yet taken, the longest unpicked among equals; "" when there
+// is none or each already has window messages to take. Called with the
 // publisher's mu held.
-func (c *credits) pick(window uint64) string {
+func (c *credits) pick(window uint64, now time.Time) string {
 	best, bestOut, bestAt := "", window, uint64(0)
-	c.eachRoutable(func(inst string) {
+	c.eachRoutable(now, func(inst string) {
 		out := c.sentTo[inst] - min(c.taken[inst], c.sentTo[inst])
 		if at := c.picked[inst]; out < bestOut || (out == bestOut && best != "" && at < bestAt) {
 			best, bestOut, bestAt = inst, out, at
@@ -303,27 +312,22 @@ func (c *credits) pick(window uint64) string {
 }
 
 // eachRoutable calls f with each instance a message may be sent to alone:
-// those that have taken messages or that the service answers for, less
-// those that have ended or said they are going. (One that answers the
-// service's PING but has no subject of its own, a phantom, loses what it
-// is sent: see TestRouteInstanceThatTakesNothing.)
-func (c *credits) eachRoutable(f func(string)) {
-	for inst := range c.live {
-		if !c.gone[inst] && !c.leaving[inst] {
-			f(inst)
-		}
-	}
-	for inst := range c.found {
-		if !c.live[inst] && !c.gone[inst] && !c.leaving[inst] {
+// those that said hello lately, less those that have ended or said they
+// are going. (One that answers its service's PING but has no subject of
+// its own, such as an instance whose input is not attached yet, never
+// says hello: see TestRouteInstanceThatTakesNothing.)
+func (c *credits) eachRoutable(now time.Time, f func(string)) {
+	for inst := range c.hello {
+		if c.fresh(inst, now) && !c.gone[inst] && !c.leaving[inst] {
 			f(inst)
 		}
 	}
 }
 
 // routable is how many instances pick chooses among.
-func (c *credits) routable() int {
+func (c *credits) routable(now time.Time) int {
 	n := 0
-	c.eachRoutable(func(string) { n++ })
+	c.eachRoutable(now, func(string) { n++ })
 	return n
 }
 
@@ -331,7 +335,6 @@ func newNATSPublisher(nc *nats.Conn, subject, instance string, consumers []consu
 	p := &natsPublisher{
 		nc: nc, subject: subject, instance: instance, block: mode == FlowBlock, window: uint64(window), log: log,
 		drops: &dropLog{log: log.With("subject", subject+ackSuffix)}, cons: map[string]*credits{}, credit: make(chan struct{}, 1),
-		stopWatch: make(chan struct{}), watchDone: make(chan struct{}),
 	}
 	// Leave room for headers and protocol overhead.
 	p.maxPart = int(nc.MaxPayload()) - 1024
@@ -386,52 +389,9 @@ func (p *natsPublisher) expect(c consumerRef, insts *instanceSet) bool {
 	return true
 }
 
-// add waits for a consumer's credits from now on, and watches its
-// replicas when it may have some.
+// add waits for a consumer's credits from now on.
 func (p *natsPublisher) add(c *credits) {
 	p.cons[c.ref.id()] = c
-	if c.replicas {
-		p.watch.Do(func() { go p.watchReplicas() })
-	}
-}
-
-// watchReplicas asks, now and then every second, which instances of the
-// consumers that may have replicas are there, so that a message goes to
-// the one with the most room (route) rather than to one the queue group
-// picks at random: with a window of w per instance, random picks keep n
-// instances busy only about w*n/(w*n+n-1) of the time.
-func (p *natsPublisher) watchReplicas() {
-	defer close(p.watchDone)
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		p.mu.Lock()
-		var routed []*credits
-		for _, c := range p.cons {
-			if c.replicas {
-				routed = append(routed, c)
-			}
-		}
-		p.mu.Unlock()
-		for _, c := range routed {
-			found := c.insts.ask("", p.stopWatch)
-			if closed(p.stopWatch) {
-				return
-			}
-			p.mu.Lock()
-			clear(c.found)
-			for _, inst := range found {
-				c.found[inst] = true
-			}
-			p.mu.Unlock()
-		}
-		signal(p.credit) // a new instance is room
-		select {
-		case <-tick.C:
-		case <-p.stopWatch:
-			return
-		}
-	}
 }
 
 // route is the subject of the next message, and counts it as sent to
@@ -446,10 +406,11 @@ func (p *natsPublisher) route() string {
 		if !c.replicas {
 			break
 		}
-		if c.routable() < 2 { // the queue group has it (and a new replica its share)
+		now := time.Now()
+		if c.routable(now) < 2 { // the queue group has it (and a new replica its share)
 			return p.subject
 		}
-		inst := c.pick(p.window)
+		inst := c.pick(p.window, now)
 		if inst == "" {
 			break
 		}
@@ -467,10 +428,12 @@ type ack struct {
 	end                      bool
 	ask                      bool // has the producer ended?
 	leaving                  bool // the consumer instance is about to go
+	hello                    bool // the consumer instance's own subject is subscribed
 }
 
 // parseAck reads "<consumer> <instance> <n> <producer>", "<consumer>
-// <instance> end" or "<consumer> <instance> ended? <producer>".
+// <instance> end", "<consumer> <instance> leaving", "<consumer>
+// <instance> hello" or "<consumer> <instance> ended? <producer>".
 func parseAck(data []byte) (ack, error) {
 	f := strings.Fields(string(data))
 	switch {
@@ -478,6 +441,8 @@ func parseAck(data []byte) (ack, error) {
 		return ack{consumer: f[0], inst: f[1], end: true}, nil
 	case len(f) == 3 && f[2] == ackLeaving:
 		return ack{consumer: f[0], inst: f[1], leaving: true}, nil
+	case len(f) == 3 && f[2] == ackHello:
+		return ack{consumer: f[0], inst: f[1], hello: true}, nil
 	case len(f) == 4 && f[2] == ackAsk:
 		return ack{consumer: f[0], inst: f[1], producer: f[3], ask: true}, nil
 	case len(f) == 4:
@@ -499,7 +464,7 @@ func (p *natsPublisher) onAck(m *nats.Msg) {
 		p.drops.drop("unknown", err.Error())
 		return
 	}
-	if !a.end && !a.leaving && a.producer != p.instance {
+	if a.producer != p.instance && !a.end && !a.leaving && !a.hello {
 		return
 	}
 	if a.ask {
@@ -513,6 +478,10 @@ func (p *natsPublisher) onAck(m *nats.Msg) {
 	case c == nil:
 		p.drops.drop(a.inst, "a credit from "+a.consumer+", which does not read "+p.subject)
 		return
+	case a.hello && (!c.replicas || !c.insts.knows(a.inst)):
+		// Not counted: its service may not answer for it yet (it says
+		// hello before it is registered), and it says hello again.
+		return
 	case !c.insts.has(a.inst): // may ask the service: not under mu
 		p.drops.drop(a.inst, "a credit from no instance of "+c.insts.service)
 		return
@@ -522,9 +491,12 @@ func (p *natsPublisher) onAck(m *nats.Msg) {
 		return
 	}
 	p.mu.Lock()
-	if a.end {
+	switch {
+	case a.hello:
+		c.hello[a.inst] = time.Now()
+	case a.end:
 		p.endConsumer(c, a.inst)
-	} else {
+	default:
 		p.take(c, a)
 	}
 	p.mu.Unlock()
@@ -595,9 +567,10 @@ func (p *natsPublisher) take(c *credits, a ack) {
 // send one more message (none: it may send). Called with mu held.
 func (p *natsPublisher) lagging() []string {
 	var out []string
+	now := time.Now()
 	for _, c := range p.cons {
 		// A window for each instance of the consumer that reads now.
-		if !c.ended && p.sent-c.took(p.sent) >= p.window*uint64(c.instances()) {
+		if !c.ended && p.sent-c.took(p.sent) >= p.window*uint64(c.instances(now)) {
 			out = append(out, c.ref.stage)
 		}
 	}
@@ -745,9 +718,6 @@ func (p *natsPublisher) publishMsg(ctx context.Context, m *nats.Msg) error {
 }
 
 func (p *natsPublisher) Close() {
-	p.watch.Do(func() { close(p.watchDone) }) // never started
-	p.closeOnce.Do(func() { close(p.stopWatch) })
-	<-p.watchDone
 	if p.unhook != nil {
 		p.unhook()
 	}

@@ -36,6 +36,11 @@ var (
 	// ghostWait is how long it waits for an instance of the producer's
 	// service that has sent nothing at all, once every other has ended.
 	ghostWait = 10 * time.Second
+	// helloEvery is how often an input says hello (when it has a subject
+	// of its own) and, when it has sent no credit since, sends its credits
+	// again; helloFresh is how long a producer takes a hello to hold.
+	helloEvery = 500 * time.Millisecond
+	helloFresh = 4 * helloEvery
 )
 
 // natsSubscriber feeds one input edge from its subject into the stage
@@ -69,6 +74,12 @@ type natsSubscriber struct {
 	orderMu  sync.Mutex
 	reorder  *reorder
 	gapTimer *time.Timer
+
+	// The hello loop (announce); credits counts the credits sent.
+	credits      atomic.Uint64
+	stopAnnounce chan struct{}
+	announceDone chan struct{}
+	announceOnce sync.Once
 
 	mu       sync.Mutex
 	taken    map[string]*atomic.Uint64 // producer instance -> messages taken
@@ -111,7 +122,55 @@ func (s *natsSubscriber) subscribe(queue string) error {
 		return fmt.Errorf("%w: subscribing to %s%s failed: %w", ErrTransport, s.subject, eosSuffix, err)
 	}
 	s.sub, s.direct, s.eosSub, s.sources = sub, direct, eos, map[string]bool{}
+	if s.block {
+		s.stopAnnounce, s.announceDone = make(chan struct{}), make(chan struct{})
+		go s.announce()
+	}
 	return nil
+}
+
+// announce says hello every helloEvery when the input has a subject of
+// its own (after subscribing it, on the same connection: a producer that
+// hears it can send there), and sends its credits again when it has sent
+// none since the last time: a credit lost on the way (or refused while
+// the consumer's service did not yet answer for it) would leave the
+// producer waiting for ever. It runs until stopAnnouncing.
+func (s *natsSubscriber) announce() {
+	defer close(s.announceDone)
+	tick := time.NewTicker(helloEvery)
+	defer tick.Stop()
+	sent := s.credits.Load()
+	for {
+		if s.direct != nil {
+			_ = s.nc.Publish(s.subject+ackSuffix, []byte(s.ref.id()+" "+s.instance+" "+ackHello))
+		}
+		select {
+		case <-tick.C:
+		case <-s.stopAnnounce:
+			return
+		}
+		if n := s.credits.Load(); n != sent {
+			sent = n
+			continue
+		}
+		s.mu.Lock()
+		counts := s.takenLocked()
+		s.mu.Unlock()
+		for inst, n := range counts {
+			s.credit(inst, n)
+		}
+		sent = s.credits.Load()
+	}
+}
+
+// stopAnnouncing ends the hello loop and waits for it: nothing of its
+// may follow the input's leaving or end.
+func (s *natsSubscriber) stopAnnouncing() {
+	if s.stopAnnounce == nil {
+		return
+	}
+	s.announceOnce.Do(func() { close(s.stopAnnounce) })
+	<-s.announceDone
 }
 
 // subscribeData subscribes onMsg to a data subject, in a queue group
@@ -502,6 +561,7 @@ func (s *natsSubscriber) finish() {
 // ended tells the edge's producers that this consumer instance takes
 // nothing more, so they stop waiting for its credits.
 func (s *natsSubscriber) ended() {
+	s.stopAnnouncing()
 	s.mu.Lock()
 	s.endSent = true
 	s.mu.Unlock()
@@ -526,6 +586,7 @@ func (s *natsSubscriber) took(producer string) {
 }
 
 func (s *natsSubscriber) credit(producer string, n uint64) {
+	s.credits.Add(1)
 	_ = s.nc.Publish(s.subject+ackSuffix, []byte(s.ref.id()+" "+s.instance+" "+strconv.FormatUint(n, 10)+" "+producer))
 }
 
@@ -538,10 +599,7 @@ func (s *natsSubscriber) reconnected() {
 	}
 	s.mu.Lock()
 	ended, detached := s.endSent, s.detached
-	counts := map[string]uint64{}
-	for inst, c := range s.taken {
-		counts[inst] = c.Load()
-	}
+	counts := s.takenLocked()
 	s.mu.Unlock()
 	switch {
 	case detached:
@@ -554,7 +612,18 @@ func (s *natsSubscriber) reconnected() {
 	}
 }
 
+// takenLocked is how many messages of each producer instance the stage
+// has taken. Called with mu held.
+func (s *natsSubscriber) takenLocked() map[string]uint64 {
+	counts := make(map[string]uint64, len(s.taken))
+	for inst, c := range s.taken {
+		counts[inst] = c.Load()
+	}
+	return counts
+}
+
 func (s *natsSubscriber) detach() {
+	s.stopAnnouncing()
 	s.mu.Lock()
 	s.detached = true
 	s.mu.Unlock()
@@ -572,6 +641,7 @@ func (s *natsSubscriber) detach() {
 // had sent before are in the queue.
 func (s *natsSubscriber) drain(ctx context.Context) error {
 	_ = s.eosSub.Unsubscribe()
+	s.stopAnnouncing()
 	if s.direct != nil {
 		s.leave()
 	}
@@ -680,9 +750,10 @@ type instanceSet struct {
 	local   string        // the only instance, when the stage runs in this process
 	quiet   time.Duration // how long a PING waits after the last answer
 
-	mu    sync.Mutex
-	known map[string]bool // every instance ever seen
-	asked time.Time       // when every instance last answered
+	mu     sync.Mutex
+	known  map[string]bool // every instance ever seen
+	asked  time.Time       // when every instance last answered
+	asking bool            // knows has an ask under way
 }
 
 func newInstanceSet(nc *nats.Conn, service, local string) *instanceSet {
@@ -702,6 +773,30 @@ func (p *instanceSet) has(inst string) bool {
 		return ok
 	}
 	return slices.Contains(p.ask(inst, nil), inst)
+}
+
+// knows reports whether inst is (or was) an instance of the service
+// without waiting: an unknown one makes it ask in the background (one ask
+// at a time, at most 5 a second), so that a later call may know it.
+func (p *instanceSet) knows(inst string) bool {
+	if p.local != "" {
+		return inst == p.local
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.known[inst] {
+		return true
+	}
+	if !p.asking && time.Since(p.asked) > 200*time.Millisecond {
+		p.asking = true
+		go func() {
+			p.ask("", nil)
+			p.mu.Lock()
+			p.asking = false
+			p.mu.Unlock()
+		}()
+	}
+	return false
 }
 
 // live asks which instances are there now.
