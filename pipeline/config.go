@@ -35,6 +35,20 @@ const (
 	TransportLocal = "local" // in-process only: no NATS server, no services, frames passed by reference
 )
 
+// Delivery values: how the edges between processes carry messages.
+const (
+	// DeliveryLive (the default) sends them on core NATS: lowest latency;
+	// what a process that dies holds is lost (in drop-oldest flow, counted).
+	DeliveryLive = "live"
+	// DeliveryJob keeps them in a JetStream work-queue stream made for the
+	// run: a message is removed only once the stage that took it has
+	// published its outputs, and one a dead process held goes to another
+	// instance (file jobs).
+	DeliveryJob = "job"
+)
+
+func validDelivery(d string) bool { return d == DeliveryLive || d == DeliveryJob }
+
 func validTransport(t string) bool {
 	return t == TransportAuto || t == TransportNATS || t == TransportLocal
 }
@@ -132,6 +146,7 @@ type Config struct {
 	Flow        FlowMode
 	Queue       int // messages each edge may hold before flow control acts
 	Transport   string
+	Delivery    string // live or job ("": live)
 	Stages      []*StageConfig
 	File        string // path as given
 	Dir         string // folder relative paths resolve against
@@ -220,10 +235,15 @@ func Parse(data []byte, file string) (*Config, error) {
 			if !validTransport(c.Transport) {
 				bad(v, "transport %q: want auto, nats or local", c.Transport)
 			}
+		case "delivery":
+			c.Delivery = scalar(v, bad)
+			if !validDelivery(c.Delivery) {
+				bad(v, "delivery %q: want live or job", c.Delivery)
+			}
 		case "stages":
 			stagesNode = v
 		default:
-			bad(k, "unknown key %q (want name, description, flow, queue, transport, stages)", k.Value)
+			bad(k, "unknown key %q (want name, description, flow, queue, transport, delivery, stages)", k.Value)
 		}
 	}
 	if c.Name == "" {

@@ -79,6 +79,7 @@ func (r *Runner) openTransport(useNATS bool) error {
 	nt.remoteReaders = r.remoteReaders
 	nt.remote = func(stage string) bool { return r.remote[stage] }
 	nt.serving = len(r.opts.Serve) > 0
+	nt.job = r.opts.Delivery == DeliveryJob
 	if r.opts.Transport == TransportNATS {
 		r.tr = nt
 	} else {

@@ -323,8 +323,9 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 				n.m.observeLatency(m, now)
 			}
 		}
+		dones := takeDones(batch)
 		if reps != nil {
-			if err := reps.start(ctx, batch); err != nil {
+			if err := reps.start(ctx, batch, dones); err != nil {
 				return err
 			}
 			continue
@@ -336,6 +337,7 @@ func (r *Runner) consume(ctx context.Context, n *host) error {
 		if err := r.publish(ctx, n, out); err != nil {
 			return err
 		}
+		runAll(dones)
 	}
 	if reps != nil {
 		return reps.finish(true)
@@ -372,9 +374,10 @@ type replicaPool struct {
 }
 
 type replicaJob struct {
-	out  stage.Batch
-	err  error
-	done chan struct{}
+	out   stage.Batch
+	err   error
+	done  chan struct{}
+	dones []func() // the batch's done hooks, run once out is published
 }
 
 func newReplicaPool(ctx context.Context, r *Runner, n *host) *replicaPool {
@@ -386,9 +389,28 @@ func newReplicaPool(ctx context.Context, r *Runner, n *host) *replicaPool {
 	return p
 }
 
+// takeDones takes the done hooks of a batch's messages (see
+// stage.Msg.TakeDone) before the stage gets them: they run once the
+// stage's outputs for the batch are published (runAll).
+func takeDones(batch stage.Batch) []func() {
+	var out []func()
+	for _, m := range batch {
+		if f := m.TakeDone(); f != nil {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func runAll(fs []func()) {
+	for _, f := range fs {
+		f()
+	}
+}
+
 // start hands a batch to a free instance, publishing finished batches
 // (in order) while it waits for one.
-func (p *replicaPool) start(ctx context.Context, batch stage.Batch) error {
+func (p *replicaPool) start(ctx context.Context, batch stage.Batch, dones []func()) error {
 	var st stage.Stage
 	for st == nil {
 		if err := p.finish(false); err != nil {
@@ -407,7 +429,7 @@ func (p *replicaPool) start(ctx context.Context, batch stage.Batch) error {
 			return ctx.Err()
 		}
 	}
-	j := &replicaJob{done: make(chan struct{})}
+	j := &replicaJob{done: make(chan struct{}), dones: dones}
 	p.pending = append(p.pending, j)
 	go func() {
 		defer close(j.done)
@@ -434,7 +456,9 @@ func (p *replicaPool) finish(wait bool) error {
 		p.pending = p.pending[1:]
 		err := j.err
 		if err == nil {
-			err = p.r.publish(p.ctx, p.n, j.out)
+			if err = p.r.publish(p.ctx, p.n, j.out); err == nil {
+				runAll(j.dones)
+			}
 		} else {
 			releaseAll(j.out)
 		}

@@ -59,6 +59,10 @@ type Options struct {
 	NATSOptions []nats.Option
 	// Transport overrides the pipeline's transport ("nats" or "local").
 	Transport string
+	// Delivery overrides the pipeline's delivery ("live" or "job"); job
+	// needs JetStream on the server. The driver (avflow run) makes the
+	// run's stream and removes it at the end; avflow serve waits for it.
+	Delivery string
 	// Log receives structured logs; nil uses slog.Default().
 	Log *slog.Logger
 	// Devices is the machine's inventory for binding stages; nil discovers it.
@@ -154,6 +158,13 @@ func NewRunner(env *Environment, cfg *Config, opts Options) (*Runner, error) {
 	}
 	if len(remote) > 0 && opts.Transport == TransportLocal {
 		return nil, fmt.Errorf("%w: transport local cannot reach stages served by other processes (%s)", ErrRemote, strings.Join(slices.Sorted(maps.Keys(remote)), ", "))
+	}
+	opts.Delivery = cmp.Or(opts.Delivery, cfg.Delivery, DeliveryLive)
+	switch {
+	case !validDelivery(opts.Delivery):
+		return nil, fmt.Errorf("%w: delivery %q: want live or job", ErrJob, opts.Delivery)
+	case opts.Delivery == DeliveryJob && opts.Transport != TransportAuto:
+		return nil, fmt.Errorf("%w: delivery job runs over transport auto (the edges between processes go through the stream), not %s", ErrJob, opts.Transport)
 	}
 	return &Runner{env: env, cfg: cfg, opts: opts, log: log.With("pipeline", cfg.Name), remote: remote, instance: nuid.Next(),
 		metrics: &Metrics{start: time.Now()}, byName: map[string]*host{}, drain: make(chan struct{}), ready: make(chan struct{}), finished: make(chan struct{}), failed: make(chan struct{})}, nil
@@ -330,6 +341,15 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	if r.opts.Delivery == DeliveryJob {
+		stream, err := r.openJob(ctx, useNATS)
+		if err != nil {
+			return err
+		}
+		if stream != nil {
+			defer stream.remove()
+		}
+	}
 	r.inv = r.opts.Devices
 	if r.inv == nil {
 		m := accelerators.Machine("")
@@ -364,6 +384,24 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("%w: %w", ErrCanceled, context.Cause(ctx))
 	}
 	return nil
+}
+
+// openJob makes the run's job stream when this process drives the
+// pipeline and some of its edges cross to other processes (nil: none do,
+// or avflow serve, which waits for the driver's).
+func (r *Runner) openJob(ctx context.Context, useNATS bool) (*jobStream, error) {
+	if !useNATS {
+		return nil, fmt.Errorf("%w: delivery job needs a NATS server with JetStream (--nats URL)", ErrJob)
+	}
+	if len(r.opts.Serve) > 0 {
+		return nil, nil
+	}
+	edges := r.jobEdges()
+	if len(edges) == 0 {
+		r.log.Warn("delivery job: no edge crosses to another process, so nothing goes through a stream (name the served stages with --remote)")
+		return nil, nil
+	}
+	return openJobStream(ctx, r.pool.conns[0], r.cfg.Name, r.instance, edges, r.cfg.Queue, r.log)
 }
 
 // natsError handles an asynchronous error of a NATS connection: it fails

@@ -39,6 +39,7 @@ func (r *Runner) addService(n *host) (micro.Service, error) {
 		Metadata: map[string]string{
 			"pipeline": r.cfg.Name, "stage": n.cfg.Name, "kind": n.cfg.Kind, "device": n.m.device, "instance": r.instance,
 			"inputs": strings.Join(ins, ","), "outputs": strings.Join(outs, ","), "host": hostname, "config": configHash(n.cfg),
+			"delivery": r.opts.Delivery,
 		},
 		StatsHandler: func(*micro.Endpoint) any { return stats() },
 	})
@@ -84,6 +85,10 @@ func (r *Runner) checkPeers(name string, peers []micro.Ping) error {
 	for _, p := range peers {
 		if p.Metadata["instance"] == "" || p.Metadata["instance"] == r.instance {
 			continue
+		}
+		if got := p.Metadata["delivery"]; got != "" && got != r.opts.Delivery {
+			return fmt.Errorf("%w: stage %q: the instance %s on host %s runs with delivery %s, here %s: give avflow serve and avflow run the same --delivery (or delivery: in the file)",
+				ErrRemote, name, p.Metadata["instance"], p.Metadata["host"], got, r.opts.Delivery)
 		}
 		if others++; len(r.opts.Serve) > 0 || others > 1 {
 			// A stage that keeps state across messages cannot share its input.

@@ -88,7 +88,11 @@ func (t *autoTransport) publisher(stage string, port Port, log *slog.Logger) (pu
 	if port.Type.Kind != envelope.KindData && t.local.port(stage, port.Name).readers() > 0 && !remoteReaders {
 		return lp, nil
 	}
-	np, err := t.nats.publisher(stage, port, log)
+	newPublisher := t.nats.publisher
+	if t.nats.job && remoteReaders {
+		newPublisher = t.nats.jobPublisher
+	}
+	np, err := newPublisher(stage, port, log)
 	if err != nil {
 		return nil, err
 	}

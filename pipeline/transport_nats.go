@@ -86,6 +86,9 @@ type natsTransport struct {
 	// serving: this process serves stages (avflow serve), which other
 	// processes may serve too.
 	serving bool
+	// job: delivery job (see transport_job.go): the data of the edges to
+	// and from other processes goes through the run's stream.
+	job bool
 
 	mu       sync.Mutex
 	expected map[string][]consumerRef // subject -> inputs attached to it
@@ -123,6 +126,11 @@ func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage strin
 		block: t.flow(port.Type) == FlowBlock, ackEvery: uint64(max(1, t.window/4)), ctx: ctx,
 		producers: producers, self: self, log: log, drops: &dropLog{log: log}, taken: map[string]*atomic.Uint64{},
 		from: map[string]*fromProducer{}, reorder: t.reorderFor(stage, port)}
+	if t.job {
+		if err := t.jobInlet(ctx, s, stage); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.subscribe(queueGroup(t.pipeline, ref)); err != nil {
 		return nil, err
 	}
@@ -141,6 +149,41 @@ func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage strin
 	}
 	t.expected[subject] = append(t.expected[subject], ref)
 	return s, nil
+}
+
+// jobInlet makes s an input of the job stream: it waits for the edge's
+// consumer, takes window messages at a time, sends no credits, and puts its
+// messages back in order for as long as a redelivery takes, dropping those
+// it has passed already.
+func (t *natsTransport) jobInlet(ctx context.Context, s *natsSubscriber, producer string) error {
+	cons, err := jobConsumer(ctx, s.nc, jobSubject(s.subject, s.ref), jobDurable(s.ref), s.log)
+	if err != nil {
+		return fmt.Errorf("stage %q: %w", s.ref.stage, err)
+	}
+	s.job, s.block, s.window = newJobInput(cons), false, t.window
+	if t.localInstance(producer) == "" {
+		s.reorder = newReorder(0, jobReorderWait)
+		s.reorder.dup = func(e *stage.Msg) {
+			s.job.dups.Add(1)
+			if done := e.TakeDone(); done != nil {
+				done() // its outputs are in the stream already: it goes
+			}
+			e.Release()
+		}
+	}
+	return nil
+}
+
+// jobPublisher publishes a port read by stages of other processes on the
+// job stream.
+func (t *natsTransport) jobPublisher(stageName string, port Port, log *slog.Logger) (publisher, error) {
+	subject := Subject(t.pipeline, stageName, port.Name)
+	p, err := newJobPublisher(t.conn(stageName), subject, t.instance, t.remoteReaders(stageName, port.Name), log)
+	if err != nil {
+		return nil, err
+	}
+	p.sole = t.localInstance(stageName) != ""
+	return p, nil
 }
 
 // localInstance is this process's instance id when stage runs here and

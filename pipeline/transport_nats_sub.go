@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"github.com/avflow/avflow/pipeline/envelope"
 	"github.com/avflow/avflow/pipeline/stage"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 )
 
@@ -55,6 +57,8 @@ type natsSubscriber struct {
 	sub       *nats.Subscription // the queue group's
 	direct    *nats.Subscription // this instance's own (directSubject), when the stage may have replicas
 	eosSub    *nats.Subscription
+	job       *jobInput       // delivery job: the edge's consumer in the run's stream (no data subscriptions)
+	window    int             // delivery job: messages taken at a time
 	producer  *nats.Conn      // the producer's connection, when it is in this process
 	producers *instanceSet    // the producer stage's instances
 	self      *instanceSet    // the consumer stage's instances (this one among them)
@@ -100,13 +104,16 @@ type fromProducer struct {
 }
 
 func (s *natsSubscriber) subscribe(queue string) error {
+	if s.job != nil {
+		return s.subscribeJob()
+	}
 	sub, err := s.subscribeData(s.subject, queue)
 	if err != nil {
 		return err
 	}
 	var direct *nats.Subscription
 	if s.block && s.self.local == "" {
-		// A producer that knows the replicas sends each message to the
+		// A producer that hears the replicas sends each message to the
 		// one with the most room (see natsPublisher.route).
 		if direct, err = s.subscribeData(directSubject(s.subject, s.ref, s.instance), ""); err != nil {
 			_ = sub.Unsubscribe()
@@ -173,6 +180,39 @@ func (s *natsSubscriber) stopAnnouncing() {
 	<-s.announceDone
 }
 
+// subscribeJob takes the input's data from its consumer in the job stream
+// and its ends of stream from core NATS.
+func (s *natsSubscriber) subscribeJob() error {
+	eos, err := s.nc.Subscribe(s.subject+eosSuffix, s.onEOS)
+	if err != nil {
+		return fmt.Errorf("%w: subscribing to %s%s failed: %w", ErrTransport, s.subject, eosSuffix, err)
+	}
+	s.eosSub, s.sources = eos, map[string]bool{}
+	onErr := func(err error) {
+		if !errors.Is(err, jetstream.ErrNoHeartbeat) || s.ctx.Err() == nil {
+			s.log.Debug("job stream consumer", "err", err)
+		}
+	}
+	if err := s.job.start(s.window, s.onJobMsg, onErr); err != nil {
+		_ = eos.Unsubscribe()
+		return err
+	}
+	return nil
+}
+
+// onJobMsg takes a message of the job stream: done acknowledges it once
+// the stage's outputs for it are published.
+func (s *natsSubscriber) onJobMsg(m jetstream.Msg) {
+	done, term := s.job.take(m)
+	if done == nil {
+		s.drops.drop("unknown", "a job stream message without metadata")
+		return
+	}
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
+	s.receive(m.Headers(), m.Data(), done, term)
+}
+
 // subscribeData subscribes onMsg to a data subject, in a queue group
 // unless queue is "".
 func (s *natsSubscriber) subscribeData(subject, queue string) (*nats.Subscription, error) {
@@ -190,6 +230,9 @@ func (s *natsSubscriber) subscribeData(subject, queue string) (*nats.Subscriptio
 
 // dataSubs are the input's data subscriptions.
 func (s *natsSubscriber) dataSubs() []*nats.Subscription {
+	if s.job != nil {
+		return nil
+	}
 	if s.direct == nil {
 		return []*nats.Subscription{s.sub}
 	}
@@ -199,6 +242,9 @@ func (s *natsSubscriber) dataSubs() []*nats.Subscription {
 // drainData drains the data subscriptions and waits until the messages
 // the server had sent them have been through onMsg.
 func (s *natsSubscriber) drainData(ctx context.Context) error {
+	if s.job != nil {
+		s.job.stopTaking()
+	}
 	for _, sub := range s.dataSubs() {
 		closed := sub.StatusChanged(nats.SubscriptionClosed)
 		if err := sub.Drain(); err != nil {
@@ -215,7 +261,11 @@ func (s *natsSubscriber) drainData(ctx context.Context) error {
 
 // Counts reports the messages dropped, once there are some (an eventCounter).
 func (s *natsSubscriber) Counts() map[string]int64 {
-	return nonZero(map[string]int64{"dropped_messages": s.drops.n.Load()})
+	m := map[string]int64{"dropped_messages": s.drops.n.Load()}
+	if s.job != nil {
+		m["redelivered_duplicates"] = s.job.dups.Load()
+	}
+	return nonZero(m)
 }
 
 // dropLog counts the messages an edge drops and logs the first of each
@@ -249,20 +299,35 @@ func (d *dropLog) drop(source, why string) {
 func (s *natsSubscriber) onMsg(m *nats.Msg) {
 	s.recvMu.Lock()
 	defer s.recvMu.Unlock()
-	inst := m.Header.Get(HeaderInstance)
+	s.receive(m.Header, m.Data, nil, nil)
+}
+
+// receive takes one data message (or chunk) of a producer instance. In
+// job delivery done acknowledges it and term drops it for good; a message
+// that is dropped is termed. Called with recvMu held.
+func (s *natsSubscriber) receive(header nats.Header, data []byte, done, term func()) {
+	drop := func(source, why string) {
+		s.drops.drop(source, why)
+		if term != nil {
+			term()
+		}
+	}
+	inst := header.Get(HeaderInstance)
 	if inst == "" {
-		s.drops.drop("unknown", "no "+HeaderInstance+" header")
+		drop("unknown", "no "+HeaderInstance+" header")
 		return
 	}
 	if !s.producers.has(inst) {
-		s.drops.drop(inst, "not an instance of "+s.producers.service)
+		drop(inst, "not an instance of "+s.producers.service)
 		return
 	}
-	data := m.Data
-	if h := m.Header.Get(envelope.HeaderChunk); h != "" {
+	if h := header.Get(envelope.HeaderChunk); h != "" && s.job != nil {
+		drop(inst, "a chunk in the job stream (job delivery does not split messages)")
+		return
+	} else if h != "" {
 		var err error
-		if data, err = s.chunks.add(inst, h, m.Data, time.Now()); err != nil {
-			s.drops.drop(inst, err.Error())
+		if data, err = s.chunks.add(inst, h, data, time.Now()); err != nil {
+			drop(inst, err.Error())
 			return
 		}
 		if data == nil {
@@ -274,16 +339,19 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 	e, err := stage.Unmarshal(data)
 	switch {
 	case err != nil:
-		s.drops.drop(inst, err.Error())
+		drop(inst, err.Error())
 		return
 	case e.Kind == envelope.KindEOS:
-		s.drops.drop(inst, "an end of stream on the data subject")
+		drop(inst, "an end of stream on the data subject")
 		return
 	}
 	s.received(inst, e.Seq)
 	e.Input = s.ref.input
 	if s.block {
 		e.SetAck(func() { s.took(inst) })
+	}
+	if done != nil {
+		e.SetDone(done)
 	}
 	if s.reorder != nil && !s.sources[inst] && len(s.sources) < 2 {
 		s.sources[inst] = true
@@ -297,7 +365,7 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 		// message (asking its service would cost a PING's quiet time,
 		// and a replica that answers late would see its first messages
 		// pass out of order).
-		if len(s.sources) == 2 || m.Header.Get(HeaderSole) == "" {
+		if len(s.sources) == 2 || header.Get(HeaderSole) == "" {
 			alone := len(s.self.live()) <= 1
 			s.orderMu.Lock()
 			s.reorder.active = alone
@@ -392,6 +460,10 @@ func (s *natsSubscriber) onEOS(m *nats.Msg) {
 // so does one whose messages do not all come (lost while the server was
 // away).
 func (s *natsSubscriber) waitEnd() {
+	if s.job != nil {
+		s.waitJobEnd()
+		return
+	}
 	sole := len(s.self.live()) <= 1
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -441,6 +513,26 @@ func (s *natsSubscriber) waitEnd() {
 			s.drops.drop(strings.Join(st.ended, ","), "an end of stream from an instance that says it is still running")
 		case still:
 			s.log.Warn("ending the input: nothing has arrived for a while, though its producer says it is still running", "service", s.producers.service)
+			s.finish()
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// waitJobEnd ends an input in job delivery once every producer instance
+// that is there has sent its end of stream (what it sent is in the stream
+// then) and the edge's consumer has nothing pending or unacknowledged: the
+// counts of the ends do not hold when messages are done again.
+func (s *natsSubscriber) waitJobEnd() {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if st := s.endState(s.producers.live(), false); len(st.open) == 0 && s.job.idle(s.ctx) {
 			s.finish()
 			return
 		}
@@ -624,6 +716,9 @@ func (s *natsSubscriber) takenLocked() map[string]uint64 {
 
 func (s *natsSubscriber) detach() {
 	s.stopAnnouncing()
+	if s.job != nil {
+		s.job.stopTaking()
+	}
 	s.mu.Lock()
 	s.detached = true
 	s.mu.Unlock()
@@ -906,8 +1001,9 @@ func pingServices(nc *nats.Conn, subject string, quiet time.Duration, stop func(
 // upstream leaves a gap for good; an input attached to a running stream
 // starts with one).
 type reorder struct {
-	active bool          // several producer instances were seen: until then messages pass in order
-	wait   time.Duration // how long a gap may hold messages back
+	active bool             // several producer instances were seen: until then messages pass in order
+	dup    func(*stage.Msg) // when set, takes a message passed already (job delivery: done twice) instead of letting it on
+	wait   time.Duration    // how long a gap may hold messages back
 	limit  int
 	next   map[string]uint64
 	held   map[string][]*stage.Msg
@@ -930,13 +1026,17 @@ func (r *reorder) add(e *stage.Msg, now time.Time) []*stage.Msg {
 		return []*stage.Msg{e}
 	}
 	if seq < r.next[st] {
+		if r.dup != nil {
+			r.dup(e)
+			return nil
+		}
 		return []*stage.Msg{e} // late: on at once rather than never
 	}
 	h := r.held[st]
 	if len(h) == 0 {
 		r.since[st] = now
 	}
-	i, _ := slices.BinarySearchFunc(h, seq, func(x *stage.Msg, q uint64) int {
+	i, found := slices.BinarySearchFunc(h, seq, func(x *stage.Msg, q uint64) int {
 		switch {
 		case x.Src.Seq < q:
 			return -1
@@ -945,6 +1045,10 @@ func (r *reorder) add(e *stage.Msg, now time.Time) []*stage.Msg {
 		}
 		return 0
 	})
+	if found && r.dup != nil {
+		r.dup(e)
+		return nil
+	}
 	h = slices.Insert(h, i, e)
 	if h[0].Src.Seq != r.next[st] && ((r.limit > 0 && len(h) > r.limit) || now.Sub(r.since[st]) > r.wait) {
 		r.next[st] = h[0].Src.Seq // give up on the gap

@@ -207,6 +207,7 @@ func runCmd() *cli.Command {
 			&cli.StringSliceFlag{Name: "set", Usage: "override a param: stage.param=value (repeatable)"},
 			&cli.StringFlag{Name: "name", Usage: "the deployment's name (its subjects and services): the file's name: by default"},
 			&cli.StringSliceFlag{Name: "remote", Usage: "a stage served by other processes (avflow serve): not run here, waited for (repeatable)"},
+			&cli.StringFlag{Name: "delivery", Usage: "override the pipeline's delivery between processes: live (core NATS: lowest latency) or job (a JetStream stream made for the run: a process that dies loses nothing; needs JetStream on the server)"},
 			&cli.DurationFlag{Name: "remote-timeout", Value: 30 * time.Second, Usage: "how long to wait for each remote stage's service"},
 			&cli.StringFlag{Name: "placement", Usage: "apply a placement from avflow plan (each stage's device, and replicas where the stage allows them)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
@@ -231,6 +232,7 @@ func serveCmd() *cli.Command {
 			&cli.DurationFlag{Name: "max-wait", Value: 5 * time.Millisecond, Usage: "--infer: how long a model run waits for more images"},
 			&cli.IntFlag{Name: "threads", Usage: "--infer: ONNX Runtime intra-op threads (0: one per core)"},
 			&cli.StringFlag{Name: "transport", Usage: "auto (default) or nats"},
+			&cli.StringFlag{Name: "delivery", Usage: "override the pipeline's delivery: live or job (as the run's --delivery: both must agree)"},
 			&cli.StringSliceFlag{Name: "set", Usage: "override a param: stage.param=value (repeatable)"},
 			&cli.StringFlag{Name: "name", Usage: "the deployment to join (its run's --name; the file's name: by default)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
@@ -285,7 +287,7 @@ func runPipeline(c *cli.Context, cmd string, serve []string) error {
 	if auth.URL != "" {
 		slog.Info("external NATS server", "url", secret.URL(auth.URL), "nats", auth)
 	}
-	opts := pipeline.Options{NATSURL: auth.URL, NATSOptions: natsOpts, Transport: c.String("transport"),
+	opts := pipeline.Options{NATSURL: auth.URL, NATSOptions: natsOpts, Transport: c.String("transport"), Delivery: c.String("delivery"),
 		Remote: c.StringSlice("remote"), RemoteTimeout: c.Duration("remote-timeout"), Serve: serve, Listen: c.Bool("listen")}
 	if opts.Listen && auth.URL != "" {
 		return cli.Exit("avflow "+cmd+": --listen opens the embedded NATS server; with --nats, other clients connect to that server", exitInvalid)

@@ -156,12 +156,16 @@ func (c *cluster) wait(t *testing.T, client, monitor [3]int) bool {
 	deadline := time.Now().Add(30 * time.Second)
 	for i, n := range c.nodes {
 		for !bound(n.cmd.Process.Pid, "tcp", client[i]) || routedTo(monitor[i]) < 2 {
-			select {
-			case <-n.done:
-				t.Logf("node %d exited, starting the cluster again:\n%s", i+1, n.out)
-				return false
-			case <-time.After(50 * time.Millisecond):
+			// Any node that exits (a port taken) leaves the others unrouted.
+			for j, other := range c.nodes {
+				select {
+				case <-other.done:
+					t.Logf("node %d exited, starting the cluster again:\n%s", j+1, other.out)
+					return false
+				default:
+				}
 			}
+			time.Sleep(50 * time.Millisecond) // polling the monitoring endpoint
 			if time.Now().After(deadline) {
 				t.Fatalf("node %d does not route to both others within 30s:\n%s", i+1, n.out)
 			}

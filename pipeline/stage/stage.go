@@ -31,7 +31,8 @@ type Msg struct {
 	// Input is the index of the consuming stage's input edge it arrived on. Set by the runner.
 	Input int
 
-	ack func()
+	ack  func()
+	done func()
 }
 
 // Batch is the unit a stage processes: one or more messages.
@@ -86,6 +87,20 @@ func (m *Msg) Ack() {
 	}
 }
 
+// SetDone sets the hook TakeDone hands out: the transport's, to hear that
+// the stage has processed the message and its outputs are published
+// (JetStream job delivery acknowledges it then).
+func (m *Msg) SetDone(f func()) { m.done = f }
+
+// TakeDone returns the done hook (nil when there is none) and clears it:
+// the runner takes it before the stage gets the message and runs it once
+// the stage's outputs for it are published.
+func (m *Msg) TakeDone() func() {
+	f := m.done
+	m.done = nil
+	return f
+}
+
 // Pass returns a copy of m to send on from a stage that lets a message
 // through (filters on metadata, drawing in place): the copy takes over the
 // in-process media, so releasing m afterwards frees nothing, and its port
@@ -93,7 +108,7 @@ func (m *Msg) Ack() {
 func (m *Msg) Pass() *Msg {
 	cp := *m
 	m.Local = nil
-	cp.Port, cp.ack = "", nil
+	cp.Port, cp.ack, cp.done = "", nil, nil
 	return &cp
 }
 
@@ -102,7 +117,7 @@ func (m *Msg) Pass() *Msg {
 // with no ack hook.
 func (m *Msg) Clone() (*Msg, error) {
 	cp := *m
-	cp.ack = nil
+	cp.ack, cp.done = nil, nil
 	cp.Stamps = slices.Clone(m.Stamps)
 	if m.Local != nil {
 		l, err := m.Local.Clone()

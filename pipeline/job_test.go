@@ -1,0 +1,146 @@
+package pipeline_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/e2e"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// runJobSplit runs yaml over the server at url as two processes would:
+// rl served, the rest driven with rl remote, both with delivery job. It
+// returns both errors, the driver's first, and the messages collected.
+func runJobSplit(t *testing.T, url, yaml string) (drvErr, srvErr error, got int, drvLog string) {
+	t.Helper()
+	var logs syncBuffer
+	col := &collector{}
+	env := testEnv(t, col)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	type result struct {
+		driver bool
+		err    error
+	}
+	done := make(chan result, 2)
+	for _, driver := range []bool{false, true} {
+		cfg, err := pipeline.Parse([]byte(yaml), "t.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := pipeline.Options{Serve: []string{"rl"}}
+		if driver {
+			opts = pipeline.Options{Remote: []string{"rl"}, RemoteTimeout: 10 * time.Second}
+		}
+		opts.NATSURL, opts.Delivery, opts.Log = url, pipeline.DeliveryJob, slog.New(slog.DiscardHandler)
+		if driver {
+			opts.Log = slog.New(slog.NewTextHandler(&logs, nil))
+		}
+		r, err := pipeline.NewRunner(env, cfg, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { done <- result{driver, r.Run(ctx)} }()
+	}
+	for range 2 {
+		res := <-done
+		if res.err != nil {
+			cancel()
+		}
+		if res.driver {
+			drvErr = res.err
+		} else {
+			srvErr = res.err
+		}
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	return drvErr, srvErr, len(col.got), logs.String()
+}
+
+// streams lists the JetStream streams on the server at url.
+func streams(t *testing.T, url string) []string {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	names := js.StreamNames(context.Background())
+	for n := range names.Name() {
+		out = append(out, n)
+	}
+	if err := names.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestJobDelivery: a pipeline split over two processes with delivery job
+// passes every message through the run's stream, in order, and leaves no
+// stream behind.
+func TestJobDelivery(t *testing.T) {
+	e2e.Long(t)
+	srv := e2e.NATSServer(t, &server.Options{JetStream: true, StoreDir: t.TempDir()})
+	drvErr, srvErr, got, log := runJobSplit(t, srv.ClientURL(), splitYAML)
+	if drvErr != nil || srvErr != nil || got != 20 {
+		t.Fatalf("driver %v, server %v, %d of 20 messages", drvErr, srvErr, got)
+	}
+	if !strings.Contains(log, "job stream made") || !strings.Contains(log, "edges=2") {
+		t.Errorf("the driver did not make a stream for the two edges to and from rl:\n%s", log)
+	}
+	if left := streams(t, srv.ClientURL()); len(left) > 0 {
+		t.Errorf("streams left after the run: %v", left)
+	}
+}
+
+// TestJobDeliveryNeedsJetStream: over a server without JetStream the run
+// fails before it starts, saying so.
+func TestJobDeliveryNeedsJetStream(t *testing.T) {
+	srv := e2e.NATSServer(t, &server.Options{})
+	cfg, err := pipeline.Parse([]byte(splitYAML), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := pipeline.NewRunner(testEnv(t, &collector{}), cfg, pipeline.Options{NATSURL: srv.ClientURL(), Remote: []string{"rl"},
+		Delivery: pipeline.DeliveryJob, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Run(context.Background())
+	if !errors.Is(err, pipeline.ErrJob) || !strings.Contains(err.Error(), "-js") {
+		t.Fatalf("run: %v, want a job delivery error naming -js", err)
+	}
+}
+
+// syncBuffer is a bytes.Buffer that several goroutines may write.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
