@@ -102,7 +102,12 @@ type cluster struct {
 // list), and waits until every node routes to both others. Ports that
 // were free when chosen but taken before a node bound them make it start
 // the cluster again.
-func startCluster(t *testing.T, users string) *cluster {
+func startCluster(t *testing.T, users string) *cluster { return startClusterWith(t, users, false) }
+
+// startJetStreamCluster is startCluster with JetStream on every node.
+func startJetStreamCluster(t *testing.T, users string) *cluster { return startClusterWith(t, users, true) }
+
+func startClusterWith(t *testing.T, users string, js bool) *cluster {
 	t.Helper()
 	bin := natsServerBin(t)
 	dir := t.TempDir()
@@ -120,7 +125,11 @@ func startCluster(t *testing.T, users string) *cluster {
 				}
 			}
 			conf := filepath.Join(dir, fmt.Sprintf("node%d.conf", i+1))
-			writeFile(t, conf, fmt.Appendf(nil, `server_name: node%d
+			jetstream := ""
+			if js {
+				jetstream = fmt.Sprintf("jetstream { store_dir: %q }\n", filepath.Join(dir, fmt.Sprintf("js%d-%d", i+1, attempt)))
+			}
+			writeFile(t, conf, fmt.Appendf(nil, jetstream+`server_name: node%d
 listen: 127.0.0.1:%d
 http: 127.0.0.1:%d
 cluster {

@@ -22,9 +22,9 @@ type metaLog struct {
 	det map[int64]string
 }
 
-func watchMeta(t *testing.T, url, subject string) *metaLog {
+func watchMeta(t *testing.T, url, subject string, opts ...nats.Option) *metaLog {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
