@@ -105,7 +105,9 @@ type cluster struct {
 func startCluster(t *testing.T, users string) *cluster { return startClusterWith(t, users, false) }
 
 // startJetStreamCluster is startCluster with JetStream on every node.
-func startJetStreamCluster(t *testing.T, users string) *cluster { return startClusterWith(t, users, true) }
+func startJetStreamCluster(t *testing.T, users string) *cluster {
+	return startClusterWith(t, users, true)
+}
 
 func startClusterWith(t *testing.T, users string, js bool) *cluster {
 	t.Helper()
