@@ -144,3 +144,28 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestJobFailedRunLeavesNoStream: a job run that fails after its stream
+// was made (its remote stage never comes) removes the stream.
+func TestJobFailedRunLeavesNoStream(t *testing.T) {
+	srv := e2e.NATSServer(t, &server.Options{JetStream: true, StoreDir: t.TempDir()})
+	cfg, err := pipeline.Parse([]byte(splitYAML), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	r, err := pipeline.NewRunner(testEnv(t, &collector{}), cfg, pipeline.Options{NATSURL: srv.ClientURL(), Remote: []string{"rl"},
+		RemoteTimeout: 500 * time.Millisecond, Delivery: pipeline.DeliveryJob, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run(context.Background()); !errors.Is(err, pipeline.ErrRemote) {
+		t.Fatalf("run: %v, want the remote stage's error", err)
+	}
+	if !strings.Contains(logs.String(), "job stream made") {
+		t.Fatalf("the run failed before it made its stream:\n%s", logs.String())
+	}
+	if left := streams(t, srv.ClientURL()); len(left) > 0 {
+		t.Errorf("streams left after the failed run: %v", left)
+	}
+}

@@ -61,6 +61,11 @@ var (
 	jobMaxAge         = time.Hour
 )
 
+// jobAckPending is the most messages of an edge its consumer's instances
+// hold unacknowledged; the stream holds twice that per edge (the
+// producer waits then).
+func jobAckPending(window int) int { return 8 * window }
+
 const (
 	jobInfix  = ".job."
 	headerMsg = "Nats-Msg-Id"
@@ -144,7 +149,7 @@ func openJobStream(ctx context.Context, nc *nats.Conn, pipeline, run string, edg
 		Name: name, Description: "avflow job delivery: pipeline " + pipeline + ", run " + run,
 		Subjects: []string{jobStreamSubjects(pipeline)}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
 		Replicas: replicas, MaxBytes: jobMaxBytes, MaxAge: jobMaxAge, Duplicates: 2 * time.Minute,
-		Discard: jetstream.DiscardNew, MaxMsgsPerSubject: int64(8 * window), DiscardNewPerSubject: true,
+		Discard: jetstream.DiscardNew, MaxMsgsPerSubject: int64(2 * jobAckPending(window)), DiscardNewPerSubject: true,
 	}
 	if _, err := js.CreateStream(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("%w: making the stream %s (%d replicas, at most %d bytes) failed: %w", ErrJob, name, replicas, jobMaxBytes, err)
@@ -153,7 +158,7 @@ func openJobStream(ctx context.Context, nc *nats.Conn, pipeline, run string, edg
 	for _, e := range edges {
 		_, err := js.CreateOrUpdateConsumer(ctx, name, jetstream.ConsumerConfig{
 			Durable: jobDurable(e.ref), FilterSubject: jobSubject(e.subject, e.ref), AckPolicy: jetstream.AckExplicitPolicy,
-			AckWait: jobAckWait, MaxAckPending: 8 * window, MaxDeliver: -1, DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckWait: jobAckWait, MaxAckPending: jobAckPending(window), MaxDeliver: -1, DeliverPolicy: jetstream.DeliverAllPolicy,
 		})
 		if err != nil {
 			s.remove()
@@ -318,9 +323,10 @@ func (p *jobPublisher) Close() {}
 // jobInput is what an input in job delivery holds: its consumer, and the
 // messages taken from it and not yet done.
 type jobInput struct {
-	cons jetstream.Consumer
-	cc   jetstream.ConsumeContext
-	dups atomic.Int64 // messages dropped as passed already
+	cons  jetstream.Consumer
+	cc    jetstream.ConsumeContext
+	dups  atomic.Int64 // messages dropped as passed already
+	early bool         // acknowledge each message as it arrives (the driver's inputs)
 
 	mu        sync.Mutex
 	held      map[uint64]jetstream.Msg // stream seq -> taken, not yet done
@@ -387,6 +393,10 @@ func (j *jobInput) take(m jetstream.Msg) (done, term func()) {
 			j.mu.Unlock()
 			_ = f()
 		}
+	}
+	if j.early {
+		end(m.Ack)()
+		return func() {}, end(m.Term)
 	}
 	return end(m.Ack), end(m.Term)
 }

@@ -161,8 +161,19 @@ func (t *natsTransport) jobInlet(ctx context.Context, s *natsSubscriber, produce
 		return fmt.Errorf("stage %q: %w", s.ref.stage, err)
 	}
 	s.job, s.block, s.window = newJobInput(cons), false, t.window
+	// In the driver a message is acknowledged as it arrives: the run ends
+	// with the driver (its stream goes too), and what the reorder buffer
+	// holds must not fill the edge's window, or the message it waits for
+	// could not be sent. A served stage's input acknowledges after the
+	// stage's work, and its reorder buffer gives up on a gap before it
+	// holds the consumer's whole window.
+	s.job.early = !t.serving
 	if t.localInstance(producer) == "" {
-		s.reorder = newReorder(0, jobReorderWait)
+		limit := 0
+		if t.serving {
+			limit = jobAckPending(t.window) - 2*t.window
+		}
+		s.reorder = newReorder(limit, jobReorderWait)
 		s.reorder.dup = func(e *stage.Msg) {
 			s.job.dups.Add(1)
 			if done := e.TakeDone(); done != nil {

@@ -1003,6 +1003,9 @@ func pingServices(nc *nats.Conn, subject string, quiet time.Duration, stop func(
 type reorder struct {
 	active bool             // several producer instances were seen: until then messages pass in order
 	dup    func(*stage.Msg) // when set, takes a message passed already (job delivery: done twice) instead of letting it on
+	// skipped are the seqs a gap was given up on (when dup is set): one of
+	// them that comes late goes on, out of order, and is not a duplicate.
+	skipped map[string]map[uint64]bool
 	wait   time.Duration    // how long a gap may hold messages back
 	limit  int
 	next   map[string]uint64
@@ -1026,7 +1029,7 @@ func (r *reorder) add(e *stage.Msg, now time.Time) []*stage.Msg {
 		return []*stage.Msg{e}
 	}
 	if seq < r.next[st] {
-		if r.dup != nil {
+		if r.dup != nil && !r.unskip(st, seq) {
 			r.dup(e)
 			return nil
 		}
@@ -1051,7 +1054,7 @@ func (r *reorder) add(e *stage.Msg, now time.Time) []*stage.Msg {
 	}
 	h = slices.Insert(h, i, e)
 	if h[0].Src.Seq != r.next[st] && ((r.limit > 0 && len(h) > r.limit) || now.Sub(r.since[st]) > r.wait) {
-		r.next[st] = h[0].Src.Seq // give up on the gap
+		r.giveUp(st, h[0].Src.Seq)
 	}
 	var out []*stage.Msg
 	for len(h) > 0 && h[0].Src.Seq == r.next[st] {
@@ -1062,6 +1065,36 @@ func (r *reorder) add(e *stage.Msg, now time.Time) []*stage.Msg {
 	}
 	r.held[st] = h
 	return out
+}
+
+// maxSkipped bounds the seqs a reorder remembers it gave up on.
+const maxSkipped = 4096
+
+// giveUp gives up on the gap of stream st before seq; with dup set it
+// remembers the seqs left out (at most maxSkipped).
+func (r *reorder) giveUp(st string, seq uint64) {
+	if r.dup != nil {
+		if r.skipped == nil {
+			r.skipped = map[string]map[uint64]bool{}
+		}
+		if r.skipped[st] == nil {
+			r.skipped[st] = map[uint64]bool{}
+		}
+		for q := r.next[st]; q < seq && len(r.skipped[st]) < maxSkipped; q++ {
+			r.skipped[st][q] = true
+		}
+	}
+	r.next[st] = seq
+}
+
+// unskip reports whether seq of stream st is one a gap was given up on,
+// and forgets it.
+func (r *reorder) unskip(st string, seq uint64) bool {
+	if !r.skipped[st][seq] {
+		return false
+	}
+	delete(r.skipped[st], seq)
+	return true
 }
 
 // waiting reports whether messages wait for a gap to fill.
@@ -1085,7 +1118,7 @@ func (r *reorder) skip() []*stage.Msg {
 		if len(h) == 0 || now.Sub(r.since[st]) < r.wait {
 			continue
 		}
-		r.next[st] = h[0].Src.Seq
+		r.giveUp(st, h[0].Src.Seq)
 		for len(h) > 0 && h[0].Src.Seq == r.next[st] {
 			out = append(out, h[0])
 			h = h[1:]

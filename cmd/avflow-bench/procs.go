@@ -109,7 +109,7 @@ type natsServer struct {
 
 // startNATSServer starts bin with a config file in dir; maxPayload ("8MB")
 // raises the largest message, "" keeps the server's default (1 MB).
-func startNATSServer(bin, dir, maxPayload string) (*natsServer, error) {
+func startNATSServer(bin, dir, maxPayload string, extra ...string) (*natsServer, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -117,6 +117,9 @@ func startNATSServer(bin, dir, maxPayload string) (*natsServer, error) {
 	conf := fmt.Sprintf("listen: 127.0.0.1:%d\n", port)
 	if maxPayload != "" {
 		conf += "max_payload: " + maxPayload + "\n"
+	}
+	for _, line := range extra {
+		conf += line + "\n"
 	}
 	path := filepath.Join(dir, fmt.Sprintf("nats-%d.conf", port))
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {

@@ -38,7 +38,8 @@ const tapStage = `  - name: tap
 // splitLayout is one way of running the privacy pipeline.
 type splitLayout struct {
 	name   string
-	serves int // avflow serve processes for faces (0: all in one process)
+	serves int  // avflow serve processes for faces (0: all in one process)
+	job    bool // delivery job: the edges to and from faces go through a JetStream stream
 }
 
 // splitSample is one run of a layout.
@@ -125,6 +126,9 @@ func (t *stampTap) close(skip int) (int, map[string][]float64) {
 // latency.
 func splitRun(bin, yaml, out string, srv *natsServer, env []string, l splitLayout, frames int, rate float64) splitSample {
 	name := fmt.Sprintf("bench-privacy-%d", l.serves)
+	if l.job {
+		name += "-job"
+	}
 	sets := []string{"--name", name, "--set", "cam.loop=true", "--set", fmt.Sprintf("cam.max_frames=%d", frames)}
 	if rate > 0 {
 		sets = append(sets, "--set", fmt.Sprintf("gate.rate=%.2f", rate))
@@ -139,6 +143,9 @@ func splitRun(bin, yaml, out string, srv *natsServer, env []string, l splitLayou
 			s.kill()
 		}
 	}()
+	if l.job {
+		sets = append(sets, "--delivery", "job")
+	}
 	for range l.serves {
 		p, err := startProc(env, bin, append([]string{"--log-level", "warn", "serve", yaml, "--stage", "faces", "--nats", srv.url}, sets...)...)
 		if err != nil {
@@ -227,7 +234,7 @@ func splitBench(b *strings.Builder, bin, natsBin string, rounds, frames int) {
 		fail(err)
 	}
 	out := filepath.Join(tmp, "walk-private.mp4")
-	srv, err := startNATSServer(natsBin, tmp, "")
+	srv, err := startNATSServer(natsBin, tmp, "", fmt.Sprintf("jetstream { store_dir: %q }", filepath.Join(tmp, "js")))
 	if err != nil {
 		fail(err)
 	}
@@ -237,6 +244,7 @@ func splitBench(b *strings.Builder, bin, natsBin string, rounds, frames int) {
 		{name: "one process (`avflow run`)", serves: 0},
 		{name: "faces in 1 `avflow serve` (2 processes)", serves: 1},
 		{name: "faces in 2 `avflow serve` (3 processes)", serves: 2},
+		{name: "faces in 2 `avflow serve`, `--delivery job` (3 processes, JetStream)", serves: 2, job: true},
 	}
 	fast := make([][]splitSample, len(layouts))
 	live := make([][]splitSample, len(layouts))
@@ -289,7 +297,7 @@ func splitBench(b *strings.Builder, bin, natsBin string, rounds, frames int) {
 	}
 	fmt.Fprintf(b, "## The privacy pipeline split over processes\n\n")
 	fmt.Fprintf(b, "examples/irl-privacy/pipeline.yaml (facecam walk.mkv 640x480 looped to %d frames: decode, UltraFace every 3rd frame, track, blur with a verify pass, x264) with two more stages: `gate` (`pace` between the source and the decoder: a pass-through, or the rate of the latency runs) and `tap` (`pace` reading the encoder's packets, its port read by no stage and so published on `avflow.<name>.tap.out`), from which the benchmark reads every frame's stamps. "+
-		"All processes use one `bin/nats-server` on a loopback port. One process: `avflow run privacy.yaml --nats URL`. Split: `avflow serve privacy.yaml --stage faces --nats URL` once or twice, and `avflow run privacy.yaml --nats URL --remote faces`; each frame then crosses two process hops, dec -> faces and faces -> track "+
+		"All processes use one `bin/nats-server` on a loopback port. One process: `avflow run privacy.yaml --nats URL`. Split: `avflow serve privacy.yaml --stage faces --nats URL` once or twice, and `avflow run privacy.yaml --nats URL --remote faces`; with `--delivery job` on both (the server has JetStream on: file storage, one replica) the two hops go through the run's work-queue stream, each message acknowledged once faces (or track) has published its outputs; each frame then crosses two process hops, dec -> faces and faces -> track "+
 		"(track needs its frames in order: the run's input from faces puts the replicas' outputs back in order by their `src`; the output's frames whose timestamp is not above the one before are counted). "+
 		"Throughput: unpaced, frames/s at the sink between 10%% and 90%% of the frames. Latency: %d frames with the gate at half the slowest layout's throughput in that round (%s fps), so that queues stay short, from the stamps of each frame, the first 10%% of the frames left out (the start); quantiles over every round's frames; %d rounds.\n\n", frames, liveFrames, strings.Join(rateText, ", "), rounds)
 	fmt.Fprintf(b, "| layout | frames/s (median) | ratio vs one process | output frames out of order (per round) |\n|---|---:|---:|---:|\n")
