@@ -1006,11 +1006,11 @@ type reorder struct {
 	// skipped are the seqs a gap was given up on (when dup is set): one of
 	// them that comes late goes on, out of order, and is not a duplicate.
 	skipped map[string]map[uint64]bool
-	wait   time.Duration    // how long a gap may hold messages back
-	limit  int
-	next   map[string]uint64
-	held   map[string][]*stage.Msg
-	since  map[string]time.Time
+	wait    time.Duration // how long a gap may hold messages back
+	limit   int
+	next    map[string]uint64
+	held    map[string][]*stage.Msg
+	since   map[string]time.Time
 }
 
 func newReorder(limit int, wait time.Duration) *reorder {
