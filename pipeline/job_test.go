@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,10 +18,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// runJobSplit runs yaml over the server at url as two processes would:
-// rl served, the rest driven with rl remote, both with delivery job. It
-// returns both errors, the driver's first, and the messages collected.
-func runJobSplit(t *testing.T, url, yaml string) (drvErr, srvErr error, got int, drvLog string) {
+// runJobSplit runs yaml over the server at url as 1+serves processes
+// would: rl served serves times, the rest driven with rl remote, all with
+// delivery job. It returns the driver's error, the first of the served
+// ones, the src seq of each message collected, in order, and the
+// driver's log.
+func runJobSplit(t *testing.T, url, yaml string, serves int) (drvErr, srvErr error, got []uint64, drvLog string) {
 	t.Helper()
 	var logs syncBuffer
 	col := &collector{}
@@ -31,8 +34,9 @@ func runJobSplit(t *testing.T, url, yaml string) (drvErr, srvErr error, got int,
 		driver bool
 		err    error
 	}
-	done := make(chan result, 2)
-	for _, driver := range []bool{false, true} {
+	done := make(chan result, 1+serves)
+	for i := range 1 + serves {
+		driver := i == serves
 		cfg, err := pipeline.Parse([]byte(yaml), "t.yaml")
 		if err != nil {
 			t.Fatal(err)
@@ -51,20 +55,26 @@ func runJobSplit(t *testing.T, url, yaml string) (drvErr, srvErr error, got int,
 		}
 		go func() { done <- result{driver, r.Run(ctx)} }()
 	}
-	for range 2 {
+	for range 1 + serves {
 		res := <-done
 		if res.err != nil {
 			cancel()
 		}
 		if res.driver {
 			drvErr = res.err
-		} else {
+		} else if srvErr == nil {
 			srvErr = res.err
 		}
 	}
 	col.mu.Lock()
 	defer col.mu.Unlock()
-	return drvErr, srvErr, len(col.got), logs.String()
+	for _, m := range col.got {
+		if m.Src == nil {
+			t.Fatalf("a message without src: %+v", m.Envelope)
+		}
+		got = append(got, m.Src.Seq)
+	}
+	return drvErr, srvErr, got, logs.String()
 }
 
 // streams lists the JetStream streams on the server at url.
@@ -96,9 +106,9 @@ func streams(t *testing.T, url string) []string {
 func TestJobDelivery(t *testing.T) {
 	e2e.Long(t)
 	srv := e2e.NATSServer(t, &server.Options{JetStream: true, StoreDir: t.TempDir()})
-	drvErr, srvErr, got, log := runJobSplit(t, srv.ClientURL(), splitYAML)
-	if drvErr != nil || srvErr != nil || got != 20 {
-		t.Fatalf("driver %v, server %v, %d of 20 messages", drvErr, srvErr, got)
+	drvErr, srvErr, got, log := runJobSplit(t, srv.ClientURL(), splitYAML, 1)
+	if drvErr != nil || srvErr != nil || len(got) != 20 {
+		t.Fatalf("driver %v, server %v, %d of 20 messages", drvErr, srvErr, len(got))
 	}
 	if !strings.Contains(log, "job stream made") || !strings.Contains(log, "edges=2") {
 		t.Errorf("the driver did not make a stream for the two edges to and from rl:\n%s", log)
@@ -167,5 +177,32 @@ func TestJobFailedRunLeavesNoStream(t *testing.T) {
 	}
 	if left := streams(t, srv.ClientURL()); len(left) > 0 {
 		t.Errorf("streams left after the failed run: %v", left)
+	}
+}
+
+// TestJobReplicasFinishOutOfOrder: rl served twice, each message taking a
+// random time there, in job delivery: the driver's collect stage gets
+// every message once, in order (its input puts them back in order by
+// src), and the run does not stall behind a frame whose replica is behind.
+func TestJobReplicasFinishOutOfOrder(t *testing.T) {
+	e2e.Long(t)
+	const n = 200
+	yaml := `name: t
+queue: 2
+stages:
+  - {name: g, kind: gen, params: {n: 200}}
+  - {name: rl, kind: relay, inputs: [g], params: {jitter: 10ms}}
+  - {name: c, kind: collect, inputs: [rl]}
+`
+	srv := e2e.NATSServer(t, &server.Options{JetStream: true, StoreDir: t.TempDir()})
+	drvErr, srvErr, got, _ := runJobSplit(t, srv.ClientURL(), yaml, 2)
+	if drvErr != nil || srvErr != nil {
+		t.Fatalf("driver %v, served %v", drvErr, srvErr)
+	}
+	if len(got) != n {
+		t.Fatalf("%d of %d messages", len(got), n)
+	}
+	if !slices.IsSorted(got) || len(slices.Compact(slices.Clone(got))) != n {
+		t.Errorf("messages out of order or twice (by src seq): %v", got)
 	}
 }
