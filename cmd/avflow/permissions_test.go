@@ -95,6 +95,18 @@ func TestPermissionsCommand(t *testing.T) {
 type cluster struct {
 	urls  []string // client URL of each node
 	nodes []*proc
+	confs []string // each node's config file
+}
+
+// restart kills node i (SIGKILL) and starts it again with its config.
+func (c *cluster) restart(t *testing.T, i int, after time.Duration) {
+	t.Helper()
+	if err := c.nodes[i].cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-c.nodes[i].done
+	<-time.After(after)
+	c.nodes[i] = startProc(t, exec.Command(natsServerBin(t), "-c", c.confs[i]))
 }
 
 // startCluster starts 3 nats-server nodes, routed to each other, whose
@@ -146,6 +158,7 @@ authorization {
 }
 `, i+1, client[i], monitor[i], route[i], strings.Join(routes, ", "), users))
 			c.nodes = append(c.nodes, startProc(t, exec.Command(bin, "-c", conf)))
+			c.confs = append(c.confs, conf)
 			c.urls = append(c.urls, "nats://127.0.0.1:"+strconv.Itoa(client[i]))
 		}
 		if c.wait(t, client, monitor) {
