@@ -718,6 +718,15 @@ func (r *Runner) watchRemote(ctx context.Context) {
 			if _, ok := empty[name]; !ok {
 				empty[name] = now
 			}
+			if r.opts.Delivery == DeliveryJob {
+				// The stage's messages wait in the run's stream for an
+				// instance to come (back).
+				if d := now.Sub(empty[name]); d >= remoteLost && int(d/time.Second)%10 == int(remoteLost/time.Second)%10 {
+					r.log.Warn("no instance of a remote stage answers: its messages wait in the job stream for one", "stage", name, "service", svc, "for", d.Round(time.Second),
+						"start_one_with", "avflow serve "+r.cfg.File+" --stage "+name+" --delivery job")
+				}
+				continue
+			}
 			if r.cfg.Flow == FlowBlock && now.Sub(empty[name]) >= remoteLost {
 				r.fail(fmt.Errorf("%w: stage %q: no instance of service %s has answered for %s (block flow cannot go on without it)", ErrRemote, name, svc, remoteLost))
 				return

@@ -225,6 +225,8 @@ type jobPublisher struct {
 	sent     uint64
 	buf      []byte
 	dups     atomic.Int64 // outputs the stream had already (done twice)
+	ended    atomic.Bool  // its end of stream is sent
+	askSub   *nats.Subscription
 }
 
 func newJobPublisher(nc *nats.Conn, subject, instance string, readers []consumerRef, log *slog.Logger) (*jobPublisher, error) {
@@ -236,7 +238,25 @@ func newJobPublisher(nc *nats.Conn, subject, instance string, readers []consumer
 	for _, ref := range readers {
 		p.edges = append(p.edges, jobSubject(subject, ref))
 	}
+	// Inputs that start after the end of stream (a restarted instance)
+	// ask whether this instance has ended.
+	if p.askSub, err = nc.Subscribe(subject+ackSuffix, p.answer); err != nil {
+		return nil, fmt.Errorf("%w: subscribing to %s%s failed: %w", ErrTransport, subject, ackSuffix, err)
+	}
 	return p, nil
+}
+
+// answer tells an input whether this instance has ended its port.
+func (p *jobPublisher) answer(m *nats.Msg) {
+	a, err := parseAck(m.Data)
+	if err != nil || !a.ask || a.producer != p.instance || m.Reply == "" {
+		return
+	}
+	state := ackRunning
+	if p.ended.Load() {
+		state = ackEnded
+	}
+	_ = m.Respond([]byte(p.instance + " " + state))
 }
 
 // Counts reports the outputs the stream already had, once there are some.
@@ -253,6 +273,7 @@ func (p *jobPublisher) Publish(ctx context.Context, e *stage.Msg) error {
 	if e.Kind == envelope.KindEOS {
 		m := &nats.Msg{Subject: p.subject + eosSuffix, Data: data, Header: nats.Header{
 			HeaderInstance: []string{p.instance}, HeaderSent: []string{strconv.FormatUint(p.sent, 10)}}}
+		p.ended.Store(true)
 		if err := p.nc.PublishMsg(m); err != nil {
 			return fmt.Errorf("%w: publishing the end of %s failed: %w", ErrTransport, p.subject, err)
 		}
@@ -318,7 +339,7 @@ func (p *jobPublisher) publish(ctx context.Context, m *nats.Msg) error {
 	}
 }
 
-func (p *jobPublisher) Close() {}
+func (p *jobPublisher) Close() { _ = p.askSub.Unsubscribe() }
 
 // jobInput is what an input in job delivery holds: its consumer, and the
 // messages taken from it and not yet done.
@@ -373,14 +394,22 @@ func (j *jobInput) inProgress() {
 	}
 }
 
+// jobUnknownTries is how many times a message from a producer instance
+// its service does not answer for (yet: a restarted instance's first
+// messages may come before its service is asked again) is tried before it
+// is dropped for good.
+const jobUnknownTries = 5
+
 // take records a message taken from the consumer; the functions it
-// returns acknowledge it (done: its outputs are published) or drop it for
-// good (a forged or broken message: term).
-func (j *jobInput) take(m jetstream.Msg) (done, term func()) {
+// returns acknowledge it (done: its outputs are published), drop it for
+// good (a forged or broken message: term), or have it sent again in a
+// moment, reporting false once it has been tried jobUnknownTries times
+// (later).
+func (j *jobInput) take(m jetstream.Msg) (done, term func(), later func() bool) {
 	md, err := m.Metadata()
 	if err != nil {
 		_ = m.Term()
-		return nil, nil
+		return nil, nil, nil
 	}
 	seq := md.Sequence.Stream
 	j.mu.Lock()
@@ -394,11 +423,30 @@ func (j *jobInput) take(m jetstream.Msg) (done, term func()) {
 			_ = f()
 		}
 	}
-	if j.early {
-		end(m.Ack)()
-		return func() {}, end(m.Term)
+	later = func() bool {
+		if md.NumDelivered >= jobUnknownTries {
+			return false
+		}
+		end(func() error { return m.NakWithDelay(500 * time.Millisecond) })()
+		return true
 	}
-	return end(m.Ack), end(m.Term)
+	if j.early {
+		// Acknowledged once it is known to be the pipeline's (receive).
+		return func() {}, end(m.Term), later
+	}
+	return end(m.Ack), end(m.Term), later
+}
+
+// early acknowledges a message of the driver's input as it arrives.
+func (j *jobInput) acknowledge(m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		return
+	}
+	j.mu.Lock()
+	delete(j.held, md.Sequence.Stream)
+	j.mu.Unlock()
+	_ = m.Ack()
 }
 
 // stopTaking stops consuming (what was taken and not done goes to another

@@ -197,19 +197,30 @@ func (s *natsSubscriber) subscribeJob() error {
 		_ = eos.Unsubscribe()
 		return err
 	}
+	// The end is watched from the start: an instance that starts after
+	// its producers' ends of stream (a restarted one) gets none.
+	go s.waitJobEnd()
 	return nil
 }
 
 // onJobMsg takes a message of the job stream: done acknowledges it once
 // the stage's outputs for it are published.
 func (s *natsSubscriber) onJobMsg(m jetstream.Msg) {
-	done, term := s.job.take(m)
+	done, term, later := s.job.take(m)
 	if done == nil {
 		s.drops.drop("unknown", "a job stream message without metadata")
 		return
 	}
 	s.recvMu.Lock()
 	defer s.recvMu.Unlock()
+	// A message from an instance its service does not answer for yet
+	// (one that has just started) comes again in a moment.
+	if inst := m.Headers().Get(HeaderInstance); inst != "" && !s.producers.has(inst) && later() {
+		return
+	}
+	if s.job.early {
+		s.job.acknowledge(m)
+	}
 	s.receive(m.Headers(), m.Data(), done, term)
 }
 
@@ -440,7 +451,7 @@ func (s *natsSubscriber) onEOS(m *nats.Msg) {
 	s.mu.Lock()
 	f := s.fromLocked(inst)
 	f.eos, f.sent = true, sent // the latest says
-	start := !s.ending
+	start := !s.ending && s.job == nil // a job input's end is watched from the start
 	s.ending = true
 	s.mu.Unlock()
 	if start {
@@ -460,10 +471,6 @@ func (s *natsSubscriber) onEOS(m *nats.Msg) {
 // so does one whose messages do not all come (lost while the server was
 // away).
 func (s *natsSubscriber) waitEnd() {
-	if s.job != nil {
-		s.waitJobEnd()
-		return
-	}
 	sole := len(s.self.live()) <= 1
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -524,22 +531,66 @@ func (s *natsSubscriber) waitEnd() {
 	}
 }
 
-// waitJobEnd ends an input in job delivery once every producer instance
-// that is there has sent its end of stream (what it sent is in the stream
-// then) and the edge's consumer has nothing pending or unacknowledged: the
-// counts of the ends do not hold when messages are done again.
+// waitJobEnd ends an input in job delivery once a producer instance has
+// sent its end of stream, every instance that is there has (what it sent
+// is in the stream then), and the edge's consumer has nothing pending or
+// unacknowledged: the counts of the ends do not hold when messages are
+// done again.
 func (s *natsSubscriber) waitJobEnd() {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
+	var asked, checked time.Time
 	for {
-		if st := s.endState(s.producers.live(), false); len(st.open) == 0 && s.job.idle(s.ctx) {
+		// Every 100 ms once an end of stream has come, every second before.
+		s.mu.Lock()
+		ending := s.ending
+		s.mu.Unlock()
+		if !ending && time.Since(checked) < time.Second {
+			select {
+			case <-tick.C:
+				continue
+			case <-s.job.stop:
+				return
+			case <-s.ctx.Done():
+				return
+			}
+		}
+		checked = time.Now()
+		st := s.endState(s.producers.live(), false)
+		// An instance that died without its end of stream has not ended
+		// the port: what it left undone goes to another, which sends the
+		// end once its own input has ended. So some instance must have
+		// sent one (until then, none has ended: a restarted producer is
+		// waited for).
+		if len(st.ended) > 0 && len(st.open) == 0 && s.job.idle(s.ctx) {
 			s.finish()
 			return
 		}
+		// An instance of this stage that started after a producer's end of
+		// stream (a restarted one) missed it: it asks, once a second.
+		if len(st.open) > 0 && time.Since(asked) >= time.Second && s.job.idle(s.ctx) {
+			asked = time.Now()
+			s.endedMeanwhile(st.open)
+		}
 		select {
 		case <-tick.C:
+		case <-s.job.stop:
+			return
 		case <-s.ctx.Done():
 			return
+		}
+	}
+}
+
+// endedMeanwhile records the end of stream of the instances among insts
+// that say they have ended (their end came before this input subscribed).
+func (s *natsSubscriber) endedMeanwhile(insts []string) {
+	states := s.askEnded(insts)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for inst, state := range states {
+		if state == ackEnded {
+			s.fromLocked(inst).eos = true
 		}
 	}
 }
@@ -549,35 +600,43 @@ func (s *natsSubscriber) waitJobEnd() {
 // instance that answers "running" did not send it. An instance that does
 // not answer (gone) has ended.
 func (s *natsSubscriber) stillRunning(insts []string) bool {
+	for _, state := range s.askEnded(insts) {
+		if state == ackRunning {
+			return true
+		}
+	}
+	return false
+}
+
+// askEnded asks producer instances whether they have ended their port
+// and returns what each that answers within 250 ms says (ackRunning or
+// ackEnded).
+func (s *natsSubscriber) askEnded(insts []string) map[string]string {
+	answered := map[string]string{}
 	if len(insts) == 0 {
-		return false
+		return answered
 	}
 	inbox := s.nc.NewRespInbox()
 	sub, err := s.nc.SubscribeSync(inbox)
 	if err != nil {
-		return false
+		return answered
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	for _, inst := range insts {
 		_ = s.nc.PublishRequest(s.subject+ackSuffix, inbox, []byte(s.ref.id()+" "+s.instance+" "+ackAsk+" "+inst))
 	}
-	answered := map[string]bool{}
 	deadline := time.Now().Add(250 * time.Millisecond)
 	for len(answered) < len(insts) {
 		m, err := sub.NextMsg(time.Until(deadline))
 		if err != nil {
-			return false
+			return answered
 		}
 		inst, state, _ := strings.Cut(string(m.Data), " ")
-		if !slices.Contains(insts, inst) {
-			continue
+		if slices.Contains(insts, inst) && (state == ackRunning || state == ackEnded) {
+			answered[inst] = state
 		}
-		if state == ackRunning {
-			return true
-		}
-		answered[inst] = true
 	}
-	return false
+	return answered
 }
 
 // endState is where the ends of stream of an input stand.

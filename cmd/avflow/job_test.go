@@ -135,12 +135,14 @@ func TestJobSurvivesBlurRestart(t *testing.T) {
 	faces, blur := r.serve(t, "faces", 1), r.serve(t, "blur", 2)
 	run := r.run(t)
 	r.flowing(t, run.out)
+	t.Logf("%s: killing blur after %d meta messages", time.Now().Format(time.StampMilli), len(r.meta.snapshot()))
 	if err := blur.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	<-blur.done
 	<-time.After(2 * time.Second) // the scenario: blur is away for 2 s
 	again := r.serve(t, "blur", 2)
+	t.Logf("%s: blur started again", time.Now().Format(time.StampMilli))
 	r.check(t, map[string]*proc{"run": run, "faces": faces, "blur again": again})
 }
 
