@@ -450,7 +450,7 @@ func (s *natsSubscriber) onEOS(m *nats.Msg) {
 	}
 	s.mu.Lock()
 	f := s.fromLocked(inst)
-	f.eos, f.sent = true, sent // the latest says
+	f.eos, f.sent = true, sent         // the latest says
 	start := !s.ending && s.job == nil // a job input's end is watched from the start
 	s.ending = true
 	s.mu.Unlock()
