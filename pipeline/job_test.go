@@ -1,21 +1,17 @@
 package pipeline_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // runJobSplit runs yaml over the server at url as 1+serves processes
@@ -25,7 +21,7 @@ import (
 // driver's log.
 func runJobSplit(t *testing.T, url, yaml string, serves int) (drvErr, srvErr error, got []uint64, drvLog string) {
 	t.Helper()
-	var logs syncBuffer
+	var logs e2e.Buffer
 	col := &collector{}
 	env := testEnv(t, col)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -77,29 +73,6 @@ func runJobSplit(t *testing.T, url, yaml string, serves int) (drvErr, srvErr err
 	return drvErr, srvErr, got, logs.String()
 }
 
-// streams lists the JetStream streams on the server at url.
-func streams(t *testing.T, url string) []string {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	names := js.StreamNames(context.Background())
-	for n := range names.Name() {
-		out = append(out, n)
-	}
-	if err := names.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 // TestJobDelivery: a pipeline split over two processes with delivery job
 // passes every message through the run's stream, in order, and leaves no
 // stream behind.
@@ -113,7 +86,7 @@ func TestJobDelivery(t *testing.T) {
 	if !strings.Contains(log, "job stream made") || !strings.Contains(log, "edges=2") {
 		t.Errorf("the driver did not make a stream for the two edges to and from rl:\n%s", log)
 	}
-	if left := streams(t, srv.ClientURL()); len(left) > 0 {
+	if left := e2e.Streams(t, srv.ClientURL()); len(left) > 0 {
 		t.Errorf("streams left after the run: %v", left)
 	}
 }
@@ -137,24 +110,6 @@ func TestJobDeliveryNeedsJetStream(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer that several goroutines may write.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestJobFailedRunLeavesNoStream: a job run that fails after its stream
 // was made (its remote stage never comes) removes the stream.
 func TestJobFailedRunLeavesNoStream(t *testing.T) {
@@ -163,7 +118,7 @@ func TestJobFailedRunLeavesNoStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs e2e.Buffer
 	r, err := pipeline.NewRunner(testEnv(t, &collector{}), cfg, pipeline.Options{NATSURL: srv.ClientURL(), Remote: []string{"rl"},
 		RemoteTimeout: 500 * time.Millisecond, Delivery: pipeline.DeliveryJob, Log: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
@@ -175,7 +130,7 @@ func TestJobFailedRunLeavesNoStream(t *testing.T) {
 	if !strings.Contains(logs.String(), "job stream made") {
 		t.Fatalf("the run failed before it made its stream:\n%s", logs.String())
 	}
-	if left := streams(t, srv.ClientURL()); len(left) > 0 {
+	if left := e2e.Streams(t, srv.ClientURL()); len(left) > 0 {
 		t.Errorf("streams left after the failed run: %v", left)
 	}
 }

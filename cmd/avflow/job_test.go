@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -10,31 +9,8 @@ import (
 
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
-// leftStreams lists the JetStream streams on the server at url.
-func leftStreams(t *testing.T, url string, opts ...nats.Option) []string {
-	t.Helper()
-	nc, err := nats.Connect(url, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	names := js.StreamNames(context.Background())
-	for n := range names.Name() {
-		out = append(out, n)
-	}
-	if err := names.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 // jobRig is the privacy example on a 3-node JetStream cluster, with the
 // frame count of its one-process run.
@@ -95,7 +71,7 @@ func (r *jobRig) check(t *testing.T, procs map[string]*proc) {
 	if n := monotonicFrames(t, r.out); n != r.frames || n == 0 {
 		t.Errorf("%d frames, one process: %d\nrun:\n%s", n, r.frames, procs["run"].out)
 	}
-	if left := leftStreams(t, r.c.urls[0], nats.UserInfo("job", "job-pw")); len(left) > 0 {
+	if left := e2e.Streams(t, r.c.urls[0], nats.UserInfo("job", "job-pw")); len(left) > 0 {
 		t.Errorf("streams left after the run: %v", left)
 	}
 	if !strings.Contains(procs["run"].out.String(), "job stream made") {
