@@ -96,11 +96,14 @@ func TestJobSurvivesSIGKILL(t *testing.T) {
 	}
 	<-victim.done
 	r.check(t, map[string]*proc{"run": run, "faces": f2, "blur": blur})
-	// The killed process had done part of the job: the other did the rest,
-	// and what the killed one held when it died.
-	if took := stageIn(t, f2.out.String(), "faces"); took == 0 || took >= r.frames {
-		t.Errorf("the faces process that lived took %d of %d frames, want some but not all", took, r.frames)
+	// The other did the rest and what the killed one held unacknowledged
+	// (it may redo all of it: the killed one's work is acknowledged only
+	// once its outputs are published).
+	took := stageIn(t, f2.out.String(), "faces")
+	if took == 0 {
+		t.Errorf("the faces process that lived took no frame")
 	}
+	t.Logf("the faces process that lived took %d of %d frames", took, r.frames)
 }
 
 // TestJobSurvivesBlurRestart: the only blur process is killed once frames
