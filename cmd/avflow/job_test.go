@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-
 // jobRig is the privacy example on a 3-node JetStream cluster, with the
 // frame count of its one-process run.
 type jobRig struct {
