@@ -430,23 +430,7 @@ func (j *jobInput) take(m jetstream.Msg) (done, term func(), later func() bool) 
 		end(func() error { return m.NakWithDelay(500 * time.Millisecond) })()
 		return true
 	}
-	if j.early {
-		// Acknowledged once it is known to be the pipeline's (receive).
-		return func() {}, end(m.Term), later
-	}
 	return end(m.Ack), end(m.Term), later
-}
-
-// early acknowledges a message of the driver's input as it arrives.
-func (j *jobInput) acknowledge(m jetstream.Msg) {
-	md, err := m.Metadata()
-	if err != nil {
-		return
-	}
-	j.mu.Lock()
-	delete(j.held, md.Sequence.Stream)
-	j.mu.Unlock()
-	_ = m.Ack()
 }
 
 // stopTaking stops consuming (what was taken and not done goes to another

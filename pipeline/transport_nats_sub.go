@@ -218,8 +218,9 @@ func (s *natsSubscriber) onJobMsg(m jetstream.Msg) {
 	if inst := m.Headers().Get(HeaderInstance); inst != "" && !s.producers.has(inst) && later() {
 		return
 	}
-	if s.job.early {
-		s.job.acknowledge(m)
+	if s.job.early { // acknowledged once it is known to be the pipeline's
+		done()
+		done = func() {}
 	}
 	s.receive(m.Headers(), m.Data(), done, term)
 }

@@ -55,6 +55,15 @@ func startAvflow(t testing.TB, env []string, args ...string) *proc {
 }
 
 // wait waits at most d for the process to end and returns its exit code.
+// kill kills the process (SIGKILL) and waits until it has exited.
+func (p *proc) kill(t testing.TB) {
+	t.Helper()
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+}
+
 func (p *proc) wait(t testing.TB, d time.Duration) int {
 	t.Helper()
 	select {

@@ -3,7 +3,6 @@ package main
 import (
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -90,10 +89,7 @@ func TestJobSurvivesSIGKILL(t *testing.T) {
 	victim, f2, blur := r.serve(t, "faces", 1), r.serve(t, "faces", 2), r.serve(t, "blur", 2)
 	run := r.run(t)
 	r.flowing(t, run.out)
-	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-victim.done
+	victim.kill(t)
 	r.check(t, map[string]*proc{"run": run, "faces": f2, "blur": blur})
 	// The other did the rest and what the killed one held unacknowledged
 	// (it may redo all of it: the killed one's work is acknowledged only
@@ -114,10 +110,7 @@ func TestJobSurvivesBlurRestart(t *testing.T) {
 	run := r.run(t)
 	r.flowing(t, run.out)
 	t.Logf("%s: killing blur after %d meta messages", time.Now().Format(time.StampMilli), len(r.meta.snapshot()))
-	if err := blur.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-blur.done
+	blur.kill(t)
 	<-time.After(2 * time.Second) // the scenario: blur is away for 2 s
 	again := r.serve(t, "blur", 2)
 	t.Logf("%s: blur started again", time.Now().Format(time.StampMilli))

@@ -101,10 +101,7 @@ type cluster struct {
 // restart kills node i (SIGKILL) and starts it again with its config.
 func (c *cluster) restart(t *testing.T, i int, after time.Duration) {
 	t.Helper()
-	if err := c.nodes[i].cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-c.nodes[i].done
+	c.nodes[i].kill(t)
 	<-time.After(after)
 	c.nodes[i] = startProc(t, exec.Command(natsServerBin(t), "-c", c.confs[i]))
 }
