@@ -348,6 +348,10 @@ type jobInput struct {
 	cc    jetstream.ConsumeContext
 	dups  atomic.Int64 // messages dropped as passed already
 	early bool         // acknowledge each message as it arrives (the driver's inputs)
+	log   *slog.Logger
+	// redone counts the messages done that the server had sent before
+	// (to an instance that died, or was slower than the ack wait).
+	redone atomic.Int64
 
 	mu        sync.Mutex
 	held      map[uint64]jetstream.Msg // stream seq -> taken, not yet done
@@ -356,8 +360,8 @@ type jobInput struct {
 	keepAlive chan struct{} // closed when keepAlive's loop returns
 }
 
-func newJobInput(cons jetstream.Consumer) *jobInput {
-	return &jobInput{cons: cons, held: map[uint64]jetstream.Msg{}, stop: make(chan struct{}), keepAlive: make(chan struct{})}
+func newJobInput(cons jetstream.Consumer, log *slog.Logger) *jobInput {
+	return &jobInput{cons: cons, log: log, held: map[uint64]jetstream.Msg{}, stop: make(chan struct{}), keepAlive: make(chan struct{})}
 }
 
 // start consumes the edge's messages into on, and keeps the ones taken
@@ -430,7 +434,23 @@ func (j *jobInput) take(m jetstream.Msg) (done, term func(), later func() bool) 
 		end(func() error { return m.NakWithDelay(500 * time.Millisecond) })()
 		return true
 	}
-	return end(m.Ack), end(m.Term), later
+	done = end(m.Ack)
+	if md.NumDelivered > 1 {
+		done = end(func() error {
+			j.redelivered(md.NumDelivered)
+			return m.Ack()
+		})
+	}
+	return done, end(m.Term), later
+}
+
+// redelivered counts a redelivered message done, and says so at the
+// first: mostly, this instance takes over what another one did not finish.
+func (j *jobInput) redelivered(times uint64) {
+	if j.redone.Add(1) == 1 {
+		j.log.Warn("took a message the server had sent before: an instance died, took longer than the ack wait, or did not know its producer yet (further ones are only counted as redelivered)",
+			"delivered", times, "ack_wait", jobAckWait)
+	}
 }
 
 // stopTaking stops consuming (what was taken and not done goes to another

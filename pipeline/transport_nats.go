@@ -160,7 +160,7 @@ func (t *natsTransport) jobInlet(ctx context.Context, s *natsSubscriber, produce
 	if err != nil {
 		return fmt.Errorf("stage %q: %w", s.ref.stage, err)
 	}
-	s.job, s.block, s.window = newJobInput(cons), false, t.window
+	s.job, s.block, s.window = newJobInput(cons, s.log), false, t.window
 	// In the driver a message is acknowledged as it arrives: the run ends
 	// with the driver (its stream goes too), and what the reorder buffer
 	// holds must not fill the edge's window, or the message it waits for

@@ -72,8 +72,9 @@ type natsSubscriber struct {
 
 	// recvMu makes the data subscriptions' callbacks take turns; the
 	// chunk joiner is theirs.
-	recvMu sync.Mutex
-	chunks joiner
+	recvMu  sync.Mutex
+	chunks  joiner
+	parking parking
 	// orderMu guards the reorder buffer and its gap timer.
 	orderMu  sync.Mutex
 	reorder  *reorder
@@ -268,7 +269,8 @@ func (s *natsSubscriber) drainData(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	return nil
+	s.waitParked(ctx.Done())
+	return ctx.Err()
 }
 
 // Counts reports the messages dropped, once there are some (an eventCounter).
@@ -276,6 +278,7 @@ func (s *natsSubscriber) Counts() map[string]int64 {
 	m := map[string]int64{"dropped_messages": s.drops.n.Load()}
 	if s.job != nil {
 		m["redelivered_duplicates"] = s.job.dups.Load()
+		m["redelivered"] = s.job.redone.Load()
 	}
 	return nonZero(m)
 }
@@ -316,7 +319,8 @@ func (s *natsSubscriber) onMsg(m *nats.Msg) {
 
 // receive takes one data message (or chunk) of a producer instance. In
 // job delivery done acknowledges it and term drops it for good; a message
-// that is dropped is termed. Called with recvMu held.
+// that is dropped is termed. A core message of an instance not known yet
+// waits while its service is asked (park). Called with recvMu held.
 func (s *natsSubscriber) receive(header nats.Header, data []byte, done, term func()) {
 	drop := func(source, why string) {
 		s.drops.drop(source, why)
@@ -329,9 +333,37 @@ func (s *natsSubscriber) receive(header nats.Header, data []byte, done, term fun
 		drop("unknown", "no "+HeaderInstance+" header")
 		return
 	}
-	if !s.producers.has(inst) {
-		drop(inst, "not an instance of "+s.producers.service)
+	notOurs := "not an instance of " + s.producers.service
+	switch {
+	case s.job != nil:
+		// Job delivery has asked (onJobMsg), and redelivers what it drops.
+		if !s.producers.has(inst) {
+			drop(inst, notOurs)
+			return
+		}
+	case s.mustPark(inst) && !s.parking.full():
+		s.park(inst, header, data)
 		return
+	case s.mustPark(inst) && s.parking.from[inst] > 0:
+		drop(inst, notOurs+" (yet), and the queue of such messages is full")
+		return
+	case s.mustPark(inst) && !s.producers.has(inst):
+		// The parking is full of other instances' messages (a flood of
+		// forged ones): this one's service is asked now.
+		drop(inst, notOurs)
+		return
+	}
+	s.accept(inst, header, data, done, term)
+}
+
+// accept takes a data message (or chunk) of a known producer instance.
+// Called with recvMu held.
+func (s *natsSubscriber) accept(inst string, header nats.Header, data []byte, done, term func()) {
+	drop := func(source, why string) {
+		s.drops.drop(source, why)
+		if term != nil {
+			term()
+		}
 	}
 	if h := header.Get(envelope.HeaderChunk); h != "" && s.job != nil {
 		drop(inst, "a chunk in the job stream (job delivery does not split messages)")

@@ -101,6 +101,9 @@ func TestPrivacySplitOverProcesses(t *testing.T) {
 	}
 	if n := monotonicFrames(t, filepath.Join(split, "hungry-private.mp4")); n != frames || n == 0 {
 		t.Errorf("split over processes: %d frames, one process: %d", n, frames)
+		for name, p := range map[string]*proc{"run": run, "faces 1": f1, "faces 2": f2, "blur": blur} {
+			t.Logf("%s:\n%s", name, p.out)
+		}
 	}
 	a, b := stageIn(t, f1.out.String(), "faces"), stageIn(t, f2.out.String(), "faces")
 	if a == 0 || b == 0 || a+b != frames {
