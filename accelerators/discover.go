@@ -5,8 +5,8 @@
 package accelerators
 
 import (
-	"bytes"
 	"bufio"
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
