@@ -137,3 +137,94 @@ func TestForgedInstanceFloodIsBounded(t *testing.T) {
 		t.Errorf("a forged message reached the stage %d times", n)
 	}
 }
+
+// TestGapOfAGoneProducerIsGivenUp: two instances of the producer g feed
+// an input that puts their messages back in order. One sends message 0
+// and is then killed (its connection closes: its service stops
+// answering) with message 1 taken and never sent; the other sends 2..9.
+// The input gives up the gap as soon as it finds the instance gone (long
+// before the reorder's wait, here 30 s), counts it in lost_messages and
+// passes 2..9 in order. An instance that is only slow (it sends message 1
+// two seconds late, answering its service's PING all along) loses
+// nothing: the gap waits for it.
+func TestGapOfAGoneProducerIsGivenUp(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		dies bool
+		want []uint64
+		lost int64
+	}{
+		{"killed", true, []uint64{0, 2, 3, 4, 5, 6, 7, 8, 9}, 1},
+		{"slow", false, []uint64{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			r := newRouteRig(t, 16)
+			if err := r.svcs["prod"].Stop(); err != nil {
+				t.Fatal(err)
+			}
+			r.consumer(ctx, "a", 64)
+			s := r.ins["a"].(*natsSubscriber)
+			s.orderMu.Lock()
+			s.reorder.wait = 30 * time.Second
+			s.orderMu.Unlock()
+			p1, p2 := r.conn(), r.conn()
+			r.service(p1, "g", "p1")
+			r.service(p2, "g", "p2")
+			send := func(nc *nats.Conn, inst string, seq uint64) {
+				data, err := stage.AppendMarshal(nil, &stage.Msg{Envelope: envelope.Envelope{V: envelope.Version, Kind: envelope.KindData, Seq: seq,
+					Src: &envelope.Origin{Stream: "g.out", Seq: seq}}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := nc.PublishMsg(&nats.Msg{Subject: Subject("rt", "g", "out"), Data: data, Header: nats.Header{HeaderInstance: []string{inst}}}); err != nil {
+					t.Fatal(err)
+				}
+				if err := nc.Flush(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := make(chan uint64, 16)
+			go func() {
+				for {
+					e, err := r.queues["a"].Pop(ctx)
+					if err != nil {
+						return
+					}
+					got <- e.Src.Seq
+					e.Ack()
+				}
+			}()
+			next := func() uint64 {
+				select {
+				case seq := <-got:
+					return seq
+				case <-ctx.Done():
+					t.Fatalf("the input passed nothing more (lost_messages %d)", s.Counts()["lost_messages"])
+					return 0
+				}
+			}
+			send(p1, "p1", 0)
+			if seq := next(); seq != 0 {
+				t.Fatalf("first message %d, want 0", seq)
+			}
+			if tt.dies {
+				p1.Close()
+			} else {
+				time.AfterFunc(2*time.Second, func() { send(p1, "p1", 1) })
+			}
+			for seq := uint64(2); seq < 10; seq++ {
+				send(p2, "p2", seq)
+			}
+			for _, want := range tt.want[1:] {
+				if seq := next(); seq != want {
+					t.Fatalf("message %d where %d was due", seq, want)
+				}
+			}
+			if n := s.Counts()["lost_messages"]; n != tt.lost {
+				t.Errorf("lost_messages %d, want %d", n, tt.lost)
+			}
+		})
+	}
+}

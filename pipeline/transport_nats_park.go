@@ -76,7 +76,7 @@ func (s *natsSubscriber) resolve(done chan struct{}) {
 		want := s.parkedInstances()
 		s.recvMu.Unlock()
 		started := time.Now()
-		s.producers.askAll(want, parkQuiet, s.ctx.Done())
+		_ = s.producers.askAll(want, parkQuiet, s.ctx.Done())
 		s.recvMu.Lock()
 		s.unpark(started, s.ctx.Err() != nil)
 		if len(s.parking.held) == 0 {
@@ -145,21 +145,16 @@ func (p *instanceSet) seen(inst string) bool {
 	return p.known[inst]
 }
 
-// askAll pings the service and records the instances that answer; it
-// returns once every one of want has answered, quiet after the last
-// answer, or when done is closed.
-func (p *instanceSet) askAll(want []string, quiet time.Duration, done <-chan struct{}) {
+// askAll pings the service and records the instances that answer, and
+// returns them; it returns once every one of want has answered, quiet
+// after the last answer, or when done is closed.
+func (p *instanceSet) askAll(want []string, quiet time.Duration, done <-chan struct{}) []string {
 	if p.local != "" {
-		return
+		return []string{p.local}
 	}
 	missing := map[string]bool{}
 	for _, w := range want {
-		if !p.seen(w) {
-			missing[w] = true
-		}
-	}
-	if len(missing) == 0 {
-		return
+		missing[w] = true
 	}
 	stop := func(ping micro.Ping) bool {
 		delete(missing, ping.Metadata["instance"])
@@ -176,4 +171,5 @@ func (p *instanceSet) askAll(want []string, quiet time.Duration, done <-chan str
 	for _, i := range insts {
 		p.known[i] = true
 	}
+	return insts
 }

@@ -43,6 +43,11 @@ var (
 	// again; helloFresh is how long a producer takes a hello to hold.
 	helloEvery = 500 * time.Millisecond
 	helloFresh = 4 * helloEvery
+	// gapProbe is how long a gap of the reorder waits before the input
+	// asks whether a producer instance is gone (probeGap); gapQuiet is how
+	// long that ask waits after the last answer.
+	gapProbe = 500 * time.Millisecond
+	gapQuiet = 700 * time.Millisecond
 )
 
 // natsSubscriber feeds one input edge from its subject into the stage
@@ -76,9 +81,10 @@ type natsSubscriber struct {
 	chunks  joiner
 	parking parking
 	// orderMu guards the reorder buffer and its gap timer.
-	orderMu  sync.Mutex
-	reorder  *reorder
-	gapTimer *time.Timer
+	orderMu    sync.Mutex
+	reorder    *reorder
+	gapTimer   *time.Timer
+	probeTimer *time.Timer // probeGap, while a gap waits
 
 	// The hello loop (announce); credits counts the credits sent.
 	credits      atomic.Uint64
@@ -89,6 +95,7 @@ type natsSubscriber struct {
 	mu       sync.Mutex
 	taken    map[string]*atomic.Uint64 // producer instance -> messages taken
 	from     map[string]*fromProducer  // producer instance -> what it sent here
+	gone     map[string]bool           // producer instances found gone (probeGap)
 	ending   bool
 	endSent  bool // ended() has told the producers
 	endOnce  sync.Once
@@ -280,6 +287,11 @@ func (s *natsSubscriber) Counts() map[string]int64 {
 		m["redelivered_duplicates"] = s.job.dups.Load()
 		m["redelivered"] = s.job.redone.Load()
 	}
+	if s.reorder != nil {
+		s.orderMu.Lock()
+		m["lost_messages"] = int64(s.reorder.lost)
+		s.orderMu.Unlock()
+	}
 	return nonZero(m)
 }
 
@@ -454,9 +466,60 @@ func (s *natsSubscriber) ordered(f func() []*stage.Msg) {
 			s.orderMu.Lock()
 			s.gapTimer = nil
 			s.orderMu.Unlock()
-			s.ordered(func() []*stage.Msg { return s.reorder.skip() })
+			s.ordered(func() []*stage.Msg { return s.reorder.skip(s.reorder.wait) })
 		})
 	}
+	if s.reorder.waiting() && s.probeTimer == nil && s.job == nil && s.reorder.wait > gapProbe {
+		s.probeTimer = time.AfterFunc(gapProbe, s.probeGap)
+	}
+}
+
+// probeGap runs while a gap has held messages back for gapProbe: when a
+// producer instance that has sent messages here is gone (killed: its
+// service no longer answers), what it had taken will never come, and the
+// gaps are given up at once rather than after the reorder's wait. Job
+// delivery does not ask: the server sends those messages again.
+func (s *natsSubscriber) probeGap() {
+	gone := s.producerGone()
+	s.orderMu.Lock()
+	s.probeTimer = nil
+	s.orderMu.Unlock()
+	if gone {
+		s.ordered(func() []*stage.Msg { return s.reorder.skip(0) })
+		return
+	}
+	s.ordered(func() []*stage.Msg { return nil }) // asks again while the gap waits
+}
+
+// producerGone asks the producer's service for the instances that have
+// sent data here and no end of stream, and reports whether one of them,
+// not found gone before, did not answer.
+func (s *natsSubscriber) producerGone() bool {
+	s.mu.Lock()
+	var want []string
+	for inst, f := range s.from {
+		if !f.eos && !s.gone[inst] {
+			want = append(want, inst)
+		}
+	}
+	s.mu.Unlock()
+	if len(want) == 0 {
+		return false
+	}
+	answered := s.producers.askAll(want, gapQuiet, s.ctx.Done())
+	if s.ctx.Err() != nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	gone := false
+	for _, inst := range want {
+		if !slices.Contains(answered, inst) && !s.from[inst].eos {
+			s.gone[inst], gone = true, true
+			s.log.Warn("a producer instance is gone: the messages it had taken are given up", "producer", s.producers.service, "instance", inst)
+		}
+	}
+	return gone
 }
 
 // onEOS records a producer instance's end of stream. The input ends once
@@ -1103,6 +1166,7 @@ type reorder struct {
 	next    map[string]uint64
 	held    map[string][]*stage.Msg
 	since   map[string]time.Time
+	lost    uint64 // messages given up on
 }
 
 func newReorder(limit int, wait time.Duration) *reorder {
@@ -1165,6 +1229,7 @@ const maxSkipped = 4096
 // giveUp gives up on the gap of stream st before seq; with dup set it
 // remembers the seqs left out (at most maxSkipped).
 func (r *reorder) giveUp(st string, seq uint64) {
+	r.lost += seq - r.next[st]
 	if r.dup != nil {
 		if r.skipped == nil {
 			r.skipped = map[string]map[uint64]bool{}
@@ -1202,12 +1267,12 @@ func (r *reorder) waiting() bool {
 	return false
 }
 
-// skip gives up on the gaps of streams that have waited wait.
-func (r *reorder) skip() []*stage.Msg {
+// skip gives up on the gaps of streams that have waited d.
+func (r *reorder) skip(d time.Duration) []*stage.Msg {
 	var out []*stage.Msg
 	now := time.Now()
 	for st, h := range r.held {
-		if len(h) == 0 || now.Sub(r.since[st]) < r.wait {
+		if len(h) == 0 || now.Sub(r.since[st]) < d {
 			continue
 		}
 		r.giveUp(st, h[0].Src.Seq)
