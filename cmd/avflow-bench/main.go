@@ -57,7 +57,7 @@ func main() {
 	paceRate := flag.Float64("pace-rate", 20, "messages per second per instance of the scale-out stage")
 	paceSecs := flag.Float64("pace-seconds", 6, "seconds of messages per scale-out run")
 	remoteFrames := flag.Int("remote-infer-frames", 150, "frames per stream of the remote inference benchmark")
-	only := flag.String("only", "", "run only: transcode, edge, wire, split, scaleout, remoteinfer, infer, plan, scale, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
+	only := flag.String("only", "", "run only: transcode, edge, wire, split, recovery, scaleout, remoteinfer, infer, plan, scale, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err := os.MkdirAll(*work, 0o755); err != nil {
@@ -78,6 +78,9 @@ func main() {
 	}
 	if *only == "" || *only == "split" {
 		splitBench(&b, *bin, *natsBin, min(*rounds, 3), *splitFrames)
+	}
+	if *only == "" || *only == "recovery" {
+		recoveryBench(&b, *bin, *natsBin, min(*rounds, 3), *splitFrames)
 	}
 	if *only == "" || *only == "scaleout" {
 		scaleOutBench(&b, *bin, *natsBin, min(*rounds, 3), *paceRate, *paceSecs)

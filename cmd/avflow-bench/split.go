@@ -191,11 +191,21 @@ func splitRun(bin, yaml, out string, srv *natsServer, env []string, l splitLayou
 // frames in order: the consumer of a remote stage must put its replicas'
 // outputs back in order).
 func disorder(path string, frames int) (int, error) {
+	n, bad, err := disorderCount(path)
+	if err == nil && n != frames {
+		err = fmt.Errorf("%s: %d frames, want %d", path, n, frames)
+	}
+	return bad, err
+}
+
+// disorderCount reads a file's video frames with ffprobe: how many, and
+// how many have a timestamp not above the one before.
+func disorderCount(path string) (frames, bad int, err error) {
 	out, err := exec.Command("ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "frame=pts", "-of", "csv=p=0", path).Output()
 	if err != nil {
-		return 0, fmt.Errorf("ffprobe %s: %w", path, err)
+		return 0, 0, fmt.Errorf("ffprobe %s: %w", path, err)
 	}
-	n, bad, prev := 0, 0, int64(-1<<62)
+	prev := int64(-1 << 62)
 	for _, l := range strings.Fields(string(out)) {
 		v, err := strconv.ParseInt(strings.TrimSuffix(l, ","), 10, 64)
 		if err != nil {
@@ -204,12 +214,28 @@ func disorder(path string, frames int) (int, error) {
 		if v <= prev {
 			bad++
 		}
-		prev, n = v, n+1
+		prev, frames = v, frames+1
 	}
-	if n != frames {
-		return bad, fmt.Errorf("%s: %d frames, want %d", path, n, frames)
+	return frames, bad, nil
+}
+
+// privacySplitYAML writes the privacy example with the gate and tap stages
+// into dir and returns its path.
+func privacySplitYAML(dir string) string {
+	example, err := os.ReadFile("examples/irl-privacy/pipeline.yaml")
+	if err != nil {
+		fail(err)
 	}
-	return bad, nil
+	yaml := filepath.Join(dir, "privacy.yaml")
+	text := string(example)
+	if strings.Count(text, "inputs: [cam.video]") != 1 {
+		fail(fmt.Errorf("examples/irl-privacy/pipeline.yaml: want one stage reading cam.video, to put the gate before it"))
+	}
+	text = strings.Replace(text, "inputs: [cam.video]", "inputs: [gate]", 1) + "\n" + gateStage + tapStage
+	if err := os.WriteFile(yaml, []byte(text), 0o644); err != nil {
+		fail(err)
+	}
+	return yaml
 }
 
 // splitBench: the privacy example in one process against faces served by
@@ -220,19 +246,7 @@ func splitBench(b *strings.Builder, bin, natsBin string, rounds, frames int) {
 		fail(err)
 	}
 	defer os.RemoveAll(tmp)
-	example, err := os.ReadFile("examples/irl-privacy/pipeline.yaml")
-	if err != nil {
-		fail(err)
-	}
-	yaml := filepath.Join(tmp, "privacy.yaml")
-	text := string(example)
-	if strings.Count(text, "inputs: [cam.video]") != 1 {
-		fail(fmt.Errorf("examples/irl-privacy/pipeline.yaml: want one stage reading cam.video, to put the gate before it"))
-	}
-	text = strings.Replace(text, "inputs: [cam.video]", "inputs: [gate]", 1) + "\n" + gateStage + tapStage
-	if err := os.WriteFile(yaml, []byte(text), 0o644); err != nil {
-		fail(err)
-	}
+	yaml := privacySplitYAML(tmp)
 	out := filepath.Join(tmp, "walk-private.mp4")
 	srv, err := startNATSServer(natsBin, tmp, "", fmt.Sprintf("jetstream { store_dir: %q }", filepath.Join(tmp, "js")))
 	if err != nil {
