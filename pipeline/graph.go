@@ -511,6 +511,7 @@ func (r *Runner) build(startCtx context.Context, stop context.CancelFunc, hosts 
 		for _, inst := range n.instances() {
 			n.m.counters = append(n.m.counters, stageCounts{inst})
 		}
+		n.wholeSrc = len(r.opts.Serve) == 0 && len(n.extra) == 0
 		n.m.reporter = n.stage
 		status := n.stage.Status()
 		if d := status.Device; d != "" && d != b.Device.ID {

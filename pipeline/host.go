@@ -31,9 +31,15 @@ type host struct {
 	inSubjects []string
 	m          *stageMetrics
 	seq        map[string]uint64
-	log        *slog.Logger
-	nInputs    int
-	extra      []stage.Stage // replicas beyond the first (StageConfig.Replicas)
+	// wholeSrc is set when the stage sees its whole input stream in order
+	// (one instance, in the driving process): its outputs then say which
+	// message came before them in their stream (Origin.After), with srcNext
+	// (port and stream -> the last Src seq it emitted there, plus one).
+	wholeSrc bool
+	srcNext  map[string]uint64
+	log      *slog.Logger
+	nInputs  int
+	extra    []stage.Stage // replicas beyond the first (StageConfig.Replicas)
 }
 
 // instances is the stage and its replicas (none before they are built).
@@ -186,6 +192,9 @@ func (r *Runner) publish(ctx context.Context, n *host, out stage.Batch) error {
 		if e.Src == nil && e.Kind != envelope.KindEOS {
 			e.Src = &envelope.Origin{Stream: e.Stream, Seq: e.Seq}
 		}
+		if n.wholeSrc && e.Src != nil {
+			n.sayAfter(port, e)
+		}
 		e.Stamps = addStamp(e.Stamps, envelope.Stamp{Stage: n.cfg.Name, At: now})
 		if !n.m.terminal {
 			n.m.observeLatency(e, now)
@@ -197,6 +206,24 @@ func (r *Runner) publish(ctx context.Context, n *host, out stage.Batch) error {
 		n.m.out.Add(1)
 	}
 	return nil
+}
+
+// sayAfter sets e's Origin.After to the Src seq the host last emitted on
+// port in the same stream, plus one (a copy: the Origin may be shared).
+// A message behind that one (a stage that reorders) is left as it is.
+func (n *host) sayAfter(port string, e *stage.Msg) {
+	if n.srcNext == nil {
+		n.srcNext = map[string]uint64{}
+	}
+	key := port + " " + e.Src.Stream
+	after, seen := n.srcNext[key]
+	if seen && e.Src.Seq < after {
+		return
+	}
+	if e.Src.After != after {
+		e.Src = &envelope.Origin{Stream: e.Src.Stream, Seq: e.Src.Seq, After: after}
+	}
+	n.srcNext[key] = e.Src.Seq + 1
 }
 
 // MaxStamps bounds the stamps a message carries: the first (its source's,

@@ -141,21 +141,23 @@ func TestForgedInstanceFloodIsBounded(t *testing.T) {
 // TestGapOfAGoneProducerIsGivenUp: two instances of the producer g feed
 // an input that puts their messages back in order. One sends message 0
 // and is then killed (its connection closes: its service stops
-// answering) with message 1 taken and never sent; the other sends 2..9.
-// The input gives up the gap as soon as it finds the instance gone (long
-// before the reorder's wait, here 30 s), counts it in lost_messages and
-// passes 2..9 in order. An instance that is only slow (it sends message 1
-// two seconds late, answering its service's PING all along) loses
-// nothing: the gap waits for it.
+// answering) with messages 1, 4 and 7 taken and never sent; the other
+// sends the rest. The input gives up each of the three gaps as soon as it
+// finds the instance gone (long before the reorder's wait, here 30 s):
+// the other instance sends in order, so a gap below what it has passed
+// will never fill. They are counted in lost_messages. An instance that
+// is only slow (it sends 1, 4 and 7 two seconds late, answering its
+// service's PING all along) loses nothing: the gaps wait for it.
 func TestGapOfAGoneProducerIsGivenUp(t *testing.T) {
+	others := []uint64{2, 3, 5, 6, 8, 9}
 	for _, tt := range []struct {
 		name string
 		dies bool
 		want []uint64
 		lost int64
 	}{
-		{"killed", true, []uint64{0, 2, 3, 4, 5, 6, 7, 8, 9}, 1},
-		{"slow", false, []uint64{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, 0},
+		{"killed", true, []uint64{2, 3, 5, 6, 8, 9}, 3},
+		{"slow", false, []uint64{1, 2, 3, 4, 5, 6, 7, 8, 9}, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -172,17 +174,21 @@ func TestGapOfAGoneProducerIsGivenUp(t *testing.T) {
 			p1, p2 := r.conn(), r.conn()
 			r.service(p1, "g", "p1")
 			r.service(p2, "g", "p2")
-			send := func(nc *nats.Conn, inst string, seq uint64) {
-				data, err := stage.AppendMarshal(nil, &stage.Msg{Envelope: envelope.Envelope{V: envelope.Version, Kind: envelope.KindData, Seq: seq,
-					Src: &envelope.Origin{Stream: "g.out", Seq: seq}}})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := nc.PublishMsg(&nats.Msg{Subject: Subject("rt", "g", "out"), Data: data, Header: nats.Header{HeaderInstance: []string{inst}}}); err != nil {
-					t.Fatal(err)
+			send := func(nc *nats.Conn, inst string, seqs ...uint64) {
+				for _, seq := range seqs {
+					data, err := stage.AppendMarshal(nil, &stage.Msg{Envelope: envelope.Envelope{V: envelope.Version, Kind: envelope.KindData, Seq: seq,
+						Src: &envelope.Origin{Stream: "g.out", Seq: seq}}})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if err := nc.PublishMsg(&nats.Msg{Subject: Subject("rt", "g", "out"), Data: data, Header: nats.Header{HeaderInstance: []string{inst}}}); err != nil {
+						t.Error(err)
+						return
+					}
 				}
 				if err := nc.Flush(); err != nil {
-					t.Fatal(err)
+					t.Error(err)
 				}
 			}
 			got := make(chan uint64, 16)
@@ -212,18 +218,56 @@ func TestGapOfAGoneProducerIsGivenUp(t *testing.T) {
 			if tt.dies {
 				p1.Close()
 			} else {
-				time.AfterFunc(2*time.Second, func() { send(p1, "p1", 1) })
+				time.AfterFunc(2*time.Second, func() { send(p1, "p1", 1, 4, 7) })
 			}
-			for seq := uint64(2); seq < 10; seq++ {
-				send(p2, "p2", seq)
-			}
-			for _, want := range tt.want[1:] {
+			send(p2, "p2", others...)
+			for _, want := range tt.want {
 				if seq := next(); seq != want {
 					t.Fatalf("message %d where %d was due", seq, want)
 				}
 			}
 			if n := s.Counts()["lost_messages"]; n != tt.lost {
 				t.Errorf("lost_messages %d, want %d", n, tt.lost)
+			}
+		})
+	}
+}
+
+// TestReorderFollowsAfter: a message that says which one came before it
+// in its stream (Origin.After, set by a stage that saw the whole stream)
+// goes on once that one has, without waiting for the seqs in between
+// (dropped upstream, not lost on the way); one that says nothing, or
+// names one still missing, waits.
+func TestReorderFollowsAfter(t *testing.T) {
+	msg := func(seq, after uint64) *stage.Msg {
+		return &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindData, Src: &envelope.Origin{Stream: "s", Seq: seq, After: after}}}
+	}
+	tests := []struct {
+		name string
+		in   []*stage.Msg
+		want []uint64 // what goes on, in order
+		lost uint64
+	}{
+		{"in order", []*stage.Msg{msg(0, 0), msg(1, 1), msg(2, 2)}, []uint64{0, 1, 2}, 0},
+		{"a gap said", []*stage.Msg{msg(0, 0), msg(3, 1), msg(4, 4)}, []uint64{0, 3, 4}, 0},
+		{"a gap not said waits", []*stage.Msg{msg(0, 0), msg(3, 0), msg(4, 4)}, []uint64{0}, 0},
+		{"the one before is missing", []*stage.Msg{msg(0, 0), msg(3, 3), msg(1, 1)}, []uint64{0, 1}, 0},
+		{"the one before came late", []*stage.Msg{msg(0, 0), msg(3, 2), msg(1, 1)}, []uint64{0, 1, 3}, 0},
+		{"out of order, then said", []*stage.Msg{msg(0, 0), msg(5, 2), msg(1, 1)}, []uint64{0, 1, 5}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newReorder(0, time.Hour)
+			r.active = true
+			var got []uint64
+			now := time.Now()
+			for _, e := range tt.in {
+				for _, out := range r.add(e, "p", now) {
+					got = append(got, out.Src.Seq)
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) || r.lost != tt.lost {
+				t.Errorf("passed %v (lost %d), want %v (lost %d)", got, r.lost, tt.want, tt.lost)
 			}
 		})
 	}

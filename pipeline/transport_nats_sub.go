@@ -428,7 +428,7 @@ func (s *natsSubscriber) accept(inst string, header nats.Header, data []byte, do
 			s.orderMu.Unlock()
 		}
 	}
-	s.ordered(func() []*stage.Msg { return s.reorder.add(e, time.Now()) })
+	s.ordered(func() []*stage.Msg { return s.reorder.add(e, inst, time.Now()) })
 }
 
 // received counts a data message of a producer instance.
@@ -484,17 +484,19 @@ func (s *natsSubscriber) probeGap() {
 	s.orderMu.Lock()
 	s.probeTimer = nil
 	s.orderMu.Unlock()
-	if gone {
-		s.ordered(func() []*stage.Msg { return s.reorder.skip(0) })
-		return
-	}
-	s.ordered(func() []*stage.Msg { return nil }) // asks again while the gap waits
+	s.ordered(func() []*stage.Msg { // asks again while a gap waits
+		var out []*stage.Msg
+		for _, inst := range gone {
+			out = append(out, s.reorder.markGone(inst)...)
+		}
+		return out
+	})
 }
 
 // producerGone asks the producer's service for the instances that have
-// sent data here and no end of stream, and reports whether one of them,
-// not found gone before, did not answer.
-func (s *natsSubscriber) producerGone() bool {
+// sent data here and no end of stream, and returns those of them, not
+// found gone before, that did not answer.
+func (s *natsSubscriber) producerGone() []string {
 	s.mu.Lock()
 	var want []string
 	for inst, f := range s.from {
@@ -504,18 +506,19 @@ func (s *natsSubscriber) producerGone() bool {
 	}
 	s.mu.Unlock()
 	if len(want) == 0 {
-		return false
+		return nil
 	}
 	answered := s.producers.askAll(want, gapQuiet, s.ctx.Done())
 	if s.ctx.Err() != nil {
-		return false
+		return nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	gone := false
+	var gone []string
 	for _, inst := range want {
 		if !slices.Contains(answered, inst) && !s.from[inst].eos {
-			s.gone[inst], gone = true, true
+			s.gone[inst] = true
+			gone = append(gone, inst)
 			s.log.Warn("a producer instance is gone: the messages it had taken are given up", "producer", s.producers.service, "instance", inst)
 		}
 	}
@@ -1167,19 +1170,30 @@ type reorder struct {
 	held    map[string][]*stage.Msg
 	since   map[string]time.Time
 	lost    uint64 // messages given up on
+	// last is, per stream, the highest seq (plus one) each producer
+	// instance has sent: an instance sends its messages in order, so a gap
+	// below what every instance still there has passed will never fill
+	// once one of them is gone (hopeless).
+	last map[string]map[string]uint64
+	gone map[string]bool // producer instances found gone
 }
 
 func newReorder(limit int, wait time.Duration) *reorder {
-	return &reorder{limit: limit, wait: wait, next: map[string]uint64{}, held: map[string][]*stage.Msg{}, since: map[string]time.Time{}}
+	return &reorder{limit: limit, wait: wait, next: map[string]uint64{}, held: map[string][]*stage.Msg{}, since: map[string]time.Time{},
+		last: map[string]map[string]uint64{}}
 }
 
 // add takes a message and returns those that may go on, in order. A nil
 // reorder (an input whose producer runs here) lets everything through.
-func (r *reorder) add(e *stage.Msg, now time.Time) []*stage.Msg {
+func (r *reorder) add(e *stage.Msg, inst string, now time.Time) []*stage.Msg {
 	if r == nil || e.Src == nil {
 		return []*stage.Msg{e}
 	}
 	st, seq := e.Src.Stream, e.Src.Seq
+	if r.last[st] == nil {
+		r.last[st] = map[string]uint64{}
+	}
+	r.last[st][inst] = max(r.last[st][inst], seq+1)
 	if !r.active {
 		r.next[st] = max(r.next[st], seq+1)
 		return []*stage.Msg{e}
@@ -1209,17 +1223,70 @@ func (r *reorder) add(e *stage.Msg, now time.Time) []*stage.Msg {
 		return nil
 	}
 	h = slices.Insert(h, i, e)
-	if h[0].Src.Seq != r.next[st] && ((r.limit > 0 && len(h) > r.limit) || now.Sub(r.since[st]) > r.wait) {
+	if !r.isNext(st, h[0]) && ((r.limit > 0 && len(h) > r.limit) || now.Sub(r.since[st]) > r.wait) {
 		r.giveUp(st, h[0].Src.Seq)
 	}
+	r.held[st] = h
+	return r.release(st, now)
+}
+
+// release passes on the held messages of stream st that are next, giving
+// up the hopeless gaps on the way (see last).
+func (r *reorder) release(st string, now time.Time) []*stage.Msg {
 	var out []*stage.Msg
-	for len(h) > 0 && h[0].Src.Seq == r.next[st] {
+	h := r.held[st]
+	for len(h) > 0 {
+		if !r.isNext(st, h[0]) {
+			bound := r.hopeless(st)
+			if bound <= r.next[st] {
+				break
+			}
+			r.giveUp(st, min(h[0].Src.Seq, bound))
+			continue
+		}
 		out = append(out, h[0])
+		r.next[st] = h[0].Src.Seq + 1
 		h = h[1:]
-		r.next[st]++
 		r.since[st] = now
 	}
 	r.held[st] = h
+	return out
+}
+
+// hopeless is the seq of stream st below which no message can come any
+// more: once a producer instance is gone, the least of what the others
+// have passed (every seq, when none is left); 0 while none is gone.
+func (r *reorder) hopeless(st string) uint64 {
+	if len(r.gone) == 0 {
+		return 0
+	}
+	bound, live := uint64(0), false
+	for inst, last := range r.last[st] {
+		if r.gone[inst] {
+			continue
+		}
+		if !live || last < bound {
+			bound, live = last, true
+		}
+	}
+	if !live {
+		return ^uint64(0)
+	}
+	return bound
+}
+
+// markGone records that a producer instance is gone and passes on what
+// no longer waits for it.
+func (r *reorder) markGone(inst string) []*stage.Msg {
+	if r.gone == nil {
+		r.gone = map[string]bool{}
+	}
+	r.gone[inst] = true
+	var out []*stage.Msg
+	now := time.Now()
+	for st := range r.held {
+		out = append(out, r.release(st, now)...)
+	}
 	return out
 }
 
@@ -1276,14 +1343,18 @@ func (r *reorder) skip(d time.Duration) []*stage.Msg {
 			continue
 		}
 		r.giveUp(st, h[0].Src.Seq)
-		for len(h) > 0 && h[0].Src.Seq == r.next[st] {
-			out = append(out, h[0])
-			h = h[1:]
-			r.next[st]++
-		}
-		r.held[st], r.since[st] = h, now
+		r.held[st] = h
+		out = append(out, r.release(st, now)...)
 	}
 	return out
+}
+
+// isNext reports whether e may go on in stream st: it is the seq due, or
+// says the one before it has gone on (or was given up) already, the seqs
+// in between dropped upstream (Origin.After).
+func (r *reorder) isNext(st string, e *stage.Msg) bool {
+	seq, next := e.Src.Seq, r.next[st]
+	return seq == next || (seq > next && e.Src.After != 0 && e.Src.After <= next)
 }
 
 // flush returns every message held, in order.

@@ -106,6 +106,43 @@ func framesDone(log string) int {
 	return n
 }
 
+var progressAt = regexp.MustCompile(`(?m)^time=(\S+) level=INFO msg=progress frames=(\d+)`)
+
+// stalls reads a run's progress lines: the longest time the frame count
+// stood still between its first frame and at, and after at.
+func stalls(log string, at time.Time) (before, after time.Duration) {
+	var last time.Time
+	lastN := 0
+	for _, m := range progressAt.FindAllStringSubmatch(log, -1) {
+		ts, err := time.Parse(time.RFC3339Nano, m[1])
+		n, _ := strconv.Atoi(m[2])
+		if err != nil || n <= lastN {
+			continue
+		}
+		switch {
+		case lastN == 0: // the first frame: the start does not count
+		case ts.Before(at):
+			before = max(before, ts.Sub(last))
+		case last.Before(at):
+			after = max(after, ts.Sub(at))
+		default:
+			after = max(after, ts.Sub(last))
+		}
+		last, lastN = ts, n
+	}
+	return before, after
+}
+
+// endEvent is one event counter of a stage's row in a run's end table.
+func endEvent(log, stage, event string) int {
+	m := regexp.MustCompile(`(?m)^\s+` + regexp.QuoteMeta(stage) + `\s.*\b` + regexp.QuoteMeta(event) + `=(\d+)`).FindAllStringSubmatch(log, -1)
+	if len(m) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(m[len(m)-1][1])
+	return n
+}
+
 func portOf(l net.Listener) int { return l.Addr().(*net.TCPAddr).Port }
 
 // hangUp closes a connection at once.

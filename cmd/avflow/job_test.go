@@ -44,12 +44,21 @@ func newJobRig(t *testing.T) *jobRig {
 
 // serve starts avflow serve of a stage with delivery job on node i.
 func (r *jobRig) serve(t *testing.T, stage string, node int) *proc {
-	return startAvflow(t, r.env, "serve", r.example, "--stage", stage, "--nats", r.c.urls[node], "--delivery", "job")
+	return r.serveWith(t, stage, node, "job")
+}
+
+func (r *jobRig) serveWith(t *testing.T, stage string, node int, delivery string) *proc {
+	return startAvflow(t, r.env, "serve", r.example, "--stage", stage, "--nats", r.c.urls[node], "--delivery", delivery)
 }
 
 // run starts the driver on node 0, faces and blur remote.
 func (r *jobRig) run(t *testing.T) *proc {
-	return startAvflow(t, r.env, "run", r.example, "--nats", r.c.urls[0], "--remote", "faces", "--remote", "blur", "--delivery", "job")
+	return r.runWith(t, "job")
+}
+
+// runWith is run with a delivery, its progress every 100 ms.
+func (r *jobRig) runWith(t *testing.T, delivery string) *proc {
+	return startAvflow(t, r.env, "run", "--progress-interval", "100ms", r.example, "--nats", r.c.urls[0], "--remote", "faces", "--remote", "blur", "--delivery", delivery)
 }
 
 // flowing waits until a quarter of the frames have been through faces.
@@ -129,4 +138,37 @@ func TestJobSurvivesNodeRestart(t *testing.T) {
 	r.flowing(t, run.out)
 	r.c.restart(t, 1, time.Second)
 	r.check(t, map[string]*proc{"run": run, "faces": faces, "blur": blur})
+}
+
+// TestLiveSurvivesSIGKILL: the privacy example with delivery live on the
+// same cluster, faces served twice; one faces process is killed
+// (SIGKILL) once frames flow. The stream goes on: the run ends well, the
+// frames the killed process had taken are given up as soon as it is
+// found gone and counted (the output's frames and the run's
+// lost_messages add up to the one-process run's), the output stays in
+// order, and the sink's frame count never stands still for more than 2 s
+// beyond the longest it stood still before the kill.
+func TestLiveSurvivesSIGKILL(t *testing.T) {
+	e2e.Long(t)
+	r := newJobRig(t)
+	victim, f2, blur := r.serveWith(t, "faces", 1, "live"), r.serveWith(t, "faces", 2, "live"), r.serveWith(t, "blur", 2, "live")
+	run := r.runWith(t, "live")
+	r.flowing(t, run.out)
+	killed := time.Now()
+	victim.kill(t)
+	for name, p := range map[string]*proc{"run": run, "faces": f2, "blur": blur} {
+		if code := p.wait(t, 3*time.Minute); code != 0 {
+			t.Fatalf("%s: exit %d:\n%s", name, code, p.out)
+		}
+	}
+	log := run.out.String()
+	n, lost := monotonicFrames(t, r.out), endEvent(log, "track", "lost_messages")
+	if lost == 0 || n+lost != r.frames {
+		t.Errorf("%d frames out and %d counted lost, want them to add up to %d, some lost:\n%s", n, lost, r.frames, log)
+	}
+	before, after := stalls(log, killed)
+	if after > before+2*time.Second {
+		t.Errorf("the sink stood still for %s after the kill (at most %s before it):\n%s", after, before, log)
+	}
+	t.Logf("%d of %d frames, %d lost; longest stall %s after the kill, %s before", n, r.frames, lost, after, before)
 }

@@ -137,6 +137,11 @@ type AudioFormat struct {
 type Origin struct {
 	Stream string `msgpack:"s"`
 	Seq    uint64 `msgpack:"q"`
+	// After is the seq of the message before this one in the stream as a
+	// stage that saw all of it passed it on, plus one (0: not said): the
+	// seqs in between were dropped upstream (given up, filtered out), and
+	// a consumer putting the stream back in order does not wait for them.
+	After uint64 `msgpack:"a,omitempty"`
 }
 
 // Stamp records when a stage emitted the message (Unix nanoseconds), for latency.

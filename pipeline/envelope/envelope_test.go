@@ -164,6 +164,10 @@ func FuzzUnmarshal(f *testing.F) {
 	b, _ := Marshal(sample())
 	f.Add(b)
 	f.Add([]byte{0x80})
+	withSrc := sample()
+	withSrc.Src = &Origin{Stream: "dec.out", Seq: 9, After: 7}
+	b, _ = Marshal(withSrc)
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e, err := Unmarshal(data)
 		if err != nil {
