@@ -135,7 +135,7 @@ func stalls(log string, at time.Time) (before, after time.Duration) {
 
 // endEvent is one event counter of a stage's row in a run's end table.
 func endEvent(log, stage, event string) int {
-	m := regexp.MustCompile(`(?m)^\s+` + regexp.QuoteMeta(stage) + `\s.*\b` + regexp.QuoteMeta(event) + `=(\d+)`).FindAllStringSubmatch(log, -1)
+	m := regexp.MustCompile(`(?m)^\s+`+regexp.QuoteMeta(stage)+`\s.*\b`+regexp.QuoteMeta(event)+`=(\d+)`).FindAllStringSubmatch(log, -1)
 	if len(m) == 0 {
 		return 0
 	}
