@@ -12,14 +12,17 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // runJobSplit runs yaml over the server at url as 1+serves processes
 // would: rl served serves times, the rest driven with rl remote, all with
 // delivery job. It returns the driver's error, the first of the served
 // ones, the src seq of each message collected, in order, and the
-// driver's log.
-func runJobSplit(t *testing.T, url, yaml string, serves int) (drvErr, srvErr error, got []uint64, drvLog string) {
+// driver's log. beforeDriver, when given, runs once the served ones are
+// started, before the driver is.
+func runJobSplit(t *testing.T, url, yaml string, serves int, beforeDriver ...func()) (drvErr, srvErr error, got []uint64, drvLog string) {
 	t.Helper()
 	var logs e2e.Buffer
 	col := &collector{}
@@ -48,6 +51,11 @@ func runJobSplit(t *testing.T, url, yaml string, serves int) (drvErr, srvErr err
 		r, err := pipeline.NewRunner(env, cfg, opts)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if driver {
+			for _, f := range beforeDriver {
+				f()
+			}
 		}
 		go func() { done <- result{driver, r.Run(ctx)} }()
 	}
@@ -159,5 +167,47 @@ stages:
 	}
 	if !slices.IsSorted(got) || len(slices.Compact(slices.Clone(got))) != n {
 		t.Errorf("messages out of order or twice (by src seq): %v", got)
+	}
+}
+
+// TestJobServeOutlivesAStaleStream: a driver killed mid-run leaves its
+// stream and consumers on the server. A served stage started then finds
+// and takes from them; the next driver removes that stream and makes it
+// again. The served stage takes from the new one (its consumer was
+// removed: it looks for it again) and the run gets every message.
+func TestJobServeOutlivesAStaleStream(t *testing.T) {
+	e2e.Long(t)
+	srv := e2e.NATSServer(t, &server.Options{JetStream: true, StoreDir: t.TempDir()})
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// What a killed driver of pipeline t leaves (names as docs/services.md says).
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "AVFLOW_t", Subjects: []string{"avflow.t.*.*.job.>"}, Retention: jetstream.WorkQueuePolicy}); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := js.CreateOrUpdateConsumer(ctx, "AVFLOW_t", jetstream.ConsumerConfig{Durable: "rl-0", FilterSubject: "avflow.t.g.out.job.rl.0", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	taking := func() {
+		e2e.WaitFor(t, 15*time.Second, func() string { return "the served stage to take from the stale stream" }, func() bool {
+			info, err := stale.Info(ctx)
+			return err == nil && info.NumWaiting > 0
+		})
+	}
+	drvErr, srvErr, got, log := runJobSplit(t, srv.ClientURL(), splitYAML, 1, taking)
+	if drvErr != nil || srvErr != nil || len(got) != 20 {
+		t.Fatalf("driver %v, served %v, %d of 20 messages:\n%s", drvErr, srvErr, len(got), log)
+	}
+	if !strings.Contains(log, "removing the job stream an earlier run of the pipeline left") {
+		t.Errorf("the driver did not say it removed the stale stream:\n%s", log)
 	}
 }

@@ -24,6 +24,7 @@ var ErrPermissions = errors.New("permissions")
 type Process struct {
 	Serve, Remote []string
 	Transport     string
+	Delivery      string // live or job ("": the file's)
 }
 
 // NATSPermissions are the subjects a process publishes and subscribes to
@@ -73,8 +74,18 @@ func Permissions(cfg *Config, p Process) (NATSPermissions, error) {
 	if err != nil {
 		return NATSPermissions{}, err
 	}
+	delivery := cmp.Or(p.Delivery, cfg.Delivery, DeliveryLive)
+	switch {
+	case !validDelivery(delivery):
+		return NATSPermissions{}, fmt.Errorf("%w: delivery %q: want live or job", ErrPermissions, delivery)
+	case delivery == DeliveryJob && transport != TransportAuto:
+		return NATSPermissions{}, fmt.Errorf("%w: delivery job needs transport auto, not %s", ErrPermissions, transport)
+	}
 	ps := &permSet{r: &Runner{cfg: cfg, remote: remote, byName: map[string]*host{}}, nats: transport == TransportNATS,
 		serving: len(p.Serve) > 0, pub: map[string]bool{}, sub: map[string]bool{}}
+	if delivery == DeliveryJob {
+		ps.job(len(p.Serve) == 0)
+	}
 	for _, s := range cfg.order {
 		if !remote[s.Name] {
 			ps.inputs(s)
@@ -202,6 +213,37 @@ func (ps *permSet) service(s *StageConfig) {
 	ps.services++
 }
 
+// job is what job delivery needs of JetStream's API: the driver makes
+// and removes the run's stream and its consumers; every process that
+// reads an edge from another one takes from that edge's consumer and
+// acknowledges there; one that writes an edge read by another process
+// publishes on the edge's job subject (the stream's acks reach the
+// inbox).
+func (ps *permSet) job(driver bool) {
+	stream := jobStreamName(ps.r.cfg.Name)
+	api := "$JS.API."
+	for _, e := range ps.r.jobEdges() {
+		if ps.r.remote[e.ref.stage] { // this process writes it
+			ps.pub[jobSubject(e.subject, e.ref)] = true
+			continue
+		}
+		durable := jobDurable(e.ref)
+		ps.pub[api+"CONSUMER.INFO."+stream+"."+durable] = true
+		ps.pub[api+"CONSUMER.MSG.NEXT."+stream+"."+durable] = true
+		ps.pub["$JS.ACK."+stream+"."+durable+".>"] = true // acks, naks, and in-progress acks: more than allow_responses lets through
+		ps.pub[api+"STREAM.NAMES"] = true                 // finding the stream by its subject
+	}
+	if driver {
+		ps.pub[api+"INFO"] = true // is there JetStream?
+		ps.pub[api+"STREAM.NAMES"] = true
+		for _, verb := range []string{"CREATE", "DELETE"} {
+			ps.pub[api+"STREAM."+verb+"."+stream] = true
+		}
+		ps.pub[api+"CONSUMER.CREATE."+stream+".>"] = true
+	}
+	ps.sub[inboxes] = true
+}
+
 // ping is a micro PING to a stage's service and the inbox its answers reach.
 func (ps *permSet) ping(stage string) {
 	subject, _ := micro.ControlSubject(micro.PingVerb, ServiceName(ps.r.cfg.Name, stage), "")
@@ -218,8 +260,10 @@ func sortSubjects(set map[string]bool) []string {
 			return 0
 		case strings.HasPrefix(s, micro.APIPrefix+"."):
 			return 1
+		case strings.HasPrefix(s, "$JS."):
+			return 2
 		}
-		return 2
+		return 3
 	}
 	return slices.SortedFunc(maps.Keys(set), func(a, b string) int {
 		return cmp.Or(cmp.Compare(group(a), group(b)), strings.Compare(a, b))

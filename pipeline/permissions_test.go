@@ -241,10 +241,10 @@ func TestPermissionsErrors(t *testing.T) {
 
 // permServer starts a NATS server whose users have these permissions
 // (each rendered as avflow permissions prints it); password: the name.
-func permServer(t *testing.T, users map[string]pipeline.NATSPermissions) string {
+func permServer(t *testing.T, users map[string]pipeline.NATSPermissions, extra ...string) string {
 	t.Helper()
 	var conf strings.Builder
-	conf.WriteString("host: 127.0.0.1\nport: -1\nauthorization { users = [\n")
+	conf.WriteString("host: 127.0.0.1\nport: -1\n" + strings.Join(extra, "\n") + "\nauthorization { users = [\n")
 	for name, p := range users {
 		fmt.Fprintf(&conf, "{user: %s, password: %s,\n%s}\n", name, name, p.Config())
 	}
@@ -269,6 +269,12 @@ stages:
 // first has failed (the other is stopped then), and the messages collected.
 func runSplit(t *testing.T, url string) (drvErr, srvErr error, got int) {
 	t.Helper()
+	return runSplitWith(t, url, pipeline.DeliveryLive)
+}
+
+// runSplitWith is runSplit with a delivery.
+func runSplitWith(t *testing.T, url, delivery string) (drvErr, srvErr error, got int) {
+	t.Helper()
 	col := &collector{}
 	env := testEnv(t, col)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -288,6 +294,7 @@ func runSplit(t *testing.T, url string) (drvErr, srvErr error, got int) {
 			user, opts = "drv", pipeline.Options{Remote: []string{"rl"}, RemoteTimeout: 10 * time.Second}
 		}
 		opts.NATSURL, opts.NATSOptions, opts.Log = url, []nats.Option{nats.UserInfo(user, user)}, slog.New(slog.DiscardHandler)
+		opts.Delivery = delivery
 		r, err := pipeline.NewRunner(env, cfg, opts)
 		if err != nil {
 			t.Fatal(err)
@@ -468,5 +475,50 @@ func TestPermissionsLetEveryServiceAnswer(t *testing.T) {
 				t.Errorf("with one answer fewer the run ends with %v, want a permission violation for an answer", err)
 			}
 		})
+	}
+}
+
+// TestPermissionsJob: with delivery job, the two users' permissions
+// (JetStream's API for the run's stream, its consumers and acks, the
+// edges' job subjects) are enough for the split run over a JetStream
+// server, and name the stream and consumers exactly: no other stream's.
+func TestPermissionsJob(t *testing.T) {
+	e2e.Long(t)
+	cfg, err := pipeline.Parse([]byte(splitYAML), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testEnv(t, &collector{}).Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	users := map[string]pipeline.NATSPermissions{}
+	for user, proc := range map[string]pipeline.Process{"drv": {Remote: []string{"rl"}, Delivery: pipeline.DeliveryJob}, "srv": {Serve: []string{"rl"}, Delivery: pipeline.DeliveryJob}} {
+		if users[user], err = pipeline.Permissions(cfg, proc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []string{"$JS.API.STREAM.CREATE.AVFLOW_t", "$JS.API.CONSUMER.MSG.NEXT.AVFLOW_t.c-0", "avflow.t.g.out.job.rl.0"} {
+		if !slices.Contains(users["drv"].Publish, want) {
+			t.Errorf("the driver may not publish %s: %v", want, users["drv"].Publish)
+		}
+	}
+	for _, p := range append(users["drv"].Publish, users["srv"].Publish...) {
+		if strings.HasPrefix(p, "$JS.") && strings.Contains(p, "*") && !strings.HasSuffix(p, ".>") {
+			t.Errorf("%s names any stream or consumer", p)
+		}
+	}
+	url := permServer(t, users, fmt.Sprintf("jetstream { store_dir: %q }", t.TempDir()))
+	drvErr, srvErr, got := runSplitWith(t, url, pipeline.DeliveryJob)
+	if drvErr != nil || srvErr != nil || got != 20 {
+		t.Fatalf("with the permissions given: driver %v, server %v, %d of 20 messages\ndriver:\n%s\nserver:\n%s", drvErr, srvErr, got, users["drv"].Config(), users["srv"].Config())
+	}
+	// A driver that may not make the stream fails, naming the subject.
+	const create = "$JS.API.STREAM.CREATE.AVFLOW_t"
+	drv := users["drv"]
+	drv.Publish = slices.DeleteFunc(slices.Clone(drv.Publish), func(s string) bool { return s == create })
+	url = permServer(t, map[string]pipeline.NATSPermissions{"drv": drv, "srv": users["srv"]}, fmt.Sprintf("jetstream { store_dir: %q }", t.TempDir()))
+	drvErr, _, _ = runSplitWith(t, url, pipeline.DeliveryJob)
+	if !errors.Is(drvErr, pipeline.ErrJob) || !errors.Is(drvErr, nats.ErrPermissionViolation) || !strings.Contains(drvErr.Error(), create) {
+		t.Errorf("without %s the driver ends with %v, want a job delivery error naming the permission", create, drvErr)
 	}
 }

@@ -84,9 +84,11 @@ func jobStreamSubjects(pipeline string) string { return "avflow." + pipeline + "
 
 var notStreamName = regexp.MustCompile(`[^A-Za-z0-9_-]`)
 
-// jobStreamName is the stream of one run of a pipeline.
-func jobStreamName(pipeline, run string) string {
-	return "AVFLOW_" + notStreamName.ReplaceAllString(pipeline, "_") + "_" + notStreamName.ReplaceAllString(run, "_")
+// jobStreamName is the stream of a pipeline's run (one at a time: a
+// second driver is refused), named without the run so that a user's
+// permissions can name it (avflow permissions).
+func jobStreamName(pipeline string) string {
+	return "AVFLOW_" + notStreamName.ReplaceAllString(pipeline, "_")
 }
 
 // jobEdge is an edge whose messages go through the stream.
@@ -144,15 +146,15 @@ func openJobStream(ctx context.Context, nc *nats.Conn, pipeline, run string, edg
 	if nc.ConnectedClusterName() != "" {
 		replicas = min(3, len(nc.Servers()))
 	}
-	name := jobStreamName(pipeline, run)
+	name := jobStreamName(pipeline)
 	cfg := jetstream.StreamConfig{
-		Name: name, Description: "avflow job delivery: pipeline " + pipeline + ", run " + run,
+		Name: name, Description: "avflow job delivery: pipeline " + pipeline + ", run " + run, Metadata: map[string]string{"avflow_run": run},
 		Subjects: []string{jobStreamSubjects(pipeline)}, Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage,
 		Replicas: replicas, MaxBytes: jobMaxBytes, MaxAge: jobMaxAge, Duplicates: 2 * time.Minute,
 		Discard: jetstream.DiscardNew, MaxMsgsPerSubject: int64(2 * jobAckPending(window)), DiscardNewPerSubject: true,
 	}
 	if _, err := js.CreateStream(ctx, cfg); err != nil {
-		return nil, fmt.Errorf("%w: making the stream %s (%d replicas, at most %d bytes) failed: %w", ErrJob, name, replicas, jobMaxBytes, err)
+		return nil, fmt.Errorf("%w: making the stream %s (%d replicas, at most %d bytes) failed: %w", ErrJob, name, replicas, jobMaxBytes, denied(nc, err))
 	}
 	s := &jobStream{js: js, name: name, log: log}
 	for _, e := range edges {
@@ -162,11 +164,21 @@ func openJobStream(ctx context.Context, nc *nats.Conn, pipeline, run string, edg
 		})
 		if err != nil {
 			s.remove()
-			return nil, fmt.Errorf("%w: making the consumer %s of stream %s failed: %w", ErrJob, jobDurable(e.ref), name, err)
+			return nil, fmt.Errorf("%w: making the consumer %s of stream %s failed: %w", ErrJob, jobDurable(e.ref), name, denied(nc, err))
 		}
 	}
 	log.Info("job stream made", "stream", name, "replicas", replicas, "edges", len(edges))
 	return s, nil
+}
+
+// denied is err, or the permission violation behind it: a request the
+// server refuses to pass on gets no answer, only a timeout, while the
+// connection hears why.
+func denied(nc *nats.Conn, err error) error {
+	if last := nc.LastError(); errors.Is(last, nats.ErrPermissionViolation) {
+		return fmt.Errorf("%w (avflow permissions --delivery job prints what the user needs)", last)
+	}
+	return err
 }
 
 // remove deletes the stream (and its consumers) at the run's end.
@@ -353,11 +365,12 @@ type jobInput struct {
 	// (to an instance that died, or was slower than the ack wait).
 	redone atomic.Int64
 
-	mu        sync.Mutex
-	held      map[uint64]jetstream.Msg // stream seq -> taken, not yet done
-	stop      chan struct{}
-	stopOnce  sync.Once
-	keepAlive chan struct{} // closed when keepAlive's loop returns
+	mu         sync.Mutex
+	held       map[uint64]jetstream.Msg // stream seq -> taken, not yet done
+	lastRedone time.Time                // when a redelivered message was last done
+	stop       chan struct{}
+	stopOnce   sync.Once
+	keepAlive  chan struct{} // closed when keepAlive's loop returns
 }
 
 func newJobInput(cons jetstream.Consumer, log *slog.Logger) *jobInput {
@@ -367,14 +380,43 @@ func newJobInput(cons jetstream.Consumer, log *slog.Logger) *jobInput {
 // start consumes the edge's messages into on, and keeps the ones taken
 // from being sent to another instance while they are worked on.
 func (j *jobInput) start(window int, on func(jetstream.Msg), onErr func(error)) error {
-	cc, err := j.cons.Consume(on, jetstream.PullMaxMessages(window),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { onErr(err) }))
-	if err != nil {
-		return fmt.Errorf("%w: consuming %s failed: %w", ErrJob, j.cons.CachedInfo().Name, err)
+	if err := j.consume(j.cons, window, on, onErr); err != nil {
+		return err
 	}
-	j.cc = cc
 	go j.inProgress()
 	return nil
+}
+
+// consume takes the messages of cons into on.
+func (j *jobInput) consume(cons jetstream.Consumer, window int, on func(jetstream.Msg), onErr func(error)) error {
+	cc, err := cons.Consume(on, jetstream.PullMaxMessages(window),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { onErr(err) }))
+	if err != nil {
+		return fmt.Errorf("%w: consuming %s failed: %w", ErrJob, cons.CachedInfo().Name, err)
+	}
+	j.mu.Lock()
+	j.cons, j.cc = cons, cc
+	j.mu.Unlock()
+	return nil
+}
+
+// rebind consumes cons, the edge's consumer made again (a new run of the
+// pipeline replaced the stream this input had found): what was taken from
+// the old one went with it.
+func (j *jobInput) rebind(cons jetstream.Consumer, window int, on func(jetstream.Msg), onErr func(error)) error {
+	j.mu.Lock()
+	old := j.cc
+	clear(j.held)
+	j.mu.Unlock()
+	select {
+	case <-j.stop:
+		return nil
+	default:
+	}
+	if old != nil {
+		old.Stop()
+	}
+	return j.consume(cons, window, on, onErr)
 }
 
 // inProgress tells the server every jobAckWait/3 that the messages taken
@@ -445,10 +487,17 @@ func (j *jobInput) take(m jetstream.Msg) (done, term func(), later func() bool) 
 }
 
 // redelivered counts a redelivered message done, and says so at the
-// first: mostly, this instance takes over what another one did not finish.
+// first of each burst (after none for an ack wait): mostly, this instance
+// takes over what another one did not finish.
 func (j *jobInput) redelivered(times uint64) {
-	if j.redone.Add(1) == 1 {
-		j.log.Warn("took a message the server had sent before: an instance died, took longer than the ack wait, or did not know its producer yet (further ones are only counted as redelivered)",
+	j.redone.Add(1)
+	j.mu.Lock()
+	now := time.Now()
+	quiet := now.Sub(j.lastRedone) > jobAckWait
+	j.lastRedone = now
+	j.mu.Unlock()
+	if quiet {
+		j.log.Warn("took a message the server had sent before: an instance died, took longer than the ack wait, or did not know its producer yet (the others of this burst are only counted as redelivered)",
 			"delivered", times, "ack_wait", jobAckWait)
 	}
 }
@@ -457,12 +506,15 @@ func (j *jobInput) redelivered(times uint64) {
 // instance after jobAckWait) and the in-progress acks.
 func (j *jobInput) stopTaking() {
 	j.stopOnce.Do(func() {
-		if j.cc != nil {
-			j.cc.Stop()
-			<-j.cc.Closed()
+		j.mu.Lock()
+		cc := j.cc
+		j.mu.Unlock()
+		if cc != nil {
+			cc.Stop()
+			<-cc.Closed()
 		}
 		close(j.stop)
-		if j.cc != nil {
+		if cc != nil {
 			<-j.keepAlive
 		}
 	})
@@ -473,7 +525,10 @@ func (j *jobInput) stopTaking() {
 func (j *jobInput) idle(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	info, err := j.cons.Info(ctx)
+	j.mu.Lock()
+	cons := j.cons
+	j.mu.Unlock()
+	info, err := cons.Info(ctx)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
 		return true
 	}

@@ -46,8 +46,8 @@ var (
 	// gapProbe is how long a gap of the reorder waits before the input
 	// asks whether a producer instance is gone (probeGap); gapQuiet is how
 	// long that ask waits after the last answer.
-	gapProbe = 500 * time.Millisecond
-	gapQuiet = 700 * time.Millisecond
+	gapProbe = 300 * time.Millisecond
+	gapQuiet = 500 * time.Millisecond
 )
 
 // natsSubscriber feeds one input edge from its subject into the stage
@@ -196,12 +196,7 @@ func (s *natsSubscriber) subscribeJob() error {
 		return fmt.Errorf("%w: subscribing to %s%s failed: %w", ErrTransport, s.subject, eosSuffix, err)
 	}
 	s.eosSub, s.sources = eos, map[string]bool{}
-	onErr := func(err error) {
-		if !errors.Is(err, jetstream.ErrNoHeartbeat) || s.ctx.Err() == nil {
-			s.log.Debug("job stream consumer", "err", err)
-		}
-	}
-	if err := s.job.start(s.window, s.onJobMsg, onErr); err != nil {
+	if err := s.job.start(s.window, s.onJobMsg, s.onJobErr); err != nil {
 		_ = eos.Unsubscribe()
 		return err
 	}
@@ -209,6 +204,33 @@ func (s *natsSubscriber) subscribeJob() error {
 	// its producers' ends of stream (a restarted one) gets none.
 	go s.waitJobEnd()
 	return nil
+}
+
+// onJobErr hears what goes wrong with the input's consumer: one that was
+// removed (a new run replaced the stream this input had found, one an
+// earlier run had left) is looked for again.
+func (s *natsSubscriber) onJobErr(err error) {
+	switch {
+	case s.ctx.Err() != nil:
+	case errors.Is(err, jetstream.ErrConsumerDeleted):
+		go s.rebindJob()
+	default:
+		s.log.Debug("job stream consumer", "err", err)
+	}
+}
+
+// rebindJob waits for the edge's consumer in the new stream and takes
+// from it.
+func (s *natsSubscriber) rebindJob() {
+	durable := jobDurable(s.ref)
+	s.log.Warn("the job stream's consumer was removed (a new run of the pipeline replaced the stream): waiting for the new one", "consumer", durable)
+	cons, err := jobConsumer(s.ctx, s.nc, jobSubject(s.subject, s.ref), durable, s.log)
+	if err != nil {
+		return // the run ended meanwhile
+	}
+	if err := s.job.rebind(cons, s.window, s.onJobMsg, s.onJobErr); err != nil {
+		s.log.Warn("taking from the new job stream failed", "consumer", durable, "err", err)
+	}
 }
 
 // onJobMsg takes a message of the job stream: done acknowledges it once
@@ -435,6 +457,7 @@ func (s *natsSubscriber) accept(inst string, header nats.Header, data []byte, do
 func (s *natsSubscriber) received(inst string, seq uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	delete(s.gone, inst) // it was only slow to answer
 	f := s.fromLocked(inst)
 	if f.got == 0 {
 		f.firstSeq, f.lastSeq = seq, seq
@@ -1194,6 +1217,7 @@ func (r *reorder) add(e *stage.Msg, inst string, now time.Time) []*stage.Msg {
 		r.last[st] = map[string]uint64{}
 	}
 	r.last[st][inst] = max(r.last[st][inst], seq+1)
+	delete(r.gone, inst) // it was only slow to answer
 	if !r.active {
 		r.next[st] = max(r.next[st], seq+1)
 		return []*stage.Msg{e}

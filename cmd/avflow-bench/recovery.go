@@ -22,8 +22,8 @@ type recoverySample struct {
 	stall       time.Duration // the longest time the sink's frame count stood still after the kill
 }
 
-// tookOver is the line a job input writes at its first redelivered
-// message done.
+// tookOver is the line a job input writes at the first redelivered
+// message done of a burst.
 var tookOver = regexp.MustCompile(`(?m)^time=(\S+) level=WARN msg="took a message the server had sent before`)
 
 // recoveryRun runs yaml with faces served by two processes, kills the
@@ -68,9 +68,12 @@ func recoveryRun(bin, yaml, out string, srv *natsServer, env []string, delivery 
 		fail(fmt.Errorf("job delivery after a SIGKILL: %d frames of %d, %d out of order", s.frames, frames, s.disorder))
 	}
 	survivor := serves[1].out.String()
-	if m := tookOver.FindStringSubmatch(survivor); m != nil {
-		if at, err := time.Parse(time.RFC3339Nano, m[1]); err == nil {
+	for _, m := range tookOver.FindAllStringSubmatch(survivor, -1) {
+		// The first burst after the kill (one at the start is of messages
+		// whose producer an instance did not know yet).
+		if at, err := time.Parse(time.RFC3339Nano, m[1]); err == nil && at.After(killed) {
 			s.recovery = at.Sub(killed)
+			break
 		}
 	}
 	for _, row := range endTable(survivor) {

@@ -21,6 +21,7 @@ func permissionsCmd() *cli.Command {
 			&cli.StringSliceFlag{Name: "stage", Usage: "a stage that one avflow serve process serves (repeatable: one process serving them all)"},
 			&cli.StringSliceFlag{Name: "remote", Usage: "a stage avflow run leaves to other processes, as run --remote (repeatable)"},
 			&cli.StringFlag{Name: "transport", Usage: "the transport the processes use: auto (default: the file's) or nats"},
+			&cli.StringFlag{Name: "delivery", Usage: "how edges between processes carry messages, as run/serve --delivery: live or job (default: the file's)"},
 			&cli.StringFlag{Name: "name", Usage: "the deployment's name (run/serve --name): the file's name: by default"},
 			&cli.StringSliceFlag{Name: "set", Usage: "override a param as the processes do: stage.param=value (repeatable)"},
 		},
@@ -38,7 +39,7 @@ func permissionsCmd() *cli.Command {
 				}
 				cfg.Name = n
 			}
-			return printPermissions(os.Stdout, cfg, c.String("name"), c.StringSlice("stage"), c.StringSlice("remote"), c.String("transport"))
+			return printPermissions(os.Stdout, cfg, c.String("name"), c.StringSlice("stage"), c.StringSlice("remote"), pipeline.Process{Transport: c.String("transport"), Delivery: c.String("delivery")})
 		},
 	}
 }
@@ -47,13 +48,13 @@ func permissionsCmd() *cli.Command {
 // (avflow serve --stage) and run (avflow run --remote) the deployment
 // (cfg, renamed to name when set): one block for them all, after comments
 // naming them.
-func printPermissions(w io.Writer, cfg *pipeline.Config, name string, serve, remote []string, transport string) error {
+func printPermissions(w io.Writer, cfg *pipeline.Config, name string, serve, remote []string, how pipeline.Process) error {
 	var procs []pipeline.Process
 	if len(serve) > 0 {
-		procs = append(procs, pipeline.Process{Serve: serve, Transport: transport})
+		procs = append(procs, pipeline.Process{Serve: serve, Transport: how.Transport, Delivery: how.Delivery})
 	}
 	if len(serve) == 0 || len(remote) > 0 {
-		procs = append(procs, pipeline.Process{Remote: remote, Transport: transport})
+		procs = append(procs, pipeline.Process{Remote: remote, Transport: how.Transport, Delivery: how.Delivery})
 	}
 	var all pipeline.NATSPermissions
 	for _, p := range procs {
@@ -85,6 +86,9 @@ func command(file, name string, p pipeline.Process) string {
 	}
 	if p.Transport != "" {
 		args = append(args, "--transport", p.Transport)
+	}
+	if p.Delivery != "" {
+		args = append(args, "--delivery", p.Delivery)
 	}
 	if name != "" {
 		args = append(args, "--name", name)
