@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -145,19 +143,9 @@ func eventCell(cell, name string) int64 {
 // recoveryBench: a faces worker killed mid-run, in job and in live
 // delivery.
 func recoveryBench(b *strings.Builder, bin, natsBin string, rounds, frames int) {
-	tmp, err := os.MkdirTemp("", "avflow-bench-recovery")
-	if err != nil {
-		fail(err)
-	}
-	defer os.RemoveAll(tmp)
-	yaml := privacySplitYAML(tmp)
-	out := filepath.Join(tmp, "walk-private.mp4")
-	srv, err := startNATSServer(natsBin, tmp, "", fmt.Sprintf("jetstream { store_dir: %q }", filepath.Join(tmp, "js")))
-	if err != nil {
-		fail(err)
-	}
-	defer srv.stop()
-	env := append(os.Environ(), "AVFLOW_MEDIA="+mediaDir(), "AVFLOW_OUT="+tmp)
+	rig := newPrivacyRig(natsBin, "avflow-bench-recovery")
+	defer rig.close()
+	yaml, out, srv, env := rig.yaml, rig.out, rig.srv, rig.env
 	samples := map[string][]recoverySample{}
 	deliveries := []string{"job", "live"}
 	for i := range rounds {

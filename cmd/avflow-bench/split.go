@@ -219,6 +219,33 @@ func disorderCount(path string) (frames, bad int, err error) {
 	return frames, bad, nil
 }
 
+// privacyRig is what the benchmarks of the privacy pipeline over
+// processes share: a temporary folder with the pipeline file, its output
+// path, a nats-server with JetStream, the processes' environment.
+type privacyRig struct {
+	dir, yaml, out string
+	srv            *natsServer
+	env            []string
+}
+
+func newPrivacyRig(natsBin, prefix string) privacyRig {
+	tmp, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		fail(err)
+	}
+	srv, err := startNATSServer(natsBin, tmp, "", fmt.Sprintf("jetstream { store_dir: %q }", filepath.Join(tmp, "js")))
+	if err != nil {
+		fail(err)
+	}
+	return privacyRig{dir: tmp, yaml: privacySplitYAML(tmp), out: filepath.Join(tmp, "walk-private.mp4"), srv: srv,
+		env: append(os.Environ(), "AVFLOW_MEDIA="+mediaDir(), "AVFLOW_OUT="+tmp)}
+}
+
+func (r privacyRig) close() {
+	r.srv.stop()
+	_ = os.RemoveAll(r.dir)
+}
+
 // privacySplitYAML writes the privacy example with the gate and tap stages
 // into dir and returns its path.
 func privacySplitYAML(dir string) string {
@@ -241,19 +268,9 @@ func privacySplitYAML(dir string) string {
 // splitBench: the privacy example in one process against faces served by
 // one and by two other processes.
 func splitBench(b *strings.Builder, bin, natsBin string, rounds, frames int) {
-	tmp, err := os.MkdirTemp("", "avflow-bench-split")
-	if err != nil {
-		fail(err)
-	}
-	defer os.RemoveAll(tmp)
-	yaml := privacySplitYAML(tmp)
-	out := filepath.Join(tmp, "walk-private.mp4")
-	srv, err := startNATSServer(natsBin, tmp, "", fmt.Sprintf("jetstream { store_dir: %q }", filepath.Join(tmp, "js")))
-	if err != nil {
-		fail(err)
-	}
-	defer srv.stop()
-	env := append(os.Environ(), "AVFLOW_MEDIA="+mediaDir(), "AVFLOW_OUT="+tmp)
+	rig := newPrivacyRig(natsBin, "avflow-bench-split")
+	defer rig.close()
+	yaml, out, srv, env := rig.yaml, rig.out, rig.srv, rig.env
 	layouts := []splitLayout{
 		{name: "one process (`avflow run`)", serves: 0},
 		{name: "faces in 1 `avflow serve` (2 processes)", serves: 1},
