@@ -218,7 +218,11 @@ func TestGapOfAGoneProducerIsGivenUp(t *testing.T) {
 			if tt.dies {
 				p1.Close()
 			} else {
-				time.AfterFunc(2*time.Second, func() { send(p1, "p1", 1, 4, 7) })
+				// Its connection closes when the test ends: the late send
+				// must be over by then (its flush failed once in make test).
+				sent := make(chan struct{})
+				time.AfterFunc(2*time.Second, func() { defer close(sent); send(p1, "p1", 1, 4, 7) })
+				defer func() { <-sent }()
 			}
 			send(p2, "p2", others...)
 			for _, want := range tt.want {
