@@ -12,7 +12,6 @@ import (
 	"github.com/avflow/avflow/pipeline"
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -178,15 +177,7 @@ stages:
 func TestJobServeOutlivesAStaleStream(t *testing.T) {
 	e2e.Long(t)
 	srv := e2e.NATSServer(t, &server.Options{JetStream: true, StoreDir: t.TempDir()})
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := e2e.JetStream(t, srv.ClientURL())
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	// What a killed driver of pipeline t leaves (names as docs/services.md says).

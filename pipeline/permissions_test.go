@@ -320,12 +320,10 @@ func runSplitWith(t *testing.T, url, delivery string) (drvErr, srvErr error, got
 	return drvErr, srvErr, len(col.got)
 }
 
-// TestPermissionsAreNeeded: a split pipeline runs over a server whose two
-// users have exactly what Permissions gives the two processes; without
-// any one entry (allow_responses included) one process fails with a
-// permission violation naming that subject.
-func TestPermissionsAreNeeded(t *testing.T) {
-	e2e.Long(t)
+// splitPermissions are what Permissions gives splitYAML's two processes,
+// with a delivery: user drv runs it with rl remote, user srv serves rl.
+func splitPermissions(t *testing.T, delivery string) map[string]pipeline.NATSPermissions {
+	t.Helper()
 	cfg, err := pipeline.Parse([]byte(splitYAML), "t.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -334,11 +332,21 @@ func TestPermissionsAreNeeded(t *testing.T) {
 		t.Fatal(err)
 	}
 	users := map[string]pipeline.NATSPermissions{}
-	for user, proc := range map[string]pipeline.Process{"drv": {Remote: []string{"rl"}}, "srv": {Serve: []string{"rl"}}} {
+	for user, proc := range map[string]pipeline.Process{"drv": {Remote: []string{"rl"}, Delivery: delivery}, "srv": {Serve: []string{"rl"}, Delivery: delivery}} {
 		if users[user], err = pipeline.Permissions(cfg, proc); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return users
+}
+
+// TestPermissionsAreNeeded: a split pipeline runs over a server whose two
+// users have exactly what Permissions gives the two processes; without
+// any one entry (allow_responses included) one process fails with a
+// permission violation naming that subject.
+func TestPermissionsAreNeeded(t *testing.T) {
+	e2e.Long(t)
+	users := splitPermissions(t, pipeline.DeliveryLive)
 	drvErr, srvErr, got := runSplit(t, permServer(t, users))
 	if drvErr != nil || srvErr != nil || got != 20 {
 		t.Fatalf("with the permissions given: driver %v, server %v, %d of 20 messages", drvErr, srvErr, got)
@@ -484,19 +492,7 @@ func TestPermissionsLetEveryServiceAnswer(t *testing.T) {
 // server, and name the stream and consumers exactly: no other stream's.
 func TestPermissionsJob(t *testing.T) {
 	e2e.Long(t)
-	cfg, err := pipeline.Parse([]byte(splitYAML), "t.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := testEnv(t, &collector{}).Validate(cfg); err != nil {
-		t.Fatal(err)
-	}
-	users := map[string]pipeline.NATSPermissions{}
-	for user, proc := range map[string]pipeline.Process{"drv": {Remote: []string{"rl"}, Delivery: pipeline.DeliveryJob}, "srv": {Serve: []string{"rl"}, Delivery: pipeline.DeliveryJob}} {
-		if users[user], err = pipeline.Permissions(cfg, proc); err != nil {
-			t.Fatal(err)
-		}
-	}
+	users := splitPermissions(t, pipeline.DeliveryJob)
 	for _, want := range []string{"$JS.API.STREAM.CREATE.AVFLOW_t", "$JS.API.CONSUMER.MSG.NEXT.AVFLOW_t.c-0", "avflow.t.g.out.job.rl.0"} {
 		if !slices.Contains(users["drv"].Publish, want) {
 			t.Errorf("the driver may not publish %s: %v", want, users["drv"].Publish)

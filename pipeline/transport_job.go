@@ -476,13 +476,12 @@ func (j *jobInput) take(m jetstream.Msg) (done, term func(), later func() bool) 
 		end(func() error { return m.NakWithDelay(500 * time.Millisecond) })()
 		return true
 	}
-	done = end(m.Ack)
-	if md.NumDelivered > 1 {
-		done = end(func() error {
+	done = end(func() error {
+		if md.NumDelivered > 1 {
 			j.redelivered(md.NumDelivered)
-			return m.Ack()
-		})
-	}
+		}
+		return m.Ack()
+	})
 	return done, end(m.Term), later
 }
 

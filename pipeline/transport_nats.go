@@ -125,7 +125,7 @@ func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage strin
 	s := &natsSubscriber{nc: t.conn(ref.stage), subject: subject, ref: ref, instance: t.instance,
 		block: t.flow(port.Type) == FlowBlock, ackEvery: uint64(max(1, t.window/4)), ctx: ctx,
 		producers: producers, self: self, log: log, drops: &dropLog{log: log}, taken: map[string]*atomic.Uint64{},
-		from: map[string]*fromProducer{}, gone: map[string]bool{}, reorder: t.reorderFor(stage, port)}
+		from: map[string]*fromProducer{}, reorder: t.reorderFor(stage, port)}
 	if t.job {
 		if err := t.jobInlet(ctx, s, stage); err != nil {
 			return nil, err

@@ -1,11 +1,11 @@
 package pipeline
 
 import (
+	"maps"
 	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 )
 
 const (
@@ -91,11 +91,7 @@ func (s *natsSubscriber) resolve(done chan struct{}) {
 // parkedInstances are the instances of the held messages. Called with
 // recvMu held.
 func (s *natsSubscriber) parkedInstances() []string {
-	var out []string
-	for inst := range s.parking.from {
-		out = append(out, inst)
-	}
-	return out
+	return slices.Collect(maps.Keys(s.parking.from))
 }
 
 // unpark passes on the held messages of known instances, in order, and
@@ -152,24 +148,9 @@ func (p *instanceSet) askAll(want []string, quiet time.Duration, done <-chan str
 	if p.local != "" {
 		return []string{p.local}
 	}
-	missing := map[string]bool{}
-	for _, w := range want {
-		missing[w] = true
-	}
-	stop := func(ping micro.Ping) bool {
-		delete(missing, ping.Metadata["instance"])
-		return len(missing) == 0
-	}
-	var insts []string
-	for _, ping := range pingServices(p.nc, pingSubject(p.service), quiet, stop, done) {
-		if i := ping.Metadata["instance"]; i != "" && !slices.Contains(insts, i) {
-			insts = append(insts, i)
-		}
-	}
+	insts := pingInstances(p.nc, p.service, quiet, want, done)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, i := range insts {
-		p.known[i] = true
-	}
+	p.recordLocked(insts)
 	return insts
 }

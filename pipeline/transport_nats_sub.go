@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,7 +96,6 @@ type natsSubscriber struct {
 	mu       sync.Mutex
 	taken    map[string]*atomic.Uint64 // producer instance -> messages taken
 	from     map[string]*fromProducer  // producer instance -> what it sent here
-	gone     map[string]bool           // producer instances found gone (probeGap)
 	ending   bool
 	endSent  bool // ended() has told the producers
 	endOnce  sync.Once
@@ -368,24 +368,26 @@ func (s *natsSubscriber) receive(header nats.Header, data []byte, done, term fun
 		return
 	}
 	notOurs := "not an instance of " + s.producers.service
-	switch {
-	case s.job != nil:
+	if s.job != nil {
 		// Job delivery has asked (onJobMsg), and redelivers what it drops.
 		if !s.producers.has(inst) {
 			drop(inst, notOurs)
 			return
 		}
-	case s.mustPark(inst) && !s.parking.full():
-		s.park(inst, header, data)
-		return
-	case s.mustPark(inst) && s.parking.from[inst] > 0:
-		drop(inst, notOurs+" (yet), and the queue of such messages is full")
-		return
-	case s.mustPark(inst) && !s.producers.has(inst):
-		// The parking is full of other instances' messages (a flood of
-		// forged ones): this one's service is asked now.
-		drop(inst, notOurs)
-		return
+	} else if s.mustPark(inst) {
+		switch {
+		case !s.parking.full():
+			s.park(inst, header, data)
+			return
+		case s.parking.from[inst] > 0:
+			drop(inst, notOurs+" (yet), and the queue of such messages is full")
+			return
+		case !s.producers.has(inst):
+			// The parking is full of other instances' messages (a flood
+			// of forged ones): this one's service is asked now.
+			drop(inst, notOurs)
+			return
+		}
 	}
 	s.accept(inst, header, data, done, term)
 }
@@ -457,7 +459,6 @@ func (s *natsSubscriber) accept(inst string, header nats.Header, data []byte, do
 func (s *natsSubscriber) received(inst string, seq uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.gone, inst) // it was only slow to answer
 	f := s.fromLocked(inst)
 	if f.got == 0 {
 		f.firstSeq, f.lastSeq = seq, seq
@@ -489,7 +490,7 @@ func (s *natsSubscriber) ordered(f func() []*stage.Msg) {
 			s.orderMu.Lock()
 			s.gapTimer = nil
 			s.orderMu.Unlock()
-			s.ordered(func() []*stage.Msg { return s.reorder.skip(s.reorder.wait) })
+			s.ordered(s.reorder.skip)
 		})
 	}
 	if s.reorder.waiting() && s.probeTimer == nil && s.job == nil && s.reorder.wait > gapProbe {
@@ -520,10 +521,13 @@ func (s *natsSubscriber) probeGap() {
 // sent data here and no end of stream, and returns those of them, not
 // found gone before, that did not answer.
 func (s *natsSubscriber) producerGone() []string {
+	s.orderMu.Lock()
+	gone := maps.Clone(s.reorder.gone)
+	s.orderMu.Unlock()
 	s.mu.Lock()
 	var want []string
 	for inst, f := range s.from {
-		if !f.eos && !s.gone[inst] {
+		if !f.eos && !gone[inst] {
 			want = append(want, inst)
 		}
 	}
@@ -537,15 +541,14 @@ func (s *natsSubscriber) producerGone() []string {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var gone []string
+	var found []string
 	for _, inst := range want {
 		if !slices.Contains(answered, inst) && !s.from[inst].eos {
-			s.gone[inst] = true
-			gone = append(gone, inst)
+			found = append(found, inst)
 			s.log.Warn("a producer instance is gone: the messages it had taken are given up", "producer", s.producers.service, "instance", inst)
 		}
 	}
-	return gone
+	return found
 }
 
 // onEOS records a producer instance's end of stream. The input ends once
@@ -1088,7 +1091,11 @@ func (p *instanceSet) live() []string {
 // for one round trip, not for the quiet time after the last answer), or
 // done is closed.
 func (p *instanceSet) ask(want string, done <-chan struct{}) []string {
-	insts := pingInstances(p.nc, p.service, p.quiet, want, done)
+	var wanted []string
+	if want != "" {
+		wanted = []string{want}
+	}
+	insts := pingInstances(p.nc, p.service, p.quiet, wanted, done)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if (want == "" || !slices.Contains(insts, want)) && !closed(done) {
@@ -1096,10 +1103,15 @@ func (p *instanceSet) ask(want string, done <-chan struct{}) []string {
 		// (for 200 ms). After stopping at want, others may still answer.
 		p.asked = time.Now()
 	}
+	p.recordLocked(insts)
+	return insts
+}
+
+// recordLocked records instances that answered. Called with mu held.
+func (p *instanceSet) recordLocked(insts []string) {
 	for _, i := range insts {
 		p.known[i] = true
 	}
-	return insts
 }
 
 // closed reports whether done (nil: never) is closed.
@@ -1113,11 +1125,18 @@ func closed(done <-chan struct{}) bool {
 }
 
 // pingInstances sends a micro PING to a service and collects the
-// "instance" metadata of those that answer, until want answers (when
-// not empty) or done is closed.
-func pingInstances(nc *nats.Conn, service string, quiet time.Duration, want string, done <-chan struct{}) []string {
+// "instance" metadata of those that answer, until every one of want has
+// answered (none: until quiet after the last answer) or done is closed.
+func pingInstances(nc *nats.Conn, service string, quiet time.Duration, want []string, done <-chan struct{}) []string {
+	missing := map[string]bool{}
+	for _, w := range want {
+		missing[w] = true
+	}
+	stop := func(p micro.Ping) bool {
+		delete(missing, p.Metadata["instance"])
+		return len(want) > 0 && len(missing) == 0
+	}
 	var out []string
-	stop := func(p micro.Ping) bool { return want != "" && p.Metadata["instance"] == want }
 	for _, ping := range pingServices(nc, pingSubject(service), quiet, stop, done) {
 		if i := ping.Metadata["instance"]; i != "" {
 			out = append(out, i)
@@ -1358,16 +1377,15 @@ func (r *reorder) waiting() bool {
 	return false
 }
 
-// skip gives up on the gaps of streams that have waited d.
-func (r *reorder) skip(d time.Duration) []*stage.Msg {
+// skip gives up on the gaps of streams that have waited wait.
+func (r *reorder) skip() []*stage.Msg {
 	var out []*stage.Msg
 	now := time.Now()
 	for st, h := range r.held {
-		if len(h) == 0 || now.Sub(r.since[st]) < d {
+		if len(h) == 0 || now.Sub(r.since[st]) < r.wait {
 			continue
 		}
 		r.giveUp(st, h[0].Src.Seq)
-		r.held[st] = h
 		out = append(out, r.release(st, now)...)
 	}
 	return out

@@ -8,19 +8,27 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Streams lists the JetStream streams on the server at url (what a job
-// run must not leave behind).
-func Streams(t testing.TB, url string, opts ...nats.Option) []string {
+// JetStream is a JetStream client of the server at url, on a connection
+// closed when the test ends.
+func JetStream(t testing.TB, url string, opts ...nats.Option) jetstream.JetStream {
 	t.Helper()
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return js
+}
+
+// Streams lists the JetStream streams on the server at url (what a job
+// run must not leave behind).
+func Streams(t testing.TB, url string, opts ...nats.Option) []string {
+	t.Helper()
+	js := JetStream(t, url, opts...)
 	var out []string
 	names := js.StreamNames(context.Background())
 	for n := range names.Name() {
