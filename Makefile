@@ -17,7 +17,7 @@ RACE_PKGS := ./pipeline/... ./accelerators/... ./codecs/... ./examples/... \
 	./stages/decode ./stages/draw ./stages/encode ./stages/filter ./stages/redact \
 	./stages/sink ./stages/source ./stages/track ./stages/infer/detections \
 	./stages/infer/model ./stages/infer/onnx
-RACE_SHORT_PKGS := ./cmd/... ./stages/infer
+RACE_SHORT_PKGS := ./cmd/... ./stages/infer ./stages/personalise ./stages/render
 
 all: build
 

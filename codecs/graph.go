@@ -218,15 +218,28 @@ func (g *Graph) Push(f *astiav.Frame, media envelope.Media, tb, frameRate astiav
 		if f == nil {
 			return out, nil
 		}
-		if err := g.build(f, media, tb, frameRate); err != nil {
-			if g.g != nil {
-				g.g.Free()
-				g.g = nil
-			}
+		if err := g.Build(f, media, tb, frameRate); err != nil {
 			return out, err
 		}
 	}
 	return g.send(out, f)
+}
+
+// Build configures the graph for frames like f, if it is not yet: a stage
+// that sends commands (Command) before its first frame goes through
+// builds it first. Push builds it otherwise.
+func (g *Graph) Build(f *astiav.Frame, media envelope.Media, tb, frameRate astiav.Rational) error {
+	if g.g != nil {
+		return nil
+	}
+	if err := g.build(f, media, tb, frameRate); err != nil {
+		if g.g != nil {
+			g.g.Free()
+			g.g = nil
+		}
+		return err
+	}
+	return nil
 }
 
 // send feeds f (nil: end of stream) and appends the frames that are ready.
@@ -246,6 +259,23 @@ func (g *Graph) send(out []*stage.Msg, f *astiav.Frame) ([]*stage.Msg, error) {
 		out = append(out, FrameMsg(o, g.media, g.outTB, g.rate))
 	}
 }
+
+// Command sends a command to the filter named target (a filter given an
+// instance name in the spec: "crop@cam=..." is target "crop@cam"), as
+// ffmpeg's sendcmd does; it applies from the next frame. The graph must
+// have been built (by the first Push).
+func (g *Graph) Command(target, cmd, arg string) error {
+	if g.g == nil {
+		return fmt.Errorf("%w: %q: command %s to %s before the first frame", ErrFilter, g.spec, cmd, target)
+	}
+	if _, err := g.g.SendCommand(target, cmd, arg, astiav.NewFilterCommandFlags()); err != nil {
+		return fmt.Errorf("%w: %q: command %s %s to %s failed: %w", ErrFilter, g.spec, cmd, arg, target, err)
+	}
+	return nil
+}
+
+// Built reports whether the graph has been configured (by a first Push).
+func (g *Graph) Built() bool { return g.g != nil }
 
 // Close frees the graph.
 func (g *Graph) Close() {

@@ -204,12 +204,17 @@ func (r *Runner) startHosts(ctx context.Context, hosts []*host) error {
 }
 
 // addServices registers each host as a NATS micro service (none over the
-// local transport).
+// local transport, and none for the stages of a branch (AddBranch): they
+// come and go with what their owner does, which its own service reports,
+// and need no permissions of their own).
 func (r *Runner) addServices(hosts []*host) error {
 	if r.pool == nil {
 		return nil
 	}
 	for _, n := range hosts {
+		if n.onFail != nil {
+			continue
+		}
 		svc, err := r.addService(n)
 		if err != nil {
 			return err
@@ -263,7 +268,7 @@ func (r *Runner) launch(ctx context.Context, hosts []*host) error {
 			err := r.runHost(ctx, n)
 			// A stage's own "canceled" while the run goes on is a failure too.
 			if err != nil && (ctx.Err() == nil || !errors.Is(err, context.Canceled)) {
-				r.fail(stageError(n, 0, err))
+				r.stageFailed(ctx, n, stageError(n, 0, err))
 			}
 			n.ended()
 			close(n.done)
@@ -276,6 +281,26 @@ func (r *Runner) launch(ctx context.Context, hosts []*host) error {
 		}()
 	}
 	return nil
+}
+
+// stageFailed handles a stage's failure: the run's, unless the stage is in a
+// branch (AddBranch): then its owner hears of it, the stages after it get
+// their end of stream (they finish what they have: a muxer closes its
+// file), and what waits in its queue is released.
+func (r *Runner) stageFailed(ctx context.Context, n *host, err error) {
+	if n.onFail == nil || ctx.Err() != nil {
+		r.fail(err)
+		return
+	}
+	n.log.Error("stage of a branch failed: the branch ends, the pipeline goes on", "error", err)
+	n.onFail(n.cfg.Name, err)
+	ends, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if eerr := n.sendEnds(ends); eerr != nil {
+		n.log.Warn("the stages after a failed branch stage did not get their end of stream", "error", eerr)
+	}
+	n.ended()
+	n.closeTransport()
 }
 
 // wire attaches every host to its inputs and makes the publishers of its
@@ -324,6 +349,19 @@ func (r *Runner) wire(ctx context.Context, hosts []*host) error {
 // Stages built before know nothing of the added ones: a source that left
 // out a stream nobody read does not start it for them.
 func (r *Runner) AddStages(ctx context.Context, stagesYAML []byte) error {
+	return r.addStages(ctx, stagesYAML, nil)
+}
+
+// AddBranch is AddStages for stages whose failure ends only them: a stage
+// of the branch that fails is reported to onFail (with its name), the
+// stages after it get their end of stream, and the pipeline goes on. The
+// owner removes what is left of the branch (RemoveStages). onFail runs on
+// the failed stage's goroutine: it must not block for long.
+func (r *Runner) AddBranch(ctx context.Context, stagesYAML []byte, onFail func(stage string, err error)) error {
+	return r.addStages(ctx, stagesYAML, onFail)
+}
+
+func (r *Runner) addStages(ctx context.Context, stagesYAML []byte, onFail func(stage string, err error)) error {
 	r.editMu.Lock()
 	defer r.editMu.Unlock()
 	select {
@@ -338,6 +376,7 @@ func (r *Runner) AddStages(ctx context.Context, stagesYAML []byte) error {
 	hosts := r.newHosts(added)
 	r.graphMu.Lock()
 	for _, n := range hosts {
+		n.onFail = onFail
 		r.byName[n.cfg.Name] = n
 	}
 	r.graphMu.Unlock()

@@ -60,33 +60,10 @@ func TestBranchAddedAndRemoved(t *testing.T) {
 			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 			dir := t.TempDir()
 			b := &brancher{addAt: 30, removeAt: 90, branchPath: filepath.Join(dir, "branch.mp4")}
-			env := pipeline.Default.Clone()
-			err := env.Register(pipeline.Spec{Kind: "brancher", MinInputs: 1, MaxInputs: 1,
-				Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
-					return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
-				},
-				New: func(_ context.Context, in pipeline.Init) (stage.Stage, error) { b.graph = in.Graph; return b, nil }})
-			if err != nil {
-				t.Fatal(err)
-			}
 			main := filepath.Join(dir, "main.mp4")
-			cfg, err := pipeline.Parse([]byte(fmt.Sprintf(`name: branch
-transport: %s
-stages:
-  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25", max_frames: 150}}
-  - {name: dec, kind: decode, inputs: [src.video]}
-  - {name: tap, kind: brancher, inputs: [dec]}
-  - {name: enc, kind: encode, inputs: [tap], params: {codec: libx264, preset: ultrafast}}
-  - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
-`, transport, main)), "branch.yaml")
+			r, err := runTapped(t, transport, "brancher", main,
+				passThrough("brancher", func(in pipeline.Init) stage.Stage { b.graph = in.Graph; return b }))
 			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Log: slog.New(slog.DiscardHandler)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := r.Run(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			if b.addErr != nil || b.removeErr != nil {
@@ -109,6 +86,46 @@ stages:
 			}
 		})
 	}
+}
+
+// passThrough is a spec of a stage kind with one input passed on to its
+// out port, built by newStage.
+func passThrough(kind string, newStage func(pipeline.Init) stage.Stage) pipeline.Spec {
+	return pipeline.Spec{Kind: kind, MinInputs: 1, MaxInputs: 1,
+		Ports: func(_ pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
+			return []pipeline.Port{{Name: "out", Type: in[0]}}, nil
+		},
+		New: func(_ context.Context, in pipeline.Init) (stage.Stage, error) { return newStage(in), nil }}
+}
+
+// runTapped runs 150 test frames through decode -> tap (a kind of kinds)
+// -> encode -> sink(main) over transport, in the Default environment
+// with kinds added, and returns the run's error.
+func runTapped(t *testing.T, transport, tapKind, main string, kinds ...pipeline.Spec) (*pipeline.Runner, error) {
+	t.Helper()
+	env := pipeline.Default.Clone()
+	for _, s := range kinds {
+		if err := env.Register(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := pipeline.Parse([]byte(fmt.Sprintf(`name: branch
+transport: %s
+stages:
+  - {name: src, kind: source, params: {url: "lavfi:testsrc2=size=320x240:rate=25", max_frames: 150}}
+  - {name: dec, kind: decode, inputs: [src.video]}
+  - {name: tap, kind: %s, inputs: [dec]}
+  - {name: enc, kind: encode, inputs: [tap], params: {codec: libx264, preset: ultrafast}}
+  - {name: out, kind: sink, inputs: [enc], params: {path: %q}}
+`, transport, tapKind, main)), "branch.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := pipeline.NewRunner(env, cfg, pipeline.Options{Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, r.Run(context.Background())
 }
 
 // TestGraphEditsRefused: edits that would break the graph are refused with
@@ -241,5 +258,94 @@ stages:
 	}
 	if n := ends.Load(); n != 3 {
 		t.Fatalf("EndInput called %d times, want 3 (once per replica)", n)
+	}
+}
+
+// failingBrancher adds, at its first frame, a branch through a stage
+// that fails on its failAt-th frame, with AddBranch.
+type failingBrancher struct {
+	stage.Base
+	graph      pipeline.Graph
+	branchPath string
+	added      bool
+	addErr     error
+	failures   chan string
+}
+
+func (b *failingBrancher) Process(ctx context.Context, in stage.Batch) (stage.Batch, error) {
+	if !b.added {
+		b.added = true
+		b.addErr = b.graph.AddBranch(ctx, []byte(fmt.Sprintf(`
+- {name: boom, kind: failer, inputs: [tap]}
+- {name: benc, kind: encode, inputs: [boom], params: {codec: libx264, preset: ultrafast}}
+- {name: bout, kind: sink, inputs: [benc], params: {path: %q}}
+`, b.branchPath)), func(stage string, err error) { b.failures <- stage + ": " + err.Error() })
+	}
+	out := make(stage.Batch, 0, len(in))
+	for _, e := range in {
+		out = append(out, e.Pass())
+	}
+	return out, nil
+}
+
+// failer passes frames on and fails at its 40th.
+type failer struct {
+	stage.Base
+	n int
+}
+
+var errBoom40 = errors.New("boom at frame 40")
+
+func (f *failer) Process(_ context.Context, in stage.Batch) (stage.Batch, error) {
+	out := make(stage.Batch, 0, len(in))
+	for _, e := range in {
+		if f.n++; f.n == 40 {
+			return out, errBoom40
+		}
+		out = append(out, e.Pass())
+	}
+	return out, nil
+}
+
+// TestBranchFailureEndsOnlyTheBranch: a stage of a branch added with
+// AddBranch fails; its owner hears of it once, the stages after it end
+// (the branch's MP4 is finished, with the frames before the failure), the
+// run goes on and ends well with every frame in the main output, and no
+// goroutine is left behind. (With AddStages the same failure ends the
+// run: TestGraphEditsRefused and the run's own tests cover that.)
+func TestBranchFailureEndsOnlyTheBranch(t *testing.T) {
+	for _, transport := range []string{pipeline.TransportLocal, pipeline.TransportNATS} {
+		t.Run(transport, func(t *testing.T) {
+			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+			dir := t.TempDir()
+			b := &failingBrancher{branchPath: filepath.Join(dir, "branch.mp4"), failures: make(chan string, 4)}
+			main := filepath.Join(dir, "main.mp4")
+			_, err := runTapped(t, transport, "brancher", main,
+				passThrough("brancher", func(in pipeline.Init) stage.Stage { b.graph = in.Graph; return b }),
+				passThrough("failer", func(pipeline.Init) stage.Stage { return &failer{} }))
+			if err != nil {
+				t.Fatalf("the run failed with its branch: %v", err)
+			}
+			if b.addErr != nil {
+				t.Fatal(b.addErr)
+			}
+			select {
+			case f := <-b.failures:
+				if !strings.Contains(f, "boom") || !strings.Contains(f, errBoom40.Error()) {
+					t.Errorf("failure %q, want the stage and its error", f)
+				}
+			default:
+				t.Fatal("the branch's owner did not hear of its failure")
+			}
+			if len(b.failures) != 0 {
+				t.Errorf("%d more failures reported, want one", len(b.failures))
+			}
+			if n := e2e.VideoFrames(t, main); n != 150 {
+				t.Errorf("main output has %d frames, want 150", n)
+			}
+			if n := e2e.VideoFrames(t, b.branchPath); n != 39 {
+				t.Errorf("the branch's output has %d frames, want the 39 before the failure", n)
+			}
+		})
 	}
 }

@@ -40,6 +40,9 @@ type host struct {
 	log      *slog.Logger
 	nInputs  int
 	extra    []stage.Stage // replicas beyond the first (StageConfig.Replicas)
+	// onFail, set for the stages of a branch (Runner.AddBranch), hears
+	// the stage's failure, which then ends the branch, not the run.
+	onFail func(stage string, err error)
 }
 
 // instances is the stage and its replicas (none before they are built).
@@ -109,10 +112,15 @@ func (r *Runner) runHost(ctx context.Context, n *host) (err error) {
 			releaseAll(out)
 			return fmt.Errorf("flushing failed: %w", err)
 		}
-		if err := r.publish(ctx, n, out); err != nil {
+		if err := r.publish(withTail(ctx), n, out); err != nil {
 			return err
 		}
 	}
+	return n.sendEnds(ctx)
+}
+
+// sendEnds sends the end of stream on every port.
+func (n *host) sendEnds(ctx context.Context) error {
 	for _, p := range n.ports {
 		eos := stage.EOS(0)
 		eos.Stream = n.cfg.Name + "." + p.Name

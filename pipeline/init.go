@@ -53,6 +53,9 @@ type Init struct {
 // Runner.AddStages and Runner.RemoveStages.
 type Graph interface {
 	AddStages(ctx context.Context, stagesYAML []byte) error
+	// AddBranch adds stages whose failure ends only them (reported to
+	// onFail), not the pipeline: see Runner.AddBranch.
+	AddBranch(ctx context.Context, stagesYAML []byte, onFail func(stage string, err error)) error
 	RemoveStages(ctx context.Context, names ...string) error
 }
 

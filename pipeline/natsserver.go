@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -41,7 +42,7 @@ var maxNATSDown = 10 * time.Second
 // StartEmbeddedNATS starts an in-process NATS server that takes in-process
 // connections only (nats.InProcessServer): it opens no port.
 func StartEmbeddedNATS() (*server.Server, error) {
-	e, err := startEmbeddedNATS(false)
+	e, err := startEmbeddedNATS(false, false)
 	if err != nil {
 		return nil, err
 	}
@@ -55,12 +56,17 @@ type embeddedNATS struct {
 	srv            *server.Server
 	url            string // the listener's URL, without credentials ("" without one)
 	user, password string
+	storeDir       string // JetStream's, removed at Shutdown ("" without JetStream)
 }
 
 // listenUser is the user of the embedded server's listener.
 const listenUser = "avflow"
 
-func startEmbeddedNATS(listen bool) (*embeddedNATS, error) {
+// embeddedJetStreamMemory bounds what the embedded server's JetStream
+// keeps (in memory): a run's viewer bucket holds kilobytes.
+const embeddedJetStreamMemory = 64 << 20
+
+func startEmbeddedNATS(listen, jetStream bool) (*embeddedNATS, error) {
 	opts := &server.Options{
 		ServerName: "avflow-embedded",
 		DontListen: !listen,
@@ -72,6 +78,15 @@ func startEmbeddedNATS(listen bool) (*embeddedNATS, error) {
 		WriteDeadline: 10 * time.Second,
 	}
 	e := &embeddedNATS{}
+	if jetStream {
+		dir, err := os.MkdirTemp("", "avflow-jetstream-")
+		if err != nil {
+			return nil, fmt.Errorf("%w: making the embedded server's JetStream folder failed: %w", ErrTransport, err)
+		}
+		e.storeDir = dir
+		opts.JetStream, opts.StoreDir = true, dir
+		opts.JetStreamMaxMemory, opts.JetStreamMaxStore = embeddedJetStreamMemory, embeddedJetStreamMemory
+	}
 	if listen {
 		pw := make([]byte, 18)
 		if _, err := rand.Read(pw); err != nil {
@@ -83,18 +98,19 @@ func startEmbeddedNATS(listen bool) (*embeddedNATS, error) {
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
+		e.removeStore()
 		return nil, fmt.Errorf("%w: starting embedded NATS server failed: %w", ErrTransport, err)
 	}
 	go s.Start()
+	e.srv = s
 	if !s.ReadyForConnections(10 * time.Second) {
-		s.Shutdown()
+		e.Shutdown()
 		return nil, fmt.Errorf("%w: embedded NATS server did not start within 10s", ErrTransport)
 	}
-	e.srv = s
 	if listen {
 		addr, ok := s.Addr().(*net.TCPAddr)
 		if !ok {
-			s.Shutdown()
+			e.Shutdown()
 			return nil, fmt.Errorf("%w: the embedded NATS server has no TCP listener", ErrTransport)
 		}
 		e.url = "nats://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(addr.Port))
@@ -106,6 +122,13 @@ func startEmbeddedNATS(listen bool) (*embeddedNATS, error) {
 func (e *embeddedNATS) Shutdown() {
 	e.srv.Shutdown()
 	e.srv.WaitForShutdown()
+	e.removeStore()
+}
+
+func (e *embeddedNATS) removeStore() {
+	if e.storeDir != "" {
+		os.RemoveAll(e.storeDir) //nolint:errcheck // a temporary folder
+	}
 }
 
 // options are what the run's own connections need: in process, and the

@@ -52,7 +52,7 @@ func TestConnectErrorHidesPassword(t *testing.T) {
 // would otherwise hold its window for good), sends its end of stream
 // again, and a consumer sends its credits again.
 func TestReconnectResends(t *testing.T) {
-	srv, err := startEmbeddedNATS(false)
+	srv, err := startEmbeddedNATS(false, false)
 	if err != nil {
 		t.Fatal(err)
 	}

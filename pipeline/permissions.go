@@ -91,6 +91,7 @@ func Permissions(cfg *Config, p Process) (NATSPermissions, error) {
 			ps.inputs(s)
 			ps.outputs(s)
 			ps.service(s)
+			ps.buckets(s)
 		}
 	}
 	if len(p.Serve) == 0 { // the run waits for its remote stages' services
@@ -130,8 +131,10 @@ func (ps *permSet) inputs(s *StageConfig) {
 		}
 		subject := Subject(ps.r.cfg.Name, in.Stage, port.Name)
 		ps.sub[subject], ps.sub[subject+eosSuffix] = true, true
+		// In every flow the consumer asks its producers on <subject>.ack
+		// whether they have ended (ended?), and says it leaves.
+		ps.pub[subject+ackSuffix] = true
 		if ps.r.edgeFlow(port.Type) == FlowBlock {
-			ps.pub[subject+ackSuffix] = true
 			if ps.serving { // what its producers send this instance alone
 				ps.sub[directSubject(subject, consumerRef{stage: s.Name, input: i}, "*")] = true
 			}
@@ -149,7 +152,7 @@ func (ps *permSet) inputs(s *StageConfig) {
 func (ps *permSet) outputs(s *StageConfig) {
 	for _, port := range s.outputs {
 		local, remote := ps.readers(s.Name, port.Name)
-		if !ps.nats && port.Type.Kind != envelope.KindData && local > 0 && remote == 0 {
+		if !ps.nats && port.Type.Kind != envelope.KindData && (local > 0 || port.Unread == UnreadBranches) && remote == 0 {
 			continue
 		}
 		subject := Subject(ps.r.cfg.Name, s.Name, port.Name)
@@ -159,8 +162,8 @@ func (ps *permSet) outputs(s *StageConfig) {
 			ps.pub[subject] = true
 		}
 		ps.pub[subject+eosSuffix] = true
+		ps.sub[subject+ackSuffix] = true // credits, and in every flow the consumers' ended? (see inputs)
 		if ps.r.edgeFlow(port.Type) == FlowBlock {
-			ps.sub[subject+ackSuffix] = true
 			for _, in := range ps.routed(s.Name, port.Name) {
 				ps.ping(in.stage) // credits are taken only from the reader's instances, which are asked for
 				ps.pub[directSubject(subject, in, "*")] = true
@@ -242,6 +245,44 @@ func (ps *permSet) job(driver bool) {
 		ps.pub[api+"CONSUMER.CREATE."+stream+".>"] = true
 	}
 	ps.sub[inboxes] = true
+}
+
+// buckets is what a stage's key-value buckets need of JetStream (see
+// KVPermissions): all of it, as the stage makes the bucket, watches it
+// and writes it.
+func (ps *permSet) buckets(s *StageConfig) {
+	spec, err := Default.Lookup(s.Kind)
+	if err != nil || spec.Buckets == nil {
+		return
+	}
+	for _, b := range spec.Buckets(s.Params, ps.r.cfg.Name) {
+		kv := KVPermissions(b, true, ">")
+		for _, sub := range kv.Publish {
+			ps.pub[sub] = true
+		}
+		for _, sub := range kv.Subscribe {
+			ps.sub[sub] = true
+		}
+	}
+}
+
+// KVPermissions are what a client of the key-value bucket needs: finding
+// it, reading it (direct gets, and the ordered consumers of watches and
+// key listings, with their flow control), and writing the keys matching
+// write (a NATS subject wildcard, e.g. "profile.>"; "" for none). With
+// create, making the bucket too.
+func KVPermissions(bucket string, create bool, write string) NATSPermissions {
+	stream, api := "KV_"+bucket, "$JS.API."
+	pub := []string{api + "STREAM.INFO." + stream, api + "CONSUMER.CREATE." + stream + ".>", api + "CONSUMER.DELETE." + stream + ".>",
+		api + "DIRECT.GET." + stream + ".>", api + "STREAM.MSG.GET." + stream, "$JS.FC." + stream + ".>"}
+	if create { // making it asks the account's limits first
+		pub = append(pub, api+"INFO", api+"STREAM.CREATE."+stream, api+"STREAM.UPDATE."+stream)
+	}
+	if write != "" {
+		pub = append(pub, "$KV."+bucket+"."+write)
+	}
+	slices.Sort(pub)
+	return NATSPermissions{Publish: pub, Subscribe: []string{inboxes}}
 }
 
 // ping is a micro PING to a stage's service and the inbox its answers reach.

@@ -101,10 +101,13 @@ func TestPermissions(t *testing.T) {
 		{"serve flt and out", "block", pipeline.Process{Serve: []string{"flt", "out"}}, 3,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-flt", "$SRV.PING.cam-out", "$SRV.PING.cam-src"},
 			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.src.video", "avflow.cam.src.video.eos", "avflow.cam.src.video.to.flt.0.*"}, services("flt", "out")...), "_INBOX.>")},
-		// Frames and data may be dropped: no credits; packets always block.
+		// Frames and data may be dropped: no credits (no .to. subjects);
+		// packets always block. The .ack subjects stay: consumers ask
+		// there whether a producer has ended, in every flow (they were
+		// left out, and a drop-oldest run with these permissions failed).
 		{"serve flt, drop-oldest", "drop-oldest", pipeline.Process{Serve: []string{"flt"}}, 1,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.eos", "avflow.cam.src.video.ack", "$SRV.PING.cam-flt", "$SRV.PING.cam-src"},
-			append(append([]string{"avflow.cam.src.video", "avflow.cam.src.video.eos", "avflow.cam.src.video.to.flt.0.*"}, services("flt")...), "_INBOX.>")},
+			append(append([]string{"avflow.cam.flt.meta.ack", "avflow.cam.flt.out.ack", "avflow.cam.src.video", "avflow.cam.src.video.eos", "avflow.cam.src.video.to.flt.0.*"}, services("flt")...), "_INBOX.>")},
 		{"run, transport nats", "block", pipeline.Process{Transport: "nats"}, 5,
 			[]string{"avflow.cam.flt.meta", "avflow.cam.flt.meta.eos", "avflow.cam.flt.out", "avflow.cam.flt.out.ack", "avflow.cam.flt.out.eos",
 				"avflow.cam.src.audio.eos", "avflow.cam.src.video", "avflow.cam.src.video.ack", "avflow.cam.src.video.eos", "$SRV.PING.cam-src"},

@@ -68,8 +68,24 @@ func (q *queue) Len() int {
 	return q.lenLocked()
 }
 
+// tailKey marks the context of a stage's last messages, those its Flush
+// emits: a drop-oldest queue waits for room for them instead of dropping
+// (in-process edges; over NATS in drop-oldest flow no credits come back
+// to wait for, and a burst beyond the consumer's queue is still dropped).
+// Dropping keeps a live stream's latency bounded, but after the last
+// messages no newer one comes to make way for: a stage that emits
+// several at its end (render's look-ahead, a filter's delay) lost all
+// but the queue's room of them.
+type tailKey struct{}
+
+// withTail is ctx for pushing a stage's last messages.
+func withTail(ctx context.Context) context.Context { return context.WithValue(ctx, tailKey{}, true) }
+
+func isTail(ctx context.Context) bool { return ctx.Value(tailKey{}) != nil }
+
 // Push adds e. EOS messages are never dropped and never wait. A full
-// queue in block mode makes Push wait for room; stalled, when set, is
+// queue in block mode (or, in drop-oldest mode, for a stage's last
+// messages: withTail) makes Push wait for room; stalled, when set, is
 // called while the wait lasts (see slowWait). Pushing to a queue whose
 // consumer has ended releases e and returns errConsumerEnded.
 func (q *queue) Push(ctx context.Context, e *stage.Msg, stalled func(waited time.Duration)) error {
@@ -92,7 +108,7 @@ func (q *queue) Push(ctx context.Context, e *stage.Msg, stalled func(waited time
 			}
 			return nil
 		}
-		if q.drop {
+		if q.drop && !isTail(ctx) {
 			// Drop the oldest media message (keep EOS markers).
 			for i := q.head; i < len(q.items); i++ {
 				if q.items[i].Kind != envelope.KindEOS {

@@ -111,3 +111,53 @@ func TestPopAfterCancelStops(t *testing.T) {
 		t.Fatalf("%d queued, want the 3 left for drain", q.Len())
 	}
 }
+
+// TestQueueKeepsTheTail: a full drop-oldest queue drops its oldest
+// message for a new one, but waits for room for a stage's last messages
+// (withTail: what its Flush emits), which no newer message follows.
+func TestQueueKeepsTheTail(t *testing.T) {
+	defer SetSlowConsumerAfter(20 * time.Millisecond)()
+	q := newQueue(1, FlowDropOldest)
+	freed := 0
+	msg := func(seq uint64) *stage.Msg {
+		return &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindData, Seq: seq}, Local: countedLocal{&freed}}
+	}
+	for seq := range uint64(2) {
+		if err := q.Push(context.Background(), msg(seq), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if freed != 1 || q.Len() != 1 {
+		t.Fatalf("a push into a full drop-oldest queue freed %d and left %d, want the oldest dropped", freed, q.Len())
+	}
+	stalled := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- q.Push(withTail(context.Background()), msg(2), func(time.Duration) {
+			select {
+			case stalled <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	select {
+	case <-stalled:
+	case err := <-done:
+		t.Fatalf("a stage's last message did not wait for room (%v): %d messages dropped", err, freed)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a stage's last message neither waited nor went in")
+	}
+	for seq := uint64(1); seq <= 2; seq++ {
+		if m := q.TryPop(); m == nil || m.Seq != seq {
+			t.Fatalf("took %+v, want message %d", m, seq)
+		}
+		if seq == 1 {
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if freed != 1 {
+		t.Fatalf("%d messages dropped, want 1 (the one before the last)", freed)
+	}
+}

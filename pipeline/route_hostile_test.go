@@ -33,6 +33,7 @@ type routeRig struct {
 	pub    *natsPublisher
 	prod   *natsTransport
 	svcs   map[string]micro.Service // c's instances' services
+	pools  map[string]*connPool     // each instance's connections
 	ins    map[string]inlet
 	queues map[string]*queue
 	port   Port
@@ -41,7 +42,8 @@ type routeRig struct {
 func newRouteRig(t *testing.T, window int) *routeRig {
 	srv := e2e.NATSServer(t, &server.Options{})
 	r := &routeRig{t: t, srv: srv, log: slog.New(slog.DiscardHandler), window: window, svcs: map[string]micro.Service{},
-		ins: map[string]inlet{}, queues: map[string]*queue{}, port: Port{Name: "out", Type: PortType{Kind: envelope.KindData}}}
+		pools: map[string]*connPool{},
+		ins:   map[string]inlet{}, queues: map[string]*queue{}, port: Port{Name: "out", Type: PortType{Kind: envelope.KindData}}}
 	r.prod = r.transport("prod", "g")
 	r.prod.remote = func(s string) bool { return s == "c" }
 	r.prod.remoteReaders = func(s, p string) []consumerRef {
@@ -72,6 +74,7 @@ func (r *routeRig) transport(inst, stageName string) *natsTransport {
 		r.t.Fatal(err)
 	}
 	r.t.Cleanup(pool.Close)
+	r.pools[inst] = pool
 	tr := newNATSTransport("rt", inst, pool, func(PortType) FlowMode { return FlowBlock }, r.window, fail, &sync.Map{}, r.log)
 	tr.serving = stageName == "c"
 	r.svcs[inst] = r.service(pool.conns[0], stageName, inst)
@@ -249,6 +252,56 @@ func TestRouteReplicaLeavesMidRun(t *testing.T) {
 	}
 	rc.waitAll(t, sent)
 	t.Logf("taken by instance: %v", rc.by)
+}
+
+// TestRouteSurvivorEndsAtOnce: one of two instances of c dies (its
+// connection goes, as on SIGKILL) holding a window of messages. At the
+// end of stream the other is the only one there, yet it took only part
+// of the stream: its input ends at once, not after eosWait waiting for
+// what the dead one held. (It waited: TestLiveSurvivesSIGKILL's sink
+// stood still for 3 s at the end, one run in eight.)
+func TestRouteSurvivorEndsAtOnce(t *testing.T) {
+	const window, msgs = 4, 40
+	defer func(w time.Duration) { eosWait = w }(eosWait)
+	eosWait = time.Minute
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := newRouteRig(t, window)
+	for _, inst := range []string{"survivor", "victim"} { // the victim takes nothing
+		r.consumer(ctx, inst, 2*msgs)
+	}
+	r.publisher(2)
+	took, ended := 0, make(chan int, 1)
+	go func() {
+		for {
+			e, err := r.queues["survivor"].Pop(ctx)
+			if err != nil || e.Kind == envelope.KindEOS {
+				ended <- took
+				return
+			}
+			took++
+			e.Ack()
+		}
+	}()
+	for i := range msgs {
+		if err := r.publish(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.pools["victim"].Close()
+	e2e.WaitFor(t, 10*time.Second, func() string { return "the victim's service to be gone" },
+		func() bool { return len(r.prod.instancesOf("c").live()) == 1 })
+	if err := r.pub.Publish(ctx, &stage.Msg{Envelope: envelope.Envelope{V: envelope.Version, Kind: envelope.KindEOS}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-ended:
+		if ctx.Err() != nil || n < msgs-window {
+			t.Errorf("the survivor took %d messages (want at least %d), its input ended: %v", n, msgs-window, ctx.Err() == nil)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the survivor's input has not ended 15 s after the end of stream (eosWait is %s)", eosWait)
+	}
 }
 
 // TestRouteInstanceThatTakesNothing: beside two real instances of c, a

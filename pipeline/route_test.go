@@ -83,7 +83,7 @@ func TestCreditsPick(t *testing.T) {
 // the queue group's random picks the stuck one got about half of them
 // until the producer's window was full, and the run stalled.)
 func TestRouteAroundAStuckReplica(t *testing.T) {
-	srv, err := startEmbeddedNATS(false)
+	srv, err := startEmbeddedNATS(false, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -243,6 +243,26 @@ func (r *Runner) NATSURL() string {
 	return r.opts.NATSURL
 }
 
+// controlStages names the stages that take commands from outside clients
+// (Spec.Control).
+func (r *Runner) controlStages() []string {
+	var names []string
+	for _, s := range r.cfg.order {
+		if spec, err := r.env.Lookup(s.Kind); err == nil && spec.Control && !r.remote[s.Name] {
+			names = append(names, s.Name)
+		}
+	}
+	return names
+}
+
+// Listening reports whether the run's embedded server takes TCP clients
+// (Options.Listen, or a stage that takes commands): NATSURL and
+// ListenCredentials say where and how, once Ready.
+func (r *Runner) Listening() bool {
+	embedded := r.opts.NATSURL == "" && r.opts.Transport != TransportLocal
+	return embedded && (r.opts.Listen || len(r.controlStages()) > 0)
+}
+
 // ListenCredentials returns the user and password of the embedded
 // server's listener once Ready (empty without one).
 func (r *Runner) ListenCredentials() (user, password string) {
@@ -304,7 +324,11 @@ func (r *Runner) Run(ctx context.Context) (err error) {
 
 	useNATS := r.opts.Transport != TransportLocal
 	if useNATS && r.opts.NATSURL == "" {
-		srv, err := startEmbeddedNATS(r.opts.Listen)
+		control := r.controlStages()
+		if len(control) > 0 && !r.opts.Listen {
+			r.log.Info("opening the embedded NATS server on a loopback port, with JetStream: stages take commands from other processes", "stages", control)
+		}
+		srv, err := startEmbeddedNATS(r.opts.Listen || len(control) > 0, len(control) > 0)
 		if err != nil {
 			return err
 		}

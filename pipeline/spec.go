@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -80,6 +82,11 @@ const (
 	// UnreadQuiet: as UnreadSkipped, but what the stage's params asked for
 	// (a source with audio: false): no warning.
 	UnreadQuiet
+	// UnreadBranches: the port is read by branches the stage itself adds
+	// to the graph while it runs (personalise's variants): in this
+	// process only, never published on NATS (in transport auto), and
+	// dropped while no branch reads it. No warning.
+	UnreadBranches
 )
 
 // Spec describes a stage kind: its docs, params, typing and constructor.
@@ -110,6 +117,16 @@ type Spec struct {
 	// share its input with these params (nil error), or why not. Unset:
 	// the stage keeps state across messages and runs as one instance.
 	Replicable func(p Params) error
+	// Control says the stage takes commands from outside clients through
+	// the run's NATS server (JetStream key-value: personalise's viewer
+	// profiles). A run without an outside server then opens its embedded
+	// one on a loopback port, with JetStream and credentials made for the
+	// run (as with Options.Listen), so that other processes can reach it.
+	Control bool
+	// Buckets, when set, names the JetStream key-value buckets the stage
+	// makes, reads and writes (personalise: its viewer bucket), for the
+	// permissions its process needs (avflow permissions).
+	Buckets func(p Params, pipeline string) []string
 }
 
 // ReplicasError says why several instances of the stage cannot share its
@@ -238,3 +255,23 @@ func (p Params) Map(k string) map[string]string {
 
 // Has reports whether the param was set or has a default.
 func (p Params) Has(k string) bool { _, ok := p[k]; return ok }
+
+// ParseBitrate reads a bitrate param: bits per second, or with a k or M
+// suffix ("3M", "800k", "128000"); "" is 0 (unset).
+func ParseBitrate(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	mult, num := 1.0, s
+	switch strings.ToLower(s[len(s)-1:]) {
+	case "k":
+		mult, num = 1e3, s[:len(s)-1]
+	case "m":
+		mult, num = 1e6, s[:len(s)-1]
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || !(f > 0) || f*mult > 1e12 {
+		return 0, fmt.Errorf("bitrate %q: want a number such as 3M, 800k or 128000", s)
+	}
+	return int64(f * mult), nil
+}

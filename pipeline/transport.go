@@ -85,7 +85,8 @@ func (t *autoTransport) attach(ctx context.Context, ref consumerRef, stage strin
 func (t *autoTransport) publisher(stage string, port Port, log *slog.Logger) (publisher, error) {
 	lp, _ := t.local.publisher(stage, port, log)
 	remoteReaders := len(t.nats.remoteReaders(stage, port.Name)) > 0
-	if port.Type.Kind != envelope.KindData && t.local.port(stage, port.Name).readers() > 0 && !remoteReaders {
+	localOnly := port.Unread == UnreadBranches || t.local.port(stage, port.Name).readers() > 0
+	if port.Type.Kind != envelope.KindData && localOnly && !remoteReaders {
 		return lp, nil
 	}
 	newPublisher := t.nats.publisher

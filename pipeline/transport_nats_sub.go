@@ -155,7 +155,7 @@ func (s *natsSubscriber) announce() {
 	tick := time.NewTicker(helloEvery)
 	defer tick.Stop()
 	sent := s.credits.Load()
-	for {
+	for ticks := 0; ; ticks++ {
 		if s.direct != nil {
 			_ = s.nc.Publish(s.subject+ackSuffix, []byte(s.ref.id()+" "+s.instance+" "+ackHello))
 		}
@@ -163,6 +163,9 @@ func (s *natsSubscriber) announce() {
 		case <-tick.C:
 		case <-s.stopAnnounce:
 			return
+		}
+		if s.direct != nil && ticks%peersEvery == 0 {
+			s.meetPeers()
 		}
 		if n := s.credits.Load(); n != sent {
 			sent = n
@@ -176,6 +179,16 @@ func (s *natsSubscriber) announce() {
 		}
 		sent = s.credits.Load()
 	}
+}
+
+// peersEvery is how many hellos apart an input with replicas asks who its
+// peers are (meetPeers).
+const peersEvery = 20
+
+// meetPeers asks which instances of the consumer's stage are there, so
+// that the end of stream knows whether this one had peers (see alone).
+func (s *natsSubscriber) meetPeers() {
+	_ = s.self.ask("", s.stopAnnounce)
 }
 
 // stopAnnouncing ends the hello loop and waits for it: nothing of its
@@ -586,17 +599,17 @@ func (s *natsSubscriber) onEOS(m *nats.Msg) {
 
 // waitEnd waits until every instance of the producer that is still there
 // has sent its end of stream (one that has sent nothing at all is waited
-// for ghostWait), and, when this is the only instance of the consumer
-// stage, until the messages they say they sent have arrived; then, once
-// none of those instances says it is still running (a forged end of
-// stream), it ends the input. An end of stream that says fewer messages
+// for ghostWait), and, when this is the only instance the consumer stage
+// has had (alone), until the messages they say they sent have arrived;
+// then, once none of those instances says it is still running (a forged
+// end of stream), it ends the input. An end of stream that says fewer messages
 // were sent than arrived (forged, or messages were injected), or one a
 // producer contradicts, ends the input only once nothing more has arrived
 // for eosWait (and, in block flow, the stage has taken all that did), and
 // so does one whose messages do not all come (lost while the server was
 // away).
 func (s *natsSubscriber) waitEnd() {
-	sole := len(s.self.live()) <= 1
+	sole := s.self.alone()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var ghostSince, stillSince time.Time
@@ -1084,6 +1097,20 @@ func (p *instanceSet) live() []string {
 		return []string{p.local}
 	}
 	return p.ask("", nil)
+}
+
+// alone reports whether the service has had one instance at most, as far
+// as this set has seen: one there now, and none other ever. An instance
+// that has had a peer (gone since: killed, or scaled down) took only part
+// of the stream, and cannot count on every message its producer sent.
+func (p *instanceSet) alone() bool {
+	if p.local != "" {
+		return true
+	}
+	live := p.ask("", nil)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(live) <= 1 && len(p.known) <= 1
 }
 
 // ask pings the service and records the instances that answer; it

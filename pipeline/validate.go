@@ -223,7 +223,7 @@ func (c *Config) WarningsFor(transport string) []string {
 // unreadFate says what becomes of an output port no stage reads ("": nothing to warn about).
 func unreadFate(pipeline, stage string, p Port, transport string) string {
 	switch {
-	case p.Unread == UnreadQuiet:
+	case p.Unread == UnreadQuiet, p.Unread == UnreadBranches:
 		return ""
 	case p.Unread == UnreadSkipped:
 		return "the stage does not produce it (its stream is not read from the input)"

@@ -57,7 +57,8 @@ func main() {
 	paceRate := flag.Float64("pace-rate", 20, "messages per second per instance of the scale-out stage")
 	paceSecs := flag.Float64("pace-seconds", 6, "seconds of messages per scale-out run")
 	remoteFrames := flag.Int("remote-infer-frames", 150, "frames per stream of the remote inference benchmark")
-	only := flag.String("only", "", "run only: transcode, edge, wire, split, recovery, scaleout, remoteinfer, infer, plan, scale, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
+	personaliseFrames := flag.Int("personalise-frames", 600, "frames (at 30 fps, real time) of each personalisation run")
+	only := flag.String("only", "", "run only: transcode, edge, wire, split, recovery, scaleout, remoteinfer, personalise, infer, plan, scale, or one part of infer: infer-stage, infer-batch, infer-streams, infer-spin, infer-rss")
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err := os.MkdirAll(*work, 0o755); err != nil {
@@ -87,6 +88,9 @@ func main() {
 	}
 	if *only == "" || *only == "remoteinfer" {
 		remoteInferBench(&b, *bin, *natsBin, min(*rounds, 3), *remoteFrames)
+	}
+	if *only == "" || *only == "personalise" {
+		personaliseBench(&b, *bin, *work, *personaliseFrames)
 	}
 	if *only == "" || strings.HasPrefix(*only, "infer") {
 		inferBench(&b, *bin, *work, *rounds, strings.TrimPrefix(strings.TrimPrefix(*only, "infer"), "-"))

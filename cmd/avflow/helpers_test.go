@@ -21,10 +21,11 @@ import (
 // proc is a child process the test runs in the background: its output is
 // kept (locked), its end is a channel, and it is killed when the test ends.
 type proc struct {
-	cmd  *exec.Cmd
-	out  *e2e.Buffer // stdout and stderr
-	done chan struct{}
-	err  error // set when done is closed
+	cmd    *exec.Cmd
+	out    *e2e.Buffer // stdout and stderr
+	done   chan struct{}
+	err    error // set when done is closed
+	killed bool  // by kill
 }
 
 // startProc starts cmd in the background.
@@ -58,10 +59,24 @@ func startAvflow(t testing.TB, env []string, args ...string) *proc {
 // kill kills the process (SIGKILL) and waits until it has exited.
 func (p *proc) kill(t testing.TB) {
 	t.Helper()
+	p.killed = true
 	if err := p.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-p.done
+}
+
+// exitCode is the exit status of a process that has ended (-1: it did
+// not start or was not waited for).
+func (p *proc) exitCode() int {
+	var ee *exec.ExitError
+	switch {
+	case errors.As(p.err, &ee):
+		return ee.ExitCode()
+	case p.err != nil:
+		return -1
+	}
+	return 0
 }
 
 func (p *proc) wait(t testing.TB, d time.Duration) int {
@@ -72,13 +87,10 @@ func (p *proc) wait(t testing.TB, d time.Duration) int {
 		t.Fatalf("%s still running after %s:\n%s", filepath.Base(p.cmd.Path), d, p.out.String())
 	}
 	var ee *exec.ExitError
-	if errors.As(p.err, &ee) {
-		return ee.ExitCode()
-	}
-	if p.err != nil {
+	if p.err != nil && !errors.As(p.err, &ee) {
 		t.Fatalf("%s: %v", filepath.Base(p.cmd.Path), p.err)
 	}
-	return 0
+	return p.exitCode()
 }
 
 // waitLog waits until the process's output contains s.

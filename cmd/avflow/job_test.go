@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -70,11 +71,7 @@ func (r *jobRig) flowing(t *testing.T, log *e2e.Buffer) {
 // in order, once, and that no stream is left.
 func (r *jobRig) check(t *testing.T, procs map[string]*proc) {
 	t.Helper()
-	for name, p := range procs {
-		if code := p.wait(t, 3*time.Minute); code != 0 {
-			t.Fatalf("%s: exit %d:\n%s", name, code, p.out)
-		}
-	}
+	exitAllWell(t, procs)
 	if n := monotonicFrames(t, r.out); n != r.frames || n == 0 {
 		t.Errorf("%d frames, one process: %d\nrun:\n%s", n, r.frames, procs["run"].out)
 	}
@@ -84,6 +81,35 @@ func (r *jobRig) check(t *testing.T, procs map[string]*proc) {
 	if !strings.Contains(procs["run"].out.String(), "job stream made") {
 		t.Errorf("the run made no job stream:\n%s", procs["run"].out)
 	}
+}
+
+// exitAllWell waits up to 3 minutes for the processes that were not
+// killed to exit 0; when one does not, it fails showing every process's
+// log (a stall in one is often caused by another).
+func exitAllWell(t *testing.T, procs map[string]*proc) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for name, p := range procs {
+		var code int
+		select {
+		case <-p.done:
+			code = p.exitCode()
+		case <-time.After(time.Until(deadline)):
+			code = -1
+		}
+		if code != 0 && !p.killed {
+			t.Fatalf("%s: exit %d (-1: still running after 3 minutes); every process's log:\n%s", name, code, allLogs(procs))
+		}
+	}
+}
+
+// allLogs is every process's log, each under its name.
+func allLogs(procs map[string]*proc) string {
+	var all strings.Builder
+	for n, q := range procs {
+		fmt.Fprintf(&all, "--- %s:\n%s\n", n, q.out)
+	}
+	return all.String()
 }
 
 // TestJobSurvivesSIGKILL: the privacy example with delivery job on a
@@ -156,11 +182,8 @@ func TestLiveSurvivesSIGKILL(t *testing.T) {
 	r.flowing(t, run.out)
 	killed := time.Now()
 	victim.kill(t)
-	for name, p := range map[string]*proc{"run": run, "faces": f2, "blur": blur} {
-		if code := p.wait(t, 3*time.Minute); code != 0 {
-			t.Fatalf("%s: exit %d:\n%s", name, code, p.out)
-		}
-	}
+	procs := map[string]*proc{"run": run, "faces": f2, "blur": blur, "killed faces": victim}
+	exitAllWell(t, procs)
 	log := run.out.String()
 	n, lost := monotonicFrames(t, r.out), endEvent(log, "track", "lost_messages")
 	if lost == 0 || n+lost != r.frames {
@@ -168,7 +191,7 @@ func TestLiveSurvivesSIGKILL(t *testing.T) {
 	}
 	before, after := stalls(log, killed)
 	if after > before+2*time.Second {
-		t.Errorf("the sink stood still for %s after the kill (at most %s before it):\n%s", after, before, log)
+		t.Errorf("the sink stood still for %s after the kill (at most %s before it); every process's log:\n%s", after, before, allLogs(procs))
 	}
 	t.Logf("%d of %d frames, %d lost; longest stall %s after the kill, %s before", n, r.frames, lost, after, before)
 }

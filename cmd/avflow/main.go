@@ -74,7 +74,7 @@ func run(args []string) int {
 			pprof.StopCPUProfile()
 			return nil
 		},
-		Commands: []*cli.Command{runCmd(), serveCmd(), permissionsCmd(), validateCmd(), stagesCmd(), modelsCmd(), devicesCmd(), calibrateCmd(), planCmd(), versionCmd()},
+		Commands: []*cli.Command{runCmd(), serveCmd(), viewersCmd(), permissionsCmd(), validateCmd(), stagesCmd(), modelsCmd(), devicesCmd(), calibrateCmd(), planCmd(), versionCmd()},
 		ExitErrHandler: func(c *cli.Context, err error) {
 			if err == nil {
 				return
@@ -211,6 +211,7 @@ func runCmd() *cli.Command {
 			&cli.DurationFlag{Name: "remote-timeout", Value: 30 * time.Second, Usage: "how long to wait for each remote stage's service"},
 			&cli.StringFlag{Name: "placement", Usage: "apply a placement from avflow plan (each stage's device, and replicas where the stage allows them)"},
 			&cli.StringFlag{Name: "metrics-addr", Usage: "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464"},
+			&cli.StringFlag{Name: "serve-hls", Usage: "serve the pipeline's HLS playlists and segments over HTTP on this address, e.g. 127.0.0.1:8080 (personalise: the manifest's playlist URLs point here)"},
 			&cli.DurationFlag{Name: "progress-interval", Value: 5 * time.Second, Usage: "how often to log progress when stderr is not a terminal"},
 		}, natsFlags()...),
 		Action: func(c *cli.Context) error { return runPipeline(c, "run", nil) },
@@ -279,6 +280,13 @@ func runPipeline(c *cli.Context, cmd string, serve []string) error {
 			return cli.Exit("avflow: "+err.Error(), exitInvalid)
 		}
 	}
+	if addr := c.String("serve-hls"); addr != "" {
+		stop, err := servePlaylists(addr, cfg)
+		if err != nil {
+			return cli.Exit("avflow "+cmd+": "+err.Error(), exitInvalid)
+		}
+		defer stop()
+	}
 	if serve == nil {
 		for _, w := range cfg.WarningsFor(c.String("transport")) {
 			slog.Warn(w)
@@ -329,12 +337,16 @@ func runPipeline(c *cli.Context, cmd string, serve []string) error {
 		}()
 		showProgress(r, done, stopped, c.Duration("progress-interval"))
 	}()
-	if opts.Listen {
-		go printListener(r, done)
+	var unannounce func()
+	if r.Listening() {
+		unannounce = announceListener(r, cfg.Name, opts.Listen, done)
 	}
 	start := time.Now()
 	err = r.Run(ctx)
 	close(done)
+	if unannounce != nil {
+		unannounce()
+	}
 	<-progressDone
 	fmt.Fprintf(os.Stderr, "\n%s: %s in %s\n", cfg.Name, status(err), time.Since(start).Round(time.Millisecond))
 	r.Metrics().WriteTable(os.Stderr)

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/avflow/avflow/pipeline"
+	"github.com/avflow/avflow/pipeline/viewers"
 )
 
 func permissionsCmd() *cli.Command {
@@ -24,6 +25,7 @@ func permissionsCmd() *cli.Command {
 			&cli.StringFlag{Name: "delivery", Usage: "how edges between processes carry messages, as run/serve --delivery: live or job (default: the file's)"},
 			&cli.StringFlag{Name: "name", Usage: "the deployment's name (run/serve --name): the file's name: by default"},
 			&cli.StringSliceFlag{Name: "set", Usage: "override a param as the processes do: stage.param=value (repeatable)"},
+			&cli.BoolFlag{Name: "viewers", Usage: "instead: what a client of the pipeline's viewer bucket needs (avflow viewers, a platform's backend): read the bucket, write profiles; not the manifest, which only the pipeline writes"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -38,6 +40,9 @@ func permissionsCmd() *cli.Command {
 					return cli.Exit("avflow permissions: --name: "+err.Error(), exitInvalid)
 				}
 				cfg.Name = n
+			}
+			if c.Bool("viewers") {
+				return printViewerPermissions(os.Stdout, cfg)
 			}
 			return printPermissions(os.Stdout, cfg, c.String("name"), c.StringSlice("stage"), c.StringSlice("remote"), pipeline.Process{Transport: c.String("transport"), Delivery: c.String("delivery")})
 		},
@@ -94,4 +99,21 @@ func command(file, name string, p pipeline.Process) string {
 		args = append(args, "--name", name)
 	}
 	return strings.Join(args, " ") + " --nats URL"
+}
+
+// printViewerPermissions writes what a client of the deployment's viewer
+// bucket needs (avflow viewers add/ls/rm).
+func printViewerPermissions(w io.Writer, cfg *pipeline.Config) error {
+	var personalise bool
+	for _, s := range cfg.Stages {
+		personalise = personalise || s.Kind == "personalise"
+	}
+	if !personalise {
+		return cli.Exit(fmt.Sprintf("avflow permissions: --viewers: %s has no personalise stage, so no viewer bucket", cfg.File), exitInvalid)
+	}
+	b := viewers.Bucket(cfg.Name)
+	fmt.Fprintf(w, "# NATS permissions of a client of bucket %s (deployment %q, %s): avflow viewers add/ls/rm -p %s --nats URL\n", b, cfg.Name, cfg.File, cfg.Name)
+	fmt.Fprintf(w, "# Put the block in a user of the server's authorization: users = [ {user: NAME, password: SECRET, permissions: {...}} ]\n%s",
+		pipeline.KVPermissions(b, false, viewers.ProfileKey(">")).Config())
+	return nil
 }

@@ -4,9 +4,24 @@ import (
 	"context"
 	"testing"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// JetStreamConn starts an in-process NATS server with JetStream (its
+// store in a temporary folder) and returns a connection to it; both end
+// with the test.
+func JetStreamConn(t testing.TB) *nats.Conn {
+	t.Helper()
+	s := NATSServer(t, &server.Options{JetStream: true, StoreDir: t.TempDir()})
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
 
 // JetStream is a JetStream client of the server at url, on a connection
 // closed when the test ends.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"log/slog"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -29,6 +31,18 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Grep is the lines written so far that hold any of words: what a
+// failure shows of a long log, whose middle a CI report may leave out.
+func (s *Buffer) Grep(words ...string) string {
+	var b strings.Builder
+	for line := range strings.Lines(s.String()) {
+		if slices.ContainsFunc(words, func(w string) bool { return strings.Contains(line, w) }) {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
 }
 
 // Logger is a text slog.Logger writing into the buffer.

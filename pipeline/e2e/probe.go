@@ -28,7 +28,9 @@ func probeCount(t testing.TB, path, count, entry string) int {
 	if err != nil {
 		t.Fatalf("ffprobe %s: %v\n%s", path, err, out)
 	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	// A stream that is also in a program (HLS, MPEG-TS) is listed twice.
+	first, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	n, err := strconv.Atoi(strings.TrimSpace(first))
 	if err != nil {
 		t.Fatalf("ffprobe %s: %q", path, out)
 	}

@@ -2,8 +2,8 @@
 // viewer of a live pipeline sees (layout, overlays, privacy, quality), as
 // stored (JSON) under the viewer's id in the pipeline's key-value bucket,
 // and the variant key that viewers who see the same pixels share (one
-// render and encode per key). It knows nothing of the runtime, FFmpeg or
-// NATS.
+// render and encode per key), and the bucket on NATS JetStream that holds
+// them (Store). It knows nothing of the runtime or FFmpeg.
 package viewers
 
 import (
@@ -13,9 +13,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path"
+	"reflect"
 	"regexp"
 	"strings"
 	"text/template"
+	"text/template/parse"
+
+	"github.com/avflow/avflow/pipeline/envelope"
 )
 
 // ErrProfile wraps every reason a profile is refused.
@@ -108,9 +113,26 @@ func (p *Profile) Check() error {
 	if p.Quality.MaxHeight < 0 || p.Quality.MaxBitrate < 0 {
 		return bad("quality", "a ceiling below 0")
 	}
+	if b := p.Quality.MaxBitrate; b > 0 && b < MinBitrate {
+		return bad("quality.max_bitrate", "%d: at least %d bits per second (encoders open no less)", b, MinBitrate)
+	}
+	switch {
+	case len(p.Name) > MaxName:
+		return bad("name", "%d bytes: at most %d", len(p.Name), MaxName)
+	case len(p.Overlays) > MaxOverlays:
+		return bad("overlays", "%d: at most %d", len(p.Overlays), MaxOverlays)
+	}
 	for i, o := range p.Overlays {
 		field := fmt.Sprintf("overlays[%d]", i)
 		switch {
+		case len(o.Text) > MaxText:
+			return bad(field+".text", "%d bytes: at most %d", len(o.Text), MaxText)
+		case len(o.Image) > MaxText:
+			return bad(field+".image", "%d bytes: at most %d", len(o.Image), MaxText)
+		case o.Image != "" && !insideFolder(o.Image):
+			return bad(field+".image", "%q: want a path inside the pipeline's folder (relative, no ..)", o.Image)
+		case strings.ContainsRune(o.Text, 0):
+			return bad(field+".text", "holds a NUL (the text would end there)")
 		case (o.Text == "") == (o.Image == ""):
 			return bad(field, "want one of text or image")
 		case o.Position != "" && oneOf(o.Position, positions...) != nil:
@@ -141,8 +163,128 @@ func oneOf(v string, allowed ...string) error {
 	return fmt.Errorf("%q: want one of %s", v, strings.Join(allowed, ", "))
 }
 
+// insideFolder reports whether a path stays inside the folder it is
+// relative to (the pipeline's: images elsewhere are not the pipeline's to
+// show). Links are the personalise stage's to follow, where the files are.
+func insideFolder(p string) bool {
+	c := path.Clean(strings.ReplaceAll(p, "\\", "/"))
+	return !path.IsAbs(c) && c != ".." && !strings.HasPrefix(c, "../")
+}
+
+// Limits on what a profile may hold: anyone who may write the bucket
+// writes profiles.
+const (
+	MaxName     = 64  // bytes of a display name
+	MaxOverlays = 8   // overlays per profile
+	MaxText     = 256 // bytes of a text template (and of its rendering), or of an image path
+	MinBitrate  = 16000
+)
+
+// templateFuncs are the functions a text template may call: comparisons,
+// logic, len and index. printf and its kin are not among them (a width
+// of a billion is a gigabyte), nor call, slice or the escapers.
+var templateFuncs = map[string]bool{"and": true, "or": true, "not": true, "len": true, "index": true,
+	"eq": true, "ne": true, "lt": true, "le": true, "gt": true, "ge": true}
+
 func parseText(text string) (*template.Template, error) {
-	return template.New("overlay").Option("missingkey=error").Parse(text)
+	t, err := template.New("overlay").Option("missingkey=error").Parse(text)
+	if err != nil {
+		return nil, err
+	}
+	var bad string
+	for _, tt := range t.Templates() {
+		if tt.Tree == nil {
+			continue
+		}
+		walk(tt.Tree.Root, func(n parse.Node) {
+			if id, ok := n.(*parse.IdentifierNode); ok && !templateFuncs[id.Ident] && bad == "" {
+				bad = id.Ident
+			}
+		})
+	}
+	if bad != "" {
+		return nil, fmt.Errorf("function %q is not allowed in an overlay (and, or, not, len, index, eq, ne, lt, le, gt, ge are)", bad)
+	}
+	if err := boundedTemplate(t); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// boundedTemplate refuses the templates whose run time the text's length
+// does not bound: templates that define or call templates (one that calls
+// itself runs 100000 deep on every frame), ranges over anything but a
+// field of the frame (a range over a number of a billion takes seconds,
+// output or not), and ranges inside ranges (n^k over the detections).
+func boundedTemplate(t *template.Template) error {
+	if len(t.Templates()) > 1 {
+		return fmt.Errorf("define and block are not allowed in an overlay")
+	}
+	if t.Tree == nil {
+		return nil
+	}
+	return boundedNode(t.Tree.Root, false)
+}
+
+func boundedNode(n parse.Node, inRange bool) error {
+	switch n := n.(type) {
+	case *parse.ListNode:
+		if n == nil {
+			return nil
+		}
+		for _, c := range n.Nodes {
+			if err := boundedNode(c, inRange); err != nil {
+				return err
+			}
+		}
+	case *parse.TemplateNode:
+		return fmt.Errorf("template is not allowed in an overlay")
+	case *parse.IfNode:
+		return boundedBranch(&n.BranchNode, inRange)
+	case *parse.WithNode:
+		return boundedBranch(&n.BranchNode, inRange)
+	case *parse.RangeNode:
+		if inRange {
+			return fmt.Errorf("a range inside a range is not allowed in an overlay")
+		}
+		if !overField(n.Pipe) {
+			return fmt.Errorf("range %s: an overlay may range over a field of the frame only (.Detections, .HUD)", n.Pipe)
+		}
+		return boundedBranch(&n.BranchNode, true)
+	}
+	return nil
+}
+
+func boundedBranch(b *parse.BranchNode, inRange bool) error {
+	if err := boundedNode(b.List, inRange); err != nil {
+		return err
+	}
+	if b.ElseList != nil {
+		return boundedNode(b.ElseList, inRange)
+	}
+	return nil
+}
+
+// overField reports whether a range's pipeline is one field, as in
+// {{range .Detections}} or {{range $i, $d := .HUD}}.
+func overField(p *parse.PipeNode) bool {
+	if p == nil || len(p.Cmds) != 1 || len(p.Cmds[0].Args) != 1 {
+		return false
+	}
+	_, ok := p.Cmds[0].Args[0].(*parse.FieldNode)
+	return ok
+}
+
+// capped is a writer that refuses more than MaxText bytes.
+type capped struct{ strings.Builder }
+
+var errTooLong = fmt.Errorf("renders to more than %d bytes", MaxText)
+
+func (c *capped) Write(p []byte) (int, error) {
+	if c.Len()+len(p) > MaxText {
+		return 0, errTooLong
+	}
+	return c.Builder.Write(p)
 }
 
 // Frame is what a text overlay's template sees: {{.Viewer.Name}},
@@ -151,6 +293,20 @@ type Frame struct {
 	Viewer     Viewer
 	HUD        map[string]string
 	Detections []any
+}
+
+// FrameOf is what a frame with these detections gives the templates:
+// each detection with a label and a text is HUD text under that label
+// (the infer stage's regions, OCR), and every detection is listed.
+func FrameOf(dets []envelope.Detection) Frame {
+	f := Frame{HUD: map[string]string{}}
+	for _, d := range dets {
+		if d.Text != "" && d.Label != "" {
+			f.HUD[d.Label] = d.Text
+		}
+		f.Detections = append(f.Detections, d)
+	}
+	return f
 }
 
 // Viewer is the viewer's part of Frame.
@@ -168,7 +324,7 @@ func (p *Profile) Texts(f Frame) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w %q: overlays[%d].text: %w", ErrProfile, p.ID, i, err)
 		}
-		var b strings.Builder
+		var b capped
 		if err := t.Execute(&b, f); err != nil {
 			return nil, fmt.Errorf("%w %q: overlays[%d].text: rendering failed: %w", ErrProfile, p.ID, i, err)
 		}
@@ -177,16 +333,15 @@ func (p *Profile) Texts(f Frame) ([]string, error) {
 	return out, nil
 }
 
-// VariantKey is the key of the pixels (and sound) the viewer gets for one
-// frame: viewers with equal keys share one render and encode. It covers
-// every field that changes the output, with text overlays as rendered (two
-// viewers whose templates render to the same string share), and none that
-// does not (the id, the name outside a template).
-func (p *Profile) VariantKey(f Frame) (string, error) {
-	texts, err := p.Texts(f)
-	if err != nil {
-		return "", err
-	}
+// VariantKey is the key of the pixels (and sound) the viewer gets:
+// viewers with equal keys share one render and encode. It covers every
+// field that changes the output, and none that does not (the id, the name
+// outside a template). Text overlays count as rendered over the viewer,
+// with what they take from the frame kept as written: "Hi {{.Viewer.Name}}"
+// for Alice is the same text as "Hi Alice", and two viewers whose
+// banners both say "herring {{.HUD.herring}}" share, as they show the
+// same on every frame, while "herring 12" does not share with them.
+func (p *Profile) VariantKey() (string, error) {
 	type overlay struct {
 		Text, Image, Position string
 		Scale, Opacity        float64
@@ -196,11 +351,14 @@ func (p *Profile) VariantKey(f Frame) (string, error) {
 		Quality                Quality
 		Overlays               []overlay
 	}{Layout: orDefault(p.Layout, LayoutSource), Privacy: orDefault(p.Privacy, PrivacyNone), Audio: orDefault(p.Audio, AudioKeep), Quality: p.Quality}
-	ti := 0
-	for _, o := range p.Overlays {
+	for i, o := range p.Overlays {
 		ov := overlay{Image: o.Image, Position: orDefault(o.Position, "bottom"), Scale: o.Scale, Opacity: o.Opacity}
 		if o.Text != "" {
-			ov.Text, ti = texts[ti], ti+1
+			text, err := p.viewerText(o.Text)
+			if err != nil {
+				return "", fmt.Errorf("%w %q: overlays[%d].text: %w", ErrProfile, p.ID, i, err)
+			}
+			ov.Text = text
 		}
 		if ov.Opacity == 0 {
 			ov.Opacity = 1
@@ -213,6 +371,110 @@ func (p *Profile) VariantKey(f Frame) (string, error) {
 	}
 	sum := sha256.Sum256(b)
 	return look.Layout + "-" + hex.EncodeToString(sum[:6]), nil
+}
+
+// viewerText renders the parts of a text template that read only the
+// viewer, and keeps the parts that read the frame as written (between
+// NULs, which no rendered text holds). A template that declares variables
+// or templates is not taken apart: its text is its source and the viewer's
+// id, shared with no other viewer.
+func (p *Profile) viewerText(text string) (string, error) {
+	t, err := parseText(text)
+	if err != nil {
+		return "", err
+	}
+	if len(t.Templates()) > 1 || usesVariables(t.Tree.Root) {
+		return "\x00" + p.ID + "\x00" + text, nil
+	}
+	var b strings.Builder
+	for _, n := range t.Tree.Root.Nodes {
+		if n.Type() == parse.NodeText || !viewerOnly(n) {
+			if n.Type() != parse.NodeText {
+				b.WriteString("\x00" + n.String() + "\x00")
+			} else {
+				b.WriteString(n.String())
+			}
+			continue
+		}
+		part, err := parseText(n.String())
+		if err != nil {
+			return "", err
+		}
+		var out capped
+		if err := part.Execute(&out, Frame{Viewer: Viewer{ID: p.ID, Name: p.Name}}); err != nil {
+			return "", fmt.Errorf("rendering failed: %w", err)
+		}
+		b.WriteString(out.String())
+	}
+	return b.String(), nil
+}
+
+// viewerOnly reports whether a template node reads nothing but
+// .Viewer's fields (and constants).
+func viewerOnly(n parse.Node) bool {
+	ok := true
+	walk(n, func(n parse.Node) {
+		switch n := n.(type) {
+		case *parse.FieldNode:
+			ok = ok && len(n.Ident) > 1 && n.Ident[0] == "Viewer"
+		case *parse.DotNode, *parse.ChainNode, *parse.VariableNode, *parse.TemplateNode:
+			ok = false
+		}
+	})
+	return ok
+}
+
+func usesVariables(n parse.Node) bool {
+	found := false
+	walk(n, func(n parse.Node) {
+		if _, ok := n.(*parse.VariableNode); ok {
+			found = true
+		}
+	})
+	return found
+}
+
+// walk calls f on n and every node below it.
+func walk(n parse.Node, f func(parse.Node)) {
+	if n == nil || reflect.ValueOf(n).IsNil() {
+		return
+	}
+	f(n)
+	switch n := n.(type) {
+	case *parse.ListNode:
+		for _, c := range n.Nodes {
+			walk(c, f)
+		}
+	case *parse.ActionNode:
+		walk(n.Pipe, f)
+	case *parse.PipeNode:
+		for _, d := range n.Decl {
+			walk(d, f)
+		}
+		for _, c := range n.Cmds {
+			walk(c, f)
+		}
+	case *parse.CommandNode:
+		for _, a := range n.Args {
+			walk(a, f)
+		}
+	case *parse.ChainNode:
+		walk(n.Node, f)
+	case *parse.IfNode:
+		walkBranch(&n.BranchNode, f)
+	case *parse.RangeNode:
+		walkBranch(&n.BranchNode, f)
+	case *parse.WithNode:
+		walkBranch(&n.BranchNode, f)
+	case *parse.TemplateNode:
+		walk(n.Pipe, f)
+	}
+}
+
+func walkBranch(b *parse.BranchNode, f func(parse.Node)) {
+	walk(b.Pipe, f)
+	walk(b.List, f)
+	walk(b.ElseList, f)
 }
 
 func orDefault(v, d string) string {

@@ -42,6 +42,7 @@ func init() {
 			{Name: "bitrate", Type: pipeline.TypeString, Doc: `target bitrate, e.g. "3M" or "128k"`},
 			{Name: "gop", Type: pipeline.TypeInt, Default: 0, Doc: "keyframe interval in frames (0: encoder default); see gop_duration for keyframes by time"},
 			{Name: "gop_duration", Type: pipeline.TypeDuration, Doc: "video: force a keyframe at the first frame whose time reaches each multiple of this interval after the first frame (like ffmpeg -force_key_frames expr:gte(t,n_forced*2)), so HLS segments keep their length when frames are dropped; default: 2s in live runs (flow: drop-oldest; the sink's default hls_time), off for files; 0s: off"},
+			{Name: "gop_align", Type: pipeline.TypeBool, Default: false, Doc: "video: count gop_duration's multiples from the stream's time 0, not from the first frame, so that encoders starting on one stream at different times (personalised variants) put keyframes on the same frames"},
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "encoder threads (0: encoder default)"},
 			{Name: "pixel_format", Type: pipeline.TypeString, Doc: "convert frames to this pixel format first (default: keep, or the encoder's first)"},
 			{Name: "sample_rate", Type: pipeline.TypeInt, Default: 0, Doc: "audio: resample to this rate (0: keep)"},
@@ -89,7 +90,7 @@ func ports(p pipeline.Params, in []pipeline.PortType) ([]pipeline.Port, error) {
 	if in[0].Media != envelope.MediaUnknown && media != in[0].Media {
 		return nil, fmt.Errorf("encoder %s is for %s, but its input gives %s", name, media, in[0])
 	}
-	if _, err := parseBitrate(p.String("bitrate")); err != nil {
+	if _, err := pipeline.ParseBitrate(p.String("bitrate")); err != nil {
 		return nil, err
 	}
 	return []pipeline.Port{{Name: "out", Type: pipeline.PortType{Kind: envelope.KindPacket, Media: media}}}, nil
@@ -106,24 +107,6 @@ func encoders(m envelope.Media) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func parseBitrate(s string) (int64, error) {
-	if s == "" {
-		return 0, nil
-	}
-	mult := 1.0
-	switch strings.ToLower(s[len(s)-1:]) {
-	case "k":
-		mult, s = 1e3, s[:len(s)-1]
-	case "m":
-		mult, s = 1e6, s[:len(s)-1]
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f <= 0 {
-		return 0, fmt.Errorf("bitrate %q: want a number such as 3M, 800k or 128000", s)
-	}
-	return int64(f * mult), nil
 }
 
 // Encoder encodes one stream.
@@ -363,6 +346,7 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *stage.Msg) error {
 		enc.keys = nil
 		if d := keyInterval(enc.in); d > 0 {
 			enc.keys = newKeyClock(d, enc.tb)
+			enc.keys.aligned = p.Bool("gop_align")
 		}
 	case envelope.MediaAudio:
 		sf := f.SampleFormat()
@@ -380,7 +364,7 @@ func (enc *Encoder) openCodec(f *astiav.Frame, e *stage.Msg) error {
 		convSpec = fmt.Sprintf("aresample=%d,aformat=sample_fmts=%s:channel_layouts=%s", rate, sf.Name(), cc.ChannelLayout().String())
 	}
 	cc.SetTimeBase(enc.tb)
-	if br, _ := parseBitrate(p.String("bitrate")); br > 0 {
+	if br, _ := pipeline.ParseBitrate(p.String("bitrate")); br > 0 {
 		cc.SetBitRate(br)
 	}
 	if t := p.Int("threads"); t > 0 {

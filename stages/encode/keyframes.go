@@ -20,10 +20,16 @@ const LiveKeyframeInterval = 2 * time.Second
 // at the first frame whose pts reaches each next multiple of the interval
 // after it, however many frames came in between (drop-oldest drops some
 // under load; a frame count would put the keyframe late).
+//
+// An aligned clock counts the multiples from the stream's time 0 instead
+// of from its first frame: encoders that start on one stream at different
+// times (personalised variants joining a live stream) then put their
+// keyframes on the same frames, so a player can move between them.
 type keyClock struct {
 	every       int64 // the interval, in the encoder's time base
 	start, next int64
 	started     bool
+	aligned     bool
 }
 
 func newKeyClock(d time.Duration, tb astiav.Rational) *keyClock {
@@ -40,12 +46,25 @@ func (k *keyClock) due(pts int64) bool {
 		// The first frame, or timestamps that jumped back (a publisher that
 		// reconnected): the clock starts again here.
 		k.started, k.start, k.next = true, pts, pts+k.every
+		if k.aligned {
+			k.start = 0
+			k.next = k.after(pts)
+		}
 		return true
 	case pts < k.next:
 		return false
 	}
-	k.next = k.start + ((pts-k.start)/k.every+1)*k.every
+	k.next = k.after(pts)
 	return true
+}
+
+// after is the first multiple of the interval (from start) past pts.
+func (k *keyClock) after(pts int64) int64 {
+	n := (pts - k.start) / k.every
+	if pts-k.start < 0 && (pts-k.start)%k.every != 0 {
+		n-- // floor, below start
+	}
+	return k.start + (n+1)*k.every
 }
 
 // keyInterval is the stage's keyframe interval by time: gop_duration if

@@ -96,25 +96,31 @@ func TestKeyframesByTime(t *testing.T) {
 
 func TestKeyClock(t *testing.T) {
 	tests := []struct {
-		name string
-		d    time.Duration
-		tb   astiav.Rational
-		pts  []int64
-		want []bool
+		name    string
+		d       time.Duration
+		tb      astiav.Rational
+		pts     []int64
+		want    []bool
+		aligned bool
 	}{
-		{"25 fps", 2 * time.Second, astiav.NewRational(1, 25), []int64{0, 49, 50, 51, 99, 100}, []bool{true, false, true, false, false, true}},
-		{"gap over two intervals", 2 * time.Second, astiav.NewRational(1, 25), []int64{0, 10, 130, 149, 150}, []bool{true, false, true, false, true}},
-		{"90 kHz, late start", time.Second, astiav.NewRational(1, 90000), []int64{900000, 986000, 990000, 1079999, 1080000}, []bool{true, false, true, false, true}},
-		{"no pts", time.Second, astiav.NewRational(1, 25), []int64{astiav.NoPtsValue, 0, astiav.NoPtsValue, 25}, []bool{false, true, false, true}},
-		{"coarse time base", 500 * time.Millisecond, astiav.NewRational(1, 1), []int64{0, 1, 2}, []bool{true, true, true}},
+		{"25 fps", 2 * time.Second, astiav.NewRational(1, 25), []int64{0, 49, 50, 51, 99, 100}, []bool{true, false, true, false, false, true}, false},
+		{"gap over two intervals", 2 * time.Second, astiav.NewRational(1, 25), []int64{0, 10, 130, 149, 150}, []bool{true, false, true, false, true}, false},
+		{"90 kHz, late start", time.Second, astiav.NewRational(1, 90000), []int64{900000, 986000, 990000, 1079999, 1080000}, []bool{true, false, true, false, true}, false},
+		{"no pts", time.Second, astiav.NewRational(1, 25), []int64{astiav.NoPtsValue, 0, astiav.NoPtsValue, 25}, []bool{false, true, false, true}, false},
+		{"coarse time base", 500 * time.Millisecond, astiav.NewRational(1, 1), []int64{0, 1, 2}, []bool{true, true, true}, false},
 		// A publisher that reconnects starts its timestamps again: the clock follows.
-		{"timestamps jump back", 2 * time.Second, astiav.NewRational(1, 25), []int64{0, 50, 100, 5000, 5050, 10, 49, 60, 110}, []bool{true, true, true, true, true, true, false, true, true}},
+		{"timestamps jump back", 2 * time.Second, astiav.NewRational(1, 25), []int64{0, 50, 100, 5000, 5050, 10, 49, 60, 110}, []bool{true, true, true, true, true, true, false, true, true}, false},
 		// A little reordering (B-frames, a late frame) is not a restart.
-		{"small step back", 2 * time.Second, astiav.NewRational(1, 25), []int64{0, 50, 48, 99, 100}, []bool{true, true, false, false, true}},
+		{"small step back", 2 * time.Second, astiav.NewRational(1, 25), []int64{0, 50, 48, 99, 100}, []bool{true, true, false, false, true}, false},
+		// Aligned: a clock starting at 37 puts its next keyframes at 50 and
+		// 100, as one that started at 0 does; unaligned, at 87.
+		{"aligned, late start", 2 * time.Second, astiav.NewRational(1, 25), []int64{37, 49, 50, 87, 99, 100}, []bool{true, false, true, false, false, true}, true},
+		{"unaligned, late start", 2 * time.Second, astiav.NewRational(1, 25), []int64{37, 49, 50, 87, 99, 100}, []bool{true, false, false, true, false, false}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			k := newKeyClock(tt.d, tt.tb)
+			k.aligned = tt.aligned
 			for i, p := range tt.pts {
 				if got := k.due(p); got != tt.want[i] {
 					t.Errorf("pts %d: due %v, want %v", p, got, tt.want[i])

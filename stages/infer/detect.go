@@ -278,8 +278,14 @@ func newRecognizer(m *loaded) (*recognizer, error) {
 
 // read crops the box from f, scales it to the model's height and decodes the text.
 func (r *recognizer) read(f *astiav.Frame, b box) (string, float32, error) {
-	in := r.m.card.Inputs[0]
-	H := int(in.Shape[2])
+	if err := r.load(f); err != nil {
+		return "", 0, err
+	}
+	return r.readLoaded(b)
+}
+
+// load converts f to the BGR frame readLoaded crops boxes from.
+func (r *recognizer) load(f *astiav.Frame) error {
 	fw, fh := f.Width(), f.Height()
 	key := [3]int{fw, fh, int(f.PixelFormat())}
 	if r.sws == nil || key != r.key {
@@ -290,7 +296,7 @@ func (r *recognizer) read(f *astiav.Frame, b box) (string, float32, error) {
 		r.sws, err = astiav.CreateSoftwareScaleContext(fw, fh, f.PixelFormat(), fw, fh, astiav.PixelFormatBgr24,
 			astiav.NewSoftwareScaleContextFlags(astiav.SoftwareScaleContextFlagBilinear))
 		if err != nil {
-			return "", 0, fmt.Errorf("%w: recognizer scaler: %w", ErrInfer, err)
+			return fmt.Errorf("%w: recognizer scaler: %w", ErrInfer, err)
 		}
 		r.key = key
 	}
@@ -299,11 +305,16 @@ func (r *recognizer) read(f *astiav.Frame, b box) (string, float32, error) {
 	r.bgr.SetHeight(fh)
 	r.bgr.SetPixelFormat(astiav.PixelFormatBgr24)
 	if err := r.bgr.AllocBuffer(1); err != nil {
-		return "", 0, err
+		return err
 	}
-	if err := r.sws.ScaleFrame(f, r.bgr); err != nil {
-		return "", 0, err
-	}
+	return r.sws.ScaleFrame(f, r.bgr)
+}
+
+// readLoaded reads the text in box b of the frame load converted.
+func (r *recognizer) readLoaded(b box) (string, float32, error) {
+	in := r.m.card.Inputs[0]
+	H := int(in.Shape[2])
+	fw, fh := r.bgr.Width(), r.bgr.Height()
 	pix, stride := codecs.Plane(r.bgr, 0, fh)
 	x1, y1 := int(b.X1*float32(fw)), int(b.Y1*float32(fh))
 	x2, y2 := int(b.X2*float32(fw)+0.5), int(b.Y2*float32(fh)+0.5)

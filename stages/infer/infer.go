@@ -33,6 +33,7 @@ func init() {
 			{Name: "scaler", Type: pipeline.TypeString, Default: "bilinear", Enum: ScalerNames, Doc: "swscale algorithm that sizes frames for the model (the names of ffmpeg's scale flags=; the ffmpeg CLI's default is bicubic)"},
 			{Name: "pad", Type: pipeline.TypeFloat, Default: 0.0, Doc: "mirror the frame into a border of this fraction of its width and height on every side before the model sees it (0 to 1): a face or object that the frame's edge cuts looks whole to the model; no extra run, but everything is that much smaller in the model's input; boxes are cut back to the frame"},
 			{Name: "interval", Type: pipeline.TypeInt, Default: 1, Doc: "run the model on every Nth video frame of each stream, by the frame's place in the stream, so replicas (here or served elsewhere) pick the same frames (a track stage carries boxes between)"},
+			{Name: "regions", Type: pipeline.TypeMap, Doc: "read the text of these named regions of the frame (name: x1,y1,x2,y2 as fractions of the frame) with a text recognizer model (model: ppocr-v4-rec) instead of running a detector: a HUD whose text sits in fixed places. Each region becomes a detection labelled with its name, its text in Text (templates see it as {{.HUD.<name>}}); frames between reads (interval) carry the last one"},
 			{Name: "max_batch", Type: pipeline.TypeInt, Default: 1, Doc: "frames (from any stream) taken together per call"},
 			{Name: "max_wait", Type: pipeline.TypeDuration, Default: "0s", Doc: "how long a batch may wait to fill (0: take what is queued)"},
 			{Name: "threads", Type: pipeline.TypeInt, Default: 0, Doc: "ONNX Runtime intra-op threads (0: one per core)"},
@@ -57,6 +58,14 @@ func init() {
 		Check: func(p pipeline.Params, dir string) error {
 			if err := CheckPad("pad", p.Float("pad")); err != nil {
 				return err
+			}
+			if rs := p.Map("regions"); len(rs) > 0 {
+				if _, err := parseRegions(rs); err != nil {
+					return err
+				}
+				if p.Bool("remote") || p.String("recognizer") != "" {
+					return errors.New("regions: the model itself is the text recognizer, run here: no recognizer, no remote")
+				}
 			}
 			if p.Bool("remote") {
 				switch {
@@ -263,6 +272,9 @@ func New(ctx context.Context, in pipeline.Init) (stage.Stage, error) {
 	m, err := load(ctx, in, in.Params.String("model"))
 	if err != nil {
 		return nil, err
+	}
+	if len(in.Params.Map("regions")) > 0 {
+		return newRegionReader(in, m)
 	}
 	if m.card.Decoder.Type == "silero-vad" {
 		if in.Inputs[0].Media == envelope.MediaVideo {

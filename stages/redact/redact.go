@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/asticode/go-astiav"
 	"math"
 	"strings"
 
@@ -48,12 +49,12 @@ func init() {
 		Check:      check,
 		Replicable: func(pipeline.Params) error { return nil }, // each frame on its own
 		New: func(ctx context.Context, in pipeline.Init) (stage.Stage, error) {
-			r := &Stage{mode: in.Params.String("mode"), margin: float32(in.Params.Float("margin")),
-				strength: float32(in.Params.Float("strength")), minScore: float32(in.Params.Float("min_score")), labels: map[string]bool{},
+			r := &Stage{Hider: Hider{Mode: in.Params.String("mode"), Margin: float32(in.Params.Float("margin")),
+				Strength: float32(in.Params.Float("strength")), MinScore: float32(in.Params.Float("min_score")), Labels: map[string]bool{}},
 				passes: in.Params.Int("verify_passes"), guard: detections.Guard{Log: in.Log, Stage: in.Name}}
 			for _, l := range strings.Split(in.Params.String("labels"), ",") {
 				if l = strings.TrimSpace(l); l != "" {
-					r.labels[l] = true
+					r.Labels[l] = true
 				}
 			}
 			if m := in.Params.String("verify_model"); m != "" {
@@ -90,12 +91,7 @@ func check(p pipeline.Params, _ string) error {
 // Stage hides detected regions.
 type Stage struct {
 	stage.Base
-	mode     string
-	margin   float32
-	strength float32
-	minScore float32
-	labels   map[string]bool
-	tmp      []int32
+	Hider
 	verify   *infer.Detector
 	passes   int
 	guard    detections.Guard // detections are outside bytes: checked before hiding
@@ -158,35 +154,55 @@ func (s *Stage) hide(e *stage.Msg, dets []envelope.Detection) error {
 	if err := codecs.MakeWritable(f); err != nil {
 		return err
 	}
+	n, err := s.Hide(f, dets)
+	s.Hidden += int64(n)
+	return err
+}
+
+// Hider hides regions of frames: the redact stage's, and any stage's that
+// hides faces on frames it owns (render's privacy).
+type Hider struct {
+	Mode     string  // blur, pixelate or fill
+	Margin   float32 // grow each box by this fraction of its size on every side
+	Strength float32 // blur radius or block size, as a fraction of the box's larger side
+	MinScore float32
+	Labels   map[string]bool // hide only these labels (empty: every detection)
+	tmp      []int32
+}
+
+// Hide hides dets (boxes normalised to f) on f, which must be writable
+// (codecs.MakeWritable), and returns how many regions it hid.
+func (h *Hider) Hide(f *astiav.Frame, dets []envelope.Detection) (int, error) {
 	planes, strides, err := codecs.YUVPlanes(f)
 	if err != nil {
-		return fmt.Errorf("redact: %w", err)
+		return 0, fmt.Errorf("redact: %w", err)
 	}
+	hidden := 0
 	for _, d := range dets {
-		if d.Score < s.minScore || (len(s.labels) > 0 && !s.labels[d.Label]) {
+		if d.Score < h.MinScore || (len(h.Labels) > 0 && !h.Labels[d.Label]) {
 			continue
 		}
-		r, ok := region(d, s.margin, f.Width(), f.Height())
+		r, ok := region(d, h.Margin, f.Width(), f.Height())
 		if !ok {
 			continue
 		}
-		size := blurSize(s.strength, r)
+		size := blurSize(h.Strength, r)
 		for p := 0; p < 3; p++ {
 			pr, sz := r, size
 			if p > 0 {
 				pr, sz = r.chroma(), max(size>>1, 1)
 			}
-			s.hideRect(planes[p], strides[p], pr, sz, p)
+			h.hideRect(planes[p], strides[p], pr, sz, p)
 		}
-		s.Hidden++
+		hidden++
 	}
-	return nil
+	return hidden, nil
 }
 
 // hideRect hides r of one plane (p: 0 luma, 1 and 2 chroma) with the
-// stage's mode; size is the blur radius or pixel block.
-func (s *Stage) hideRect(pl []byte, stride int, r rect, size, p int) {
-	switch s.mode {
+// mode; size is the blur radius or pixel block.
+func (h *Hider) hideRect(pl []byte, stride int, r rect, size, p int) {
+	switch h.Mode {
 	case "pixelate":
 		pixelate(pl, stride, r, size)
 	case "fill":
@@ -198,7 +214,7 @@ func (s *Stage) hideRect(pl []byte, stride int, r rect, size, p int) {
 	default:
 		// Three box blurs approximate a gaussian; each pass covers the whole region.
 		for pass := 0; pass < 3; pass++ {
-			s.tmp = boxBlur(pl, stride, r, size, s.tmp)
+			h.tmp = boxBlur(pl, stride, r, size, h.tmp)
 		}
 	}
 }

@@ -130,7 +130,7 @@ func TestRedactOutsideDetections(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e, _, _ := frame(t, 64, 48)
 			e.Detections = []envelope.Detection{tt.d}
-			s := &Stage{mode: "blur", margin: .25, strength: .25}
+			s := &Stage{Hider: Hider{Mode: "blur", Margin: .25, Strength: .25}}
 			_, out := redactOne(t, s, e, 64, 48, 10*time.Second)
 			if s.Hidden != tt.hidden || int64(len(out)) != tt.hidden {
 				t.Fatalf("hid %d regions, passed on %d detections; want %d", s.Hidden, len(out), tt.hidden)
@@ -155,7 +155,7 @@ func FuzzRedact(f *testing.F) {
 		W, H := max(int(w), 1), max(int(h), 1)
 		e, _, _ := frame(t, W, H)
 		e.Detections = dets
-		s := &Stage{mode: modes[int(mode)%len(modes)], margin: margin, strength: strength}
+		s := &Stage{Hider: Hider{Mode: modes[int(mode)%len(modes)], Margin: margin, Strength: strength}}
 		redactOne(t, s, e, W, H, 20*time.Second)
 	})
 }

@@ -104,7 +104,7 @@ func TestHideRegions(t *testing.T) {
 				t.Run(fmt.Sprintf("%s/%s/%dx%d", mode, b.name, w, h), func(t *testing.T) {
 					e, before, st := frame(t, w, h)
 					e.Detections = []envelope.Detection{b.d}
-					s := &Stage{mode: mode, margin: .25, strength: .25}
+					s := &Stage{Hider: Hider{Mode: mode, Margin: .25, Strength: .25}}
 					after, _ := redactOne(t, s, e, w, h, 10*time.Second)
 					fixed := b.d
 					fixed.X1, fixed.Y1, fixed.X2, fixed.Y2 = max(fixed.X1, 0), max(fixed.Y1, 0), min(fixed.X2, 1), min(fixed.Y2, 1)
