@@ -100,6 +100,13 @@ func (r *routeRig) consumer(ctx context.Context, inst string, capacity int) {
 		r.t.Fatal(err)
 	}
 	r.t.Cleanup(in.detach)
+	// As the runner does once every input is attached: a message sent
+	// from another connection before the server has the subscriptions
+	// would go nowhere (TestGapOfAGoneProducerIsGivenUp lost its first
+	// message that way under load).
+	if err := tr.sync(); err != nil {
+		r.t.Fatal(err)
+	}
 	r.ins[inst] = in
 }
 
