@@ -163,6 +163,8 @@ type measure struct {
 	wall   time.Duration
 	cpu    time.Duration // user + system
 	rssKiB int64
+	csw    int64 // context switches, voluntary and not: counts, steadier than times
+	faults int64 // page faults, minor and major
 }
 
 func tv(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
@@ -189,6 +191,8 @@ func timed(name string, args ...string) (measure, error) {
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		m.rssKiB = ru.Maxrss
 		m.cpu = tv(ru.Utime) + tv(ru.Stime)
+		m.csw = ru.Nvcsw + ru.Nivcsw
+		m.faults = ru.Minflt + ru.Majflt
 	}
 	return m, nil
 }
@@ -206,13 +210,18 @@ func median(ms []measure) measure {
 	m := s[len(s)/2]
 	var rss int64
 	cpus := make([]time.Duration, 0, len(ms))
+	csws, faults := make([]int64, 0, len(ms)), make([]int64, 0, len(ms))
 	for _, x := range ms {
 		rss = max(rss, x.rssKiB)
 		cpus = append(cpus, x.cpu)
+		csws, faults = append(csws, x.csw), append(faults, x.faults)
 	}
-	sort.Slice(cpus, func(i, j int) bool { return cpus[i] < cpus[j] })
+	slices.Sort(cpus)
+	slices.Sort(csws)
+	slices.Sort(faults)
 	m.rssKiB = rss
 	m.cpu = cpus[len(cpus)/2]
+	m.csw, m.faults = csws[len(csws)/2], faults[len(faults)/2]
 	return m
 }
 

@@ -121,7 +121,7 @@ func transcodeOne(b *strings.Builder, bin, tmp string, rounds int, clip transcod
 	fmt.Fprintf(b, "Input: %s. Peer: `ffmpeg -i in.mp4 -vf scale=1280:720 -c:v libx264 -preset veryfast -an -movflags +faststart out.mp4` (avflow's MP4s are faststart by default). "+
 		"avflow: `avflow run transcode.yaml`, source -> decode -> filter(scale=1280:720) -> encode(libx264 veryfast) -> sink(mp4), with the default transport (no `--transport` flag: `auto`, edges between stages of one process in-process and zero-copy, the embedded NATS server for services), "+
 		"then `--transport nats` (every edge a NATS subject on the embedded server: raw 1080p and 720p frames cross as messages) and `--transport local` (in-process, no NATS at all). Every output is checked with ffprobe (1280x720, %d frames).\n\n", clip.about, clip.frames)
-	fmt.Fprintf(b, "| run | wall (median) | fps | throughput ratio vs ffmpeg | ratio, median of rounds (min-max) | CPU s (median) | CPU ratio (ffmpeg/avflow) | peak RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(b, "| run | wall (median) | fps | throughput ratio vs ffmpeg | ratio, median of rounds (min-max) | CPU s (median) | CPU ratio (ffmpeg/avflow) | context switches (median) | page faults (median) | peak RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range runs {
 		m := median(r.ms)
 		// Each round's ratio: ffmpeg and avflow ran one after the other,
@@ -130,8 +130,8 @@ func transcodeOne(b *strings.Builder, bin, tmp string, rounds int, clip transcod
 		for i := range r.ms {
 			ratios = append(ratios, runs[0].ms[i].wall.Seconds()/r.ms[i].wall.Seconds())
 		}
-		fmt.Fprintf(b, "| %s | %.2fs | %.1f | %.3f | %.3f (%.3f-%.3f) | %.2f | %.3f | %.0f MiB |\n", r.name, m.wall.Seconds(), fps(m), fps(m)/fps(f),
-			medianOf(ratios), slices.Min(ratios), slices.Max(ratios), m.cpu.Seconds(), f.cpu.Seconds()/m.cpu.Seconds(), float64(m.rssKiB)/1024)
+		fmt.Fprintf(b, "| %s | %.2fs | %.1f | %.3f | %.3f (%.3f-%.3f) | %.2f | %.3f | %d | %d | %.0f MiB |\n", r.name, m.wall.Seconds(), fps(m), fps(m)/fps(f),
+			medianOf(ratios), slices.Min(ratios), slices.Max(ratios), m.cpu.Seconds(), f.cpu.Seconds()/m.cpu.Seconds(), m.csw, m.faults, float64(m.rssKiB)/1024)
 	}
 	var rs []string
 	for _, r := range runs {
