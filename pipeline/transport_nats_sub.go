@@ -1426,13 +1426,20 @@ func (r *reorder) isNext(st string, e *stage.Msg) bool {
 	return seq == next || (seq > next && e.Src.After != 0 && e.Src.After <= next)
 }
 
-// flush returns every message held, in order.
+// flush returns every message held, in order, giving up (and counting)
+// the gaps they waited for: the input ends, nothing more comes.
 func (r *reorder) flush() []*stage.Msg {
 	if r == nil {
 		return nil
 	}
 	var out []*stage.Msg
 	for st, h := range r.held {
+		for _, e := range h {
+			if !r.isNext(st, e) {
+				r.giveUp(st, e.Src.Seq)
+			}
+			r.next[st] = e.Src.Seq + 1
+		}
 		out = append(out, h...)
 		delete(r.held, st)
 	}
