@@ -243,9 +243,7 @@ func TestGapOfAGoneProducerIsGivenUp(t *testing.T) {
 // (dropped upstream, not lost on the way); one that says nothing, or
 // names one still missing, waits.
 func TestReorderFollowsAfter(t *testing.T) {
-	msg := func(seq, after uint64) *stage.Msg {
-		return &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindData, Src: &envelope.Origin{Stream: "s", Seq: seq, After: after}}}
-	}
+	msg := srcMsg
 	tests := []struct {
 		name string
 		in   []*stage.Msg
@@ -261,17 +259,9 @@ func TestReorderFollowsAfter(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newReorder(0, time.Hour)
-			r.active = true
-			var got []uint64
-			now := time.Now()
-			for _, e := range tt.in {
-				for _, out := range r.add(e, "p", now) {
-					got = append(got, out.Src.Seq)
-				}
-			}
-			if fmt.Sprint(got) != fmt.Sprint(tt.want) || r.lost != tt.lost {
-				t.Errorf("passed %v (lost %d), want %v (lost %d)", got, r.lost, tt.want, tt.lost)
+			got, lost := passReorder(tt.in, false)
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) || lost != tt.lost {
+				t.Errorf("passed %v (lost %d), want %v (lost %d)", got, lost, tt.want, tt.lost)
 			}
 		})
 	}
@@ -282,9 +272,7 @@ func TestReorderFollowsAfter(t *testing.T) {
 // not: a frame lost a moment before the end went uncounted, and a live
 // run's output and lost messages did not add up to what was sent).
 func TestReorderFlushCountsGaps(t *testing.T) {
-	msg := func(seq, after uint64) *stage.Msg {
-		return &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindData, Src: &envelope.Origin{Stream: "s", Seq: seq, After: after}}}
-	}
+	msg := srcMsg
 	tests := []struct {
 		name string
 		in   []*stage.Msg
@@ -299,21 +287,36 @@ func TestReorderFlushCountsGaps(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newReorder(0, time.Hour)
-			r.active = true
-			var got []uint64
-			now := time.Now()
-			for _, e := range tt.in {
-				for _, out := range r.add(e, "p", now) {
-					got = append(got, out.Src.Seq)
-				}
-			}
-			for _, out := range r.flush() {
-				got = append(got, out.Src.Seq)
-			}
-			if fmt.Sprint(got) != fmt.Sprint(tt.want) || r.lost != tt.lost {
-				t.Errorf("passed %v (lost %d), want %v (lost %d)", got, r.lost, tt.want, tt.lost)
+			got, lost := passReorder(tt.in, true)
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) || lost != tt.lost {
+				t.Errorf("passed %v (lost %d), want %v (lost %d)", got, lost, tt.want, tt.lost)
 			}
 		})
 	}
+}
+
+// srcMsg is a data message of stream "s" with its origin's seq and after.
+func srcMsg(seq, after uint64) *stage.Msg {
+	return &stage.Msg{Envelope: envelope.Envelope{Kind: envelope.KindData, Src: &envelope.Origin{Stream: "s", Seq: seq, After: after}}}
+}
+
+// passReorder adds in to an active reorder (one producer instance, no
+// limit, no wait), then flushes it when flush is set, and returns the seqs
+// that went on, in order, and the count it gave up on.
+func passReorder(in []*stage.Msg, flush bool) ([]uint64, uint64) {
+	r := newReorder(0, time.Hour)
+	r.active = true
+	var got []uint64
+	now := time.Now()
+	for _, e := range in {
+		for _, out := range r.add(e, "p", now) {
+			got = append(got, out.Src.Seq)
+		}
+	}
+	if flush {
+		for _, out := range r.flush() {
+			got = append(got, out.Src.Seq)
+		}
+	}
+	return got, r.lost
 }
