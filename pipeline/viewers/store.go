@@ -82,10 +82,29 @@ func open(ctx context.Context, nc *nats.Conn, pipeline string, create bool) (*St
 		return nil, fmt.Errorf("%w: %w", ErrStore, err)
 	}
 	s := &Store{js: js, pipeline: pipeline}
-	if err := s.bind(ctx, create); err != nil {
+	if err := s.bindRetrying(ctx, create); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// bindAttempt bounds one try of bind: a JetStream API request that no
+// server answers (a cluster electing its meta leader, just started or
+// after a node restart, drops them) is asked again rather than waited
+// on until the caller's deadline.
+const bindAttempt = 2 * time.Second
+
+// bindRetrying binds, asking again each bindAttempt while requests go
+// unanswered and ctx allows.
+func (s *Store) bindRetrying(ctx context.Context, create bool) error {
+	for {
+		try, cancel := context.WithTimeout(ctx, bindAttempt)
+		err := s.bind(try, create)
+		cancel()
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			return err
+		}
+	}
 }
 
 // Recreate makes the bucket again (after someone deleted it).
