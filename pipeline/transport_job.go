@@ -153,7 +153,7 @@ func openJobStream(ctx context.Context, nc *nats.Conn, pipeline, run string, edg
 		Replicas: replicas, MaxBytes: jobMaxBytes, MaxAge: jobMaxAge, Duplicates: 2 * time.Minute,
 		Discard: jetstream.DiscardNew, MaxMsgsPerSubject: int64(2 * jobAckPending(window)), DiscardNewPerSubject: true,
 	}
-	if _, err := js.CreateStream(ctx, cfg); err != nil {
+	if err := createJobStream(ctx, js, cfg); err != nil {
 		return nil, fmt.Errorf("%w: making the stream %s (%d replicas, at most %d bytes) failed: %w", ErrJob, name, replicas, jobMaxBytes, denied(nc, err))
 	}
 	s := &jobStream{js: js, name: name, log: log}
@@ -532,4 +532,26 @@ func (j *jobInput) idle(ctx context.Context) bool {
 		return true
 	}
 	return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+}
+
+// errStreamStoreFailed is JetStream's "error creating store for stream":
+// what a stream made again right after its namesake was deleted gets
+// while the server still removes the old one's files.
+const errStreamStoreFailed jetstream.ErrorCode = 10049
+
+// createJobStream makes the stream, asking again while the server is
+// still removing the files of a stream of the same name.
+func createJobStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		_, err := js.CreateStream(ctx, cfg)
+		var apiErr *jetstream.APIError
+		if err == nil || !errors.As(err, &apiErr) || apiErr.ErrorCode != errStreamStoreFailed {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+	}
 }
