@@ -2,13 +2,10 @@ package pipeline
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/avflow/avflow/pipeline/e2e"
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -19,24 +16,12 @@ import (
 // responder answers the first create so and the next one with the stream:
 // the stream is made.
 func TestCreateJobStreamAsksAgainWhileTheOldOneGoes(t *testing.T) {
-	s := e2e.NATSServer(t, &server.Options{})
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	var asked atomic.Int32
-	sub, err := nc.Subscribe("$JS.API.STREAM.CREATE.>", func(m *nats.Msg) {
-		if asked.Add(1) == 1 {
-			_ = m.Respond([]byte(`{"type":"io.nats.jetstream.api.v1.stream_create_response","error":{"code":500,"err_code":10049,"description":"error creating store for stream"}}`))
-			return
+	nc, asked := e2e.FakeJetStreamAPI(t, "$JS.API.STREAM.CREATE.>", func(n int32) []byte {
+		if n == 1 {
+			return []byte(`{"type":"io.nats.jetstream.api.v1.stream_create_response","error":{"code":500,"err_code":10049,"description":"error creating store for stream"}}`)
 		}
-		_ = m.Respond([]byte(`{"type":"io.nats.jetstream.api.v1.stream_create_response","config":{"name":"AVFLOW_t","subjects":["x"]},"created":"2026-12-03T00:00:00Z","state":{}}`))
+		return []byte(`{"type":"io.nats.jetstream.api.v1.stream_create_response","config":{"name":"AVFLOW_t","subjects":["x"]},"created":"2026-12-03T00:00:00Z","state":{}}`)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -53,4 +54,28 @@ func Streams(t testing.TB, url string, opts ...nats.Option) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// FakeJetStreamAPI starts an in-process NATS server without JetStream on
+// which a responder answers the requests on subject (a JetStream API
+// subject) with reply(n), n counting them from 1 (nil: no answer, as a
+// cluster without a meta leader). It returns a connection to the server
+// and the count of requests; both end with the test.
+func FakeJetStreamAPI(t testing.TB, subject string, reply func(n int32) []byte) (*nats.Conn, *atomic.Int32) {
+	t.Helper()
+	s := NATSServer(t, &server.Options{})
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	asked := &atomic.Int32{}
+	if _, err := nc.Subscribe(subject, func(m *nats.Msg) {
+		if b := reply(asked.Add(1)); b != nil {
+			_ = m.Respond(b)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return nc, asked
 }

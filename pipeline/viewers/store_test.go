@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/avflow/avflow/pipeline/e2e"
 	"github.com/avflow/avflow/pipeline/viewers"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -220,27 +218,16 @@ func TestPutBack(t *testing.T) {
 // responder drops the first request and answers the next one "stream not
 // found": Attach says there is no bucket, well before its deadline.
 func TestOpenAsksAgainWhenUnanswered(t *testing.T) {
-	s := e2e.NATSServer(t, &server.Options{})
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	var asked atomic.Int32
-	sub, err := nc.Subscribe("$JS.API.>", func(m *nats.Msg) {
-		if asked.Add(1) == 1 {
-			return // dropped, as by a cluster without a leader
+	nc, asked := e2e.FakeJetStreamAPI(t, "$JS.API.>", func(n int32) []byte {
+		if n == 1 {
+			return nil // dropped, as by a cluster without a leader
 		}
-		_ = m.Respond([]byte(`{"type":"io.nats.jetstream.api.v1.stream_info_response","error":{"code":404,"err_code":10059,"description":"stream not found"}}`))
+		return []byte(`{"type":"io.nats.jetstream.api.v1.stream_info_response","error":{"code":404,"err_code":10059,"description":"stream not found"}}`)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	t0 := time.Now()
-	_, err = viewers.Attach(ctx, nc, "show")
+	_, err := viewers.Attach(ctx, nc, "show")
 	if err == nil || !strings.Contains(err.Error(), "no bucket") {
 		t.Fatalf("Attach: %v, want the bucket not found", err)
 	}
