@@ -121,7 +121,16 @@ func (t *natsTransport) attach(ctx context.Context, ref consumerRef, stage strin
 	log := t.log.With("stage", ref.stage, "subject", subject)
 	t.mu.Lock()
 	producers, self := t.instancesOf(stage), t.instancesOf(ref.stage)
+	before := t.pubs[subject]
 	t.mu.Unlock()
+	if before != nil {
+		// A producer in this process may hold messages its client has not
+		// written yet: they were sent before this input attached, and the
+		// server must route them before it subscribes (TestAttachTakesFromNow).
+		if err := flushConn(ctx, before.nc, subject); err != nil {
+			return nil, err
+		}
+	}
 	s := &natsSubscriber{nc: t.conn(ref.stage), subject: subject, ref: ref, instance: t.instance,
 		block: t.flow(port.Type) == FlowBlock, ackEvery: uint64(max(1, t.window/4)), ctx: ctx,
 		producers: producers, self: self, log: log, drops: &dropLog{log: log}, taken: map[string]*atomic.Uint64{},
@@ -254,6 +263,17 @@ func (t *natsTransport) publisher(stage string, port Port, log *slog.Logger) (pu
 	p.unhook = t.pool.onReconnect(p.reconnected)
 	t.pubs[subject] = p
 	return p, nil
+}
+
+// flushConn waits, at most 10 s, until the server has processed what was
+// sent on nc (the connection of a producer of subject).
+func flushConn(ctx context.Context, nc *nats.Conn, subject string) error {
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := nc.FlushWithContext(fctx); err != nil {
+		return fmt.Errorf("%w: flushing %s failed: %w", ErrTransport, subject, err)
+	}
+	return nil
 }
 
 func (t *natsTransport) sync() error {

@@ -938,10 +938,8 @@ func (s *natsSubscriber) drain(ctx context.Context) error {
 		s.leave()
 	}
 	if s.producer != nil {
-		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		if err := s.producer.FlushWithContext(fctx); err != nil {
-			return fmt.Errorf("%w: flushing %s failed: %w", ErrTransport, s.subject, err)
+		if err := flushConn(ctx, s.producer, s.subject); err != nil {
+			return err
 		}
 	}
 	if err := s.drainData(ctx); err != nil {
