@@ -22,6 +22,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -213,15 +214,9 @@ func median(ms []measure) measure {
 	csws, faults := make([]int64, 0, len(ms)), make([]int64, 0, len(ms))
 	for _, x := range ms {
 		rss = max(rss, x.rssKiB)
-		cpus = append(cpus, x.cpu)
-		csws, faults = append(csws, x.csw), append(faults, x.faults)
+		cpus, csws, faults = append(cpus, x.cpu), append(csws, x.csw), append(faults, x.faults)
 	}
-	slices.Sort(cpus)
-	slices.Sort(csws)
-	slices.Sort(faults)
-	m.rssKiB = rss
-	m.cpu = cpus[len(cpus)/2]
-	m.csw, m.faults = csws[len(csws)/2], faults[len(faults)/2]
+	m.rssKiB, m.cpu, m.csw, m.faults = rss, medianOf(cpus), medianOf(csws), medianOf(faults)
 	return m
 }
 
@@ -390,7 +385,7 @@ func edge(b *strings.Builder, rounds, n int) {
 }
 
 // medianOf is the median of a sample.
-func medianOf(v []float64) float64 {
+func medianOf[T cmp.Ordered](v []T) T {
 	s := slices.Clone(v)
 	slices.Sort(s)
 	return s[len(s)/2]
